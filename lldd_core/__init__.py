@@ -1,0 +1,53 @@
+"""lldd core: locally linear analysis of causal language models.
+
+Public API::
+
+    from lldd_core import ModelSpec, load_model, detached_mode, jacobian_operator, analyze_jacobian
+
+    handle = load_model(ModelSpec("gpt2", dtype="float64"))
+    ids = handle.info.encode("The Golden Gate")
+    op = jacobian_operator(handle.model, handle.adapter, torch.tensor(ids))
+    full = op.full()                       # J_i for every token and the bias channel b
+    y_hat = reconstruct(full.J, op.x0, full.b)   # equals op.y up to rounding
+
+Math conventions are in ``docs/ARCHITECTURE.md``. The core never imports streamlit.
+"""
+
+__version__ = "0.1.0"
+
+from .arch import ADAPTERS, FamilyAdapter, adapter_for, supported_model_types  # noqa: E402
+from .errors import InputError, LLDDError, ModelLoadError, NumericalError, ResourceError, UnsupportedFamilyError  # noqa: E402
+from .jacobian import FullJacobian, JacobianOperator, jacobian_operator, reconstruct, relative_error  # noqa: E402
+from .jacobian_analysis import JacobianResult, analyze_jacobian  # noqa: E402
+from .linearize import detached_mode, live_mode  # noqa: E402
+from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model  # noqa: E402
+from .service import Service, get_service  # noqa: E402
+
+__all__ = [
+    "ADAPTERS",
+    "FamilyAdapter",
+    "FullJacobian",
+    "InputError",
+    "JacobianOperator",
+    "JacobianResult",
+    "LLDDError",
+    "ModelHandle",
+    "ModelInfo",
+    "ModelLoadError",
+    "ModelSpec",
+    "NumericalError",
+    "ResourceError",
+    "Service",
+    "UnsupportedFamilyError",
+    "adapter_for",
+    "analyze_jacobian",
+    "detached_mode",
+    "get_service",
+    "jacobian_operator",
+    "live_mode",
+    "load_model",
+    "reconstruct",
+    "relative_error",
+    "resolve_model",
+    "supported_model_types",
+]

@@ -1,0 +1,18 @@
+"""GPT-2: LayerNorm with biases, Conv1D projections with biases, plain GELU MLP, learned positions."""
+
+from torch import nn
+
+from .base import FamilyAdapter
+
+
+class GPT2Adapter(FamilyAdapter):
+    name = "GPT-2"
+    model_types = ("gpt2",)
+    gated_mlp = False
+    biases = True
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.decoder(model).h
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return self.decoder(model).ln_f

@@ -1,0 +1,15 @@
+"""GPT-NeoX / Pythia: parallel residual ``x + attn(ln1(x)) + mlp(ln2(x))``, partial rotary, biases."""
+
+from torch import nn
+
+from .base import FamilyAdapter
+
+
+class GPTNeoXAdapter(FamilyAdapter):
+    name = "GPT-NeoX / Pythia"
+    model_types = ("gpt_neox",)
+    gated_mlp = False
+    biases = True
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return self.decoder(model).final_layer_norm

@@ -1,0 +1,8 @@
+"""OLMo 2: norms after the sub-layers (``x + norm(attn(x))``) and RMSNorms on full Q and K."""
+
+from .base import FamilyAdapter
+
+
+class Olmo2Adapter(FamilyAdapter):
+    name = "OLMo 2"
+    model_types = ("olmo2",)

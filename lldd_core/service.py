@@ -1,0 +1,157 @@
+"""The one facade that pages and the CLI call.
+
+Each analysis: resolve the model (config, tokenizer, revision; no weights), tokenize, build the cache
+key, return a hit at once; on a miss load the weights (one resident model per process, replaced when
+another is asked for), compute under the service lock (two browser tabs cannot interleave work on the
+model), store, return. Errors a user can cause arrive as :class:`~lldd_core.errors.LLDDError`.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from .cache import ResultCache, make_key
+from .errors import InputError, LLDDError, ResourceError
+from .jacobian import ProgressFn
+from .jacobian_analysis import ANALYSIS as JACOBIAN, JacobianResult, analyze_jacobian
+from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model
+
+R = TypeVar("R")
+
+
+@dataclass
+class Computed(Generic[R]):
+    result: R
+    cache_hit: bool
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+class Service:
+    """Owns the resident model, the result cache and the lock that serializes model work."""
+
+    def __init__(self, cache: ResultCache | None = None) -> None:
+        self.cache = cache if cache is not None else ResultCache()
+        self._lock = threading.RLock()
+        self._handle: ModelHandle | None = None
+        self._infos: dict[ModelSpec, ModelInfo] = {}
+
+    # --- models --------------------------------------------------------------------------------
+    def info(self, spec: ModelSpec) -> ModelInfo:
+        """Config, tokenizer and resolved revision (memoized per spec; no weights loaded)."""
+        with self._lock:
+            if spec not in self._infos:
+                self._infos[spec] = resolve_model(spec, self.cache.memo())
+            return self._infos[spec]
+
+    def handle(self, spec: ModelSpec, progress: ProgressFn | None = None) -> ModelHandle:
+        """The resident model for ``spec``, loading it (and dropping any other) if needed."""
+        with self._lock:
+            if self._handle is not None and self._handle.spec == spec:
+                return self._handle
+            self.unload()
+            if progress is not None:
+                progress(0.0, f"Loading {spec.model} ({spec.dtype})")
+            try:
+                self._handle = load_model(self.info(spec))
+            except (torch.OutOfMemoryError, MemoryError) as err:
+                raise ResourceError(
+                    f"Out of memory while loading {spec.model}: choose a smaller model, bfloat16/float16, or another device."
+                ) from err
+            return self._handle
+
+    @property
+    def resident(self) -> ModelHandle | None:
+        return self._handle
+
+    def unload(self) -> None:
+        with self._lock:
+            self._handle = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # --- the cached-compute pattern --------------------------------------------------------------
+    def _cached(
+        self,
+        analysis: str,
+        spec: ModelSpec,
+        info: ModelInfo,
+        input_ids: list[int],
+        params: dict[str, Any],
+        compute: Callable[[ModelHandle], R],
+        progress: ProgressFn | None,
+    ) -> Computed[R]:
+        key = make_key(analysis, model=spec.model, revision=info.revision, dtype=spec.dtype, input_ids=input_ids, params=params)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return Computed(hit, True)
+        with self._lock:
+            hit = self.cache.get(key)  # another session may have computed it while we waited
+            if hit is not None:
+                return Computed(hit, True)
+            handle = self.handle(spec, progress)
+            try:
+                with handle.lock:
+                    result = compute(handle)
+            except LLDDError:
+                raise
+            except Exception as err:
+                if _is_oom(err):
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    raise ResourceError(
+                        f"Out of memory during '{analysis}': shorten the prompt, use a lower precision, or a bigger device."
+                    ) from err
+                raise
+            self.cache.set(key, result)
+            return Computed(result, False)
+
+    # --- analyses -------------------------------------------------------------------------------
+    def jacobian(
+        self,
+        spec: ModelSpec,
+        prompt: str,
+        *,
+        layer: int | None = None,
+        final_norm: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> Computed[JacobianResult]:
+        """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.jacobian_analysis`)."""
+        info = self.info(spec)
+        ids = info.encode(prompt)
+        layer = info.n_layers if layer is None else int(layer)
+        if not 1 <= layer <= info.n_layers:
+            raise InputError(f"Layer must be between 1 and {info.n_layers} for {spec.model}; got {layer}.")
+        params = {"layer": layer, "final_norm": bool(final_norm)}
+        return self._cached(
+            JACOBIAN,
+            spec,
+            info,
+            ids,
+            params,
+            lambda h: analyze_jacobian(h, ids, layer=layer, final_norm=final_norm, progress=progress),
+            progress,
+        )
+
+
+_SERVICE: Service | None = None
+_SERVICE_LOCK = threading.Lock()
+
+
+def get_service() -> Service:
+    """The process-wide service (one resident model shared by every session)."""
+    global _SERVICE
+    with _SERVICE_LOCK:
+        if _SERVICE is None:
+            _SERVICE = Service()
+        return _SERVICE

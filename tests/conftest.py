@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the network: hub lookups fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from tests.tiny import FAMILIES, save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Every family's tiny model saved as a real directory (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: save_tiny(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """An empty result cache for this test."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("LLDD_CACHE_DIR", str(path))
+    return path

@@ -1,0 +1,96 @@
+"""Tiny random models of every supported family, saved as real Hugging Face directories.
+
+Nothing is downloaded: configs are built from config classes, the tokenizer is a byte-level BPE
+trained here on a few sentences. Weights are scaled up (initializer_range 0.2) so the models are
+visibly nonlinear, and biases and norm weights are randomized (Hugging Face initializes them to 0
+and 1, which would leave the bias channel and Gemma's ``1 + w`` untested).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Olmo2Config,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB = 320
+CORPUS = [
+    "The Golden Gate Bridge is in San Francisco.",
+    "The bridge out of Marin is the Golden Gate.",
+    "Paris is the capital of France, and Rome is the capital of Italy.",
+    "The cat says meow and the dog says woof.",
+    "This restaurant was wonderful, the food was great and the staff were kind.",
+    "Please could you pass the salt? Thank you very much.",
+] * 20
+
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=64, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+              tie_word_embeddings=False)
+
+#: family -> (config, has_biases). Sliding windows (4) are shorter than the test prompts.
+CONFIGS = {
+    "gpt2": (GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
+                        bos_token_id=1, eos_token_id=2, activation_function="gelu_new"), True),
+    "gpt_neox": (GPTNeoXConfig(**COMMON, rotary_pct=0.5, use_parallel_residual=True, hidden_act="gelu"), True),
+    "llama": (LlamaConfig(**COMMON, num_key_value_heads=2), False),
+    "mistral": (MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=4), False),
+    "qwen2": (Qwen2Config(**COMMON, num_key_value_heads=2), True),
+    "qwen3": (Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=8), False),
+    "gemma2": (Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=8, sliding_window=4, query_pre_attn_scalar=8,
+                            attn_logit_softcapping=20.0, final_logit_softcapping=30.0), False),
+    "gemma3_text": (Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=8,
+                                     sliding_window=4, query_pre_attn_scalar=8,
+                                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]), False),
+    "phi3": (Phi3Config(**COMMON, num_key_value_heads=2, partial_rotary_factor=0.5), False),
+    "olmo2": (Olmo2Config(**COMMON, num_key_value_heads=2), False),
+}
+FAMILIES = tuple(CONFIGS)
+BIASED = tuple(f for f, (_, b) in CONFIGS.items() if b)
+
+#: 13+ tokens for every family: longer than every sliding window.
+PROMPT = "The Golden Gate Bridge is in San Francisco and"
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def build_model(family: str, seed: int = 0) -> torch.nn.Module:
+    config, _ = CONFIGS[family]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+            elif p.ndim == 1:  # norm weights
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def save_tiny(family: str, directory: Path, seed: int = 0) -> Path:
+    """Save a tiny random model of ``family`` and the shared tokenizer to ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    build_model(family, seed).save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    return directory
