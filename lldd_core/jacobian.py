@@ -80,6 +80,8 @@ class JacobianOperator:
             allow_unused=True,
             materialize_grads=True,
         )
+        if gs.shape != (u.shape[0],):  # no biases: autograd materializes one unbatched zero
+            gs = torch.zeros(u.shape[0], dtype=self.y.dtype, device=self.y.device)
         return gx[:, 0], gs
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

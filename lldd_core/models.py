@@ -32,6 +32,14 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "map")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
+#: The model the dashboard and CLI open with when none is given.
+BUILTIN_DEFAULT_MODEL = "gpt2"
+
+
+def default_model() -> str:
+    """``$LLDD_DEFAULT_MODEL`` if set, else the built-in default."""
+    return os.environ.get("LLDD_DEFAULT_MODEL") or BUILTIN_DEFAULT_MODEL
+
 
 @dataclass(frozen=True)
 class ModelSpec:
