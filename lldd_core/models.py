@@ -305,7 +305,7 @@ def load_model(spec: ModelSpec | ModelInfo, revision_memo: MutableMapping | None
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
         "dtype": DTYPES[spec.dtype],
-        "use_safetensors": not spec.allow_pickle,
+        "use_safetensors": None if spec.allow_pickle else True,  # None: safetensors first, then .bin
     }
     if spec.device == "map":
         load_kwargs["device_map"] = "auto"

@@ -1,0 +1,111 @@
+"""``python -m lldd_core``: JSON keys, cache commands, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import OPTConfig
+
+from lldd_core import service as service_module
+from lldd_core.cli import main
+from tests.tiny import PROMPT
+
+ROOT = Path(__file__).resolve().parent.parent
+JSON_KEYS = {"model", "revision", "dtype", "tokens", "input_ids", "reconstruction_error", "plain_reconstruction_error",
+             "bias_norm", "output_norm", "singular_values", "elapsed_s", "cache_hit"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_service(cache_dir, monkeypatch):
+    monkeypatch.setattr(service_module, "_SERVICE", None)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_jacobian_json(capsys, tiny_dirs):
+    args = ["jacobian", "--model", str(tiny_dirs["gpt2"]), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
+            "--top-k", "3", "--json", "-", "--quiet"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    data = json.loads(out)
+    assert JSON_KEYS <= data.keys()
+    assert data["dtype"] == "float64" and data["cache_hit"] is False
+    assert len(data["tokens"]) == len(data["input_ids"]) == len(data["singular_values"])
+    assert all(len(sv) == 3 and sv == sorted(sv, reverse=True) for sv in data["singular_values"])
+    assert data["reconstruction_error"] < 1e-10 < 1e-3 < data["plain_reconstruction_error"]
+    assert data["bias_norm"] > 0
+    code, out, _ = _run(capsys, *args)
+    assert json.loads(out)["cache_hit"] is True
+
+
+def test_layer_and_no_final_norm(capsys, tiny_dirs, tmp_path):
+    target = tmp_path / "out.json"
+    code, out, _ = _run(capsys, "jacobian", "--model", str(tiny_dirs["llama"]), "--prompt", PROMPT, "--layer", "1",
+                        "--no-final-norm", "--json", str(target), "--quiet")
+    assert code == 0 and "reconstruction error" in out  # summary still printed with a file target
+    data = json.loads(target.read_text())
+    assert data["layer"] == 1 and data["final_norm"] is False and data["reconstruction_error"] < 1e-5
+
+
+def test_readable_summary(capsys, tiny_dirs):
+    code, out, _ = _run(capsys, "jacobian", "--model", str(tiny_dirs["qwen3"]), "--prompt", "The Golden Gate", "--quiet")
+    assert code == 0
+    assert "reconstruction error" in out and "' Golden'" in out and "top-5 singular values" in out
+
+
+def test_cache_info_and_clear(capsys, tiny_dirs, cache_dir):
+    _run(capsys, "jacobian", "--model", str(tiny_dirs["gpt2"]), "--prompt", "The", "--quiet")
+    code, out, _ = _run(capsys, "cache", "info", "--json", "-")
+    info = json.loads(out)
+    assert code == 0 and info["by_kind"]["jacobian"] == 1 and info["directory"] == str(cache_dir)
+    code, out, _ = _run(capsys, "cache", "clear")
+    assert code == 0 and "cleared" in out
+    assert json.loads(_run(capsys, "cache", "info", "--json", "-")[1])["entries"] == 0
+
+
+def _unsupported_dir(tmp_path: Path) -> str:
+    OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+              word_embed_proj_dim=16).save_pretrained(tmp_path / "opt")
+    return str(tmp_path / "opt")
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("empty", "prompt is empty"), ("missing", "No model directory"), ("unsupported", "not supported"),
+     ("too_long", "at most 64"), ("layer", "between 1 and 2")],
+)
+def test_bad_input_is_one_line(capsys, tiny_dirs, tmp_path, case, message):
+    model, prompt, extra = str(tiny_dirs["gpt2"]), PROMPT, []
+    if case == "empty":
+        prompt = "  "
+    elif case == "missing":
+        model = str(tmp_path / "nothing-here")
+    elif case == "unsupported":
+        model = _unsupported_dir(tmp_path)
+    elif case == "too_long":
+        prompt = "word " * 300
+    elif case == "layer":
+        extra = ["--layer", "7"]
+    code, out, err = _run(capsys, "jacobian", "--model", model, "--prompt", prompt, "--quiet", *extra)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_entry_point_has_no_traceback(tmp_path):
+    """The real ``python -m lldd_core`` process, as a user runs it."""
+    env = {**os.environ, "LLDD_CACHE_DIR": str(tmp_path / "c"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lldd_core", "jacobian", "--model", str(tmp_path / "nope"),
+                           "--prompt", "hi"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: No model directory")
