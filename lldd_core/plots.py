@@ -172,6 +172,7 @@ def spectrum_figure(result: JacobianResult) -> go.Figure:
         xaxis_title="index k",
         yaxis_title="σ_k(J_i)",
         yaxis_type="log",
+        yaxis_exponentformat="power",  # 10⁻⁴, not the SI "100µ" a log axis shows by default
         height=430,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"title": {"text": "token"}},

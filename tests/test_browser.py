@@ -1,0 +1,162 @@
+"""Real-browser smoke test: ``streamlit run app.py`` in a subprocess, driven by headless Chromium.
+
+Skipped when Chromium or playwright is missing, unless ``LLDD_REQUIRE_BROWSER=1`` (then it fails).
+Leaves a screenshot in ``test-output/browser_detached_jacobian.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "test-output" / "browser_detached_jacobian.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+#: Streamlit's error box (``stAlertContent`` + kind) and its traceback box.
+ERROR_SELECTOR = '[data-testid="stAlertContentError"], [data-testid="stException"]'
+STARTUP_S = 60
+COMPUTE_S = 60
+
+pytestmark = pytest.mark.browser
+
+
+def _require_browser() -> None:
+    """Skip without a browser, or fail if the run demands one (CI sets LLDD_REQUIRE_BROWSER=1)."""
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(str(CHROMIUM))
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package")
+    if missing:
+        message = "browser test needs " + " and ".join(missing)
+        if os.environ.get("LLDD_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + " (LLDD_REQUIRE_BROWSER=1)")
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Poll ``/_stcore/health`` until it answers ``ok``; fail early if the server died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                if response.read().decode().strip() == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"streamlit did not become healthy within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture()
+def server(tiny_dirs, tmp_path: Path) -> Iterator[str]:
+    """A headless streamlit server on a free local port; its URL. Always terminated."""
+    _require_browser()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLDD_DEFAULT_MODEL": str(tiny_dirs["gpt2"]),
+        "LLDD_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc, log, STARTUP_S)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_compute_in_a_real_browser(server: str, tiny_dirs) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=COMPUTE_S * 1000)  # the first run imports torch and transformers
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(server, wait_until="domcontentloaded")
+            compute = page.get_by_role("button", name="Compute")
+            expect(compute).to_be_enabled()
+            expect(page.get_by_role("textbox", name="Model (hub id or local path)")).to_have_value(str(tiny_dirs["gpt2"]))
+            compute.click()
+
+            metrics = page.locator('[data-testid="stMetric"]')
+            expect(metrics).to_have_count(8)
+            charts = page.locator('[data-testid="stPlotlyChart"] .main-svg')
+            expect(charts.first).to_be_visible()
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+            # plotly draws the detached points and the spectrum lines into the SVG
+            expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
+            error_value = page.locator('[data-testid="stMetric"]', has_text="Detached reconstruction error")
+            value = error_value.locator('[data-testid="stMetricValue"]').inner_text().strip()
+            assert float(value) < 1e-4, value  # float32 default: rounding level
+            from_cache = page.locator('[data-testid="stMetric"]', has_text="From cache")
+            expect(from_cache.locator('[data-testid="stMetricValue"]')).to_have_text("no")
+            # wait until the run is over (the top-right "Running" widget goes away), then look
+            expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+            # Streamlit scrolls inside its main container, so a full-page screenshot would stop at
+            # the viewport: grow the viewport to the content instead.
+            height = page.evaluate(
+                "Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], [data-testid=\"stMain\"] *')]"
+                ".map(e => e.scrollHeight))"
+            )
+            page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 6000)})
+            page.wait_for_timeout(800)  # plotly redraws on resize
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            errors = page.locator(ERROR_SELECTOR)
+            assert errors.count() == 0, errors.all_inner_texts()
+
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download result (JSON)").click()
+            saved = json.loads(Path(download.value.path()).read_text())
+            assert saved["layer"] == 2 and saved["reconstruction_error"] == pytest.approx(float(value), rel=0.1)
+        finally:
+            browser.close()
