@@ -31,8 +31,11 @@ from .residual import run_to_layer
 
 ProgressFn = Callable[[float, str], None]
 
-#: Budget for the activations that one chunk of batched VJPs keeps alive.
+#: Budget for the activations that one chunk of batched VJPs keeps alive (accelerators).
 DEFAULT_CHUNK_BYTES = 1 << 30
+#: On CPU the batched VJP is fastest when one chunk's activations stay in the last-level cache
+#: (bench/jacobian.py: 1.2-1.5x faster than one chunk of all d_out cotangents).
+CPU_CHUNK_BYTES = 1 << 26
 
 
 @dataclass
@@ -100,8 +103,10 @@ class JacobianOperator:
         )
         return jv
 
-    def chunk_size(self, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    def chunk_size(self, budget_bytes: int | None = None) -> int:
         """How many cotangents one batched VJP may carry within ``budget_bytes`` of activations."""
+        if budget_bytes is None:
+            budget_bytes = CPU_CHUNK_BYTES if self.y.device.type == "cpu" else DEFAULT_CHUNK_BYTES
         per = self.n_tokens * max(self.d_in, self._intermediate) * self.x0.element_size() * 8
         return int(max(1, min(self.d_out, budget_bytes // max(per, 1))))
 
