@@ -266,6 +266,7 @@ def resolve_model(spec: ModelSpec, revision_memo: MutableMapping | None = None) 
 
     if spec.dtype not in DTYPES:
         raise InputError(f"Unknown dtype '{spec.dtype}'. Use one of: {', '.join(DTYPES)}.")
+    resolve_device(spec.device)  # a bad device is reported before any work, also on a cache hit
     if not isinstance(spec.model, str) or not spec.model.strip():
         raise InputError("No model given: enter a hub id (e.g. 'gpt2') or the path of a local model directory.")
     local = is_local(spec.model)

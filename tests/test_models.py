@@ -113,3 +113,22 @@ def test_prompt_validation(tiny_dirs):
     with pytest.raises(InputError, match="at most 64"):
         info.encode("word " * 200)
     assert info.token_strings(info.encode("The Golden Gate")) == ["The", " Golden", " Gate"]
+
+
+def test_device_map_loading_matches_plain(tiny_dirs):
+    """``device='map'`` goes through accelerate's device_map="auto" (all on CPU here)."""
+    from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
+
+    plain = load_model(ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu"))
+    mapped = load_model(ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="map"))
+    ids = torch.tensor(plain.info.encode("The Golden Gate"))
+    a = jacobian_operator(plain.model, plain.adapter, ids).full()
+    op = jacobian_operator(mapped.model, mapped.adapter, ids)
+    b = op.full()
+    torch.testing.assert_close(a.J, b.J)
+    assert relative_error(op.y, reconstruct(b.J, op.x0, b.b)) < 1e-10
+
+
+def test_unknown_device_is_reported_early(tiny_dirs):
+    with pytest.raises(InputError, match="Unknown device"):
+        resolve_model(ModelSpec(str(tiny_dirs["gpt2"]), device="tpu9"))

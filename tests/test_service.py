@@ -89,3 +89,50 @@ def test_concurrent_sessions_get_consistent_results(service, tiny_dirs):
         expected = fresh.jacobian(specs[i % 2], PROMPT, layer=1 + i // 2).result
         np.testing.assert_allclose(result.y, expected.y, rtol=1e-12)
         assert result.reconstruction_error < 1e-10
+
+
+def test_out_of_memory_is_a_clear_error_and_cache_survives(service, tiny_dirs, monkeypatch):
+    import torch
+
+    from lldd_core import service as service_module
+    from lldd_core.errors import ResourceError
+
+    spec = ModelSpec(str(tiny_dirs["gpt2"]), device="cpu")
+    service.jacobian(spec, PROMPT)
+    entries = service.cache.info()["entries"]
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(service_module, "analyze_jacobian", boom)
+    with pytest.raises(ResourceError, match="Out of memory"):
+        service.jacobian(spec, "another prompt")
+    assert service.cache.info()["entries"] == entries
+    assert service.jacobian(spec, PROMPT).cache_hit
+
+
+def test_oversized_jacobian_is_refused(service, tiny_dirs, monkeypatch):
+    from lldd_core.errors import ResourceError
+
+    monkeypatch.setenv("LLDD_MAX_JACOBIAN_GB", "0.000001")
+    with pytest.raises(ResourceError, match="shorten the prompt"):
+        service.jacobian(ModelSpec(str(tiny_dirs["gpt2"]), device="cpu"), PROMPT)
+
+
+def test_half_precision_overflow_is_a_numerical_error(service, tmp_path):
+    """Weights that overflow float16 give NaN/Inf: reported as such, nothing cached."""
+    import torch
+
+    from lldd_core.errors import NumericalError
+    from tests.tiny import build_model, build_tokenizer
+
+    model = build_model("llama")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(300.0)
+    model.save_pretrained(tmp_path / "hot")
+    build_tokenizer().save_pretrained(tmp_path / "hot")
+    with pytest.raises(NumericalError, match="float32 or bfloat16"):
+        service.jacobian(ModelSpec(str(tmp_path / "hot"), dtype="float16", device="cpu"), PROMPT)
+    assert service.cache.info()["by_kind"].get("jacobian", 0) == 0
