@@ -201,6 +201,11 @@ def explain_load_error(model: str, revision: str | None, err: BaseException) -> 
     """Turn whatever the hub or transformers raised into a message that says what to do."""
     from huggingface_hub import errors as hub
 
+    if is_out_of_memory(err):
+        return ResourceError(
+            f"Out of memory while loading '{model}': choose a smaller model, a lower precision "
+            "(bfloat16/float16), or another device."
+        )
     chain = _chain(err)
     text = " ".join(str(e) for e in chain)
     names = {type(e).__name__ for e in chain}
@@ -238,16 +243,12 @@ def explain_load_error(model: str, revision: str | None, err: BaseException) -> 
             f"'{model}' needs custom code from its repository. lldd runs no remote code unless you enable "
             "'trust remote code' (--trust-remote-code); only do that for sources you trust."
         )
-    if _is_oom(err):
-        return ResourceError(
-            f"Out of memory while loading '{model}': choose a smaller model, a lower precision "
-            "(bfloat16/float16), or another device."
-        )
     return ModelLoadError(f"Could not load '{model}': {chain[-1] if chain else err}")
 
 
 
-def _is_oom(err: BaseException) -> bool:
+def is_out_of_memory(err: BaseException) -> bool:
+    """True if ``err`` (or its cause) is an out-of-memory error of torch, CUDA or the host."""
     return any(
         isinstance(e, (torch.OutOfMemoryError, MemoryError))
         or "out of memory" in str(e).lower()

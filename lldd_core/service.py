@@ -20,7 +20,7 @@ from .cache import ResultCache, make_key
 from .errors import InputError, LLDDError, ResourceError
 from .jacobian import ProgressFn
 from .jacobian_analysis import ANALYSIS as JACOBIAN, JacobianResult, analyze_jacobian
-from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model
+from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 
 R = TypeVar("R")
 
@@ -29,10 +29,6 @@ R = TypeVar("R")
 class Computed(Generic[R]):
     result: R
     cache_hit: bool
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
 
 
 class Service:
@@ -60,12 +56,7 @@ class Service:
             self.unload()
             if progress is not None:
                 progress(0.0, f"Loading {spec.model} ({spec.dtype})")
-            try:
-                self._handle = load_model(self.info(spec))
-            except (torch.OutOfMemoryError, MemoryError) as err:
-                raise ResourceError(
-                    f"Out of memory while loading {spec.model}: choose a smaller model, bfloat16/float16, or another device."
-                ) from err
+            self._handle = load_model(self.info(spec))  # load errors arrive explained
             return self._handle
 
     @property
@@ -105,7 +96,7 @@ class Service:
             except LLDDError:
                 raise
             except Exception as err:
-                if _is_oom(err):
+                if is_out_of_memory(err):
                     gc.collect()
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
