@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from .arch import FamilyAdapter, adapter_for
+from .demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_demo
+from .demo.build import ProgressFn
 from .errors import InputError, LLDDError, ModelLoadError, ResourceError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -32,8 +34,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "map")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-#: The model the dashboard and CLI open with when none is given.
-BUILTIN_DEFAULT_MODEL = "gpt2"
+#: The model the dashboard and CLI open with when none is given: the built-in demo model.
+BUILTIN_DEFAULT_MODEL = "demo:gpt2-small"
 
 
 def default_model() -> str:
@@ -164,6 +166,22 @@ def is_local(model: str) -> bool:
     return os.path.exists(expanded) or model.startswith(("/", "./", "../", "~", ".\\")) or os.sep + os.sep in model
 
 
+def model_source(model: str, progress: ProgressFn | None = None) -> str:
+    """What ``from_pretrained`` gets: the directory of a demo model or local path, else the hub id.
+
+    ``demo:<name>`` names a built-in demo model (see :mod:`lldd_core.demo`); one that is not built
+    yet is built here, once (1-3 minutes on a CPU), reporting ``progress``.
+    """
+    if is_demo(model):
+        name = demo_name(model)
+        if name not in DEMO_CONFIGS:
+            raise ModelLoadError(f"There is no demo model '{name}'. Demo models: {', '.join(DEMO_CONFIGS)}.")
+        if not is_built(name):
+            build_demo(name, progress=progress)
+        return str(demo_path(name))
+    return os.path.expanduser(model) if is_local(model) else model
+
+
 def local_revision(path: str | Path, memo: MutableMapping | None = None) -> str:
     """sha256 over ``config.json`` and the weight files of a local model directory.
 
@@ -257,8 +275,12 @@ def is_out_of_memory(err: BaseException) -> bool:
     )
 
 
-def resolve_model(spec: ModelSpec, revision_memo: MutableMapping | None = None) -> ModelInfo:
+def resolve_model(
+    spec: ModelSpec, revision_memo: MutableMapping | None = None, progress: ProgressFn | None = None
+) -> ModelInfo:
     """Config, tokenizer, adapter and resolved revision of ``spec``, without loading weights.
+
+    A demo model that is not built yet is built first (``progress`` reports it).
 
     Raises :class:`~lldd_core.errors.LLDDError` subclasses with actionable messages for unknown or
     gated ids, missing network, unknown revisions and unsupported families.
@@ -270,8 +292,8 @@ def resolve_model(spec: ModelSpec, revision_memo: MutableMapping | None = None) 
     resolve_device(spec.device)  # a bad device is reported before any work, also on a cache hit
     if not isinstance(spec.model, str) or not spec.model.strip():
         raise InputError("No model given: enter a hub id (e.g. 'gpt2') or the path of a local model directory.")
-    local = is_local(spec.model)
-    source = os.path.expanduser(spec.model) if local else spec.model
+    local = is_local(spec.model) or is_demo(spec.model)
+    source = model_source(spec.model, progress)
     if local and not os.path.isdir(source):
         raise ModelLoadError(f"No model directory at '{spec.model}': check the path.")
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
@@ -302,7 +324,7 @@ def load_model(spec: ModelSpec | ModelInfo, revision_memo: MutableMapping | None
     info = spec if isinstance(spec, ModelInfo) else resolve_model(spec, revision_memo)
     spec = info.spec
     device = resolve_device(spec.device)
-    source = os.path.expanduser(spec.model) if is_local(spec.model) else spec.model
+    source = model_source(spec.model)
     load_kwargs = {
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,

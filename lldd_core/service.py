@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from .cache import ResultCache, make_key
+from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
 from .jacobian import ProgressFn
 from .jacobian_analysis import ANALYSIS as JACOBIAN, JacobianResult, analyze_jacobian
@@ -41,12 +42,25 @@ class Service:
         self._infos: dict[ModelSpec, ModelInfo] = {}
 
     # --- models --------------------------------------------------------------------------------
-    def info(self, spec: ModelSpec) -> ModelInfo:
-        """Config, tokenizer and resolved revision (memoized per spec; no weights loaded)."""
+    def info(self, spec: ModelSpec, progress: ProgressFn | None = None) -> ModelInfo:
+        """Config, tokenizer and resolved revision (memoized per spec; no weights loaded).
+
+        A demo model (``demo:<name>``) that is not built yet is built first, reporting ``progress``.
+        """
         with self._lock:
             if spec not in self._infos:
-                self._infos[spec] = resolve_model(spec, self.cache.memo())
+                self._infos[spec] = resolve_model(spec, self.cache.memo(), progress)  # builds a missing demo
             return self._infos[spec]
+
+    def needs_build(self, spec: ModelSpec) -> bool:
+        """True for a known demo model that is not built yet (the first use will build it)."""
+        return is_demo(spec.model) and demo_name(spec.model) in DEMO_CONFIGS and not is_built(demo_name(spec.model))
+
+    def ensure_demo(self, spec: ModelSpec, progress: ProgressFn | None = None) -> None:
+        """Build the demo model ``spec`` names if it is missing (a few minutes on a CPU, once)."""
+        with self._lock:
+            if self.needs_build(spec):
+                build_demo(demo_name(spec.model), progress=progress)
 
     def handle(self, spec: ModelSpec, progress: ProgressFn | None = None) -> ModelHandle:
         """The resident model for ``spec``, loading it (and dropping any other) if needed."""
@@ -118,7 +132,7 @@ class Service:
         progress: ProgressFn | None = None,
     ) -> Computed[JacobianResult]:
         """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.jacobian_analysis`)."""
-        info = self.info(spec)
+        info = self.info(spec, progress)
         ids = info.encode(prompt)
         layer = info.n_layers if layer is None else int(layer)
         if not 1 <= layer <= info.n_layers:

@@ -19,6 +19,16 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny(family, root / family) for family in FAMILIES}
 
 
+@pytest.fixture(scope="session")
+def demo_default(tmp_path_factory) -> Path:
+    """The default demo model, built once per session at its full training budget (~1.5 min)."""
+    from lldd_core.demo import DEFAULT_DEMO, build_demo
+
+    target = tmp_path_factory.mktemp("demo") / DEFAULT_DEMO
+    build_demo(DEFAULT_DEMO, target=target)
+    return target
+
+
 @pytest.fixture()
 def cache_dir(tmp_path, monkeypatch) -> Path:
     """An empty result cache for this test."""

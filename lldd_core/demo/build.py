@@ -1,0 +1,287 @@
+"""Build the demo models: tokenizer and small GPT-2 / Llama models trained on the lldd corpus.
+
+Everything is deterministic in the seed (same machine, same thread count): the corpus sample, the
+tokenizer, the initialization and the order of training windows. A build writes into a temporary
+directory next to its target and renames it into place at the end, so an interrupted build never
+leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import corpus
+
+ProgressFn = Callable[[float, str], None]
+
+META_FILE = "lldd_demo.json"
+BUILD_VERSION = 1
+BOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """One demo model: architecture, shape and training budget."""
+
+    name: str
+    arch: str  # "gpt2" or "llama"
+    size: str  # "small", "medium", "large"
+    d_model: int
+    n_layers: int
+    n_heads: int
+    steps: int
+    batch: int = 32
+    seq_len: int = 64
+    lr: float = 3e-3
+    n_sentences: int = 60_000
+
+
+DEMO_CONFIGS: dict[str, DemoConfig] = {
+    c.name: c
+    for c in (
+        # steps fit the budgets on 2 CPU cores: ~0.14 / 0.29 / 0.68 / 0.12 s per step
+        DemoConfig("gpt2-small", "gpt2", "small", d_model=128, n_layers=4, n_heads=4, steps=600),
+        DemoConfig("gpt2-medium", "gpt2", "medium", d_model=192, n_layers=6, n_heads=6, steps=600, lr=2e-3),
+        DemoConfig("gpt2-large", "gpt2", "large", d_model=256, n_layers=8, n_heads=8, steps=300, lr=1.5e-3),
+        DemoConfig("llama-small", "llama", "small", d_model=128, n_layers=4, n_heads=4, steps=600),
+    )
+}
+DEFAULT_DEMO = "gpt2-small"
+VOCAB_SIZE = 3000
+
+
+@dataclass
+class DemoInfo:
+    """What ``demo info`` reports about a built model."""
+
+    name: str
+    path: str
+    arch: str
+    size: str
+    parameters: int
+    heldout_loss: float
+    unigram_loss: float
+    fact_accuracy: float
+    build_seconds: float
+    seed: int
+    steps: int
+    version: int = BUILD_VERSION
+
+
+def demo_dir() -> Path:
+    """Where demo models live: ``$LLDD_DEMO_DIR``, else ``demo/`` inside the result cache folder."""
+    from ..cache import cache_dir
+
+    return Path(os.environ.get("LLDD_DEMO_DIR") or cache_dir() / "demo").expanduser()
+
+
+def demo_path(name: str) -> Path:
+    return demo_dir() / name
+
+
+def read_info(name: str) -> DemoInfo | None:
+    """The metadata of a built demo model, or ``None`` if it is not (completely) built."""
+    try:
+        data = json.loads((demo_path(name) / META_FILE).read_text())
+        info = DemoInfo(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if info.version != BUILD_VERSION or not (demo_path(name) / "model.safetensors").exists():
+        return None
+    return info
+
+
+def is_built(name: str) -> bool:
+    return read_info(name) is not None
+
+
+# --- tokenizer -----------------------------------------------------------------------------------
+
+
+def train_tokenizer(sentences: list[str], vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE over the corpus; prompts get ``<|endoftext|>`` prepended, as in training."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sentences, trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=BOS)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def make_config(cfg: DemoConfig, vocab_size: int, bos_id: int):
+    from transformers import GPT2Config, LlamaConfig
+
+    if cfg.arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=128, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=bos_id, eos_token_id=bos_id,
+            pad_token_id=bos_id, tie_word_embeddings=True,
+        )
+    if cfg.arch == "llama":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=int(8 * cfg.d_model / 3 // 32 * 32),
+            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+            max_position_embeddings=128, bos_token_id=bos_id, eos_token_id=bos_id, pad_token_id=bos_id,
+            tie_word_embeddings=True,
+        )
+    raise ValueError(f"unknown demo architecture {cfg.arch!r}")
+
+
+def _token_stream(tokenizer, sentences: list[str]) -> torch.Tensor:
+    """All sentences as one stream, each after ``<|endoftext|>`` (the tokenizer prepends it)."""
+    ids = tokenizer(sentences)["input_ids"]
+    return torch.tensor([t for seq in ids for t in seq], dtype=torch.long)
+
+
+def _lr(step: int, steps: int, peak: float, warmup: int = 40) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def mean_loss(model, tokenizer, sentences: list[str], batch: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) over the sentences, each scored on its own."""
+    total, count = 0.0, 0
+    for i in range(0, len(sentences), batch):
+        enc = tokenizer(sentences[i : i + batch], return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        target = ids[:, 1:]
+        valid = mask[:, 1:].bool()
+        loss = torch.nn.functional.cross_entropy(logits[valid], target[valid], reduction="sum")
+        total += float(loss)
+        count += int(valid.sum())
+    return total / max(count, 1)
+
+
+def unigram_loss(tokenizer, train_stream: torch.Tensor, sentences: list[str], vocab_size: int) -> float:
+    """Cross-entropy of an add-one unigram model of the training tokens on the same targets."""
+    counts = torch.bincount(train_stream, minlength=vocab_size).double() + 1.0
+    logp = torch.log(counts / counts.sum())
+    targets = [t for seq in tokenizer(sentences)["input_ids"] for t in seq[1:]]
+    return float(-logp[torch.tensor(targets)].mean())
+
+
+@torch.no_grad()
+def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int = 4) -> str:
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    for _ in range(max_new_tokens):
+        nxt = model(input_ids=ids).logits[0, -1].argmax()
+        ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return tokenizer.decode(ids[0, len(tokenizer(prompt)["input_ids"]) :].tolist())
+
+
+def fact_accuracy(model, tokenizer) -> float:
+    """Share of :data:`corpus.FACT_PROMPTS` whose greedy continuation starts with the answer."""
+    hits = sum(greedy_completion(model, tokenizer, p).strip().startswith(a) for p, a in corpus.FACT_PROMPTS)
+    return hits / len(corpus.FACT_PROMPTS)
+
+
+def heldout_sentences(n: int = 400, seed: int = 0) -> list[str]:
+    """Held-out fills (never trained on) used for the held-out loss."""
+    import random
+
+    pool = sorted(f.text for f in corpus.labelled_fills() if corpus.is_held_out(f))
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def train(cfg: DemoConfig, seed: int = 0, steps: int | None = None, progress: ProgressFn | None = None):
+    """Corpus, tokenizer and a trained model for ``cfg``; returns (model, tokenizer, train_stream)."""
+    from transformers import AutoModelForCausalLM
+
+    report = progress or (lambda f, m: None)
+    steps = cfg.steps if steps is None else steps
+    report(0.0, "Generating the corpus")
+    sentences = list(corpus.sample_corpus(cfg.n_sentences, seed=seed))
+    report(0.02, "Training the tokenizer")
+    tokenizer = train_tokenizer(sorted(set(corpus.training_pool())))
+    stream = _token_stream(tokenizer, sentences)
+    config = make_config(cfg, len(tokenizer), tokenizer.bos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    gen = torch.Generator().manual_seed(seed)
+    n_windows = len(stream) - cfg.seq_len - 1
+    for step in range(steps):
+        starts = torch.randint(0, n_windows, (cfg.batch,), generator=gen)
+        batch = torch.stack([stream[s : s + cfg.seq_len + 1] for s in starts.tolist()])
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, cfg.lr)
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            report(0.05 + 0.85 * (step + 1) / steps, f"Training {cfg.name}: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}")
+    model.eval()
+    return model, tokenizer, stream
+
+
+def build_demo(name: str = DEFAULT_DEMO, seed: int = 0, steps: int | None = None, progress: ProgressFn | None = None,
+               target: Path | None = None) -> DemoInfo:
+    """Build demo model ``name`` into ``target`` (default :func:`demo_path`) and return its info."""
+    if name not in DEMO_CONFIGS:
+        raise KeyError(name)
+    cfg = DEMO_CONFIGS[name]
+    report = progress or (lambda f, m: None)
+    t0 = time.perf_counter()
+    model, tokenizer, stream = train(cfg, seed=seed, steps=steps, progress=report)
+    report(0.92, "Evaluating")
+    held = heldout_sentences()
+    target = Path(target) if target is not None else demo_path(name)
+    info = DemoInfo(
+        name=name,
+        path=str(target),
+        arch=cfg.arch,
+        size=cfg.size,
+        parameters=int(sum(p.numel() for p in model.parameters())),
+        heldout_loss=mean_loss(model, tokenizer, held),
+        unigram_loss=unigram_loss(tokenizer, stream, held, len(tokenizer)),
+        fact_accuracy=fact_accuracy(model, tokenizer),
+        build_seconds=0.0,
+        seed=seed,
+        steps=cfg.steps if steps is None else steps,
+    )
+    report(0.97, "Saving")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info.build_seconds = time.perf_counter() - t0
+        (tmp / META_FILE).write_text(json.dumps(asdict(info), indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(1.0, f"Built {name}")
+    return info
