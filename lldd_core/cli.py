@@ -1,8 +1,17 @@
-"""``python -m lldd_core``: scripted and batch runs of the analyses, and cache management.
+"""``python -m lldd_core``: scripted and batch runs of the analyses, demo models and the cache.
+
+Commands::
+
+    python -m lldd_core jacobian --prompt TEXT [--model M] ...     detached vs ordinary Jacobian
+    python -m lldd_core demo build [--size S|all] [--arch A] [--force]   build the demo models
+    python -m lldd_core demo info [--json -]                        list the demo models
+    python -m lldd_core cache info|clear                            the result cache
 
 Every analysis command takes ``--model``, ``--revision``, ``--dtype``, ``--device`` and ``--json``.
-Errors a user can cause print one line on stderr and exit with status 2; progress goes to stderr
-(tqdm), results to stdout or the ``--json`` file.
+The default model is the built-in demo model ``demo:gpt2-small`` (``$LLDD_DEFAULT_MODEL``
+overrides it); a demo model that is not built yet is built on first use (a few minutes on a CPU,
+once). Errors a user can cause print one line on stderr and exit with status 2; progress goes to
+stderr (tqdm), results to stdout or the ``--json`` file.
 """
 
 from __future__ import annotations
@@ -13,8 +22,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for torch
+    from .demo import DemoInfo
+    from .models import ModelSpec
 
 EXIT_USER_ERROR = 2
 
@@ -23,7 +38,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import DEVICE_CHOICES, DTYPES, default_model
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model(), help="hub id (org/name) or local directory (default: %(default)s)")
+    g.add_argument(
+        "--model",
+        default=default_model(),
+        help="hub id (org/name), local directory, or demo:<name> for a built-in demo model (default: %(default)s)",
+    )
     g.add_argument("--revision", default=None, help="branch, tag or commit of a hub model")
     g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: %(default)s")
     g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or a torch device (default: auto)")
@@ -59,7 +78,7 @@ class _Progress:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=1000, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
-            self.bar.set_description_str(message[:40])
+            self.bar.set_description_str(message[:60])
             self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
             self.bar.refresh()
 
@@ -88,6 +107,53 @@ def _emit_json(payload: dict[str, Any], target: str) -> None:
             fh.write(text + "\n")
 
 
+@contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """Silence transformers' own tqdm bars (e.g. "Writing model shards") so only ours shows."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _unwritable(name: str, err: OSError) -> Exception:
+    """A failed demo build for lack of a writable disk: the user's environment, not a bug."""
+    from .demo import demo_dir
+    from .errors import LLDDError
+
+    return LLDDError(
+        f"Could not write the demo model {name} to {demo_dir()}: {err.strerror or err}. "
+        "Set LLDD_DEMO_DIR to a writable folder with some free space."
+    )
+
+
+@contextmanager
+def _first_use_build(spec: ModelSpec, quiet: bool) -> Iterator[None]:
+    """Around an analysis call: say on stderr why the first run of a demo model takes minutes.
+
+    The service builds a missing demo model itself (reporting to the command's progress bar); this
+    adds the one-line explanation, keeps transformers' bars out of the way and explains a disk
+    that cannot be written. Analysis commands wrap their service call in it.
+    """
+    from .service import get_service
+
+    if not get_service().needs_build(spec):
+        yield
+        return
+    if not quiet:
+        sys.stderr.write(f"{spec.model} is not built yet: building it first (a few minutes on a CPU, once)\n")
+    try:
+        with _no_transformers_bars():
+            yield
+    except OSError as err:
+        raise _unwritable(spec.model, err) from err
+
+
 # --- commands ----------------------------------------------------------------------------------
 
 
@@ -98,9 +164,13 @@ def cmd_jacobian(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise InputError("--top-k must be at least 1.")
     start = time.perf_counter()
+    spec = _spec(args)
     progress = _Progress(not args.quiet)
     try:
-        computed = get_service().jacobian(_spec(args), args.prompt, layer=args.layer, final_norm=not args.no_final_norm, progress=progress)
+        with _first_use_build(spec, args.quiet):
+            computed = get_service().jacobian(
+                spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, progress=progress
+            )
     finally:
         progress.close()
     r = computed.result
@@ -150,6 +220,121 @@ def _print_jacobian(p: dict[str, Any], k: int) -> None:
     out.write(f"{'cache hit' if p['cache_hit'] else 'computed'} in {p['elapsed_s']:.2f} s\n")
 
 
+# --- demo models -------------------------------------------------------------------------------
+
+
+def select_demos(size: str, arch: str | None) -> list[str]:
+    """Names of the demo models ``--size``/``--arch`` ask for, in :data:`DEMO_CONFIGS` order.
+
+    Without ``--arch``, ``--size all`` means every demo model and any other size means GPT-2.
+    """
+    from .demo import DEMO_CONFIGS
+    from .errors import InputError
+
+    if arch is None:
+        archs = {c.arch for c in DEMO_CONFIGS.values()} if size == "all" else {"gpt2"}
+    else:
+        archs = {arch}
+    names = [n for n, c in DEMO_CONFIGS.items() if c.arch in archs and size in ("all", c.size)]
+    if not names:
+        sizes = ", ".join(c.size for c in DEMO_CONFIGS.values() if c.arch == arch)
+        raise InputError(f"There is no {arch} demo model of size {size}: {arch} comes in {sizes} (or use --size all).")
+    return names
+
+
+def _format_params(n: int) -> str:
+    """``1002496`` -> ``"1.00M"``."""
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _demo_line(info: DemoInfo, note: str) -> str:
+    """One summary line per demo model: what it is and how well it learned the corpus."""
+    return (
+        f"{info.name:<12} {note:<8} {_format_params(info.parameters):>6} parameters  "
+        f"held-out loss {info.heldout_loss:.3f} (unigram {info.unigram_loss:.3f})  "
+        f"facts {info.fact_accuracy:.0%}  {info.build_seconds:.1f} s  {info.path}\n"
+    )
+
+
+def _build_one(name: str, seed: int, steps: int | None, quiet: bool) -> DemoInfo:
+    """Build demo model ``name`` with a tqdm bar; file-system failures become one-line errors."""
+    from .demo import build_demo
+
+    progress = _Progress(not quiet)
+    try:
+        with _no_transformers_bars():
+            return build_demo(name, seed=seed, steps=steps, progress=progress)
+    except OSError as err:  # e.g. a read-only or full disk
+        raise _unwritable(name, err) from err
+    finally:
+        progress.close()
+
+
+def cmd_demo_build(args: argparse.Namespace) -> int:
+    from .demo import read_info
+    from .errors import InputError
+
+    if args.steps is not None and args.steps < 1:
+        raise InputError("--steps must be at least 1.")
+    if args.seed < 0:
+        raise InputError("--seed must be 0 or more.")
+    for name in select_demos(args.size, args.arch):
+        built = read_info(name)
+        if built is not None and not args.force:
+            # Skipping is the point of a build cache; --force is there to rebuild (e.g. another seed).
+            sys.stdout.write(_demo_line(built, "skipped"))
+            continue
+        info = _build_one(name, args.seed, args.steps, args.quiet)
+        sys.stdout.write(_demo_line(info, "built"))
+        sys.stdout.flush()  # one line per model as it finishes, also when piped
+    return 0
+
+
+def demo_report() -> dict[str, Any]:
+    """Every demo model, built or not, for ``demo info``: ``{"default", "directory", "models"}``."""
+    from .demo import DEFAULT_DEMO, DEMO_CONFIGS, DEMO_PREFIX, demo_dir, demo_path, read_info
+
+    models = []
+    for name, cfg in DEMO_CONFIGS.items():
+        info = read_info(name)
+        entry: dict[str, Any] = {"name": name, "model": DEMO_PREFIX + name, "arch": cfg.arch, "size": cfg.size}
+        if info is not None:
+            entry.update(asdict(info))
+        # where it is now, not where it was built (the folder may have been moved since)
+        entry["path"] = str(demo_path(name))
+        entry["built"] = info is not None
+        models.append(entry)
+    return {"default": DEFAULT_DEMO, "directory": str(demo_dir()), "models": models}
+
+
+def _print_demo_report(report: dict[str, Any]) -> None:
+    out = sys.stdout
+    out.write(f"demo models in {report['directory']} (* = default)\n")
+    out.write(f"  {'name':<13} {'arch':<6} {'size':<7} {'parameters':>10} {'held-out':>9} {'unigram':>8} "
+              f"{'facts':>6} {'steps':>6} {'build':>8}\n")
+    for m in report["models"]:
+        name = m["name"] + (" *" if m["name"] == report["default"] else "")
+        head = f"  {name:<13} {m['arch']:<6} {m['size']:<7} "
+        if m["built"]:
+            out.write(
+                head + f"{_format_params(m['parameters']):>10} {m['heldout_loss']:>9.3f} {m['unigram_loss']:>8.3f} "
+                f"{m['fact_accuracy']:>6.0%} {m['steps']:>6} {m['build_seconds']:>6.1f} s\n"
+            )
+        else:
+            hint = f"python -m lldd_core demo build --arch {m['arch']} --size {m['size']}"
+            out.write(head + f"{'not built':>10}   {hint}\n")
+
+
+def cmd_demo_info(args: argparse.Namespace) -> int:
+    report = demo_report()
+    if args.json:
+        _emit_json(report, args.json)
+        if args.json == "-":
+            return 0
+    _print_demo_report(report)
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from .cache import ResultCache
 
@@ -174,6 +359,47 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_parser(sub: Any) -> None:
+    """``demo build`` and ``demo info``."""
+    from .demo import DEFAULT_DEMO, DEMO_CONFIGS
+
+    archs = sorted({c.arch for c in DEMO_CONFIGS.values()})
+    sizes = list(dict.fromkeys(c.size for c in DEMO_CONFIGS.values()))
+    demo = sub.add_parser(
+        "demo",
+        help="build or list the built-in demo models (small models lldd trains itself; nothing is downloaded)",
+        description="Demo models are small GPT-2 / Llama models trained by lldd on its own corpus. They are "
+        "used as demo:<name> (e.g. --model demo:gpt2-small) and live in $LLDD_DEMO_DIR (default: "
+        "demo/ in the result cache folder).",
+    )
+    actions = demo.add_subparsers(dest="action", required=True)
+
+    p = actions.add_parser(
+        "build",
+        help="build demo models (already built ones are skipped unless --force)",
+        description=f"Build demo models. With no options: {DEFAULT_DEMO}, the default model. "
+        "--size all builds every size of --arch, or every demo model without --arch.",
+    )
+    p.add_argument("--size", choices=[*sizes, "all"], default="small", help="default: %(default)s")
+    p.add_argument(
+        "--arch",
+        choices=archs,
+        default=None,
+        help="gpt2 (sizes small, medium, large) or llama (small only); default gpt2, or both with --size all",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of corpus, tokenizer, initialization and data order (default 0)"
+    )
+    p.add_argument("--force", action="store_true", help="rebuild models that are already built")
+    p.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # quick test builds only
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo_build)
+
+    p = actions.add_parser("info", help="list the demo models: built or not, size, losses, build time")
+    p.add_argument("--json", metavar="FILE", default=None, help="write as JSON to FILE ('-' for stdout)")
+    p.set_defaults(func=cmd_demo_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lldd_core", description="Locally linear analysis of causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
     p.add_argument("--top-k", type=int, default=5, help="singular values per token to report (default 5)")
     p.set_defaults(func=cmd_jacobian)
+
+    _add_demo_parser(sub)
 
     p = sub.add_parser("cache", help="show or empty the result cache ($LLDD_CACHE_DIR, default ./cache)")
     p.add_argument("action", choices=["info", "clear"])

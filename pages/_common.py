@@ -1,4 +1,4 @@
-"""UI helpers shared by app.py and the pages: the model sidebar, formatting, progress display.
+"""UI helpers shared by app.py and the pages: the model sidebar, first-use builds, formatting, progress.
 
 UI only: widgets and session state here, every computation goes through
 :func:`lldd_core.service.get_service`. Not a page: app.py lists its pages explicitly with
@@ -7,21 +7,59 @@ UI only: widgets and session state here, every computation goes through
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import functools
+import threading
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from lldd_core.models import DEVICE_CHOICES, DTYPES, ModelSpec
+# Private, but the only way to recognise Streamlit's rerun/stop signals (see BuildProgress);
+# streamlit is pinned in requirements.txt.
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
+
+from lldd_core.demo import DEMO_CONFIGS, DEMO_PREFIX, demo_dir, demo_name, is_demo, read_info
+from lldd_core.errors import LLDDError
+from lldd_core.models import DEVICE_CHOICES, DTYPES, ModelSpec, default_model
 from lldd_core.service import get_service
 
 #: Where app.py leaves the sidebar's model choice for the pages.
 SPEC_KEY = "model_spec"
-DEFAULT_MODEL_ENV = "LLDD_DEFAULT_MODEL"
-FALLBACK_MODEL = "gpt2"
+
+#: The model picker: demo models (built by lldd, nothing downloaded), then well-known hub models.
+DEMO_MODELS: tuple[str, ...] = tuple(DEMO_PREFIX + name for name in DEMO_CONFIGS)
+HUB_MODELS: tuple[str, ...] = (
+    "gpt2",
+    "gpt2-medium",
+    "gpt2-large",
+    "EleutherAI/pythia-160m",
+    "EleutherAI/pythia-410m",
+    "Qwen/Qwen3-0.6B",
+    "meta-llama/Llama-3.2-1B",
+    "google/gemma-3-1b-it",
+    "microsoft/Phi-4-mini-instruct",
+    "allenai/OLMo-2-0425-1B",
+)
+#: The picker's last entry; it reveals a free text field. Has spaces, so it is never a model id.
+OTHER = "Other (hub id or local path)"
+MODEL_CHOICES: tuple[str, ...] = (*DEMO_MODELS, *HUB_MODELS, OTHER)
+
+#: Widget keys of the picker and its free text field (tests address them).
+CHOICE_KEY = "sidebar_model_choice"
+OTHER_KEY = "sidebar_model"
+#: Our own copies of the last choice and text: Streamlit can lose a widget's value when its label
+#: changes (a demo model becomes "built") and forgets it when the widget is hidden (the text field).
+LAST_CHOICE_KEY = "sidebar_model_choice.last"
+LAST_OTHER_KEY = "sidebar_model.last"
+#: The demo models that were built when the picker was last drawn (its labels depend on it).
+BUILT_KEY = "sidebar_model_choice.built"
+
+FIRST_USE_BUILD = "The demo model is built on first use: ~1–3 minutes on a CPU, once."
+#: A one-run message: "built in N s", shown after the rerun that follows a build.
+BUILT_FLASH_KEY = "demo_build.flash"
 
 DEVICE_HELP = (
     "auto: CUDA, then Apple MPS, then CPU. cpu / cuda / mps: exactly that device. "
@@ -43,21 +81,91 @@ class Shown:
     prompt: str
 
 
-def default_model() -> str:
-    """The model the sidebar starts with: ``$LLDD_DEFAULT_MODEL``, else ``gpt2``."""
-    return os.environ.get(DEFAULT_MODEL_ENV, "").strip() or FALLBACK_MODEL
+def initial_model() -> str:
+    """The model the sidebar starts with: ``$LLDD_DEFAULT_MODEL``, else the built-in demo model."""
+    return default_model().strip()
+
+
+def choice_label(choice: str, built: Collection[str] = ()) -> str:
+    """How the picker shows ``choice``: the default is marked, demo models say whether they are ``built``.
+
+    Short on purpose: the sidebar cuts labels after about 32 characters.
+    """
+    if choice == OTHER:
+        return choice
+    notes = ["default"] if choice == initial_model() else []
+    if is_demo(choice) and choice not in built:
+        notes.append("not built")
+    label = choice + (f" ({', '.join(notes)})" if notes else "")
+    return label + (" ✓" if choice in built else "")
+
+
+def model_note(model: str) -> str:
+    """One caption under the picker about where the chosen model comes from."""
+    if is_demo(model) and demo_name(model) in DEMO_CONFIGS:
+        cfg, info = DEMO_CONFIGS[demo_name(model)], read_info(demo_name(model))
+        shape = f"{cfg.arch}, {cfg.n_layers} layers, d={cfg.d_model}"
+        if info is None:
+            return f"Demo model ({shape}), not built yet. {FIRST_USE_BUILD}"
+        return (
+            f"Demo model ({shape}, {info.parameters / 1e6:.1f}M parameters) trained by lldd on its own "
+            f"corpus; nothing is downloaded. Held-out loss {info.heldout_loss:.2f} (unigram {info.unigram_loss:.2f})."
+        )
+    if model in HUB_MODELS:
+        return "Downloaded from the Hugging Face hub on first use (needs the network once, some need a login)."
+    return ""
+
+
+def pick_model(sb: DeltaGenerator) -> str:
+    """The model picker and, for "Other", its free text field; returns the model id or path."""
+    start = initial_model()
+    first_choice = start if start in MODEL_CHOICES else OTHER
+    last = st.session_state.get(LAST_CHOICE_KEY, first_choice)
+    index = MODEL_CHOICES.index(last) if last in MODEL_CHOICES else 0
+    # One snapshot per run: the labels must not change between drawing the picker and reading it.
+    built = frozenset(m for m in DEMO_MODELS if read_info(demo_name(m)) is not None)
+    labels_changed = st.session_state.get(BUILT_KEY, built) != built
+    st.session_state[BUILT_KEY] = built
+    current = st.session_state.get(CHOICE_KEY)  # read with last run's labels, so still right
+    if labels_changed and current in MODEL_CHOICES:
+        # The browser still shows the old label ("not built"): hand it the value under its new one.
+        st.session_state[CHOICE_KEY] = current
+        index = 0  # the value comes from session state; Streamlit warns about a non-zero default too
+    choice = sb.selectbox(
+        "Model",
+        MODEL_CHOICES,
+        # Also the value Streamlit falls back to if it cannot match the browser's label.
+        index=index,
+        format_func=functools.partial(choice_label, built=built),
+        key=CHOICE_KEY,
+        help="Demo models are small GPT-2 / Llama models that lldd trains itself (nothing is downloaded; "
+        "✓ = built, the others are built on first use). Hub models are downloaded once. "
+        "'Other' takes any hub id or the path of a local model directory.",
+    )
+    choice = choice if choice in MODEL_CHOICES else last  # defensive: never an unknown choice
+    st.session_state[LAST_CHOICE_KEY] = choice
+    if choice != OTHER:
+        note = model_note(choice)
+        if note:
+            sb.caption(note)
+        return choice
+    text = sb.text_input(
+        "Hub id or local path",
+        value=st.session_state.get(LAST_OTHER_KEY, "" if start in MODEL_CHOICES else start),
+        key=OTHER_KEY,
+        placeholder="org/name or /path/to/model",
+        help="A Hugging Face hub id such as 'Qwen/Qwen2.5-0.5B', the path of a local model directory, "
+        "or demo:<name> for a demo model.",
+    )
+    st.session_state[LAST_OTHER_KEY] = text
+    return text.strip()
 
 
 def render_model_sidebar() -> ModelSpec:
     """Draw the model settings in the sidebar, store the resulting spec in session state, return it."""
     sb = st.sidebar
     sb.header("Model")
-    model = sb.text_input(
-        "Model (hub id or local path)",
-        value=default_model(),
-        key="sidebar_model",
-        help="A Hugging Face hub id such as 'gpt2' or 'Qwen/Qwen2.5-0.5B', or the path of a local model directory.",
-    )
+    model = pick_model(sb)
     revision = sb.text_input(
         "Revision (optional)",
         value="",
@@ -124,7 +232,122 @@ def render_cache_sidebar() -> None:
 def current_spec() -> ModelSpec:
     """The sidebar's model spec; the default one when a page runs without app.py (e.g. alone in a test)."""
     spec = st.session_state.get(SPEC_KEY)
-    return spec if isinstance(spec, ModelSpec) else ModelSpec(default_model())
+    return spec if isinstance(spec, ModelSpec) else ModelSpec(initial_model())
+
+
+@dataclass
+class DemoBuild:
+    """A demo build running in this process, as its progress callback last reported it."""
+
+    started: float
+    fraction: float = 0.0
+    message: str = "Starting"
+
+
+#: Demo builds in progress, by model id: process-wide, like the service, so a later run of the page
+#: (or another tab) follows a running build instead of queueing a second one behind its lock.
+_BUILDS: dict[str, DemoBuild] = {}
+_BUILDS_LOCK = threading.Lock()
+
+
+class BuildProgress:
+    """The progress callback of a demo build: moves ``bar``, and lets a rerun wait for the build.
+
+    Streamlit interrupts a script at its next ``st`` call when the user touches a widget (or
+    leaves). A build interrupted that way would be thrown away and restart from zero on the next
+    run, so any widget click in the first minutes would cost the whole build again. Instead the
+    signal is kept, the build runs to its end, and :meth:`resume` raises the signal afterwards.
+    Meanwhile the new run shows this build's progress from ``build`` (see :func:`follow_build`).
+    """
+
+    def __init__(self, bar: DeltaGenerator, build: DemoBuild) -> None:
+        self.bar = bar
+        self.build = build
+        self.pending: ScriptControlException | None = None
+
+    def __call__(self, frac: float, msg: str) -> None:
+        self.build.fraction, self.build.message = min(max(float(frac), 0.0), 1.0), msg
+        if self.pending is not None:
+            return  # this page is being replaced: stop drawing, keep building
+        try:
+            self.bar.progress(self.build.fraction, text=msg)
+        except ScriptControlException as signal:
+            self.pending = signal
+
+    def resume(self) -> None:
+        """Raise the rerun or stop Streamlit asked for during the build, if any."""
+        if self.pending is not None:
+            raise self.pending
+
+
+def follow_build(spec: ModelSpec, build: DemoBuild, bar: DeltaGenerator) -> str | None:
+    """Show the progress of a build another run is doing until it ends; an error message or ``None``."""
+    while _BUILDS.get(spec.model) is build:
+        bar.progress(build.fraction, text=build.message)
+        time.sleep(0.5)
+    if get_service().needs_build(spec):
+        return f"The build of {spec.model} did not finish. Reload the page to try again."
+    return None
+
+
+def build_or_follow(spec: ModelSpec, bar: DeltaGenerator) -> tuple[str | None, float]:
+    """Build ``spec``'s demo model, or follow the build already running; (error message or ``None``, seconds)."""
+    with _BUILDS_LOCK:
+        build = _BUILDS.get(spec.model)
+        mine = build is None
+        if build is None:
+            build = _BUILDS[spec.model] = DemoBuild(started=time.perf_counter())
+    if not mine:
+        return follow_build(spec, build, bar), time.perf_counter() - build.started
+    progress = BuildProgress(bar, build)
+    failure: str | None = None
+    try:
+        get_service().ensure_demo(spec, progress)
+    except LLDDError as err:
+        failure = str(err)
+    except OSError as err:  # a read-only or full disk: the environment, not a bug in lldd
+        failure = (
+            f"Could not write {spec.model} to {demo_dir()}: {err.strerror or err}. "
+            "Set LLDD_DEMO_DIR to a writable folder with some free space, then reload."
+        )
+    finally:
+        with _BUILDS_LOCK:
+            _BUILDS.pop(spec.model, None)
+    progress.resume()  # a rerun the user asked for during the build replaces this one now
+    return failure, time.perf_counter() - build.started
+
+
+def ensure_model_ready(spec: ModelSpec) -> bool:
+    """Build ``spec``'s demo model if it is missing, with an explanation and a progress bar.
+
+    Call it before anything that resolves the model (``info()``). After a build the script reruns,
+    so the sidebar shows the model as built. Returns ``False`` when there is nothing to analyse: no
+    model entered (a hint is shown) or the build failed (an ``st.error``); the session keeps running.
+    """
+    flash = st.session_state.pop(BUILT_FLASH_KEY, None)
+    if flash:
+        st.success(flash, icon=":material/check_circle:")
+    if not spec.model:  # "Other" with an empty field: a prompt, not an error
+        st.info("Enter a hub id or the path of a local model directory in the sidebar.", icon=":material/arrow_back:")
+        return False
+    if not get_service().needs_build(spec):
+        return True
+    note = st.empty()
+    note.info(
+        f"{FIRST_USE_BUILD} lldd trains `{spec.model}` on its own generated corpus (nothing is downloaded) and "
+        f"keeps it in `{demo_dir()}` for every later session.",
+        icon=":material/construction:",
+    )
+    with st.status(f"Building {spec.model}…", expanded=True) as status:
+        failure, seconds = build_or_follow(spec, st.progress(0.0, text="Starting"))
+        if failure is not None:
+            status.update(label=f"Could not build {spec.model}", state="error", expanded=False)
+    if failure is not None:
+        note.empty()
+        st.error(failure)  # outside the collapsed status box, so it is seen
+        return False
+    st.session_state[BUILT_FLASH_KEY] = f"Built `{spec.model}` in {seconds:.0f} s; it is reused from now on."
+    st.rerun()  # so the sidebar, drawn before the build, shows the model as built
 
 
 def format_bytes(n: float) -> str:

@@ -1,6 +1,7 @@
 """Detached Jacobian view: one prompt, its exact local linear map, reconstruction and spectra.
 
 UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots`.
+A demo model that is not built yet is built first (:func:`pages._common.ensure_model_ready`).
 Errors a user can cause (:class:`~lldd_core.errors.LLDDError`) show as ``st.error``; the last
 good result stays in session state, so widget changes and reruns keep showing it.
 """
@@ -19,7 +20,7 @@ from lldd_core.models import ModelSpec
 from lldd_core.plots import reconstruction_scatter, spectrum_figure, token_contribution_figure
 from lldd_core.results import to_jsonable
 from lldd_core.service import get_service
-from pages._common import Shown, current_spec, format_norm, format_sci, progress_reporter
+from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, progress_reporter
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -185,7 +186,8 @@ def main() -> None:
     st.title("Detached Jacobian")
     st.caption("The exact local linear map of the model at one prompt: y = Σ_i J_i x_i + b.")
     spec = current_spec()
-    n_layers = model_layers(spec)
+    # A demo model is built on first use, visibly, before anything asks for its config.
+    n_layers = model_layers(spec) if ensure_model_ready(spec) else None
     if n_layers is not None:
         submitted, prompt, layer, final_norm = request_form(n_layers)
         if submitted:

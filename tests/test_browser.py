@@ -1,5 +1,9 @@
 """Real-browser smoke test: ``streamlit run app.py`` in a subprocess, driven by headless Chromium.
 
+It follows the README quick start: no settings, so the app opens on the default demo model, and
+nothing is downloaded. The demo model is built beforehand with 5 training steps (a few seconds)
+into a temporary ``$LLDD_DEMO_DIR``; the first-use build itself is covered by the AppTest tests.
+
 Skipped when Chromium or playwright is missing, unless ``LLDD_REQUIRE_BROWSER=1`` (then it fails).
 Leaves a screenshot in ``test-output/browser_detached_jacobian.png``.
 """
@@ -77,13 +81,16 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
 
 
 @pytest.fixture()
-def server(tiny_dirs, tmp_path: Path) -> Iterator[str]:
-    """A headless streamlit server on a free local port; its URL. Always terminated."""
+def server(tmp_path: Path) -> Iterator[str]:
+    """A headless streamlit server on a free local port, on the default demo model; its URL. Always terminated."""
     _require_browser()
+    from lldd_core.demo import DEFAULT_DEMO, build_demo
+
+    build_demo(DEFAULT_DEMO, steps=5, target=tmp_path / "demo" / DEFAULT_DEMO)
     port = _free_port()
     env = {
-        **os.environ,
-        "LLDD_DEFAULT_MODEL": str(tiny_dirs["gpt2"]),
+        **{k: v for k, v in os.environ.items() if k != "LLDD_DEFAULT_MODEL"},  # the built-in default
+        "LLDD_DEMO_DIR": str(tmp_path / "demo"),
         "LLDD_CACHE_DIR": str(tmp_path / "cache"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -112,7 +119,7 @@ def server(tiny_dirs, tmp_path: Path) -> Iterator[str]:
             proc.wait(timeout=10)
 
 
-def test_compute_in_a_real_browser(server: str, tiny_dirs) -> None:
+def test_compute_in_a_real_browser(server: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +132,9 @@ def test_compute_in_a_real_browser(server: str, tiny_dirs) -> None:
             page.goto(server, wait_until="domcontentloaded")
             compute = page.get_by_role("button", name="Compute")
             expect(compute).to_be_enabled()
-            expect(page.get_by_role("textbox", name="Model (hub id or local path)")).to_have_value(str(tiny_dirs["gpt2"]))
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            expect(sidebar.get_by_role("combobox", name="Model")).to_have_value("demo:gpt2-small (default) ✓")
+            expect(sidebar).to_contain_text("nothing is downloaded")
             compute.click()
 
             metrics = page.locator('[data-testid="stMetric"]')
@@ -157,6 +166,7 @@ def test_compute_in_a_real_browser(server: str, tiny_dirs) -> None:
             with page.expect_download() as download:
                 page.get_by_role("button", name="Download result (JSON)").click()
             saved = json.loads(Path(download.value.path()).read_text())
-            assert saved["layer"] == 2 and saved["reconstruction_error"] == pytest.approx(float(value), rel=0.1)
+            assert saved["model"] == "demo:gpt2-small" and saved["layer"] == 4
+            assert saved["reconstruction_error"] == pytest.approx(float(value), rel=0.1)
         finally:
             browser.close()
