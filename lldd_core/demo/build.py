@@ -49,10 +49,11 @@ class DemoConfig:
 DEMO_CONFIGS: dict[str, DemoConfig] = {
     c.name: c
     for c in (
-        # steps fit the budgets on 2 CPU cores: ~0.14 / 0.29 / 0.68 / 0.12 s per step
+        # steps fit the budgets on 2 CPU cores (default <= 3 min, all four <= 12 min); measured
+        # ~0.15 / 0.4 / 0.8 / 0.12 s per step with everything else idle
         DemoConfig("gpt2-small", "gpt2", "small", d_model=128, n_layers=4, n_heads=4, steps=600),
-        DemoConfig("gpt2-medium", "gpt2", "medium", d_model=192, n_layers=6, n_heads=6, steps=600, lr=2e-3),
-        DemoConfig("gpt2-large", "gpt2", "large", d_model=256, n_layers=8, n_heads=8, steps=300, lr=1.5e-3),
+        DemoConfig("gpt2-medium", "gpt2", "medium", d_model=192, n_layers=6, n_heads=6, steps=450, lr=2e-3),
+        DemoConfig("gpt2-large", "gpt2", "large", d_model=256, n_layers=8, n_heads=8, steps=220, lr=1.5e-3),
         DemoConfig("llama-small", "llama", "small", d_model=128, n_layers=4, n_heads=4, steps=600),
     )
 }
