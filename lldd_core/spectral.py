@@ -1,12 +1,18 @@
 """Singular value spectra of Jacobian blocks.
 
 For each token's ``J_i`` (``d_out x d_in``) the singular values ``sigma_1 >= sigma_2 >= ...``,
-and the stable rank ``||J_i||_F^2 / sigma_1^2``.
+and the stable rank ``||J_i||_F^2 / sigma_1^2``; the top-``k`` singular triplets
+``J_i ~= U_i diag(S_i) V_i^T`` either exactly from the full Jacobian (:func:`svd_full`) or
+matrix-free from operator products (:func:`topk_svd`), :func:`top_singular` picking by cost.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
+
+from .jacobian import JacobianOperator
 
 
 def singular_values(J: torch.Tensor, chunk: int = 8) -> torch.Tensor:
@@ -22,3 +28,186 @@ def stable_rank(sv: torch.Tensor) -> torch.Tensor:
     """``sum sigma^2 / sigma_1^2`` per row of ``sv`` (0 where ``sigma_1 = 0``)."""
     top = sv[..., 0] ** 2
     return torch.where(top > 0, (sv**2).sum(-1) / torch.where(top > 0, top, 1), torch.zeros_like(top))
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k singular triplets of every J_i, matrix-free.
+# ---------------------------------------------------------------------------------------------
+
+#: Power iterations of :func:`topk_svd` unless told. Random-init tiny models have flat spectra
+#: (the worst case for subspace iteration); the loop stops early once every triplet has converged.
+DEFAULT_ITERS = 60
+#: Most vectors one batched product carries (bounds the ``[m, T, d_in]`` direction tensors).
+PRODUCT_CHUNK = 512
+
+
+@dataclass
+class TopKSVD:
+    """Top-``k`` singular triplets of every token's ``J_i ~= U_i diag(S_i) V_i^T``.
+
+    ``residual[i, j] = max(||J_i v_j - s_j u_j||, ||J_i^T u_j - s_j v_j||) / s_1`` (``s_1`` of token
+    ``i``; the absolute value where ``s_1 = 0``), measured with products made after the iteration.
+    """
+
+    U: torch.Tensor  # [T, d_out, k]
+    S: torch.Tensor  # [T, k], descending
+    V: torch.Tensor  # [T, d_in, k]
+    residual: torch.Tensor  # [T, k]
+    converged: bool  # every residual <= tol
+    n_products: int  # operator products (one per vector in a batched VJP or JVP)
+    method: str  # "full" or "matrix_free"
+
+
+def _rel_residual(fwd: torch.Tensor, bwd: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``max(||fwd||, ||bwd||)`` per column, divided by each token's ``s_1`` (``fwd``/``bwd``: ``[T, *, k]``)."""
+    res = torch.maximum(torch.linalg.vector_norm(fwd, dim=1), torch.linalg.vector_norm(bwd, dim=1))
+    top = S[:, :1]
+    return res / torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _per_token_rmatvec(op: JacobianOperator, Q: torch.Tensor) -> torch.Tensor:
+    """``J_i^T Q_i`` for per-token blocks ``Q`` ``[T, d_out, m]`` -> ``[T, d_in, m]``.
+
+    One VJP carries all ``T*m`` cotangents; it returns ``J_j^T q`` for every ``j``, of which only
+    the diagonal blocks ``j = i`` are kept.
+    """
+    T, _, m = Q.shape
+    cot = Q.transpose(1, 2).reshape(T * m, -1)  # row i*m + c is Q_i[:, c]
+    out = torch.empty(T, op.d_in, m, dtype=Q.dtype, device=Q.device)
+    for start in range(0, T * m, PRODUCT_CHUNK):
+        stop = min(start + PRODUCT_CHUNK, T * m)
+        rows = torch.arange(start, stop, device=Q.device)
+        gx, _ = op.rmatvec(cot[start:stop])  # [n, T, d_in]
+        tok, col = rows // m, rows % m
+        out[tok, :, col] = gx[torch.arange(stop - start, device=Q.device), tok].to(Q.dtype)
+    return out
+
+
+def _per_token_matvec(op: JacobianOperator, P: torch.Tensor) -> torch.Tensor:
+    """``J_i P_i`` for per-token blocks ``P`` ``[T, d_in, m]`` -> ``[T, d_out, m]``.
+
+    ``matvec`` sums over positions, so each direction sits in its own token's slot with zeros elsewhere.
+    """
+    T, d_in, m = P.shape
+    dirs = P.transpose(1, 2).reshape(T * m, d_in)
+    out = torch.empty(T, op.d_out, m, dtype=P.dtype, device=P.device)
+    for start in range(0, T * m, PRODUCT_CHUNK):
+        stop = min(start + PRODUCT_CHUNK, T * m)
+        rows = torch.arange(start, stop, device=P.device)
+        tok, col = rows // m, rows % m
+        v = torch.zeros(stop - start, T, d_in, dtype=P.dtype, device=P.device)
+        v[torch.arange(stop - start, device=P.device), tok] = dirs[start:stop]
+        out[tok, :, col] = op.matvec(v).to(P.dtype)
+    return out
+
+
+def topk_svd(
+    op: JacobianOperator,
+    k: int,
+    *,
+    oversample: int = 8,
+    iters: int = DEFAULT_ITERS,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> TopKSVD:
+    """Top-``k`` SVD of every ``J_i`` by randomized subspace iteration, from operator products only.
+
+    With ``l = k + oversample`` (capped at ``min(d_out, d_in)``), per token ``i``:
+
+    1. ``W_i = J_i^T Q_0`` for one random ``Q_0`` ``[d_out, l]`` shared by all tokens (one VJP of
+       ``l`` cotangents serves every ``i``);
+    2. ``P_i R_i = W_i`` (QR), ``Z_i = J_i P_i`` and ``Z_i = U~ S~ Ṽ^T`` (Rayleigh-Ritz on the
+       right subspace): ``u = U~``, ``s = S~``, ``v = P_i Ṽ``, so ``J_i v = s u`` holds exactly;
+    3. power step: ``Q_i = U~``, ``W_i = J_i^T Q_i``; ``||W_i e_j - s_j v_j||`` is the backward
+       residual of step 2, got for free, which stops the loop once it is ``<= tol * s_1`` for all
+       top-``k`` triplets; else back to 2 (at most ``iters`` times).
+
+    The reported ``residual`` is then measured afresh with one more product pair (see
+    :class:`TopKSVD`). Products: ``l + T*l*(2q + 1) + 2*T*k`` for ``q`` power steps taken.
+    """
+    T, d_out, d_in = op.n_tokens, op.d_out, op.d_in
+    if not 1 <= k <= min(d_out, d_in):
+        raise ValueError(f"k={k} must lie in [1, {min(d_out, d_in)}]")
+    l = min(k + oversample, d_out, d_in)
+    dtype, device = op.y.dtype, op.y.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    Q0 = torch.linalg.qr(torch.randn(d_out, l, generator=gen, dtype=torch.float64))[0].to(dtype=dtype, device=device)
+    gx, _ = op.rmatvec(Q0.T)  # [l, T, d_in]
+    W = gx.permute(1, 2, 0)  # [T, d_in, l]
+    n_products = l
+    for step in range(iters + 1):
+        P = torch.linalg.qr(W)[0]  # [T, d_in, l]
+        Z = _per_token_matvec(op, P)
+        n_products += T * l
+        Ut, St, Vth = torch.linalg.svd(Z, full_matrices=False)
+        U, S, V = Ut, St, P @ Vth.mT
+        if step == iters:
+            break
+        W = _per_token_rmatvec(op, U)
+        n_products += T * l
+        back = W[..., :k] - V[..., :k] * S[:, None, :k]
+        if bool((_rel_residual(back, back, S[:, :k]) <= tol).all()):
+            break  # the next Rayleigh-Ritz would start from this W; converged already
+    U, S, V = U[..., :k], S[:, :k], V[..., :k]
+    # Honest a-posteriori residuals: fresh products with the returned vectors.
+    fwd = _per_token_matvec(op, V) - U * S[:, None, :]
+    bwd = _per_token_rmatvec(op, U) - V * S[:, None, :]
+    n_products += 2 * T * k
+    residual = _rel_residual(fwd, bwd, S)
+    return TopKSVD(U=U, S=S, V=V, residual=residual, converged=bool((residual <= tol).all()),
+                   n_products=n_products, method="matrix_free")
+
+
+def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
+    """Exact top-``k`` triplets of every ``J[i]`` (``[T, d_out, d_in]``) by ``torch.linalg.svd``.
+
+    ``residual`` uses the same formula as :func:`topk_svd`, with ``J`` itself; ``n_products`` is 0
+    here (forming ``J`` by :meth:`JacobianOperator.full` costs ``d_out`` products).
+    """
+    work = J if J.dtype in (torch.float32, torch.float64) else J.float()
+    U, S, Vh = torch.linalg.svd(work, full_matrices=False)
+    U, S, V = U[..., :k], S[:, :k], Vh[:, :k].mT
+    residual = _rel_residual(work @ V - U * S[:, None, :], work.mT @ U - V * S[:, None, :], S)
+    return TopKSVD(U=U, S=S, V=V, residual=residual, converged=bool((residual <= tol).all()),
+                   n_products=0, method="full")
+
+
+def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: int | None = None) -> str:
+    """``"full"`` or ``"matrix_free"``, whichever needs fewer operator products.
+
+    Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
+    products; the randomized scheme needs ``l + n*l*(2q + 1) + 2*n*k`` with ``l = k + oversample``
+    and ``q`` power steps (default: the early-stop budget 4 typical of decaying spectra; pass
+    ``iters`` for the worst case).
+    """
+    q = 4 if iters is None else iters
+    l = min(k + oversample, d)
+    matrix_free = l + n_tokens * l * (2 * q + 1) + 2 * n_tokens * k
+    return "full" if d <= matrix_free else "matrix_free"
+
+
+def top_singular(op: JacobianOperator, k: int, method: str = "auto", **kw) -> TopKSVD:
+    """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"``: :func:`choose_method`).
+
+    ``kw`` goes to :func:`topk_svd` (``tol`` also to :func:`svd_full`). The full path reports the
+    ``d_out`` products it spent forming ``J``.
+    """
+    if method == "auto":
+        method = choose_method(op.d_out, op.n_tokens, k, oversample=kw.get("oversample", 8))
+    if method == "matrix_free":
+        return topk_svd(op, k, **kw)
+    if method != "full":
+        raise ValueError(f"unknown method {method!r}")
+    out = svd_full(op.full().J, k, **({"tol": kw["tol"]} if "tol" in kw else {}))
+    out.n_products = op.d_out
+    return out
+
+
+def fix_signs(svd: TopKSVD, J_x: torch.Tensor) -> TopKSVD:
+    """Flip each pair ``(u_j, v_j)`` so that ``u_j . (J_i x_i) >= 0`` (``J_x``: ``[T, d_out]``).
+
+    Flipping ``u`` and ``v`` together leaves ``U S V^T`` unchanged; ties (``= 0``) keep their sign.
+    """
+    dots = torch.einsum("tok,to->tk", svd.U, J_x.to(svd.U.dtype))
+    sign = torch.where(dots < 0, -1.0, 1.0).to(svd.U.dtype)[:, None, :]
+    return replace(svd, U=svd.U * sign, V=svd.V * sign)
