@@ -39,6 +39,9 @@ def stable_rank(sv: torch.Tensor) -> torch.Tensor:
 DEFAULT_ITERS = 60
 #: Most vectors one batched product carries (bounds the ``[m, T, d_in]`` direction tensors).
 PRODUCT_CHUNK = 512
+#: Power steps the cost model of :func:`choose_method` assumes (decaying spectra of trained models
+#: converge in a few; flat random-init spectra need ~10-20 for tol 1e-6..1e-10).
+TYPICAL_ITERS = 4
 
 
 @dataclass
@@ -177,10 +180,9 @@ def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: 
 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
     products; the randomized scheme needs ``l + n*l*(2q + 1) + 2*n*k`` with ``l = k + oversample``
-    and ``q`` power steps (default: the early-stop budget 4 typical of decaying spectra; pass
-    ``iters`` for the worst case).
+    and ``q`` power steps (default :data:`TYPICAL_ITERS`; pass ``iters`` for a worse case).
     """
-    q = 4 if iters is None else iters
+    q = TYPICAL_ITERS if iters is None else iters
     l = min(k + oversample, d)
     matrix_free = l + n_tokens * l * (2 * q + 1) + 2 * n_tokens * k
     return "full" if d <= matrix_free else "matrix_free"

@@ -1,0 +1,111 @@
+"""Matrix-free top-k SVD of every J_i against the exact SVD of the full Jacobian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lldd_core.jacobian import jacobian_operator
+from lldd_core.spectral import choose_method, fix_signs, svd_full, top_singular, topk_svd
+from tests.helpers import load, prompt_ids
+
+K = 4
+
+
+def _op_and_J(tiny_dirs, family, **kw):
+    handle = load(tiny_dirs[family], "float64")
+    op = jacobian_operator(handle.model, handle.adapter, prompt_ids(handle), **kw)
+    return op, op.full().J
+
+
+def _true_residual(J: torch.Tensor, U, S, V) -> torch.Tensor:
+    """The residual formula of TopKSVD evaluated with the full J (independent of the operator)."""
+    fwd = torch.linalg.vector_norm(J @ V - U * S[:, None, :], dim=1)
+    bwd = torch.linalg.vector_norm(J.mT @ U - V * S[:, None, :], dim=1)
+    top = S[:, :1]
+    return torch.maximum(fwd, bwd) / torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _angle_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``min(||a - b||, ||a + b||)`` per column of ``[T, d, k]`` unit vectors (sign-blind angle)."""
+    return torch.minimum(torch.linalg.vector_norm(a - b, dim=1), torch.linalg.vector_norm(a + b, dim=1))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2", "qwen2", "phi3"])
+def test_matrix_free_matches_full_svd(tiny_dirs, family):
+    op, J = _op_and_J(tiny_dirs, family)
+    mf = topk_svd(op, K, tol=1e-10)
+    ex = svd_full(J, K)
+    assert mf.method == "matrix_free" and ex.method == "full"
+    assert mf.converged and ex.converged
+    assert mf.U.shape == (op.n_tokens, op.d_out, K) and mf.V.shape == (op.n_tokens, op.d_in, K)
+    sv = torch.linalg.svdvals(J)
+    torch.testing.assert_close(ex.S, sv[:, :K], rtol=1e-12, atol=0)
+    torch.testing.assert_close(mf.S, sv[:, :K], rtol=1e-8, atol=0)
+    # the reported residual is the true one (same formula, evaluated with J itself)
+    torch.testing.assert_close(mf.residual, _true_residual(J, mf.U, mf.S, mf.V), rtol=1e-3, atol=1e-14)
+    # Wedin: a vector's angle error is at most ~ residual / (gap to the rest of the spectrum);
+    # near-degenerate values only get the loose bound, separated ones must match closely.
+    rel = sv / sv[:, :1]
+    gaps = (rel[:, :K, None] - rel[:, None, :]).abs()
+    gaps[:, torch.arange(K), torch.arange(K)] = float("inf")
+    gap = gaps.min(-1).values  # [T, K]
+    bound = 4 * mf.residual / gap + 1e-9
+    assert bool((_angle_error(mf.U, ex.U) <= bound).all())
+    assert bool((_angle_error(mf.V, ex.V) <= bound).all())
+    assert int((gap > 1e-2).sum()) >= J.shape[0]  # most triplets are separated, so this bites
+    # the top-k subspaces agree wherever s_k is separated from s_{k+1}
+    sep = (rel[:, K - 1] - rel[:, K]) > 1e-2
+    proj = lambda A: A @ A.mT  # noqa: E731
+    assert float((proj(mf.U) - proj(ex.U))[sep].abs().max()) < 1e-7
+
+
+def test_residual_is_honest_when_not_converged(tiny_dirs):
+    op, J = _op_and_J(tiny_dirs, "gpt2")
+    rough = topk_svd(op, K, oversample=0, iters=0)
+    assert not rough.converged
+    assert float(rough.residual.max()) > 1e-3
+    torch.testing.assert_close(rough.residual, _true_residual(J, rough.U, rough.S, rough.V), rtol=1e-8, atol=1e-14)
+    one = topk_svd(op, K, oversample=1, iters=1, tol=1e-10)
+    assert not one.converged and float(one.residual.max()) > 1e-10
+    assert rough.n_products < one.n_products
+
+
+def test_zero_blocks_and_causality(tiny_dirs):
+    """Output at position 3: later tokens have J_i = 0, which must come out as s = 0, residual 0."""
+    op, J = _op_and_J(tiny_dirs, "mistral", position=3)
+    mf = topk_svd(op, K, tol=1e-10)
+    assert mf.converged and bool(torch.isfinite(mf.residual).all())
+    assert float(mf.S[4:].abs().max()) == 0.0
+    torch.testing.assert_close(mf.S, torch.linalg.svdvals(J)[:, :K], rtol=1e-8, atol=1e-14)
+
+
+def test_choose_method_and_dispatch(tiny_dirs):
+    assert choose_method(32, 14, 4) == "full"
+    assert choose_method(4096, 4, 4) == "matrix_free"
+    assert choose_method(4096, 4000, 4) == "full"
+    op, J = _op_and_J(tiny_dirs, "gpt2")
+    auto = top_singular(op, K)
+    assert auto.method == "full" and auto.n_products == op.d_out
+    mf = top_singular(op, K, method="matrix_free", tol=1e-10)
+    assert mf.method == "matrix_free" and mf.n_products > op.d_out
+    torch.testing.assert_close(mf.S, auto.S, rtol=1e-8, atol=0)
+    with pytest.raises(ValueError):
+        top_singular(op, K, method="nope")
+    with pytest.raises(ValueError):
+        topk_svd(op, op.d_out + 1)
+
+
+def test_fix_signs(tiny_dirs):
+    op, J = _op_and_J(tiny_dirs, "llama")
+    J_x = torch.einsum("tod,td->to", J, op.x0)
+    for svd in (svd_full(J, K), topk_svd(op, K, tol=1e-10)):
+        fixed = fix_signs(svd, J_x)
+        assert bool((torch.einsum("tok,to->tk", fixed.U, J_x) >= 0).all())
+        before = svd.U @ torch.diag_embed(svd.S) @ svd.V.mT
+        after = fixed.U @ torch.diag_embed(fixed.S) @ fixed.V.mT
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-14)
+        flips = (fixed.U * svd.U).sum(1)  # +-1 per pair
+        torch.testing.assert_close(flips.abs(), torch.ones_like(flips))
+        torch.testing.assert_close((fixed.V * svd.V).sum(1), flips)
+        torch.testing.assert_close(fixed.residual, svd.residual)
