@@ -423,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar reports progress; theirs would interleave with it
     from .errors import LLDDError
 
     args = build_parser().parse_args(argv)

@@ -89,6 +89,8 @@ def run_to_layer(
     if not 1 <= layer <= len(layers):
         raise ValueError(f"layer must be in 1..{len(layers)}, got {layer}")
     out: dict[str, torch.Tensor] = {}
+    if attention_mask is None:  # explicit, so a pad id that is also BOS is never taken for padding
+        attention_mask = torch.ones_like(input_ids)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     with _hooks(layers, layer, x0, track_x0, out):
         try:
