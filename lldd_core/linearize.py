@@ -122,8 +122,9 @@ def _detached_gate(original: Callable) -> Callable:
 
 def _detached_plain_activation(original: Callable) -> Callable:
     def forward(self: nn.Module, z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            ratio = original(z) / torch.where(z == 0, torch.ones_like(z), z)
+        # detach, not no_grad: no_grad stops reverse mode only, forward AD would still see the ratio
+        zc = z.detach()
+        ratio = original(zc) / torch.where(zc == 0, torch.ones_like(zc), zc)
         return z * ratio
 
     return forward

@@ -49,7 +49,10 @@ class TopKSVD:
     """Top-``k`` singular triplets of every token's ``J_i ~= U_i diag(S_i) V_i^T``.
 
     ``residual[i, j] = max(||J_i v_j - s_j u_j||, ||J_i^T u_j - s_j v_j||) / s_1`` (``s_1`` of token
-    ``i``; the absolute value where ``s_1 = 0``), measured with products made after the iteration.
+    ``i``; the absolute value where ``s_1 = 0``), measured with products of the returned vectors.
+    ``frobenius_sq[i]`` is ``||J_i||_F^2``: exact on the full path; on the matrix-free path the
+    captured part ``||U^T J_i||_F^2`` is exact and the rest a Hutchinson estimate with standard
+    error ``frobenius_se`` (0 where exact).
     """
 
     U: torch.Tensor  # [T, d_out, k]
@@ -59,6 +62,19 @@ class TopKSVD:
     converged: bool  # every residual <= tol
     n_products: int  # operator products (one per vector in a batched VJP or JVP)
     method: str  # "full" or "matrix_free"
+    frobenius_sq: torch.Tensor  # [T]
+    frobenius_se: torch.Tensor  # [T]
+
+    @property
+    def stable_rank(self) -> torch.Tensor:
+        """``||J_i||_F^2 / s_1^2`` per token (0 where ``s_1 = 0``)."""
+        top = self.S[:, 0] ** 2
+        return torch.where(top > 0, self.frobenius_sq / torch.where(top > 0, top, 1), torch.zeros_like(top))
+
+    @property
+    def stable_rank_se(self) -> torch.Tensor:
+        top = self.S[:, 0] ** 2
+        return torch.where(top > 0, self.frobenius_se / torch.where(top > 0, top, 1), torch.zeros_like(top))
 
 
 def _rel_residual(fwd: torch.Tensor, bwd: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -66,6 +82,12 @@ def _rel_residual(fwd: torch.Tensor, bwd: torch.Tensor, S: torch.Tensor) -> torc
     res = torch.maximum(torch.linalg.vector_norm(fwd, dim=1), torch.linalg.vector_norm(bwd, dim=1))
     top = S[:, :1]
     return res / torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _shared_rmatvec(op: JacobianOperator, cot: torch.Tensor) -> torch.Tensor:
+    """``J_i^T c`` for cotangents ``cot`` ``[m, d_out]`` shared by all tokens -> ``[m, T, d_in]``."""
+    parts = [op.rmatvec(cot[i : i + PRODUCT_CHUNK])[0] for i in range(0, cot.shape[0], PRODUCT_CHUNK)]
+    return torch.cat(parts).to(cot.dtype)
 
 
 def _per_token_rmatvec(op: JacobianOperator, Q: torch.Tensor) -> torch.Tensor:
@@ -86,7 +108,7 @@ def _per_token_rmatvec(op: JacobianOperator, Q: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _per_token_matvec(op: JacobianOperator, P: torch.Tensor) -> torch.Tensor:
+def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "reverse") -> torch.Tensor:
     """``J_i P_i`` for per-token blocks ``P`` ``[T, d_in, m]`` -> ``[T, d_out, m]``.
 
     ``matvec`` sums over positions, so each direction sits in its own token's slot with zeros elsewhere.
@@ -100,7 +122,7 @@ def _per_token_matvec(op: JacobianOperator, P: torch.Tensor) -> torch.Tensor:
         tok, col = rows // m, rows % m
         v = torch.zeros(stop - start, T, d_in, dtype=P.dtype, device=P.device)
         v[torch.arange(stop - start, device=P.device), tok] = dirs[start:stop]
-        out[tok, :, col] = op.matvec(v).to(P.dtype)
+        out[tok, :, col] = op.matvec(v, mode=mode).to(P.dtype)
     return out
 
 
@@ -112,21 +134,28 @@ def topk_svd(
     iters: int = DEFAULT_ITERS,
     tol: float = 1e-6,
     seed: int = 0,
+    probes: int = 16,
+    products: str = "reverse",
 ) -> TopKSVD:
     """Top-``k`` SVD of every ``J_i`` by randomized subspace iteration, from operator products only.
 
     With ``l = k + oversample`` (capped at ``min(d_out, d_in)``), per token ``i``:
 
-    1. ``W_i = J_i^T Q_0`` for one random ``Q_0`` ``[d_out, l]`` shared by all tokens (one VJP of
-       ``l`` cotangents serves every ``i``);
+    1. ``W_i = J_i^T Q_0`` for one random orthonormal ``Q_0`` ``[d_out, l]`` shared by all tokens
+       (one VJP of ``l`` cotangents serves every ``i``), together with ``J_i^T G`` for ``probes``
+       Gaussian ``G`` (Hutchinson probes for ``||J_i||_F^2``);
     2. ``P_i R_i = W_i`` (QR), ``Z_i = J_i P_i`` and ``Z_i = U~ S~ Ṽ^T`` (Rayleigh-Ritz on the
        right subspace): ``u = U~``, ``s = S~``, ``v = P_i Ṽ``, so ``J_i v = s u`` holds exactly;
-    3. power step: ``Q_i = U~``, ``W_i = J_i^T Q_i``; ``||W_i e_j - s_j v_j||`` is the backward
-       residual of step 2, got for free, which stops the loop once it is ``<= tol * s_1`` for all
-       top-``k`` triplets; else back to 2 (at most ``iters`` times).
+    3. ``W_i = J_i^T U~``; ``||W_i e_j - s_j v_j||`` is the backward residual of the triplets of
+       step 2. Stop once it is ``<= tol * s_1`` for all top-``k`` triplets or after ``iters`` power
+       steps; otherwise back to 2 with ``W_i`` (one power step).
 
-    The reported ``residual`` is then measured afresh with one more product pair (see
-    :class:`TopKSVD`). Products: ``l + T*l*(2q + 1) + 2*T*k`` for ``q`` power steps taken.
+    The reported ``residual`` combines that backward residual with a forward residual
+    ``||J_i v - s u||`` measured with ``k`` fresh products per token. ``||J_i||_F^2 =
+    ||U~^T J_i||_F^2 + ||(I - U~ U~^T) J_i||_F^2``: the first term is ``||W_i||_F^2``, the second the
+    mean of ``||J_i^T (I - U~ U~^T) g||^2`` over the probes, from products already made.
+    Products: ``l + probes + 2*T*l*(q + 1) + T*k`` for ``q`` power steps; ``products`` picks how
+    ``J_i v`` is formed (``"reverse"`` over reverse, or ``"forward"`` mode; see :meth:`JacobianOperator.matvec`).
     """
     T, d_out, d_in = op.n_tokens, op.d_out, op.d_in
     if not 1 <= k <= min(d_out, d_in):
@@ -134,31 +163,37 @@ def topk_svd(
     l = min(k + oversample, d_out, d_in)
     dtype, device = op.y.dtype, op.y.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    Q0 = torch.linalg.qr(torch.randn(d_out, l, generator=gen, dtype=torch.float64))[0].to(dtype=dtype, device=device)
-    gx, _ = op.rmatvec(Q0.T)  # [l, T, d_in]
-    W = gx.permute(1, 2, 0)  # [T, d_in, l]
-    n_products = l
+    Q0 = torch.linalg.qr(torch.randn(d_out, l, generator=gen, dtype=torch.float64))[0]
+    G = torch.randn(d_out, probes, generator=gen, dtype=torch.float64)
+    gx = _shared_rmatvec(op, torch.cat([Q0.T, G.T]).to(dtype=dtype, device=device))  # [l + probes, T, d_in]
+    W = gx[:l].permute(1, 2, 0)  # [T, d_in, l]
+    H = gx[l:].permute(1, 2, 0)  # [T, d_in, probes]
+    G = G.to(dtype=dtype, device=device)
+    n_products = l + probes
     for step in range(iters + 1):
         P = torch.linalg.qr(W)[0]  # [T, d_in, l]
-        Z = _per_token_matvec(op, P)
-        n_products += T * l
+        Z = _per_token_matvec(op, P, products)
         Ut, St, Vth = torch.linalg.svd(Z, full_matrices=False)
         U, S, V = Ut, St, P @ Vth.mT
-        if step == iters:
-            break
-        W = _per_token_rmatvec(op, U)
-        n_products += T * l
+        W = _per_token_rmatvec(op, U)  # J_i^T U_i: the next power step and this step's residual
+        n_products += 2 * T * l
         back = W[..., :k] - V[..., :k] * S[:, None, :k]
-        if bool((_rel_residual(back, back, S[:, :k]) <= tol).all()):
-            break  # the next Rayleigh-Ritz would start from this W; converged already
-    U, S, V = U[..., :k], S[:, :k], V[..., :k]
-    # Honest a-posteriori residuals: fresh products with the returned vectors.
-    fwd = _per_token_matvec(op, V) - U * S[:, None, :]
-    bwd = _per_token_rmatvec(op, U) - V * S[:, None, :]
-    n_products += 2 * T * k
-    residual = _rel_residual(fwd, bwd, S)
-    return TopKSVD(U=U, S=S, V=V, residual=residual, converged=bool((residual <= tol).all()),
-                   n_products=n_products, method="matrix_free")
+        if step == iters or bool((_rel_residual(back, back, S[:, :k]) <= tol).all()):
+            break
+    fwd = _per_token_matvec(op, V[..., :k], products) - U[..., :k] * S[:, None, :k]
+    n_products += T * k
+    residual = _rel_residual(fwd, back, S[:, :k])
+    # ||J_i||_F^2: exact in span(U_i), Hutchinson on the orthogonal complement
+    captured = W.pow(2).sum((1, 2))
+    if probes and l < d_out:
+        rest = H - W @ (U.mT @ G)  # J_i^T (I - U U^T) G  [T, d_in, probes]
+        per_probe = rest.pow(2).sum(1)  # [T, probes]
+        frob = captured + per_probe.mean(1)
+        se = per_probe.std(1) / probes**0.5 if probes > 1 else torch.full_like(frob, float("inf"))
+    else:
+        frob, se = captured, torch.zeros_like(captured)
+    return TopKSVD(U=U[..., :k], S=S[:, :k], V=V[..., :k], residual=residual, converged=bool((residual <= tol).all()),
+                   n_products=n_products, method="matrix_free", frobenius_sq=frob, frobenius_se=se)
 
 
 def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
@@ -171,20 +206,22 @@ def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
     U, S, Vh = torch.linalg.svd(work, full_matrices=False)
     U, S, V = U[..., :k], S[:, :k], Vh[:, :k].mT
     residual = _rel_residual(work @ V - U * S[:, None, :], work.mT @ U - V * S[:, None, :], S)
+    frob = work.pow(2).sum((1, 2))
     return TopKSVD(U=U, S=S, V=V, residual=residual, converged=bool((residual <= tol).all()),
-                   n_products=0, method="full")
+                   n_products=0, method="full", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
 
 
 def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: int | None = None) -> str:
     """``"full"`` or ``"matrix_free"``, whichever needs fewer operator products.
 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
-    products; the randomized scheme needs ``l + n*l*(2q + 1) + 2*n*k`` with ``l = k + oversample``
-    and ``q`` power steps (default :data:`TYPICAL_ITERS`; pass ``iters`` for a worse case).
+    products; the randomized scheme needs ``l + probes + 2*n*l*(q + 1) + n*k`` with
+    ``l = k + oversample`` and ``q`` power steps (default :data:`TYPICAL_ITERS`; pass ``iters``
+    for a worse case; 16 probes assumed).
     """
     q = TYPICAL_ITERS if iters is None else iters
     l = min(k + oversample, d)
-    matrix_free = l + n_tokens * l * (2 * q + 1) + 2 * n_tokens * k
+    matrix_free = l + 16 + 2 * n_tokens * l * (q + 1) + n_tokens * k
     return "full" if d <= matrix_free else "matrix_free"
 
 

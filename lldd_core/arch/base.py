@@ -40,6 +40,8 @@ class FamilyAdapter:
         norm_weight_offset: RMSNorm computes ``x / rms(x) * (offset + w)``; Gemma uses ``1 + w``.
         biases: whether the family's linear layers or norms carry biases (documentation and tests;
             the bias channel itself is derived from the parameters named ``*bias``).
+        attention_output / mlp_output: names of the block children whose outputs are the attention
+            and MLP terms added to the residual stream (after any post-norm, before the add).
     """
 
     name: str = "?"
@@ -47,6 +49,8 @@ class FamilyAdapter:
     gated_mlp: bool = True
     norm_weight_offset: float = 0.0
     biases: bool = False
+    attention_output: str = "self_attn"
+    mlp_output: str = "mlp"
 
     # --- where things live -------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:
@@ -66,6 +70,11 @@ class FamilyAdapter:
 
     def unembedding(self, model: nn.Module) -> nn.Module:
         return model.get_output_embeddings()
+
+    def sublayer(self, block: nn.Module, site: str) -> nn.Module:
+        """The child of ``block`` whose output is the ``site`` (``"attention"`` or ``"mlp"``) term of the residual."""
+        name = {"attention": self.attention_output, "mlp": self.mlp_output}[site]
+        return getattr(block, name)
 
     # --- what to linearize ---------------------------------------------------------------------
     def norms(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -8,4 +8,6 @@ from .base import FamilyAdapter
 class GemmaAdapter(FamilyAdapter):
     name = "Gemma 2 / Gemma 3"
     model_types = ("gemma2", "gemma3_text")
+    attention_output = "post_attention_layernorm"
+    mlp_output = "post_feedforward_layernorm"
     norm_weight_offset = 1.0

@@ -8,6 +8,8 @@ from .base import FamilyAdapter
 class GPT2Adapter(FamilyAdapter):
     name = "GPT-2"
     model_types = ("gpt2",)
+    attention_output = "attn"
+    mlp_output = "mlp"
     gated_mlp = False
     biases = True
 

@@ -8,6 +8,8 @@ from .base import FamilyAdapter
 class GPTNeoXAdapter(FamilyAdapter):
     name = "GPT-NeoX / Pythia"
     model_types = ("gpt_neox",)
+    attention_output = "attention"
+    mlp_output = "mlp"
     gated_mlp = False
     biases = True
 

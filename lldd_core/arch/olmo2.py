@@ -6,3 +6,5 @@ from .base import FamilyAdapter
 class Olmo2Adapter(FamilyAdapter):
     name = "OLMo 2"
     model_types = ("olmo2",)
+    attention_output = "post_attention_layernorm"
+    mlp_output = "post_feedforward_layernorm"
