@@ -3,6 +3,8 @@
 Commands::
 
     python -m lldd_core jacobian --prompt TEXT [--model M] ...     detached vs ordinary Jacobian
+    python -m lldd_core spectrum --prompt TEXT [--layer K] [--top-k 8] [--decode 8]   decoded spectra
+    python -m lldd_core layers --prompt TEXT [--top-k 8] [--no-lens]   every layer's views
     python -m lldd_core demo build [--size S|all] [--arch A] [--force]   build the demo models
     python -m lldd_core demo info [--json -]                        list the demo models
     python -m lldd_core cache info|clear                            the result cache
@@ -220,6 +222,78 @@ def _print_jacobian(p: dict[str, Any], k: int) -> None:
     out.write(f"{'cache hit' if p['cache_hit'] else 'computed'} in {p['elapsed_s']:.2f} s\n")
 
 
+def _run_analysis(args: argparse.Namespace, call: Callable[[Any, Any, _Progress], Any]) -> Any:
+    """Run ``call(service, spec, progress)`` with the first-use build note and a tqdm bar."""
+    from .service import get_service
+
+    spec = _spec(args)
+    progress = _Progress(not args.quiet)
+    try:
+        with _first_use_build(spec, args.quiet):
+            return call(get_service(), spec, progress)
+    finally:
+        progress.close()
+
+
+def _cell(tokens: list[str], n: int = 5) -> str:
+    return " ".join(repr(t) for t in tokens[:n])
+
+
+def cmd_spectrum(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    computed = _run_analysis(args, lambda svc, spec, progress: svc.spectrum(
+        spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, k=args.top_k, n_decode=args.decode,
+        method=args.method, progress=progress))
+    r = computed.result
+    payload = {**r.summary(), "elapsed_s": time.perf_counter() - start, "cache_hit": computed.cache_hit}
+    if args.json:
+        _emit_json(payload, args.json)
+        if args.json == "-":
+            return 0
+    out = sys.stdout
+    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
+    out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
+              f"next token {r.next_token!r}\n")
+    out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
+              f"{'' if r.converged else ' (NOT converged)'}\n")
+    for i, tok in enumerate(r.tokens):
+        se = f" ± {r.stable_rank_se[i]:.2f}" if r.method == "matrix_free" else ""
+        out.write(f"[{i}] {tok!r}  stable rank {r.stable_rank[i]:.2f}{se}\n")
+        for j in range(r.k):
+            out.write(f"    s{j + 1} {r.singular_values[i, j]:9.3e}  U: {_cell(r.u_tokens[i][j])}\n"
+                      f"    {'':13} V: {_cell(r.v_tokens[i][j])}\n")
+    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {payload['elapsed_s']:.2f} s\n")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .views import SITES
+
+    start = time.perf_counter()
+    sites = tuple(args.sites.split(",")) if args.sites else SITES
+    computed = _run_analysis(args, lambda svc, spec, progress: svc.layers(
+        spec, args.prompt, k=args.top_k, n_decode=args.decode, lens=not args.no_lens, method=args.method,
+        sites=sites, progress=progress))
+    r = computed.result
+    payload = {**r.summary(), "elapsed_s": time.perf_counter() - start, "cache_hit": computed.cache_hit}
+    if args.json:
+        _emit_json(payload, args.json)
+        if args.json == "-":
+            return 0
+    out = sys.stdout
+    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
+    out.write(f"tokens     {' | '.join(repr(t) for t in r.tokens)}\n")
+    out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
+              f"method {r.method}, max residual {r.max_residual:.1e}\n")
+    for si, site in enumerate(r.sites):
+        out.write(f"{site}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
+        for li in range(r.n_layers):
+            out.write(f"  layer {li + 1:>3}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
+                      f"s1 {r.singular_values[si, li, -1, 0]:9.3e}  {_cell(r.u_tokens[si][li][-1][0])}\n")
+    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {payload['elapsed_s']:.2f} s\n")
+    return 0
+
+
 # --- demo models -------------------------------------------------------------------------------
 
 
@@ -411,6 +485,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
     p.add_argument("--top-k", type=int, default=5, help="singular values per token to report (default 5)")
     p.set_defaults(func=cmd_jacobian)
+
+    p = sub.add_parser("spectrum", help="top-k singular values of every token's J_i, decoded to tokens")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    p.add_argument("--layer", type=int, default=None, help="output after K blocks, 1..L (default L)")
+    p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
+    p.add_argument("--top-k", type=int, default=8, help="singular triplets per token (default 8)")
+    p.add_argument("--decode", type=int, default=8, help="decoded tokens per singular vector (default 8)")
+    p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
+                   help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+    p.set_defaults(func=cmd_spectrum)
+
+    p = sub.add_parser("layers", help="every layer's cumulative, single-block, attention and MLP spectra")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    p.add_argument("--top-k", type=int, default=8, help="singular triplets per view and token (default 8)")
+    p.add_argument("--decode", type=int, default=5, help="decoded tokens per singular vector (default 5)")
+    p.add_argument("--no-lens", action="store_true",
+                   help="analyse the raw stream (default: through the final norm, logit-lens style)")
+    p.add_argument("--sites", default=None, help="comma-separated subset of cumulative,block,attention,mlp")
+    p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
+                   help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+    p.set_defaults(func=cmd_layers)
 
     _add_demo_parser(sub)
 

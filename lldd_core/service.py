@@ -21,6 +21,9 @@ from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
 from .jacobian import ProgressFn
 from .jacobian_analysis import ANALYSIS as JACOBIAN, JacobianResult, analyze_jacobian
+from .layers_analysis import ANALYSIS as LAYERS, LayersResult, analyze_layers
+from .spectrum_analysis import ANALYSIS as SPECTRUM, METHODS, SpectrumResult, analyze_spectrum
+from .views import SITES
 from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 
 R = TypeVar("R")
@@ -147,6 +150,77 @@ class Service:
             lambda h: analyze_jacobian(h, ids, layer=layer, final_norm=final_norm, progress=progress),
             progress,
         )
+
+    def spectrum(
+        self,
+        spec: ModelSpec,
+        prompt: str,
+        *,
+        layer: int | None = None,
+        final_norm: bool = True,
+        k: int = 8,
+        n_decode: int = 8,
+        method: str = "auto",
+        progress: ProgressFn | None = None,
+    ) -> Computed[SpectrumResult]:
+        """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.spectrum_analysis`)."""
+        info = self.info(spec, progress)
+        ids = info.encode(prompt)
+        layer = info.n_layers if layer is None else int(layer)
+        if not 1 <= layer <= info.n_layers:
+            raise InputError(f"Layer must be between 1 and {info.n_layers} for {spec.model}; got {layer}.")
+        k, n_decode = _check_counts(k, n_decode, info.d_model)
+        if method not in METHODS:
+            raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+        params = {"layer": layer, "final_norm": bool(final_norm), "k": k, "n_decode": n_decode, "method": method}
+        return self._cached(
+            SPECTRUM, spec, info, ids, params,
+            lambda h: analyze_spectrum(h, ids, layer=layer, final_norm=final_norm, k=k, n_decode=n_decode,
+                                       method=method, progress=progress),
+            progress,
+        )
+
+    def layers(
+        self,
+        spec: ModelSpec,
+        prompt: str,
+        *,
+        k: int = 8,
+        n_decode: int = 5,
+        lens: bool = True,
+        method: str = "auto",
+        sites: tuple[str, ...] = SITES,
+        progress: ProgressFn | None = None,
+    ) -> Computed[LayersResult]:
+        """Every layer's views of one prompt: spectra, stable ranks, decodings, emergence."""
+        info = self.info(spec, progress)
+        ids = info.encode(prompt)
+        k, n_decode = _check_counts(k, n_decode, info.d_model)
+        if method not in METHODS:
+            raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+        sites = tuple(s for s in SITES if s in set(sites))  # canonical order: one cache entry per set
+        if not sites:
+            raise InputError(f"Choose at least one site of {', '.join(SITES)}.")
+        params = {"k": k, "n_decode": n_decode, "lens": bool(lens), "method": method, "sites": list(sites)}
+        return self._cached(
+            LAYERS, spec, info, ids, params,
+            lambda h: analyze_layers(h, ids, sites=sites, k=k, n_decode=n_decode, lens=lens, method=method,
+                                     progress=progress),
+            progress,
+        )
+
+
+#: Most decoded tokens per vector (a table cell can show no more).
+MAX_DECODE = 50
+
+
+def _check_counts(k: int, n_decode: int, d: int) -> tuple[int, int]:
+    k, n_decode = int(k), int(n_decode)
+    if not 1 <= k <= d:
+        raise InputError(f"The number of singular values k must be between 1 and the hidden size {d}; got {k}.")
+    if not 1 <= n_decode <= MAX_DECODE:
+        raise InputError(f"The number of decoded tokens must be between 1 and {MAX_DECODE}; got {n_decode}.")
+    return k, n_decode
 
 
 _SERVICE: Service | None = None

@@ -243,9 +243,9 @@ def top_singular(op: JacobianOperator, k: int, method: str = "auto", **kw) -> To
 
 
 def fix_signs(svd: TopKSVD, J_x: torch.Tensor) -> TopKSVD:
-    """Flip each pair ``(u_j, v_j)`` so that ``u_j . (J_i x_i) >= 0`` (``J_x``: ``[T, d_out]``).
+    """Flip each pair ``(u_j, v_j)`` of token ``i`` so that ``u_j . J_x[i] >= 0`` (``J_x``: ``[T, d_out]``).
 
-    Flipping ``u`` and ``v`` together leaves ``U S V^T`` unchanged; ties (``= 0``) keep their sign.
+    The reference's convention passes the reconstruction ``y`` for every token. Flipping ``u`` and ``v`` together leaves ``U S V^T`` unchanged; ties (``= 0``) keep their sign.
     """
     dots = torch.einsum("tok,to->tk", svd.U, J_x.to(svd.U.dtype))
     sign = torch.where(dots < 0, -1.0, 1.0).to(svd.U.dtype)[:, None, :]

@@ -29,6 +29,16 @@ def demo_default(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def demo_llama(tmp_path_factory) -> Path:
+    """The Llama demo model (the family of the paper's examples), built once per session (~1.5 min)."""
+    from lldd_core.demo import build_demo
+
+    target = tmp_path_factory.mktemp("demo") / "llama-small"
+    build_demo("llama-small", target=target)
+    return target
+
+
 @pytest.fixture()
 def cache_dir(tmp_path, monkeypatch) -> Path:
     """An empty result cache for this test."""

@@ -109,3 +109,35 @@ def test_entry_point_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: No model directory")
+
+
+def test_spectrum_json_per_token(capsys, tiny_dirs):
+    args = ["spectrum", "--model", str(tiny_dirs["llama"]), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
+            "--top-k", "3", "--decode", "4", "--json", "-", "--quiet"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    data = json.loads(out)
+    assert {"model", "tokens", "per_token", "method", "next_token", "max_residual", "cache_hit"} <= data.keys()
+    assert len(data["per_token"]) == len(data["tokens"])
+    entry = data["per_token"][-1]
+    assert len(entry["singular_values"]) == 3 and entry["singular_values"] == sorted(entry["singular_values"], reverse=True)
+    assert len(entry["u_tokens"]) == 3 and len(entry["u_tokens"][0]) == 4 and len(entry["v_tokens"][0]) == 4
+    assert entry["stable_rank"] >= 1.0
+    code, out, _ = _run(capsys, *args[:-3], "--method", "matrix_free", "--quiet")
+    assert code == 0 and "matrix_free" in out and "stable rank" in out and "U:" in out
+
+
+def test_layers_json_and_text(capsys, tiny_dirs):
+    args = ["layers", "--model", str(tiny_dirs["gpt2"]), "--prompt", PROMPT, "--device", "cpu", "--top-k", "2",
+            "--json", "-", "--quiet"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    data = json.loads(out)
+    assert data["n_layers"] == 2 and len(data["layers"]) == 2 and data["lens"] is True
+    cell = data["layers"][1]["cumulative"]
+    assert {"stable_rank", "singular_values", "top_u_tokens", "top_v_tokens", "projection_on_final"} <= cell.keys()
+    assert len(cell["singular_values"]) == len(data["tokens"]) and len(cell["singular_values"][0]) == 2
+    code, out, _ = _run(capsys, *args[:-3], "--no-lens", "--sites", "block,mlp", "--quiet")
+    assert code == 0 and "raw stream" in out and "block:" in out and "cumulative:" not in out
+    code, _, err = _run(capsys, *args[:-3], "--sites", "everywhere", "--quiet")
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
