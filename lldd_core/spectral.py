@@ -39,6 +39,9 @@ def stable_rank(sv: torch.Tensor) -> torch.Tensor:
 DEFAULT_ITERS = 60
 #: Most vectors one batched product carries (bounds the ``[m, T, d_in]`` direction tensors).
 PRODUCT_CHUNK = 512
+#: Most blocks of ``l`` vectors the Krylov basis of :func:`topk_svd` holds before a thick restart
+#: (memory ``T * d * KRYLOV_BLOCKS * l``).
+KRYLOV_BLOCKS = 4
 #: Power steps the cost model of :func:`choose_method` assumes (decaying spectra of trained models
 #: converge in a few; flat random-init spectra need ~10-20 for tol 1e-6..1e-10).
 TYPICAL_ITERS = 4
@@ -96,6 +99,8 @@ def _per_token_rmatvec(op: JacobianOperator, Q: torch.Tensor) -> torch.Tensor:
     One VJP carries all ``T*m`` cotangents; it returns ``J_j^T q`` for every ``j``, of which only
     the diagonal blocks ``j = i`` are kept.
     """
+    if hasattr(op, "per_token_rmatvec"):
+        return op.per_token_rmatvec(Q)
     T, _, m = Q.shape
     cot = Q.transpose(1, 2).reshape(T * m, -1)  # row i*m + c is Q_i[:, c]
     out = torch.empty(T, op.d_in, m, dtype=Q.dtype, device=Q.device)
@@ -113,6 +118,8 @@ def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "revers
 
     ``matvec`` sums over positions, so each direction sits in its own token's slot with zeros elsewhere.
     """
+    if hasattr(op, "per_token_matvec"):
+        return op.per_token_matvec(P)
     T, d_in, m = P.shape
     dirs = P.transpose(1, 2).reshape(T * m, d_in)
     out = torch.empty(T, op.d_out, m, dtype=P.dtype, device=P.device)
@@ -127,7 +134,7 @@ def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "revers
 
 
 def topk_svd(
-    op: JacobianOperator,
+    op: JacobianOperator | DenseOperator,
     k: int,
     *,
     oversample: int = 8,
@@ -137,24 +144,26 @@ def topk_svd(
     probes: int = 16,
     products: str = "reverse",
 ) -> TopKSVD:
-    """Top-``k`` SVD of every ``J_i`` by randomized subspace iteration, from operator products only.
+    """Top-``k`` SVD of every ``J_i`` by randomized block Krylov iteration, from operator products only.
 
     With ``l = k + oversample`` (capped at ``min(d_out, d_in)``), per token ``i``:
 
     1. ``W_i = J_i^T Q_0`` for one random orthonormal ``Q_0`` ``[d_out, l]`` shared by all tokens
        (one VJP of ``l`` cotangents serves every ``i``), together with ``J_i^T G`` for ``probes``
-       Gaussian ``G`` (Hutchinson probes for ``||J_i||_F^2``);
-    2. ``P_i R_i = W_i`` (QR), ``Z_i = J_i P_i`` and ``Z_i = U~ S~ Ṽ^T`` (Rayleigh-Ritz on the
-       right subspace): ``u = U~``, ``s = S~``, ``v = P_i Ṽ``, so ``J_i v = s u`` holds exactly;
-    3. ``W_i = J_i^T U~``; ``||W_i e_j - s_j v_j||`` is the backward residual of the triplets of
-       step 2. Stop once it is ``<= tol * s_1`` for all top-``k`` triplets or after ``iters`` power
-       steps; otherwise back to 2 with ``W_i`` (one power step).
+       Gaussian ``G`` (Hutchinson probes for ``||J_i||_F^2``); the basis is ``P_i = orth(W_i)``;
+    2. ``Z_i = J_i P_i`` is kept as the basis grows; ``Z_i = U~ S~ Ṽ^T`` gives the Ritz triplets
+       ``u = U~``, ``s = S~``, ``v = P_i Ṽ`` of span(``P_i``) (so ``J_i v = s u`` exactly);
+    3. ``W_i = J_i^T U~_{:l}``: ``||W_i e_j - s_j v_j||`` is the backward residual of the triplets.
+       Stop once it is ``<= tol * s_1`` for all top-``k`` triplets (or after ``iters`` steps);
+       otherwise append ``W_i``, orthogonalized against ``P_i``, to the basis (a block Krylov space
+       of ``J_i^T J_i``, which converges much faster than plain subspace iteration) and go to 2.
+       Past :data:`KRYLOV_BLOCKS` blocks the basis restarts from the top-``l`` Ritz vectors.
 
     The reported ``residual`` combines that backward residual with a forward residual
     ``||J_i v - s u||`` measured with ``k`` fresh products per token. ``||J_i||_F^2 =
     ||U~^T J_i||_F^2 + ||(I - U~ U~^T) J_i||_F^2``: the first term is ``||W_i||_F^2``, the second the
     mean of ``||J_i^T (I - U~ U~^T) g||^2`` over the probes, from products already made.
-    Products: ``l + probes + 2*T*l*(q + 1) + T*k`` for ``q`` power steps; ``products`` picks how
+    Products: ``l + probes + 2*T*l*(q + 1) + T*k`` for ``q`` Krylov steps; ``products`` picks how
     ``J_i v`` is formed (``"reverse"`` over reverse, or ``"forward"`` mode; see :meth:`JacobianOperator.matvec`).
     """
     T, d_out, d_in = op.n_tokens, op.d_out, op.d_in
@@ -170,16 +179,30 @@ def topk_svd(
     H = gx[l:].permute(1, 2, 0)  # [T, d_in, probes]
     G = G.to(dtype=dtype, device=device)
     n_products = l + probes
+    P = torch.linalg.qr(W)[0]  # [T, d_in, l]
+    Z = _per_token_matvec(op, P, products)  # J_i P_i
+    n_products += T * l
+    max_basis = max(l, min(d_in, KRYLOV_BLOCKS * l))
     for step in range(iters + 1):
-        P = torch.linalg.qr(W)[0]  # [T, d_in, l]
-        Z = _per_token_matvec(op, P, products)
         Ut, St, Vth = torch.linalg.svd(Z, full_matrices=False)
-        U, S, V = Ut, St, P @ Vth.mT
-        W = _per_token_rmatvec(op, U)  # J_i^T U_i: the next power step and this step's residual
-        n_products += 2 * T * l
+        U, S, V = Ut[..., :l], St[:, :l], P @ Vth.mT[..., :l]  # top-l Ritz triplets of span(P)
+        W = _per_token_rmatvec(op, U)  # J_i^T U_i: this step's residual and the next Krylov block
+        n_products += T * l
         back = W[..., :k] - V[..., :k] * S[:, None, :k]
         if step == iters or bool((_rel_residual(back, back, S[:, :k]) <= tol).all()):
             break
+        if P.shape[-1] + l > max_basis:  # thick restart on the Ritz vectors; J V = U S needs no products
+            P, Z = V, U * S[:, None, :]
+        new = min(l, d_in - P.shape[-1])
+        if new <= 0:
+            break  # the basis spans the whole input space: the Ritz triplets are exact
+        X = W[..., :new]
+        for _ in range(2):  # block Gram-Schmidt twice against the basis, then orthonormalize
+            X = X - P @ (P.mT @ X)
+            X = torch.linalg.qr(X)[0]
+        P = torch.cat([P, X], dim=-1)
+        Z = torch.cat([Z, _per_token_matvec(op, X, products)], dim=-1)
+        n_products += T * new
     fwd = _per_token_matvec(op, V[..., :k], products) - U[..., :k] * S[:, None, :k]
     n_products += T * k
     residual = _rel_residual(fwd, back, S[:, :k])
@@ -196,17 +219,51 @@ def topk_svd(
                    n_products=n_products, method="matrix_free", frobenius_sq=frob, frobenius_se=se)
 
 
-def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
-    """Exact top-``k`` triplets of every ``J[i]`` (``[T, d_out, d_in]``) by ``torch.linalg.svd``.
+class DenseOperator:
+    """The operator interface of :class:`~lldd_core.jacobian.JacobianOperator` over formed ``J`` ``[T, d_out, d_in]``."""
 
-    ``residual`` uses the same formula as :func:`topk_svd`, with ``J`` itself; ``n_products`` is 0
-    here (forming ``J`` by :meth:`JacobianOperator.full` costs ``d_out`` products).
+    def __init__(self, J: torch.Tensor) -> None:
+        self.J = J
+        self.y = torch.zeros(J.shape[1], dtype=J.dtype, device=J.device)  # dtype/device carrier only
+
+    n_tokens = property(lambda self: self.J.shape[0])
+    d_out = property(lambda self: self.J.shape[1])
+    d_in = property(lambda self: self.J.shape[2])
+
+    def rmatvec(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.einsum("tod,mo->mtd", self.J, u), torch.zeros(u.shape[0], dtype=self.J.dtype, device=self.J.device)
+
+    def matvec(self, v: torch.Tensor, mode: str = "reverse") -> torch.Tensor:
+        return torch.einsum("tod,mtd->mo", self.J, v)
+
+    def per_token_rmatvec(self, Q: torch.Tensor) -> torch.Tensor:
+        return self.J.mT @ Q
+
+    def per_token_matvec(self, P: torch.Tensor) -> torch.Tensor:
+        return self.J @ P
+
+
+#: Largest width whose top-k triplets :func:`svd_full` takes from LAPACK's full SVD (O(d^3) per
+#: token); above it a block Krylov iteration on the formed matrices is far cheaper.
+EXACT_SVD_MAX_D = 512
+
+
+def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
+    """Top-``k`` triplets of every formed ``J[i]`` (``[T, d_out, d_in]``).
+
+    Up to :data:`EXACT_SVD_MAX_D` by ``torch.linalg.svd`` (exact); wider matrices by
+    :func:`topk_svd` on the dense matrices (matrix products are cheap once ``J`` is formed) to
+    ``tol``, with an exact Frobenius norm. ``residual`` uses the same formula either way;
+    ``n_products`` is 0 here (forming ``J`` by :meth:`JacobianOperator.full` costs ``d_out`` products).
     """
     work = J if J.dtype in (torch.float32, torch.float64) else J.float()
+    frob = work.pow(2).sum((1, 2))
+    if min(work.shape[1], work.shape[2]) > EXACT_SVD_MAX_D:
+        out = topk_svd(DenseOperator(work), k, tol=tol, probes=0)
+        return replace(out, n_products=0, method="full", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
     U, S, Vh = torch.linalg.svd(work, full_matrices=False)
     U, S, V = U[..., :k], S[:, :k], Vh[:, :k].mT
     residual = _rel_residual(work @ V - U * S[:, None, :], work.mT @ U - V * S[:, None, :], S)
-    frob = work.pow(2).sum((1, 2))
     return TopKSVD(U=U, S=S, V=V, residual=residual, converged=bool((residual <= tol).all()),
                    n_products=0, method="full", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
 

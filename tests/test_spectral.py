@@ -164,3 +164,16 @@ def test_forward_mode_products_give_the_same_svd(tiny_dirs, family):
     torch.testing.assert_close(fwd.S, rev.S, rtol=1e-9, atol=0)
     torch.testing.assert_close(fwd.S, torch.linalg.svdvals(J)[:, :K], rtol=1e-8, atol=0)
     assert fwd.converged
+
+
+def test_wide_full_path_uses_krylov_on_the_formed_matrix(tiny_dirs, monkeypatch):
+    import lldd_core.spectral as spectral
+
+    op, J = _op_and_J(tiny_dirs, "gpt2")
+    exact = svd_full(J, K, tol=1e-9)
+    monkeypatch.setattr(spectral, "EXACT_SVD_MAX_D", 8)  # force the Krylov branch on d = 32
+    krylov = svd_full(J, K, tol=1e-9)
+    assert krylov.method == "full" and krylov.converged and krylov.n_products == 0
+    torch.testing.assert_close(krylov.S, exact.S, rtol=1e-9, atol=0)
+    torch.testing.assert_close(krylov.frobenius_sq, J.pow(2).sum((1, 2)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(krylov.residual, _true_residual(J, krylov.U, krylov.S, krylov.V), rtol=1e-3, atol=1e-14)
