@@ -20,6 +20,7 @@ st.set_page_config(page_title="lldd", page_icon="📐", layout="wide")
 # then resolves it.
 PAGES = [
     st.Page("pages/detached_jacobian.py", title="Detached Jacobian", icon="🧮", url_path="jacobian", default=True),
+    st.Page("pages/layers.py", title="Layers", icon=":material/layers:", url_path="depth"),
 ]
 
 page = st.navigation(PAGES)

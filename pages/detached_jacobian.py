@@ -1,6 +1,8 @@
 """Detached Jacobian view: one prompt, its exact local linear map, reconstruction and spectra.
 
-UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots`.
+UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots`. Below
+it, "Spectra and token decodings" runs ``get_service().spectrum(...)`` for the same request (its own
+form and progress) -> tables and figures from :mod:`lldd_core.plots_spectra`.
 A demo model that is not built yet is built first (:func:`pages._common.ensure_model_ready`).
 Errors a user can cause (:class:`~lldd_core.errors.LLDDError`) show as ``st.error``; the last
 good result stays in session state, so widget changes and reruns keep showing it.
@@ -18,13 +20,29 @@ from lldd_core.errors import LLDDError
 from lldd_core.jacobian_analysis import JacobianResult
 from lldd_core.models import ModelSpec
 from lldd_core.plots import reconstruction_scatter, spectrum_figure, token_contribution_figure
+from lldd_core.plots_spectra import (
+    FIGURE_FORMATS,
+    column_label,
+    display_token,
+    download_config,
+    file_slug,
+    highlight_colors,
+    highlight_table,
+    norm_distribution_figure,
+    norm_table,
+    spectrum_table,
+    token_spectrum_table,
+)
 from lldd_core.results import to_jsonable
-from lldd_core.service import get_service
-from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, progress_reporter
+from lldd_core.service import MAX_DECODE, METHODS, get_service
+from lldd_core.spectrum_analysis import SpectrumResult
+from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, plural, progress_reporter
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
 RESULT_KEY = "detached_jacobian.last"
+#: Session-state key of the last successful spectra (a :class:`Shown` of a SpectrumResult).
+SPECTRUM_KEY = "detached_jacobian.spectrum"
 
 EXPLANATION = """
 **What is shown.** With the nonlinear factors of the model *detached* (norm scales, activation
@@ -34,6 +52,16 @@ ratios `act(z)/z` and attention weights frozen at their values for this input), 
 dimension by dimension. The *ordinary* Jacobian (right) is the usual derivative of the model; it
 describes small changes but does not reconstruct `y`, because the model is not linear. The spectrum
 shows each `J_i`'s singular values; the bars show how much each token contributes, `‖J_i x_i‖`.
+"""
+
+SPECTRA_EXPLANATION = """
+For every input token `i`, the top-k singular triplets `J_i ≈ Σ_j σ_j u_j v_jᵀ`. The left vector
+`u_j` lives in the **output space**, decoded by the unembedding's logits `W_U u_j`; the right vector
+`v_j` lives in the **input space**, decoded by cosine similarity to the input embeddings. Signs are
+fixed so that `u_j · y ≥ 0`; *show opposite sign* decodes `−u_j` and `−v_j` instead. The stable rank
+`‖J_i‖²_F / σ_1²` counts the effective number of directions (estimated, with a standard error, on the
+matrix-free path). **full** forms every `J_i` (also giving its rows and columns of largest norm);
+**matrix_free** finds the top-k directly (for big models); **auto** picks the cheaper one.
 """
 
 
@@ -142,8 +170,24 @@ def download_name(result: JacobianResult) -> str:
     return f"detached_jacobian_{slug}_L{result.layer}.json"
 
 
-def show_result(shown: Shown) -> None:
-    """Everything about one result: request, metrics, figures, tokens, download."""
+def figure_name(result: JacobianResult | SpectrumResult, what: str) -> str:
+    """File name (no extension) of a figure saved from the plotly toolbar."""
+    return f"{what}_{file_slug(result.model)}_L{result.layer}"
+
+
+def figure_format() -> str:
+    """The format the plotly toolbar's camera button saves every figure of this page in."""
+    return st.radio(
+        "Figure download format",
+        FIGURE_FORMATS,
+        horizontal=True,
+        key="dj_figure_format",
+        help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector, for papers).",
+    )
+
+
+def show_result(shown: Shown) -> str:
+    """Everything about one result: request, metrics, figures, tokens, download; returns the figure format."""
     r = shown.result
     st.subheader("Result")
     st.caption(
@@ -151,10 +195,19 @@ def show_result(shown: Shown) -> None:
         f"final norm {'on' if r.final_norm else 'off'} · {len(r.tokens)} tokens · prompt: {shown.prompt!r}"
     )
     show_metrics(shown)
-    st.plotly_chart(reconstruction_scatter(r), width="stretch", key="dj_reconstruction")
+    fmt = figure_format()
+    st.plotly_chart(
+        reconstruction_scatter(r), width="stretch", key="dj_reconstruction",
+        config=download_config(fmt, figure_name(r, "reconstruction")),
+    )
     left, right = st.columns(2)
-    left.plotly_chart(spectrum_figure(r), width="stretch", key="dj_spectrum")
-    right.plotly_chart(token_contribution_figure(r), width="stretch", key="dj_contributions")
+    left.plotly_chart(
+        spectrum_figure(r), width="stretch", key="dj_spectrum", config=download_config(fmt, figure_name(r, "spectrum"))
+    )
+    right.plotly_chart(
+        token_contribution_figure(r), width="stretch", key="dj_contributions",
+        config=download_config(fmt, figure_name(r, "contributions")),
+    )
     with st.expander("What am I looking at?"):
         st.markdown(EXPLANATION)
     st.markdown("**Tokens**")
@@ -180,6 +233,144 @@ def show_result(shown: Shown) -> None:
         on_click="ignore",
         key="dj_download",
     )
+    return fmt
+
+
+# --- spectra and token decodings ------------------------------------------------------------------------
+def same_request(spectrum: Shown, shown: Shown) -> bool:
+    """Whether ``spectrum`` was computed for the Jacobian request ``shown`` (model, prompt, layer, norm)."""
+    s, r = spectrum.result, shown.result
+    return (spectrum.spec, spectrum.prompt, s.layer, s.final_norm) == (shown.spec, shown.prompt, r.layer, r.final_norm)
+
+
+def spectra_form() -> tuple[bool, int, int, str]:
+    """The spectra settings; returns (submitted, k, decoded tokens per vector, method)."""
+    with st.form("dj_spectra_form", border=True):
+        c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
+        k = c1.number_input(
+            "Top-k singular values", min_value=1, value=8, step=1, key="dj_spec_k",
+            help="Singular triplets per token (at most the hidden size).",
+        )
+        n_decode = c2.number_input(
+            "Decoded tokens per vector", min_value=1, max_value=MAX_DECODE, value=8, step=1, key="dj_spec_n",
+        )
+        method = c3.selectbox(
+            "Method", METHODS, key="dj_spec_method",
+            help="auto: the cheaper of the two. full: every J_i (exact; also rows and columns). "
+            "matrix_free: top-k by products only (big models).",
+        )
+        submitted = st.form_submit_button("Compute spectra", key="dj_spec_compute")
+    return submitted, int(k), int(n_decode), str(method)
+
+
+def compute_spectra(shown: Shown, k: int, n_decode: int, method: str) -> Shown | None:
+    """The spectra of ``shown``'s request with a live status box; ``None`` (after an ``st.error``) on a user error."""
+    r = shown.result
+    failure: LLDDError | None = None
+    with st.status("Computing spectra…", expanded=True) as status:
+        bar = st.progress(0.0, text="Resolving the model and tokenizing")
+        try:
+            computed = get_service().spectrum(
+                shown.spec, shown.prompt, layer=r.layer, final_norm=r.final_norm, k=k, n_decode=n_decode,
+                method=method, progress=progress_reporter(bar),
+            )
+        except LLDDError as err:
+            failure = err
+            status.update(label="Could not compute the spectra", state="error", expanded=False)
+        else:
+            bar.progress(1.0, text="Done")
+            source = "Loaded from cache" if computed.cache_hit else f"Computed in {computed.result.elapsed_s:.2f} s"
+            status.update(label=f"Spectra ready — {source}", state="complete", expanded=False)
+    if failure is not None:
+        st.error(str(failure))
+        return None
+    return Shown(computed.result, computed.cache_hit, shown.spec, shown.prompt)
+
+
+def csv_button(label: str, table: pd.DataFrame, file_name: str, key: str) -> None:
+    """A download button for ``table`` as CSV (serialized only when clicked)."""
+    st.download_button(
+        label, data=lambda: table.to_csv(index=False), file_name=file_name, mime="text/csv", on_click="ignore", key=key
+    )
+
+
+def show_spectrum(spectrum: Shown, fmt: str) -> None:
+    """Decoded spectra of one request: per-token table, sign toggle, stable ranks, rows and columns."""
+    s = spectrum.result
+    slug = f"{file_slug(s.model)}_L{s.layer}"
+    st.caption(
+        f"layer {s.layer}/{s.n_layers} · final norm {'on' if s.final_norm else 'off'} · top {s.k} · "
+        f"{plural(s.n_decode, 'token')} per vector"
+    )
+    cols = st.columns(5)
+    cols[0].metric("Next token", display_token(s.next_token), help="The model's greedy next token: argmax of W_U y.")
+    cols[1].metric("Spectrum method", s.method, help="full or matrix_free (auto picks one by cost).")
+    cols[2].metric("Products", f"{s.n_products:,}", help="Jacobian-vector products the SVD used.")
+    cols[3].metric(
+        "Max residual", format_sci(s.max_residual), help="Largest ‖J_i v_j − σ_j u_j‖ / σ_1 over tokens and pairs."
+    )
+    cols[4].metric("Spectra from cache", "yes" if spectrum.cache_hit else "no")
+    if not s.converged:
+        st.warning(
+            f"The matrix-free SVD did not reach its tolerance (max residual {format_sci(s.max_residual)}): the last "
+            "singular values and their decodings may be inaccurate. Try a smaller top-k or the full method.",
+            icon="⚠️",
+        )
+    with st.expander("How to read these tables"):
+        st.markdown(SPECTRA_EXPLANATION)
+    T = len(s.tokens)
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    token = c1.selectbox(
+        "Input token i", range(T), index=T - 1, format_func=lambda i: column_label(i, s.tokens[i]),
+        key=f"dj_spec_token_of_{T}",  # a prompt of another length gets a fresh widget
+    )
+    negative = c2.toggle("Show opposite sign", value=False, key="dj_spec_negative",
+                         help="Decode −u_j and −v_j: the tokens each direction pushes down.")
+    colors = highlight_colors([display_token(s.next_token)])
+    st.markdown(f"**Top-{s.k} singular pairs of J_{token}** (cells with the next token are highlighted)")
+    table = spectrum_table(s, token, negative=negative)
+    st.dataframe(highlight_table(table, colors), hide_index=True, width="stretch", key="dj_spec_table")
+    csv_button("Download table (CSV)", table, f"spectrum_{slug}_token{token}{'_neg' if negative else ''}.csv",
+               "dj_spec_table_csv")
+    st.markdown("**Stable rank per token**" + (" (estimated, ± standard error)" if s.method == "matrix_free" else ""))
+    per_token = token_spectrum_table(s)
+    st.dataframe(highlight_table(per_token, {}), hide_index=True, width="stretch", key="dj_spec_tokens")
+    csv_button("Download stable ranks (CSV)", per_token, f"stable_rank_{slug}.csv", "dj_spec_tokens_csv")
+    if not s.has_rows:
+        st.caption("Rows and columns of largest norm need every J_i in full: choose the full method to see them.")
+        return
+    left, right = st.columns(2)
+    for col, which, what in ((left, "rows", "input space, cosine"), (right, "columns", "output space, logits")):
+        col.markdown(f"**{which.capitalize()} of J_{token} of largest norm** ({what})")
+        extremes = norm_table(s, token, which)
+        col.dataframe(highlight_table(extremes, colors), hide_index=True, width="stretch", key=f"dj_spec_{which}")
+        with col:
+            csv_button(f"Download {which} (CSV)", extremes, f"{which}_{slug}_token{token}.csv", f"dj_spec_{which}_csv")
+    st.plotly_chart(
+        norm_distribution_figure(s, token), width="stretch", key="dj_spec_norms",
+        config=download_config(fmt, figure_name(s, f"norms_token{token}")),
+    )
+
+
+def spectra_section(shown: Shown, fmt: str) -> None:
+    """The spectra of the shown request: settings, computation, and the last matching result."""
+    st.divider()
+    st.subheader("Spectra and token decodings")
+    r = shown.result
+    st.caption(
+        f"The top singular vectors of every J_i for the request above (layer {r.layer}, final norm "
+        f"{'on' if r.final_norm else 'off'}), decoded to tokens."
+    )
+    submitted, k, n_decode, method = spectra_form()
+    if submitted:
+        spectrum = compute_spectra(shown, k, n_decode, method)
+        if spectrum is not None:
+            st.session_state[SPECTRUM_KEY] = spectrum
+    last = st.session_state.get(SPECTRUM_KEY)
+    if isinstance(last, Shown) and isinstance(last.result, SpectrumResult) and same_request(last, shown):
+        show_spectrum(last, fmt)
+    else:
+        st.info("Press **Compute spectra** to decode the singular vectors of this request.")
 
 
 def main() -> None:
@@ -196,7 +387,8 @@ def main() -> None:
                 st.session_state[RESULT_KEY] = shown
     last = st.session_state.get(RESULT_KEY)
     if isinstance(last, Shown) and isinstance(last.result, JacobianResult):
-        show_result(last)
+        fmt = show_result(last)
+        spectra_section(last, fmt)
     elif n_layers is not None:
         st.info("Enter a prompt and press **Compute**.")
 

@@ -6,19 +6,23 @@ Demo models are built with 5 training steps (seconds, not minutes) into temporar
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
+from lldd_core import plots_spectra
 from lldd_core.demo import DEMO_CONFIGS, build_demo
 from lldd_core.demo import build as build_module
 from lldd_core.models import ModelSpec
+from lldd_core.views import SITES
 from pages import _common
 from pages._common import OTHER, BuildProgress, DemoBuild, follow_build
 
@@ -317,3 +321,159 @@ def test_a_later_run_follows_the_running_build(built, built_demo_dir, tmp_path, 
         _common._BUILDS.pop(spec.model, None)
     assert bar.calls[0] == (0.4, "Training gpt2-small")
     assert failure is None if built else "did not finish" in failure
+
+
+# --- spectra on the Detached Jacobian page -------------------------------------------------------------
+def compute_spectra(at: AppTest) -> AppTest:
+    return at.button(key="dj_spec_compute").click().run()
+
+
+def table_with(at: AppTest, column: str):
+    """The first dataframe on the page that has ``column``."""
+    (frame, *_) = [d for d in at.dataframe if column in d.value.columns]
+    return frame
+
+
+def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
+    app.selectbox(key="sidebar_dtype").set_value("float64").run()
+    compute(app)
+    assert_clean(app)
+    assert "Spectra and token decodings" in [h.value for h in app.subheader]
+    assert app.info[-1].value.startswith("Press **Compute spectra**")
+    app.number_input(key="dj_spec_k").set_value(4)
+    app.number_input(key="dj_spec_n").set_value(3)
+    app.selectbox(key="dj_spec_method").set_value("full")
+    compute_spectra(app)
+    assert_clean(app)
+    assert app.status[-1].label.startswith("Spectra ready")
+    shown = metrics(app)
+    assert shown["Spectrum method"] == "full" and shown["Spectra from cache"] == "no"
+    assert float(shown["Max residual"]) < 1e-8
+    # the very result the page shows (a cache hit now): the table is its last token's decoded pairs
+    result = service_module.get_service().spectrum(
+        app.session_state["model_spec"], "The Golden Gate Bridge is in", k=4, n_decode=3, method="full"
+    ).result
+    assert shown["Next token"] == plots_spectra.display_token(result.next_token)
+    T = len(result.tokens)
+    assert app.selectbox(key=f"dj_spec_token_of_{T}").value == T - 1  # the last token by default
+    frame = table_with(app, "U tokens (output, logits)")
+    pd.testing.assert_frame_equal(frame.value, plots_spectra.spectrum_table(result, T - 1), check_dtype=False)
+    assert len(plots_spectra.cell_tokens(frame.value.iloc[0, 3])) == 3
+    colors = plots_spectra.highlight_colors([plots_spectra.display_token(result.next_token)])
+    cells = list(frame.value.iloc[:, 3]) + list(frame.value.iloc[:, 4])
+    hit = any(plots_spectra.matched_word(c, colors) for c in cells)
+    assert (plots_spectra.HIGHLIGHT_COLORS[0] in frame.proto.arrow_data.styler.styles) == hit
+    # stable ranks per token, rows and columns (full path), their norms; every table downloadable
+    ranks = table_with(app, "σ_1").value
+    assert list(ranks["stable rank"]) == pytest.approx(result.stable_rank)
+    assert list(table_with(app, "row").value["row"]) == list(result.top_rows[-1])
+    assert list(table_with(app, "column").value["column"]) == list(result.top_cols[-1])
+    assert len(app.get("plotly_chart")) == 4
+    assert len(app.get("download_button")) == 5  # the JSON result and four CSV tables
+
+    app.toggle(key="dj_spec_negative").set_value(True).run()
+    assert_clean(app)
+    flipped = table_with(app, "−U tokens (output, logits)").value
+    pd.testing.assert_frame_equal(flipped, plots_spectra.spectrum_table(result, T - 1, negative=True), check_dtype=False)
+    assert list(flipped.iloc[:, 3]) != list(frame.value.iloc[:, 3])
+
+    app.selectbox(key=f"dj_spec_token_of_{T}").set_value(1).run()  # another token
+    assert_clean(app)
+    assert table_with(app, "−U tokens (output, logits)").value.iloc[0, 1] == pytest.approx(result.singular_values[1, 0])
+
+    app.radio(key="dj_figure_format").set_value("svg").run()  # the toolbar's camera saves SVG
+    configs = [json.loads(chart.proto.config) for chart in app.get("plotly_chart")]
+    assert {c["toImageButtonOptions"]["format"] for c in configs} == {"svg"}
+
+
+def test_spectra_errors_and_stale_requests(app: AppTest) -> None:
+    compute(app)
+    app.number_input(key="dj_spec_k").set_value(1000)  # more than the hidden size (32)
+    compute_spectra(app)
+    assert not app.exception
+    assert len(app.error) == 1 and "hidden size 32" in app.error[0].value
+    assert app.status[-1].label == "Could not compute the spectra"
+    assert metrics(app)["From cache"] == "no"  # the Jacobian result is still shown
+    app.number_input(key="dj_spec_k").set_value(3)
+    app.selectbox(key="dj_spec_method").set_value("matrix_free")
+    compute_spectra(app)
+    assert_clean(app)
+    assert metrics(app)["Spectrum method"] == "matrix_free"
+    assert "± se" in table_with(app, "σ_1").value.columns  # an estimate, with its standard error
+    assert not [d for d in app.dataframe if "row" in d.value.columns]  # rows and columns need the full path
+    # a new request: the spectra of the old one are not shown under it
+    app.text_area(key="dj_prompt").set_value("The cat says")
+    compute(app)
+    assert_clean(app)
+    assert "Spectrum method" not in metrics(app)
+    assert app.info[-1].value.startswith("Press **Compute spectra**")
+
+
+# --- the Layers page ----------------------------------------------------------------------------------
+def open_layers(at: AppTest) -> AppTest:
+    at.switch_page("pages/layers.py").run()
+    assert_clean(at)
+    return at
+
+
+def compute_layers(at: AppTest) -> AppTest:
+    return at.button(key="ly_compute").click().run()
+
+
+def test_layers_page_emergence_table_and_highlights(app: AppTest) -> None:
+    open_layers(app)
+    assert [t.value for t in app.title] == ["Layers"]
+    assert app.multiselect(key="ly_sites").value == list(SITES)
+    assert app.checkbox(key="ly_lens").value is True
+    compute_layers(app)
+    assert_clean(app)
+    assert app.status[0].label.startswith("Layer views ready")
+    assert metrics(app)["From cache"] == "no"
+    assert len(app.get("plotly_chart")) == 3  # heatmap, stable ranks, emergence
+    assert len(app.get("download_button")) == 2  # emergence table and stable ranks
+    result = service_module.get_service().layers(app.session_state["model_spec"], "The Golden Gate Bridge is in").result
+    (frame,) = app.dataframe
+    pd.testing.assert_frame_equal(frame.value, plots_spectra.emergence_table(result, "cumulative"), check_dtype=False)
+    assert len(frame.value) == result.n_layers and frame.value.columns[0] == "layer"
+
+    words = [t for c in frame.value.iloc[:, 1:].to_numpy().ravel() for t in plots_spectra.cell_tokens(c) if t.isalnum()]
+    word = words[0]  # a token that occurs in the table
+    app.text_input(key="ly_highlight").set_value(f"{word}, zzqxnotaword").run()
+    assert_clean(app)
+    (legend,) = [m.value for m in app.markdown if m.value.startswith("Highlighted:")]
+    assert plots_spectra.HIGHLIGHT_COLORS[0] in legend and plots_spectra.HIGHLIGHT_COLORS[1] in legend
+    assert "zzqxnotaword</span> 0 cells" in legend and f"{word}</span> 0 cells" not in legend
+    styles = app.dataframe[0].proto.arrow_data.styler.styles
+    assert plots_spectra.HIGHLIGHT_COLORS[0] in styles and plots_spectra.HIGHLIGHT_COLORS[1] not in styles
+
+    app.selectbox(key="ly_site").set_value("mlp")
+    app.radio(key="ly_space").set_value("v")
+    app.selectbox(key="ly_vector_of_3").set_value(1).run()
+    assert_clean(app)
+    expected = plots_spectra.emergence_table(result, "mlp", vector=1, space="v")
+    pd.testing.assert_frame_equal(app.dataframe[0].value, expected, check_dtype=False)
+
+
+def test_layers_page_errors_keep_the_session(app: AppTest) -> None:
+    open_layers(app)
+    app.text_area(key="ly_prompt").set_value("   ")
+    compute_layers(app)
+    assert not app.exception
+    assert [e.value for e in app.error] == ["The prompt is empty: type some text to analyse."]
+    assert app.status[0].label == "Could not compute the layer views"
+    assert not app.dataframe
+    app.text_area(key="ly_prompt").set_value("The cat says")
+    app.multiselect(key="ly_sites").set_value([])
+    compute_layers(app)
+    assert not app.exception
+    assert len(app.error) == 1 and "Choose at least one site" in app.error[0].value
+    app.multiselect(key="ly_sites").set_value(["mlp"])
+    app.checkbox(key="ly_lens").set_value(False)
+    compute_layers(app)  # the session keeps working
+    assert_clean(app)
+    assert any("views: mlp" in c.value and "logit lens off" in c.value for c in app.caption)
+    assert app.selectbox(key="ly_site").options == ["MLP term of block k"]
+    app.text_area(key="ly_prompt").set_value("")
+    compute_layers(app)
+    assert not app.exception and len(app.error) == 1
+    assert len(app.dataframe) == 1  # the last good result stays on screen
