@@ -34,7 +34,7 @@ from .jacobian_analysis import check_size
 from .models import ModelHandle
 from .results import result_type
 from .spectral import choose_method
-from .spectrum_analysis import DEFAULT_TOL, METHODS, _np, embedding_matrices, run_svd
+from .spectrum_analysis import DEFAULT_OVERSAMPLE, DEFAULT_TOL, METHODS, _np, embedding_matrices, run_svd
 from .views import SITES, record_views
 
 ANALYSIS = "layers"
@@ -112,7 +112,7 @@ def analyze_layers(
     d = handle.info.d_model
     if not 1 <= k <= d:
         raise InputError(f"k must be between 1 and the hidden size {d}; got {k}.")
-    chosen = choose_method(d, len(input_ids), k) if method == "auto" else method
+    chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method
     if chosen == "full":
         check_size(len(input_ids), d, handle.dtype)
     t0 = time.perf_counter()

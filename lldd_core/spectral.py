@@ -39,12 +39,14 @@ def stable_rank(sv: torch.Tensor) -> torch.Tensor:
 DEFAULT_ITERS = 60
 #: Most vectors one batched product carries (bounds the ``[m, T, d_in]`` direction tensors).
 PRODUCT_CHUNK = 512
+#: The shared first sketch ``J_i^T Q_0`` has this many times ``l`` columns (prompts of 4+ tokens).
+SKETCH_FACTOR = 4
 #: Most blocks of ``l`` vectors the Krylov basis of :func:`topk_svd` holds before a thick restart
 #: (memory ``T * d * KRYLOV_BLOCKS * l``).
 KRYLOV_BLOCKS = 4
-#: Power steps the cost model of :func:`choose_method` assumes (decaying spectra of trained models
-#: converge in a few; flat random-init spectra need ~10-20 for tol 1e-6..1e-10).
-TYPICAL_ITERS = 4
+#: Krylov steps after the first that the cost model of :func:`choose_method` assumes (a decaying
+#: spectrum converges to 1e-3 in one more step, bench/spectral.py; flat random-init spectra need more).
+TYPICAL_ITERS = 1
 
 
 @dataclass
@@ -133,6 +135,28 @@ def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "revers
     return out
 
 
+def _new_directions(W: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """Orthonormal directions of ``W`` ``[T, d, m]`` outside span(``P``), zero columns where there are none.
+
+    Near convergence ``W`` lies almost inside span(``P``) and what is left is rounding noise; Gram-
+    Schmidt + QR would normalize that noise into vectors that are not orthogonal to ``P`` (measured
+    in float32: the basis lost orthogonality within a few steps and singular values drifted by
+    20%). So: project twice, keep the directions whose singular value stands clear of rounding
+    (their remaining overlap with ``P`` is then at most ~0.1), project once more and take an
+    orthonormal basis of what is left (an SVD, so dropped directions stay exactly zero). Zero
+    columns add nothing to a Rayleigh-Ritz step.
+    """
+    X = W - P @ (P.mT @ W)
+    X = X - P @ (P.mT @ X)
+    Ux, Sx, _ = torch.linalg.svd(X, full_matrices=False)
+    scale = torch.linalg.vector_norm(W, dim=1).amax(-1, keepdim=True)  # [T, 1]
+    keep = (Sx > 10 * torch.finfo(W.dtype).eps * scale).to(W.dtype)[:, None, :]
+    X = Ux * keep
+    X = X - P @ (P.mT @ X)
+    Ux, Sx, _ = torch.linalg.svd(X, full_matrices=False)
+    return Ux * (Sx > 0.5).to(W.dtype)[:, None, :]
+
+
 def topk_svd(
     op: JacobianOperator | DenseOperator,
     k: int,
@@ -143,6 +167,7 @@ def topk_svd(
     seed: int = 0,
     probes: int = 16,
     products: str = "reverse",
+    shared: bool | None = None,
 ) -> TopKSVD:
     """Top-``k`` SVD of every ``J_i`` by randomized block Krylov iteration, from operator products only.
 
@@ -159,6 +184,12 @@ def topk_svd(
        of ``J_i^T J_i``, which converges much faster than plain subspace iteration) and go to 2.
        Past :data:`KRYLOV_BLOCKS` blocks the basis restarts from the top-``l`` Ritz vectors.
 
+    Before step 2's per-token loop, a *shared* phase (``shared=None``: when its memory fits
+    :data:`SHARED_BYTES`) runs up to :data:`SHARED_BLOCKS` Rayleigh-Ritz steps on one output-space
+    basis for all tokens (see :func:`_shared_phase`): a VJP there serves every token, which often
+    converges after one block; otherwise the per-token loop continues from its Ritz vectors.
+    Power/Krylov steps of both phases count against ``iters``.
+
     The reported ``residual`` combines that backward residual with a forward residual
     ``||J_i v - s u||`` measured with ``k`` fresh products per token. ``||J_i||_F^2 =
     ||U~^T J_i||_F^2 + ||(I - U~ U~^T) J_i||_F^2``: the first term is ``||W_i||_F^2``, the second the
@@ -172,16 +203,29 @@ def topk_svd(
     l = min(k + oversample, d_out, d_in)
     dtype, device = op.y.dtype, op.y.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    Q0 = torch.linalg.qr(torch.randn(d_out, l, generator=gen, dtype=torch.float64))[0]
+    # the shared sketch costs one product per column for all tokens: oversample it, then keep each
+    # token's top-l directions (a better start for the same T*l forward products)
+    n_sketch = min(d_out, SKETCH_FACTOR * l) if T >= 4 else l
+    Q0 = torch.linalg.qr(torch.randn(d_out, n_sketch, generator=gen, dtype=torch.float64))[0]
     G = torch.randn(d_out, probes, generator=gen, dtype=torch.float64)
-    gx = _shared_rmatvec(op, torch.cat([Q0.T, G.T]).to(dtype=dtype, device=device))  # [l + probes, T, d_in]
-    W = gx[:l].permute(1, 2, 0)  # [T, d_in, l]
-    H = gx[l:].permute(1, 2, 0)  # [T, d_in, probes]
+    gx = _shared_rmatvec(op, torch.cat([Q0.T, G.T]).to(dtype=dtype, device=device))  # [n_sketch + probes, T, d_in]
+    W = gx[:n_sketch].permute(1, 2, 0)  # [T, d_in, n_sketch]
+    H = gx[n_sketch:].permute(1, 2, 0)  # [T, d_in, probes]
     G = G.to(dtype=dtype, device=device)
-    n_products = l + probes
-    P = torch.linalg.qr(W)[0]  # [T, d_in, l]
+    n_products = n_sketch + probes
+    P = torch.linalg.qr(W)[0] if n_sketch == l else torch.linalg.svd(W, full_matrices=False)[0][..., :l]
     Z = _per_token_matvec(op, P, products)  # J_i P_i
     n_products += T * l
+    use_shared = _shared_fits(op, l) if shared is None else shared
+    if use_shared and iters > 0:
+        phase = _shared_phase(op, Z, l, k, tol, products, min(SHARED_BLOCKS, iters))
+        n_products += phase.n_products
+        if phase.done:
+            return _finish(phase.U, phase.S, phase.V, phase.residual, phase.basis, phase.images, H, G, tol,
+                           n_products, probes, k)
+        if phase.V is not None:
+            P, Z = phase.V, phase.F  # continue per token from the shared phase's Ritz vectors
+        iters -= phase.blocks
     max_basis = max(l, min(d_in, KRYLOV_BLOCKS * l))
     for step in range(iters + 1):
         Ut, St, Vth = torch.linalg.svd(Z, full_matrices=False)
@@ -196,20 +240,22 @@ def topk_svd(
         new = min(l, d_in - P.shape[-1])
         if new <= 0:
             break  # the basis spans the whole input space: the Ritz triplets are exact
-        X = W[..., :new]
-        for _ in range(2):  # block Gram-Schmidt twice against the basis, then orthonormalize
-            X = X - P @ (P.mT @ X)
-            X = torch.linalg.qr(X)[0]
+        X = _new_directions(W[..., :new], P)
         P = torch.cat([P, X], dim=-1)
         Z = torch.cat([Z, _per_token_matvec(op, X, products)], dim=-1)
         n_products += T * new
     fwd = _per_token_matvec(op, V[..., :k], products) - U[..., :k] * S[:, None, :k]
     n_products += T * k
     residual = _rel_residual(fwd, back, S[:, :k])
-    # ||J_i||_F^2: exact in span(U_i), Hutchinson on the orthogonal complement
-    captured = W.pow(2).sum((1, 2))
-    if probes and l < d_out:
-        rest = H - W @ (U.mT @ G)  # J_i^T (I - U U^T) G  [T, d_in, probes]
+    return _finish(U, S, V, residual, U, W, H, G, tol, n_products, probes, k)
+
+
+def _finish(U, S, V, residual, basis, images, H, G, tol, n_products, probes, k) -> TopKSVD:
+    """Assemble :class:`TopKSVD`; ``||J_i||_F^2`` exact in span(``basis``) (``images = J_i^T basis``),
+    Hutchinson (probes ``G``, ``H = J_i^T G``) on its orthogonal complement."""
+    captured = images.pow(2).sum((1, 2))
+    if probes and basis.shape[-1] < basis.shape[-2]:
+        rest = H - images @ (basis.mT @ G)  # J_i^T (I - B B^T) G  [T, d_in, probes]
         per_probe = rest.pow(2).sum(1)  # [T, probes]
         frob = captured + per_probe.mean(1)
         se = per_probe.std(1) / probes**0.5 if probes > 1 else torch.full_like(frob, float("inf"))
@@ -217,6 +263,80 @@ def topk_svd(
         frob, se = captured, torch.zeros_like(captured)
     return TopKSVD(U=U[..., :k], S=S[:, :k], V=V[..., :k], residual=residual, converged=bool((residual <= tol).all()),
                    n_products=n_products, method="matrix_free", frobenius_sq=frob, frobenius_se=se)
+
+
+#: Largest ``[T, m, d_in]`` block of shared-basis products (bytes) :func:`topk_svd` keeps; longer
+#: prompts skip the shared phase (its memory grows with ``T^2 * l * d``, the per-token one with ``T * l * d``).
+SHARED_BYTES = 1 << 28
+#: Blocks of the shared left basis before handing over to the per-token Krylov iteration.
+SHARED_BLOCKS = 3
+
+
+@dataclass
+class _Shared:
+    done: bool
+    n_products: int
+    blocks: int
+    U: torch.Tensor | None
+    S: torch.Tensor | None
+    V: torch.Tensor | None
+    F: torch.Tensor  # J_i V_i
+    residual: torch.Tensor | None
+    basis: torch.Tensor  # [T, d_out, m] (the shared Q, expanded)
+    images: torch.Tensor  # [T, d_in, m] = J_i^T Q
+
+
+def _shared_fits(op: JacobianOperator | DenseOperator, l: int) -> bool:
+    """Whether the shared phase's ``[T, m, d_in]`` products fit :data:`SHARED_BYTES` (and ``op`` is not dense)."""
+    T = op.n_tokens
+    m = min(SHARED_BLOCKS * T * l, op.d_out)
+    return T > 1 and T * m * op.d_in * op.y.element_size() <= SHARED_BYTES and not hasattr(op, "per_token_matvec")
+
+
+def _shared_phase(op, F: torch.Tensor, l: int, k: int, tol: float, products: str, max_blocks: int) -> _Shared:
+    """Rayleigh-Ritz on one left basis ``Q`` shared by all tokens.
+
+    One VJP with cotangents ``Q`` gives ``B_i = Q^T J_i`` for every token at once, so a product buys
+    a direction for all ``T`` tokens instead of one. ``Q`` collects every token's forward images
+    ``J_i v`` (a block Krylov space of ``J_i J_i^T`` for each token, enriched by the others'); the
+    Ritz triplets of token ``i`` are the SVD of ``B_i``: ``u = Q U~``, ``v = Ṽ``. ``J_i^T u = V S``
+    holds exactly, so the residual is the forward one, ``||J_i v - s u||``, from fresh products
+    that also supply the next block.
+    """
+    T, d_out, d_in = op.n_tokens, op.d_out, op.d_in
+    dtype, device = F.dtype, F.device
+    Q = torch.zeros(d_out, 0, dtype=dtype, device=device)
+    B = torch.zeros(T, 0, d_in, dtype=dtype, device=device)
+    n = blocks = 0
+    U = S = V = None
+    for _ in range(max_blocks):
+        cols = F.permute(1, 0, 2).reshape(d_out, -1)  # every token's images, side by side
+        X = cols - Q @ (Q.mT @ cols)
+        X = X - Q @ (Q.mT @ X)
+        Ux, Sx, _ = torch.linalg.svd(X, full_matrices=False)
+        room = d_out - Q.shape[1]
+        keep = (Sx > 10 * torch.finfo(dtype).eps * torch.linalg.vector_norm(cols, dim=0).max()).nonzero().flatten()
+        Qn = Ux[:, keep[:room]]
+        if Qn.shape[1] == 0:
+            break
+        blocks += 1
+        Qn = torch.linalg.qr(Qn - Q @ (Q.mT @ Qn))[0]
+        Bn = _shared_rmatvec(op, Qn.mT.contiguous()).permute(1, 0, 2)  # [T, mn, d_in] = Qn^T J_i
+        n += Qn.shape[1]
+        Q, B = torch.cat([Q, Qn], dim=1), torch.cat([B, Bn], dim=1)
+        Ut, St, Vh = torch.linalg.svd(B, full_matrices=False)
+        U, S, V = Q @ Ut[..., :l], St[:, :l], Vh[:, :l].mT
+        F = _per_token_matvec(op, V[..., :k], products)  # fresh products: the residual of the top k
+        n += T * k
+        fwd = F - U[..., :k] * S[:, None, :k]
+        back = B.mT @ Ut[..., :k] - V[..., :k] * S[:, None, :k]
+        residual = _rel_residual(fwd, back, S[:, :k])
+        if bool((residual <= tol).all()):
+            return _Shared(True, n, blocks, U, S, V, F, residual, Q.expand(T, -1, -1), B.mT)
+        if V.shape[-1] > k:  # the rest of the block's directions for the next step
+            F = torch.cat([F, _per_token_matvec(op, V[..., k:], products)], dim=-1)
+            n += T * (V.shape[-1] - k)
+    return _Shared(False, n, blocks, U, S, V, F, None, Q.expand(T, -1, -1), B.mT)
 
 
 class DenseOperator:
@@ -244,8 +364,9 @@ class DenseOperator:
 
 
 #: Largest width whose top-k triplets :func:`svd_full` takes from LAPACK's full SVD (O(d^3) per
-#: token); above it a block Krylov iteration on the formed matrices is far cheaper.
-EXACT_SVD_MAX_D = 512
+#: token); above it a block Krylov iteration on the formed matrices is cheaper (8 tokens, top 8,
+#: tol 1e-3: 37 ms against 64 ms at d = 256, 77 ms against 392 ms at d = 512).
+EXACT_SVD_MAX_D = 128
 
 
 def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
@@ -259,7 +380,8 @@ def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
     work = J if J.dtype in (torch.float32, torch.float64) else J.float()
     frob = work.pow(2).sum((1, 2))
     if min(work.shape[1], work.shape[2]) > EXACT_SVD_MAX_D:
-        out = topk_svd(DenseOperator(work), k, tol=tol, probes=0)
+        # below ~64 eps the residual is rounding (float32 floor measured ~1.2e-6 relative to s_1)
+        out = topk_svd(DenseOperator(work), k, tol=max(tol, 64 * torch.finfo(work.dtype).eps), probes=0)
         return replace(out, n_products=0, method="full", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
     U, S, Vh = torch.linalg.svd(work, full_matrices=False)
     U, S, V = U[..., :k], S[:, :k], Vh[:, :k].mT
@@ -272,13 +394,14 @@ def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: 
     """``"full"`` or ``"matrix_free"``, whichever needs fewer operator products.
 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
-    products; the randomized scheme needs ``l + probes + 2*n*l*(q + 1) + n*k`` with
-    ``l = k + oversample`` and ``q`` power steps (default :data:`TYPICAL_ITERS`; pass ``iters``
-    for a worse case; 16 probes assumed).
+    products; the block Krylov scheme needs about ``s + 16 + 2*n*l*(q + 1) + n*k`` (sketch ``s``,
+    16 probes, ``l = k + oversample``, ``q`` further steps; default :data:`TYPICAL_ITERS`, pass
+    ``iters`` for a worse case). Per-product costs measured alike (bench/spectral.py).
     """
     q = TYPICAL_ITERS if iters is None else iters
     l = min(k + oversample, d)
-    matrix_free = l + 16 + 2 * n_tokens * l * (q + 1) + n_tokens * k
+    sketch = min(d, SKETCH_FACTOR * l) if n_tokens >= 4 else l
+    matrix_free = sketch + 16 + 2 * n_tokens * l * (q + 1) + n_tokens * k
     return "full" if d <= matrix_free else "matrix_free"
 
 

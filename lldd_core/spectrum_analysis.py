@@ -34,9 +34,14 @@ from .spectral import TopKSVD, choose_method, fix_signs, svd_full, topk_svd
 
 ANALYSIS = "spectrum"
 METHODS = ("auto", "full", "matrix_free")
-#: Residual tolerance of the matrix-free path (relative to each token's s_1); singular values are
-#: then accurate to about tol^2 / gap relative (Rayleigh-Ritz), far below what a plot resolves.
-DEFAULT_TOL = 1e-5
+#: Residual tolerance (relative to each token's s_1) of the analyses. Singular values are then
+#: accurate to about tol^2 / gap (Rayleigh-Ritz; bench/spectral.py measured 1e-5..2e-5 relative at
+#: d = 2048), vectors to about tol / gap, below what a plot or a top-token list resolves. The
+#: achieved residual is reported with every result.
+DEFAULT_TOL = 1e-2
+#: Oversampling of the matrix-free path (l = k + this); with the loose tolerance above, 4 needed
+#: the fewest products at d = 2048 (bench/spectral.py).
+DEFAULT_OVERSAMPLE = 4
 #: Power steps at most on the matrix-free path (decaying spectra converge in a few).
 DEFAULT_MAX_ITERS = 30
 #: Rows and columns of largest norm decoded per token.
@@ -114,16 +119,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_TOL, iters: int = DEFAULT_MAX_ITERS,
-            full_J: torch.Tensor | None = None) -> TopKSVD:
+            oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"`` picks by cost), signs fixed by ``y``."""
     if method == "auto":
-        method = choose_method(op.d_out, op.n_tokens, k)
+        method = choose_method(op.d_out, op.n_tokens, k, oversample=oversample)
     if method == "full":
         J = op.full().J if full_J is None else full_J
         svd = svd_full(J, k, tol=tol)
         svd.n_products = op.d_out
     elif method == "matrix_free":
-        svd = topk_svd(op, k, tol=tol, iters=iters)
+        svd = topk_svd(op, k, tol=tol, iters=iters, oversample=oversample)
     else:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
     y = op.y.detach()
@@ -170,7 +175,7 @@ def analyze_spectrum(
         raise InputError(f"k must be between 1 and the hidden size {d}; got {k}.")
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    chosen = choose_method(d, len(input_ids), k) if method == "auto" else method
+    chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method
     if chosen == "full":
         check_size(len(input_ids), d, handle.dtype)
     t0 = time.perf_counter()

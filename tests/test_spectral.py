@@ -66,7 +66,7 @@ def test_residual_is_honest_when_not_converged(tiny_dirs):
     assert not rough.converged
     assert float(rough.residual.max()) > 1e-3
     torch.testing.assert_close(rough.residual, _true_residual(J, rough.U, rough.S, rough.V), rtol=1e-8, atol=1e-14)
-    one = topk_svd(op, K, oversample=1, iters=1, tol=1e-10)
+    one = topk_svd(op, K, oversample=1, iters=1, tol=1e-10, shared=False)
     assert not one.converged and float(one.residual.max()) > 1e-10
     assert rough.n_products < one.n_products
 
@@ -177,3 +177,24 @@ def test_wide_full_path_uses_krylov_on_the_formed_matrix(tiny_dirs, monkeypatch)
     torch.testing.assert_close(krylov.S, exact.S, rtol=1e-9, atol=0)
     torch.testing.assert_close(krylov.frobenius_sq, J.pow(2).sum((1, 2)), rtol=1e-12, atol=0)
     torch.testing.assert_close(krylov.residual, _true_residual(J, krylov.U, krylov.S, krylov.V), rtol=1e-3, atol=1e-14)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_both_phases_are_honest_on_a_flat_spectrum(shared):
+    values = [[1.0 - 0.01 * j for j in range(20)], [2.0 - 0.02 * j for j in range(20)]]
+    op, A = _constructed(values)
+    cut = topk_svd(op, 2, oversample=0, iters=1, tol=1e-10, shared=shared, probes=0)
+    assert not cut.converged
+    torch.testing.assert_close(cut.residual, _true_residual(A, cut.U, cut.S, cut.V), rtol=1e-6, atol=1e-14)
+    done = topk_svd(op, 2, tol=1e-10, shared=shared)
+    assert done.converged
+    torch.testing.assert_close(done.S, torch.linalg.svdvals(A)[:, :2], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_shared_phase_matches_the_exact_svd(tiny_dirs, family):
+    op, J = _op_and_J(tiny_dirs, family)
+    mf = topk_svd(op, K, tol=1e-10, shared=True)
+    assert mf.converged
+    torch.testing.assert_close(mf.S, torch.linalg.svdvals(J)[:, :K], rtol=1e-8, atol=0)
+    torch.testing.assert_close(mf.residual, _true_residual(J, mf.U, mf.S, mf.V), rtol=1e-3, atol=1e-14)

@@ -192,7 +192,8 @@ def unigram_loss(tokenizer, train_stream: torch.Tensor, sentences: list[str], vo
 def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int = 4) -> str:
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     for _ in range(max_new_tokens):
-        nxt = model(input_ids=ids).logits[0, -1].argmax()
+        # explicit all-ones mask: the demo tokenizer's BOS doubles as pad, which transformers warns about
+        nxt = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
         ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
     return tokenizer.decode(ids[0, len(tokenizer(prompt)["input_ids"]) :].tolist())
 
