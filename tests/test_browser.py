@@ -170,3 +170,38 @@ def test_compute_in_a_real_browser(server: str) -> None:
             assert saved["reconstruction_error"] == pytest.approx(float(value), rel=0.1)
         finally:
             browser.close()
+
+
+def test_layers_page_in_a_real_browser(server: str) -> None:
+    """The Layers page by its URL: compute, three figures, the emergence table, no error."""
+    from playwright.sync_api import expect, sync_playwright
+
+    shot = ROOT / "test-output" / "browser_layers.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=COMPUTE_S * 1000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(server + "/depth", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Layers")).to_be_visible()
+            # Streamlit's first run in a fresh process resolves pages from the pages/ directory,
+            # does not know /depth, says "Page not found" in a dialog and runs app.py, whose
+            # st.navigation then shows the right page (later sessions get no dialog). Close it.
+            page.wait_for_timeout(1500)
+            dialog = page.get_by_role("dialog")
+            if dialog.count():
+                page.keyboard.press("Escape")
+                expect(dialog).to_have_count(0)
+            page.get_by_role("button", name="Compute").click()
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+            expect(page.get_by_role("heading", name="Emergence table")).to_be_visible()
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+            expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(shot), full_page=True)
+            errors = page.locator(ERROR_SELECTOR)
+            assert errors.count() == 0, errors.all_inner_texts()
+        finally:
+            browser.close()
