@@ -9,6 +9,9 @@ Public API::
     op = jacobian_operator(handle.model, handle.adapter, torch.tensor(ids))
     full = op.full()                       # J_i for every token and the bias channel b
     y_hat = reconstruct(full.J, op.x0, full.b)   # equals op.y up to rounding
+    svd = topk_svd(op, 8)                  # matrix-free top-8 triplets of every J_i, residual-checked
+    spectra = analyze_spectrum(handle, ids)          # decoded to tokens (SpectrumResult)
+    depth = analyze_layers(handle, ids)              # every layer's views (LayersResult)
 
 Math conventions are in ``docs/ARCHITECTURE.md``. The core never imports streamlit.
 """
@@ -19,9 +22,13 @@ from .arch import ADAPTERS, FamilyAdapter, adapter_for, supported_model_types  #
 from .errors import InputError, LLDDError, ModelLoadError, NumericalError, ResourceError, UnsupportedFamilyError  # noqa: E402
 from .jacobian import FullJacobian, JacobianOperator, jacobian_operator, reconstruct, relative_error  # noqa: E402
 from .jacobian_analysis import JacobianResult, analyze_jacobian  # noqa: E402
+from .layers_analysis import LayersResult, analyze_layers  # noqa: E402
 from .linearize import detached_mode, live_mode  # noqa: E402
 from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model  # noqa: E402
 from .service import Service, get_service  # noqa: E402
+from .spectral import TopKSVD, svd_full, topk_svd  # noqa: E402
+from .spectrum_analysis import SpectrumResult, analyze_spectrum  # noqa: E402
+from .views import SITES, record_views  # noqa: E402
 
 __all__ = [
     "ADAPTERS",
@@ -30,6 +37,7 @@ __all__ = [
     "InputError",
     "JacobianOperator",
     "JacobianResult",
+    "LayersResult",
     "LLDDError",
     "ModelHandle",
     "ModelInfo",
@@ -37,17 +45,25 @@ __all__ = [
     "ModelSpec",
     "NumericalError",
     "ResourceError",
+    "SITES",
     "Service",
+    "SpectrumResult",
+    "TopKSVD",
     "UnsupportedFamilyError",
     "adapter_for",
     "analyze_jacobian",
+    "analyze_layers",
+    "analyze_spectrum",
     "detached_mode",
     "get_service",
     "jacobian_operator",
     "live_mode",
     "load_model",
     "reconstruct",
+    "record_views",
     "relative_error",
     "resolve_model",
     "supported_model_types",
+    "svd_full",
+    "topk_svd",
 ]
