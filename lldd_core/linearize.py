@@ -54,10 +54,50 @@ def _detached_attention(module: nn.Module, query, key, value, attention_mask, **
     return eager(module, query.detach(), key.detach(), value, attention_mask, **kwargs)
 
 
+def _float64_attention(module: nn.Module, query, key, value, attention_mask, *, scaling=None, softcap=None,
+                       dropout=0.0, **kwargs):
+    """Eager attention computed in float64 throughout (GQA, scaling, soft-capping, additive mask).
+
+    The families' eager functions compute the softmax in float32 even for a float64 model; that
+    rounding is invisible in a forward pass but makes float64 finite differences and derivatives
+    disagree at ~1e-6. Same formula as theirs, without the down-cast (dropout: eval mode only).
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 def _live_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """The family's eager attention, unchanged (batched reverse mode and forward AD work through it)."""
+    """The family's eager attention (batched reverse mode and forward AD work through it).
+
+    Float64 models whose eager function takes ``scaling`` (every family but GPT-2, whose own
+    eager path stays in the input dtype) get the same formula without its float32 softmax.
+    """
+    if query.dtype == torch.float64 and "scaling" in kwargs and not module.training:
+        return _float64_attention(module, query, key, value, attention_mask, **kwargs)
     eager = _family_eager_attention(module)
     return eager(module, query, key, value, attention_mask, **kwargs)
+
+
+def _padding_safe_eager_mask(*args, **kwargs):
+    """``eager_mask``, but a query row with every key masked (a left-padding position) sees all keys.
+
+    Such a row's softmax is NaN in some families' eager attention (GPT-NeoX measured); its output
+    is never read, but at the next layer ``0 * NaN`` in ``weights @ V`` spreads the NaN to real
+    tokens. Opening the fully masked rows keeps every value finite and changes nothing else.
+    """
+    mask = eager_mask(*args, **kwargs)
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    return mask.masked_fill(blocked.all(-1, keepdim=True), 0.0)
 
 
 def _register_attention() -> None:
@@ -65,7 +105,7 @@ def _register_attention() -> None:
     # these names and attention silently becomes bidirectional.
     for name, fn in ((DETACHED_ATTENTION, _detached_attention), (LIVE_ATTENTION, _live_attention)):
         AttentionInterface.register(name, fn)
-        AttentionMaskInterface.register(name, eager_mask)
+        AttentionMaskInterface.register(name, _padding_safe_eager_mask)
 
 
 _register_attention()
@@ -93,6 +133,20 @@ def _detached_rms_norm(offset: float) -> Callable:
     def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         sq_mean = (x.float() if x.dtype in _HALF else x).pow(2).mean(-1, keepdim=True)
         y = x * _scale(sq_mean, _norm_eps(self), x.dtype)
+        weight = getattr(self, "weight", None)
+        if weight is not None:
+            y = y * (weight.to(x.dtype) + offset) if offset else y * weight.to(x.dtype)
+        bias = getattr(self, "bias", None)
+        return y + bias.to(x.dtype) if isinstance(bias, torch.Tensor) else y
+
+    return forward
+
+
+def _float64_rms_norm(offset: float) -> Callable:
+    """RMSNorm in float64 throughout (stock transformers computes it in float32 even for float64)."""
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _norm_eps(self))
         weight = getattr(self, "weight", None)
         if weight is not None:
             y = y * (weight.to(x.dtype) + offset) if offset else y * weight.to(x.dtype)
@@ -201,6 +255,15 @@ def detached_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Modul
 
 @contextlib.contextmanager
 def live_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
-    """The ordinary model with an eager attention path (for the ordinary Jacobian and forward AD)."""
-    with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION):
+    """The ordinary model with an eager attention path (for the ordinary Jacobian and forward AD).
+
+    A float64 model also gets float64 RMSNorms and softmax (stock transformers rounds both to
+    float32 inside; harmless in a forward pass, but finite differences and derivatives then
+    disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
+    """
+    patches: list[tuple[nn.Module, Callable]] = []
+    if next(model.parameters()).dtype == torch.float64:
+        patches = [(n, _float64_rms_norm(adapter.norm_weight_offset)) for n in _unique(adapter.norms(model))
+                   if not (isinstance(n, nn.LayerNorm) or type(n).__name__.endswith("LayerNorm"))]
+    with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION), _patched_forwards(patches):
         yield model
