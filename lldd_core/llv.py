@@ -1,0 +1,115 @@
+"""The low-order linear layer-varying (LLV) surrogate of depth dynamics and its predicted gains.
+
+Depth is time: the last token's state follows ``x_{l+1} = f_l(x_l)`` (:mod:`lldd_core.depth`),
+linearized as ``δx_{l+1} = A_l δx_l`` with ``A_l = ∂f_l/∂x_l``. An injection ``u v_k`` at layer
+``k`` enters before ``f_k``. Each layer gets an orthonormal basis ``P_l`` ``[d, r]`` whose first
+column is the concept direction ``v_l``; the reduced model is
+
+    r_{l+1} = Ā_l r_l + B̄_l u_l,    Ā_l = P_{l+1}^T A_l P_l,    B̄_l = P_{l+1}^T A_l v_l = Ā_l e_1,
+
+and the predicted gain of an injection at layer ``k`` on the readout ``v_L^T x_L`` (so ``c = e_1``:
+``v_L`` is ``P_L``'s first column) is
+
+    g_k = e_1^T Ā_{L-1} ... Ā_{k+1} B̄_k        (k = 0 .. L-1; the product is empty for k = L-1).
+
+With ``r = d`` every basis is complete and ``g_k`` is the exact linear gain
+``∂(v_L^T x_L)/∂x_k · v_k``.
+
+Bases (the complement of ``v_l`` in ``P_l``):
+
+* ``krylov`` (default): ``P_0`` spans ``v_0, M_0 v_0, M_0^2 v_0, ...`` and ``P_{l+1}`` spans
+  ``v_{l+1}`` and ``M_l P_l`` (the previous basis carried one layer deeper), where ``M_l v`` is the
+  mean Jacobian action over the operating prompts. The span then holds every earlier injection as
+  propagated by the mean dynamics, which is what the gains need.
+* ``random``: a seeded random complement (ablation).
+* ``pca``: the top principal directions of the operating prompts' states at layer ``l`` (ablation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+MeanAction = Callable[[int, torch.Tensor], torch.Tensor]  # (layer l, V [d, m]) -> mean_p A_l(p) V
+COMPLEMENTS = ("krylov", "random", "pca")
+
+
+def _orthonormal_with_first(first: torch.Tensor, candidates: torch.Tensor, r: int) -> torch.Tensor:
+    """``[d, r]``: ``first`` (unit) then the candidates' directions orthogonal to what came before.
+
+    Columns are taken in order (greedy Gram-Schmidt, twice) and dropped when their remainder is
+    below 1e-8 of their norm; if fewer than ``r`` survive, the basis is completed from the
+    standard basis vectors in the same way (so the result always has ``r`` columns when ``r <= d``).
+    """
+    d = first.shape[0]
+    if not 1 <= r <= d:
+        raise ValueError(f"order r={r} must lie in 1..{d}")
+    cols = [first / first.norm()]
+    eye = torch.eye(d, dtype=first.dtype, device=first.device)
+    for pool in (candidates.T, eye):
+        for c in pool:
+            if len(cols) == r:
+                break
+            Q = torch.stack(cols, dim=1)
+            x = c - Q @ (Q.T @ c)
+            x = x - Q @ (Q.T @ x)
+            n = x.norm()
+            if n > 1e-8 * max(float(c.norm()), 1e-300):
+                cols.append(x / n)
+    return torch.stack(cols, dim=1)
+
+
+def krylov_bases(directions: torch.Tensor, mean_action: MeanAction, r: int) -> list[torch.Tensor]:
+    """``P_0 .. P_L`` (each ``[d, r]``) by the depth-Krylov rule of the module doc.
+
+    ``directions``: ``[L + 1, d]`` unit ``v_l``. Costs ``r - 1`` mean actions per layer.
+    """
+    L = directions.shape[0] - 1
+    bases: list[torch.Tensor] = []
+    # layer 0: a Krylov sequence of the mean Jacobian of block 0 within the residual stream
+    seq = [directions[0]]
+    for _ in range(r - 1):
+        seq.append(mean_action(0, seq[-1][:, None])[:, 0])
+    bases.append(_orthonormal_with_first(directions[0], torch.stack(seq[1:], dim=1) if r > 1 else seq[0][:, None], r))
+    for layer in range(L):
+        carried = mean_action(layer, bases[-1][:, : max(r - 1, 1)])  # M_l P_l, the previous basis one layer on
+        bases.append(_orthonormal_with_first(directions[layer + 1], carried, r))
+    return bases
+
+
+def random_bases(directions: torch.Tensor, r: int, seed: int = 0) -> list[torch.Tensor]:
+    """``P_l = [v_l, random orthonormal complement]`` (seeded), for the ablation."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    d = directions.shape[1]
+    return [
+        _orthonormal_with_first(v, torch.randn(d, r, generator=gen, dtype=torch.float64).to(v), r) for v in directions
+    ]
+
+
+def pca_bases(directions: torch.Tensor, states: torch.Tensor, r: int) -> list[torch.Tensor]:
+    """``P_l = [v_l, top principal directions of the states at layer l]`` (``states``: ``[N, L + 1, d]``)."""
+    bases = []
+    for layer, v in enumerate(directions):
+        X = states[:, layer].to(v) - states[:, layer].to(v).mean(0)
+        _, _, Vh = torch.linalg.svd(X, full_matrices=False)
+        bases.append(_orthonormal_with_first(v, Vh[: r].T, r))
+    return bases
+
+
+def reduced_model(bases: Sequence[torch.Tensor], actions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``Ā_l = P_{l+1}^T (A_l P_l)`` for ``l = 0..L-1``, from the actions ``A_l P_l`` (``[d, r]`` each)."""
+    return [bases[layer + 1].T @ actions[layer] for layer in range(len(actions))]
+
+
+def predicted_gains(Abar: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``g_k = e_1^T Ā_{L-1} ... Ā_{k+1} Ā_k e_1`` for ``k = 0..L-1`` (``B̄_k = Ā_k e_1``), one backward sweep."""
+    L = len(Abar)
+    r = Abar[-1].shape[0]
+    c = torch.zeros(r, dtype=Abar[-1].dtype, device=Abar[-1].device)
+    c[0] = 1.0
+    gains = torch.empty(L, dtype=c.dtype, device=c.device)
+    for k in range(L - 1, -1, -1):
+        gains[k] = c @ Abar[k][:, 0]
+        c = Abar[k].T @ c  # c^T Ā_{L-1} ... Ā_k, ready for layer k - 1
+    return gains
