@@ -157,6 +157,52 @@ def last_token_states(
     return np.concatenate(rows)
 
 
+def last_token_actions(
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    sequences: Sequence[Sequence[int]],
+    layer: int,
+    P: torch.Tensor,
+    *,
+    pad_id: int = 0,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """``A_l(p) P`` for many prompts at once, ``[N, d, r]`` (``P``: ``[d, r]``).
+
+    A causal model's last token does not influence earlier tokens, so a tangent entered at the
+    last position of block ``l``'s input sees exactly the frozen-context map: a full-sequence
+    forward (left-padded batch of prompts) with the dual added there, vmapped over the columns of
+    ``P``, gives every prompt's action in one pass per chunk of prompts.
+    """
+    blocks = adapter.layers(model)
+    device = _device(model)
+    dtype = next(model.parameters()).dtype
+    out_rows: list[torch.Tensor] = []
+    with live_mode(model, adapter):
+        for start in range(0, len(sequences), batch_size):
+            ids, mask = pad_batch(sequences[start : start + batch_size], pad_id, "left")
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+
+            def f(delta: torch.Tensor, ids=ids, mask=mask, positions=positions) -> torch.Tensor:
+                def add_last(h: torch.Tensor) -> torch.Tensor:
+                    bump = torch.zeros_like(h[:, :-1])
+                    return h + torch.cat([bump, delta.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
+
+                out: dict = {}
+                with _block_hooks(blocks, replace={layer: add_last}, stop_after=layer, out=out):
+                    try:
+                        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+                    except _StopForward:
+                        pass
+                return out[("out", layer)][:, -1]
+
+            zero = torch.zeros(P.shape[0], dtype=dtype, device=device)
+            cols = torch.vmap(lambda p: torch.func.jvp(f, (zero,), (p,))[1])(P.T.to(dtype))  # [r, n, d]
+            out_rows.append(cols.permute(1, 2, 0))
+    return torch.cat(out_rows)
+
+
 # --- one prompt's frozen context -----------------------------------------------------------------
 
 

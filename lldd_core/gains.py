@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 
 from .concepts import ConceptData, class_directions, split
-from .depth import last_token_states, prompt_context
+from .depth import last_token_actions, last_token_states, prompt_context
 from .errors import InputError, NumericalError
 from .jacobian import ProgressFn
 from .llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
@@ -141,10 +141,10 @@ def analyze_gains(
         raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
 
     report(0.15, "Operating prompts")
-    operating = [prompt_context(model, adapter, encode(t)) for t in splits.operating.texts]
+    operating = [encode(t) for t in splits.operating.texts]
 
     def mean_action(layer: int, P: torch.Tensor) -> torch.Tensor:
-        return torch.stack([c.jacobian_actions(layer, P) for c in operating]).mean(0)
+        return last_token_actions(model, adapter, operating, layer, P, pad_id=pad).mean(0)
 
     report(0.25, f"{complement} basis of order {order}")
     if complement == "krylov":
@@ -152,25 +152,23 @@ def analyze_gains(
     elif complement == "random":
         bases = random_bases(V, order, seed)
     else:
-        op_states = torch.stack([c.states for c in operating])
+        op_states = torch.as_tensor(last_token_states(model, adapter, operating, pad_id=pad)).to(V)
         bases = pca_bases(V, op_states, order)
-    population = None
-    if mode == "population":
-        Abar = [torch.stack([bases[l + 1].T @ c.jacobian_actions(l, bases[l]) for c in operating]).mean(0)
-                for l in range(L)]
-        population = predicted_gains(Abar)
 
     texts = list(splits.evaluation.texts[:n_eval])
-    pred, meas, exact = [], [], []
-    for i, text in enumerate(texts):
-        report(0.4 + 0.6 * i / len(texts), f"Evaluation prompt {i + 1}/{len(texts)}")
-        ctx = prompt_context(model, adapter, encode(text))
-        if population is None:
-            actions = [ctx.jacobian_actions(l, bases[l]) for l in range(L)]
-            g = predicted_gains(reduced_model(bases, actions))
-        else:
-            g = population
-        pred.append(g[layers])
+    eval_ids = [encode(t) for t in texts]
+    report(0.5, "Reduced models")
+    if mode == "population":
+        Abar = [bases[l + 1].T @ mean_action(l, bases[l]) for l in range(L)]
+        population = predicted_gains(Abar)
+        pred = [population[layers]] * len(texts)
+    else:
+        actions = [last_token_actions(model, adapter, eval_ids, l, bases[l], pad_id=pad) for l in range(L)]  # [N, d, r]
+        pred = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[layers] for i in range(len(texts))]
+    meas, exact = [], []
+    for i, ids in enumerate(eval_ids):
+        report(0.6 + 0.4 * i / len(texts), f"Measured and exact gains, prompt {i + 1}/{len(texts)}")
+        ctx = prompt_context(model, adapter, ids)
         meas.append(ctx.measured_gains(V, V[L], eps, layers))
         exact.append(ctx.exact_gains(V, V[L])[layers])
     P, M, E = (torch.stack(x).detach().double().cpu().numpy() for x in (pred, meas, exact))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.depth import last_token_states, pad_batch, prompt_context
+from lldd_core.depth import last_token_actions, last_token_states, pad_batch, prompt_context
 from tests.helpers import load
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma3_text", "olmo2", "phi3", "mistral"]
@@ -85,3 +85,16 @@ def test_pad_batch_sides():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     with pytest.raises(ValueError):
         pad_batch([[1]], 0, side="middle")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text", "gpt_neox"])
+def test_batched_actions_equal_each_prompts_frozen_context_actions(tiny_dirs, family):
+    handle = load(tiny_dirs[family])
+    seqs = [_ids(handle, p) for p in PROMPTS]
+    d = handle.info.d_model
+    P = torch.linalg.qr(torch.randn(d, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64))[0]
+    for layer in range(handle.n_layers):
+        batched = last_token_actions(handle.model, handle.adapter, seqs, layer, P, batch_size=2)
+        for i, seq in enumerate(seqs):
+            ctx = prompt_context(handle.model, handle.adapter, seq)
+            torch.testing.assert_close(batched[i], ctx.jacobian_actions(layer, P), rtol=1e-10, atol=1e-10)
