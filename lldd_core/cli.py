@@ -5,6 +5,8 @@ Commands::
     python -m lldd_core jacobian --prompt TEXT [--model M] ...     detached vs ordinary Jacobian
     python -m lldd_core spectrum --prompt TEXT [--layer K] [--top-k 8] [--decode 8]   decoded spectra
     python -m lldd_core layers --prompt TEXT [--top-k 8] [--no-lens]   every layer's views
+    python -m lldd_core gains --dataset D [--order 32] [--eps 0.1] [--n-eval 32]   LLV gain curves
+    python -m lldd_core datasets [--json -]                          concept datasets it can use
     python -m lldd_core demo build [--size S|all] [--arch A] [--force]   build the demo models
     python -m lldd_core demo info [--json -]                        list the demo models
     python -m lldd_core cache info|clear                            the result cache
@@ -294,6 +296,54 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gains(args: argparse.Namespace) -> int:
+    from .concepts import load_user_file
+
+    start = time.perf_counter()
+    dataset = load_user_file(args.dataset) if os.path.isfile(args.dataset) else args.dataset
+    sizes = tuple(int(n) for n in args.sizes.split(","))
+    if len(sizes) != 3:
+        from .errors import InputError
+
+        raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
+    computed = _run_analysis(args, lambda svc, spec, progress: svc.gains(
+        spec, dataset, order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
+        mode=args.mode, sizes=sizes, seed=args.seed, progress=progress))
+    r = computed.result
+    payload = {**r.summary(), "elapsed_s": time.perf_counter() - start, "cache_hit": computed.cache_hit}
+    if args.json:
+        _emit_json(payload, args.json)
+        if args.json == "-":
+            return 0
+    out = sys.stdout
+    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
+    out.write(f"dataset    {r.dataset} ({r.source}): {r.classes[0]} vs {r.classes[1]}, per class "
+              f"{r.split_sizes['concept']}/{r.split_sizes['operating']}/{r.split_sizes['evaluation']} "
+              f"(concept/operating/evaluation)\n")
+    out.write(f"surrogate  order {r.order}, {r.complement} complement, {r.mode} mode; ε = {r.eps:g}; "
+              f"{len(r.prompts)} evaluation prompts\n")
+    out.write(f"{'layer':>6} {'predicted':>10} {'measured':>10} {'exact':>10}   (means over prompts)\n")
+    for j, k in enumerate(r.layers):
+        out.write(f"{k:>6} {r.predicted[:, j].mean():10.4f} {r.measured[:, j].mean():10.4f} "
+                  f"{r.exact[:, j].mean():10.4f}\n")
+    out.write(f"agreement  mean Spearman {r.mean_spearman:.3f}, mean Pearson {r.mean_pearson:.3f}; best layer: "
+              f"predicted {r.best_layer_predicted}, measured {r.best_layer_measured}, exact {r.best_layer_exact}\n")
+    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {payload['elapsed_s']:.2f} s\n")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .concepts import format_listing, list_datasets
+
+    rows = list_datasets()
+    if args.json:
+        _emit_json({"datasets": [r.as_dict() for r in rows]}, args.json)
+        if args.json == "-":
+            return 0
+    sys.stdout.write(format_listing(rows) + "\n")
+    return 0
+
+
 # --- demo models -------------------------------------------------------------------------------
 
 
@@ -508,6 +558,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
                    help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
     p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("gains", help="LLV-predicted, measured and exact gain curves of a concept over layers")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True,
+                   help="a dataset name (see the datasets command) or a CSV/JSONL file with text and label columns")
+    p.add_argument("--order", type=int, default=32, help="reduced order d of the surrogate (default 32)")
+    p.add_argument("--eps", type=float, default=0.1, help="injection size ε for the measured gains (default 0.1)")
+    p.add_argument("--n-eval", type=int, default=32, help="evaluation prompts (default 32)")
+    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
+                   help="how the basis is completed beyond v_l (default krylov; random and pca are ablations)")
+    p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
+                   help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
+    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
+    p.set_defaults(func=cmd_gains)
+
+    p = sub.add_parser("datasets", help="the concept datasets lldd can use: built-in, paper (hub), and whether offline")
+    p.add_argument("--json", metavar="FILE", default=None, help="write as JSON to FILE ('-' for stdout)")
+    p.set_defaults(func=cmd_datasets)
 
     _add_demo_parser(sub)
 

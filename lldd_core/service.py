@@ -24,6 +24,8 @@ from .jacobian_analysis import ANALYSIS as JACOBIAN, JacobianResult, analyze_jac
 from .layers_analysis import ANALYSIS as LAYERS, LayersResult, analyze_layers
 from .spectrum_analysis import ANALYSIS as SPECTRUM, METHODS, SpectrumResult, analyze_spectrum
 from .views import SITES
+from .concepts import ConceptData, load as load_dataset
+from .gains import ANALYSIS as GAINS, GainsResult, analyze_gains
 from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 
 R = TypeVar("R")
@@ -206,6 +208,38 @@ class Service:
             LAYERS, spec, info, ids, params,
             lambda h: analyze_layers(h, ids, sites=sites, k=k, n_decode=n_decode, lens=lens, method=method,
                                      progress=progress),
+            progress,
+        )
+
+    def gains(
+        self,
+        spec: ModelSpec,
+        dataset: str | ConceptData,
+        *,
+        order: int = 32,
+        eps: float = 0.1,
+        n_eval: int = 32,
+        complement: str = "krylov",
+        mode: str = "prompt",
+        sizes: tuple[int, int, int] = (400, 200, 200),
+        seed: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> Computed[GainsResult]:
+        """Predicted, measured and exact gain curves of a concept (:mod:`lldd_core.gains`), cached.
+
+        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.list_datasets`) or
+        loaded :class:`~lldd_core.concepts.ConceptData` (e.g. a user's file); the cache key holds
+        the data's fingerprint, so an edited file is a miss.
+        """
+        info = self.info(spec, progress)
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        params = {"dataset": data.name, "fingerprint": data.fingerprint(), "order": int(order), "eps": float(eps),
+                  "n_eval": int(n_eval), "complement": complement, "mode": mode, "sizes": [int(n) for n in sizes],
+                  "seed": int(seed)}
+        return self._cached(
+            GAINS, spec, info, [], params,
+            lambda h: analyze_gains(h, data, order=order, eps=eps, n_eval=n_eval, complement=complement, mode=mode,
+                                    sizes=sizes, seed=seed, progress=progress),
             progress,
         )
 

@@ -141,3 +141,25 @@ def test_layers_json_and_text(capsys, tiny_dirs):
     assert code == 0 and "raw stream" in out and "block:" in out and "cumulative:" not in out
     code, _, err = _run(capsys, *args[:-3], "--sites", "everywhere", "--quiet")
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_gains_json_and_datasets(capsys, tiny_dirs, tmp_path):
+    args = ["gains", "--model", str(tiny_dirs["gpt2"]), "--dataset", "sentiment", "--order", "4", "--n-eval", "2",
+            "--sizes", "6,4,3", "--device", "cpu", "--json", "-", "--quiet"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    data = json.loads(out)
+    assert {"layers", "prompts", "mean_spearman", "mean_pearson", "cache_hit"} <= data.keys()
+    assert len(data["prompts"]) == 2 and len(data["prompts"][0]["predicted"]) == len(data["layers"])
+    assert {"predicted", "measured", "exact", "spearman", "pearson"} <= data["prompts"][0].keys()
+    code, out, _ = _run(capsys, *args[:-3], "--quiet")
+    assert code == 0 and "cache hit" in out and "mean Spearman" in out
+    # a user file with one class: one clear line, exit 2
+    bad = tmp_path / "one.csv"
+    bad.write_text("text,label\na,1\nb,1\nc,1\n")
+    code, _, err = _run(capsys, "gains", "--model", str(tiny_dirs["gpt2"]), "--dataset", str(bad), "--quiet")
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
+    code, out, _ = _run(capsys, "datasets", "--json", "-")
+    rows = json.loads(out)["datasets"]
+    assert len(rows) == 14 and {r["name"] for r in rows} >= {"sentiment", "sst2", "mnli"}
+    assert all(r["available_offline"] for r in rows if r["name"] in ("sentiment", "politeness", "topic", "truth"))
