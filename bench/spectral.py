@@ -216,7 +216,7 @@ def part_topk(model, adapter, ids, args) -> None:
     fast = f"tol {args.fast_tol:g}, oversample {args.fast_oversample}: the analyses' default"
     for label, fn in [(f"ours matrix-free (tol {args.tol:g}, oversample 8)", lambda: ours("reverse")),
                       (f"ours matrix-free ({fast})", lambda: ours("reverse", args.fast_tol, args.fast_oversample)),
-                      (f"  same with forward-mode JVP products", lambda: ours("forward", args.fast_tol,
+                      ("  same with forward-mode JVP products", lambda: ours("forward", args.fast_tol,
                                                                           args.fast_oversample)),
                       ("ours full (batched VJPs + top-k of formed J)", ours_full)]:
         t, svd = timed(fn, args.repeats, args.warmup)

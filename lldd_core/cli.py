@@ -237,6 +237,22 @@ def _run_analysis(args: argparse.Namespace, call: Callable[[Any, Any, _Progress]
         progress.close()
 
 
+def _report(args: argparse.Namespace, computed: Any, start: float, body: Callable[[Any, Any], None]) -> int:
+    """JSON (``r.summary()`` + timing) to ``--json``; unless that is stdout, the model line, ``body``
+    and the timing line as text."""
+    r = computed.result
+    elapsed = time.perf_counter() - start
+    if args.json:
+        _emit_json({**r.summary(), "elapsed_s": elapsed, "cache_hit": computed.cache_hit}, args.json)
+        if args.json == "-":
+            return 0
+    out = sys.stdout
+    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
+    body(r, out)
+    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {elapsed:.2f} s\n")
+    return 0
+
+
 def _cell(tokens: list[str], n: int = 5) -> str:
     return " ".join(repr(t) for t in tokens[:n])
 
@@ -246,26 +262,20 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     computed = _run_analysis(args, lambda svc, spec, progress: svc.spectrum(
         spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, k=args.top_k, n_decode=args.decode,
         method=args.method, progress=progress))
-    r = computed.result
-    payload = {**r.summary(), "elapsed_s": time.perf_counter() - start, "cache_hit": computed.cache_hit}
-    if args.json:
-        _emit_json(payload, args.json)
-        if args.json == "-":
-            return 0
-    out = sys.stdout
-    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
-    out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
-              f"next token {r.next_token!r}\n")
-    out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
-              f"{'' if r.converged else ' (NOT converged)'}\n")
-    for i, tok in enumerate(r.tokens):
-        se = f" ± {r.stable_rank_se[i]:.2f}" if r.method == "matrix_free" else ""
-        out.write(f"[{i}] {tok!r}  stable rank {r.stable_rank[i]:.2f}{se}\n")
-        for j in range(r.k):
-            out.write(f"    s{j + 1} {r.singular_values[i, j]:9.3e}  U: {_cell(r.u_tokens[i][j])}\n"
-                      f"    {'':13} V: {_cell(r.v_tokens[i][j])}\n")
-    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {payload['elapsed_s']:.2f} s\n")
-    return 0
+
+    def body(r, out) -> None:
+        out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
+                  f"next token {r.next_token!r}\n")
+        out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
+                  f"{'' if r.converged else ' (NOT converged)'}\n")
+        for i, tok in enumerate(r.tokens):
+            se = f" ± {r.stable_rank_se[i]:.2f}" if r.method == "matrix_free" else ""
+            out.write(f"[{i}] {tok!r}  stable rank {r.stable_rank[i]:.2f}{se}\n")
+            for j in range(r.k):
+                out.write(f"    s{j + 1} {r.singular_values[i, j]:9.3e}  U: {_cell(r.u_tokens[i][j])}\n"
+                          f"    {'':13} V: {_cell(r.v_tokens[i][j])}\n")
+
+    return _report(args, computed, start, body)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -276,24 +286,18 @@ def cmd_layers(args: argparse.Namespace) -> int:
     computed = _run_analysis(args, lambda svc, spec, progress: svc.layers(
         spec, args.prompt, k=args.top_k, n_decode=args.decode, lens=not args.no_lens, method=args.method,
         sites=sites, progress=progress))
-    r = computed.result
-    payload = {**r.summary(), "elapsed_s": time.perf_counter() - start, "cache_hit": computed.cache_hit}
-    if args.json:
-        _emit_json(payload, args.json)
-        if args.json == "-":
-            return 0
-    out = sys.stdout
-    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
-    out.write(f"tokens     {' | '.join(repr(t) for t in r.tokens)}\n")
-    out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
-              f"method {r.method}, max residual {r.max_residual:.1e}\n")
-    for si, site in enumerate(r.sites):
-        out.write(f"{site}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
-        for li in range(r.n_layers):
-            out.write(f"  layer {li + 1:>3}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
-                      f"s1 {r.singular_values[si, li, -1, 0]:9.3e}  {_cell(r.u_tokens[si][li][-1][0])}\n")
-    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {payload['elapsed_s']:.2f} s\n")
-    return 0
+
+    def body(r, out) -> None:
+        out.write(f"tokens     {' | '.join(repr(t) for t in r.tokens)}\n")
+        out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
+                  f"method {r.method}, max residual {r.max_residual:.1e}\n")
+        for si, site in enumerate(r.sites):
+            out.write(f"{site}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
+            for li in range(r.n_layers):
+                out.write(f"  layer {li + 1:>3}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
+                          f"s1 {r.singular_values[si, li, -1, 0]:9.3e}  {_cell(r.u_tokens[si][li][-1][0])}\n")
+
+    return _report(args, computed, start, body)
 
 
 def cmd_gains(args: argparse.Namespace) -> int:
@@ -309,27 +313,22 @@ def cmd_gains(args: argparse.Namespace) -> int:
     computed = _run_analysis(args, lambda svc, spec, progress: svc.gains(
         spec, dataset, order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
         mode=args.mode, sizes=sizes, seed=args.seed, progress=progress))
-    r = computed.result
-    payload = {**r.summary(), "elapsed_s": time.perf_counter() - start, "cache_hit": computed.cache_hit}
-    if args.json:
-        _emit_json(payload, args.json)
-        if args.json == "-":
-            return 0
-    out = sys.stdout
-    out.write(f"model      {r.model} ({r.family}) @ {r.revision}  dtype {r.dtype}\n")
-    out.write(f"dataset    {r.dataset} ({r.source}): {r.classes[0]} vs {r.classes[1]}, per class "
-              f"{r.split_sizes['concept']}/{r.split_sizes['operating']}/{r.split_sizes['evaluation']} "
-              f"(concept/operating/evaluation)\n")
-    out.write(f"surrogate  order {r.order}, {r.complement} complement, {r.mode} mode; ε = {r.eps:g}; "
-              f"{len(r.prompts)} evaluation prompts\n")
-    out.write(f"{'layer':>6} {'predicted':>10} {'measured':>10} {'exact':>10}   (means over prompts)\n")
-    for j, k in enumerate(r.layers):
-        out.write(f"{k:>6} {r.predicted[:, j].mean():10.4f} {r.measured[:, j].mean():10.4f} "
-                  f"{r.exact[:, j].mean():10.4f}\n")
-    out.write(f"agreement  mean Spearman {r.mean_spearman:.3f}, mean Pearson {r.mean_pearson:.3f}; best layer: "
-              f"predicted {r.best_layer_predicted}, measured {r.best_layer_measured}, exact {r.best_layer_exact}\n")
-    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {payload['elapsed_s']:.2f} s\n")
-    return 0
+
+    def body(r, out) -> None:
+        out.write(f"dataset    {r.dataset} ({r.source}): {r.classes[0]} vs {r.classes[1]}, per class "
+                  f"{r.split_sizes['concept']}/{r.split_sizes['operating']}/{r.split_sizes['evaluation']} "
+                  f"(concept/operating/evaluation)\n")
+        out.write(f"surrogate  order {r.order}, {r.complement} complement, {r.mode} mode; ε = {r.eps:g}; "
+                  f"{len(r.prompts)} evaluation prompts\n")
+        out.write(f"{'layer':>6} {'predicted':>10} {'measured':>10} {'exact':>10}   (means over prompts)\n")
+        for j, k in enumerate(r.layers):
+            out.write(f"{k:>6} {r.predicted[:, j].mean():10.4f} {r.measured[:, j].mean():10.4f} "
+                      f"{r.exact[:, j].mean():10.4f}\n")
+        out.write(f"agreement  mean Spearman {r.mean_spearman:.3f}, mean Pearson {r.mean_pearson:.3f}; best layer: "
+                  f"predicted {r.best_layer_predicted}, measured {r.best_layer_measured}, exact "
+                  f"{r.best_layer_exact}\n")
+
+    return _report(args, computed, start, body)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

@@ -177,7 +177,7 @@ def analyze_gains(
     spearman = np.array([_corr(stats.spearmanr, P[i], M[i]) for i in range(len(texts))])
     pearson = np.array([_corr(stats.pearsonr, P[i], M[i]) for i in range(len(texts))])
     result = GainsResult(
-        model=handle.spec.model, revision=handle.revision, dtype=handle.spec.dtype, family=handle.adapter.name,
+        **handle.result_fields(),
         dataset=data.name, source=data.source, classes=list(data.classes), order=int(order), complement=complement,
         eps=float(eps), mode=mode, n_layers=L, layers=layers, split_sizes=dict(splits.per_class), prompts=texts,
         mean_spearman=_nanmean(spearman), mean_pearson=_nanmean(pearson),

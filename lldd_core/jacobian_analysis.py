@@ -110,12 +110,7 @@ def analyze_jacobian(
     sv = singular_values(full.J)
     contributions = torch.linalg.vector_norm(torch.einsum("tod,td->to", full.J, op.x0.to(full.J.dtype)), dim=-1)
     result = JacobianResult(
-        model=handle.spec.model,
-        revision=handle.revision,
-        dtype=handle.spec.dtype,
-        family=handle.adapter.name,
-        tokens=handle.info.token_strings(input_ids),
-        input_ids=[int(i) for i in input_ids],
+        **handle.result_fields(input_ids),
         layer=int(layer),
         n_layers=handle.n_layers,
         final_norm=bool(final_norm),

@@ -162,12 +162,7 @@ def analyze_layers(
             u1 = top_u[(site, layer)][..., 0]  # [T, d]
             proj[si, layer - 1] = _np(torch.linalg.vector_norm(torch.einsum("tdk,td->tk", final, u1), dim=-1))
     result = LayersResult(
-        model=handle.spec.model,
-        revision=handle.revision,
-        dtype=handle.spec.dtype,
-        family=handle.adapter.name,
-        tokens=handle.info.token_strings(input_ids),
-        input_ids=[int(i) for i in input_ids],
+        **handle.result_fields(input_ids),
         n_layers=L,
         sites=sites,
         lens=bool(lens),

@@ -140,6 +140,14 @@ class ModelHandle:
     def n_layers(self) -> int:
         return len(self.adapter.layers(self.model))
 
+    def result_fields(self, input_ids: list[int] | None = None) -> dict:
+        """The fields every result records about its model (and, given ``input_ids``, its prompt)."""
+        fields = {"model": self.spec.model, "revision": self.revision, "dtype": self.spec.dtype,
+                  "family": self.adapter.name}
+        if input_ids is not None:
+            fields.update(tokens=self.info.token_strings(input_ids), input_ids=[int(i) for i in input_ids])
+        return fields
+
 
 def resolve_device(device: str) -> torch.device:
     """``auto``: CUDA, then MPS, then CPU. Otherwise a torch device string, checked for availability."""

@@ -216,12 +216,7 @@ def analyze_spectrum(
             "top_rows": top_rows.cpu().numpy(), "top_cols": top_cols.cpu().numpy(),
         }
     result = SpectrumResult(
-        model=handle.spec.model,
-        revision=handle.revision,
-        dtype=handle.spec.dtype,
-        family=handle.adapter.name,
-        tokens=handle.info.token_strings(input_ids),
-        input_ids=[int(i) for i in input_ids],
+        **handle.result_fields(input_ids),
         layer=int(layer),
         n_layers=handle.n_layers,
         final_norm=bool(final_norm),

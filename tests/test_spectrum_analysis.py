@@ -12,7 +12,7 @@ from lldd_core.jacobian import jacobian_operator
 from lldd_core.models import ModelSpec
 from lldd_core.service import Service
 from lldd_core.views import SITES
-from tests.helpers import load, prompt_ids
+from tests.helpers import prompt_ids
 from tests.tiny import PROMPT
 
 
