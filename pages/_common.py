@@ -378,6 +378,31 @@ def progress_reporter(bar: DeltaGenerator) -> Callable[[float, str], None]:
     return report
 
 
+
+def run_with_status(noun: str, call: Callable[[Callable[[float, str], None]], Any]) -> Any | None:
+    """``call(progress)`` inside an ``st.status`` box with a progress bar ("Computing {noun}…").
+
+    Returns the service's ``Computed``; on a user error (:class:`LLDDError`) shows it with
+    ``st.error`` below the collapsed box and returns ``None``.
+    """
+    failure: LLDDError | None = None
+    with st.status(f"Computing {noun}…", expanded=True) as status:
+        bar = st.progress(0.0, text="Resolving the model and tokenizing")
+        try:
+            computed = call(progress_reporter(bar))
+        except LLDDError as err:
+            failure = err
+            status.update(label=f"Could not compute the {noun}", state="error", expanded=False)
+        else:
+            bar.progress(1.0, text="Done")
+            source = "Loaded from cache" if computed.cache_hit else f"Computed in {computed.result.elapsed_s:.2f} s"
+            status.update(label=f"{noun[0].upper()}{noun[1:]} ready — {source}", state="complete", expanded=False)
+    if failure is not None:
+        st.error(str(failure))  # outside the collapsed status box, so it is seen
+        return None
+    return computed
+
+
 def plural(n: int, noun: str) -> str:
     """``1 result``, ``2 results``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -36,7 +36,7 @@ from lldd_core.plots_spectra import (
 from lldd_core.results import to_jsonable
 from lldd_core.service import MAX_DECODE, METHODS, get_service
 from lldd_core.spectrum_analysis import SpectrumResult
-from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, plural, progress_reporter
+from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -100,22 +100,9 @@ def request_form(n_layers: int) -> tuple[bool, str, int, bool]:
 
 def compute(spec: ModelSpec, prompt: str, layer: int, final_norm: bool) -> Shown | None:
     """Run the analysis with a live status box; ``None`` (after an ``st.error``) if the user must fix something."""
-    failure: LLDDError | None = None
-    with st.status("Computing detached Jacobian…", expanded=True) as status:
-        bar = st.progress(0.0, text="Resolving the model and tokenizing")
-        try:
-            computed = get_service().jacobian(
-                spec, prompt, layer=layer, final_norm=final_norm, progress=progress_reporter(bar)
-            )
-        except LLDDError as err:
-            failure = err
-            status.update(label="Could not compute the detached Jacobian", state="error", expanded=False)
-        else:
-            bar.progress(1.0, text="Done")
-            source = "Loaded from cache" if computed.cache_hit else f"Computed in {computed.result.elapsed_s:.2f} s"
-            status.update(label=f"Detached Jacobian ready — {source}", state="complete", expanded=False)
-    if failure is not None:
-        st.error(str(failure))  # outside the collapsed status box, so it is seen
+    computed = run_with_status("detached Jacobian", lambda progress: get_service().jacobian(
+        spec, prompt, layer=layer, final_norm=final_norm, progress=progress))
+    if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, spec, prompt)
 
@@ -266,23 +253,10 @@ def spectra_form() -> tuple[bool, int, int, str]:
 def compute_spectra(shown: Shown, k: int, n_decode: int, method: str) -> Shown | None:
     """The spectra of ``shown``'s request with a live status box; ``None`` (after an ``st.error``) on a user error."""
     r = shown.result
-    failure: LLDDError | None = None
-    with st.status("Computing spectra…", expanded=True) as status:
-        bar = st.progress(0.0, text="Resolving the model and tokenizing")
-        try:
-            computed = get_service().spectrum(
-                shown.spec, shown.prompt, layer=r.layer, final_norm=r.final_norm, k=k, n_decode=n_decode,
-                method=method, progress=progress_reporter(bar),
-            )
-        except LLDDError as err:
-            failure = err
-            status.update(label="Could not compute the spectra", state="error", expanded=False)
-        else:
-            bar.progress(1.0, text="Done")
-            source = "Loaded from cache" if computed.cache_hit else f"Computed in {computed.result.elapsed_s:.2f} s"
-            status.update(label=f"Spectra ready — {source}", state="complete", expanded=False)
-    if failure is not None:
-        st.error(str(failure))
+    computed = run_with_status("spectra", lambda progress: get_service().spectrum(
+        shown.spec, shown.prompt, layer=r.layer, final_norm=r.final_norm, k=k, n_decode=n_decode, method=method,
+        progress=progress))
+    if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, shown.spec, shown.prompt)
 

@@ -36,7 +36,7 @@ from lldd_core.plots_spectra import (
 )
 from lldd_core.service import MAX_DECODE, METHODS, get_service
 from lldd_core.views import SITE_LABELS, SITES
-from pages._common import Shown, current_spec, ensure_model_ready, format_sci, plural, progress_reporter
+from pages._common import Shown, current_spec, ensure_model_ready, format_sci, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -107,23 +107,9 @@ def request_form() -> tuple[bool, str, int, int, list[str], bool, str]:
 
 def compute(spec: ModelSpec, prompt: str, k: int, n_decode: int, sites: list[str], lens: bool, method: str) -> Shown | None:
     """Run the analysis with a live status box; ``None`` (after an ``st.error``) if the user must fix something."""
-    failure: LLDDError | None = None
-    with st.status("Computing layer views…", expanded=True) as status:
-        bar = st.progress(0.0, text="Resolving the model and tokenizing")
-        try:
-            computed = get_service().layers(
-                spec, prompt, k=k, n_decode=n_decode, lens=lens, method=method, sites=tuple(sites),
-                progress=progress_reporter(bar),
-            )
-        except LLDDError as err:
-            failure = err
-            status.update(label="Could not compute the layer views", state="error", expanded=False)
-        else:
-            bar.progress(1.0, text="Done")
-            source = "Loaded from cache" if computed.cache_hit else f"Computed in {computed.result.elapsed_s:.2f} s"
-            status.update(label=f"Layer views ready — {source}", state="complete", expanded=False)
-    if failure is not None:
-        st.error(str(failure))  # outside the collapsed status box, so it is seen
+    computed = run_with_status("layer views", lambda progress: get_service().layers(
+        spec, prompt, k=k, n_decode=n_decode, lens=lens, method=method, sites=tuple(sites), progress=progress))
+    if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, spec, prompt)
 
