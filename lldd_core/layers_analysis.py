@@ -120,7 +120,8 @@ def analyze_layers(
     # the final cumulative view anchors the emergence measure: analyse it even if not shown
     work_sites = sites if "cumulative" in sites else ["cumulative", *sites]
     report(0.0, "Detached forward pass (all layers)")
-    rec = record_views(handle.model, handle.adapter, torch.tensor(input_ids, dtype=torch.long), sites=work_sites, lens=lens)
+    rec = record_views(handle.model, handle.adapter, torch.tensor(input_ids, dtype=torch.long), sites=work_sites,
+                       lens=lens, forward_products=False)  # reverse products only: no JVP closures
     W_U, W_E = embedding_matrices(handle)
     tok = handle.info.tokenizer
     nv = min(N_VECTORS, k)
