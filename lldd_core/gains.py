@@ -13,19 +13,26 @@ token, readout ``v_L^T x_L`` before the final norm):
 * ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k`` (one backward pass): the limit of ``measured`` as
   ``ε -> 0`` and of ``predicted`` as the order reaches ``d``.
 
-Agreement per prompt: Spearman and Pearson correlation of ``predicted`` and ``measured`` over layers.
+Agreement per prompt: Spearman and Pearson correlation of ``predicted`` and ``measured`` over
+layers; aggregated as their means over prompts and as the correlation of the mean curves.
+
+:func:`prepare_gains` does the work every variant shares (splits, states, directions) once;
+:func:`analyze_gains` is one configuration, :func:`ablate_gains` sweeps the order, ``ε`` or the
+complement on the same directions and prompts (only what the swept parameter changes is recomputed).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import stats
 
-from .concepts import ConceptData, class_directions, split
-from .depth import last_token_actions, last_token_states, prompt_context
+from .concepts import ConceptData, Splits, class_directions, split
+from .depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from .errors import InputError, NumericalError
 from .jacobian import ProgressFn
 from .llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
@@ -33,7 +40,12 @@ from .models import ModelHandle
 from .results import result_type
 
 ANALYSIS = "gains"
+ABLATION = "gains-ablation"
 MODES = ("prompt", "population")
+#: What an ablation can sweep, and the values it sweeps by default.
+ABLATIONS = ("order", "eps", "complement")
+ORDER_VALUES = (1, 2, 4, 8, 16, 32, 64)
+EPS_VALUES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 @result_type
@@ -42,6 +54,7 @@ class GainsResult:
     revision: str
     dtype: str
     family: str
+    n_params: int
     dataset: str
     source: str
     classes: list
@@ -53,9 +66,11 @@ class GainsResult:
     layers: list  # injection layers k
     split_sizes: dict  # per class: concept / operating / evaluation
     prompts: list  # evaluation texts
-    mean_spearman: float
+    mean_spearman: float  # mean over prompts of the per-prompt correlation
     mean_pearson: float
-    best_layer_predicted: int
+    spearman_of_means: float  # correlation of the mean predicted and mean measured curves
+    pearson_of_means: float
+    best_layer_predicted: int  # argmax of the mean curve
     best_layer_measured: int
     best_layer_exact: int
     elapsed_s: float
@@ -68,15 +83,68 @@ class GainsResult:
 
     def summary(self) -> dict:
         """The CLI's JSON: ``layers``, ``prompts`` (each with its curves and agreement) and the means."""
-        keys = ("model", "revision", "dtype", "family", "dataset", "source", "classes", "order", "complement", "eps",
-                "mode", "n_layers", "layers", "split_sizes", "mean_spearman", "mean_pearson", "best_layer_predicted",
-                "best_layer_measured", "best_layer_exact", "elapsed_s")
+        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "order",
+                "complement", "eps", "mode", "n_layers", "layers", "split_sizes", "mean_spearman", "mean_pearson",
+                "spearman_of_means", "pearson_of_means", "best_layer_predicted", "best_layer_measured",
+                "best_layer_exact", "elapsed_s")
         prompts = [
             {"text": t, "predicted": self.predicted[i].tolist(), "measured": self.measured[i].tolist(),
              "exact": self.exact[i].tolist(), "spearman": float(self.spearman[i]), "pearson": float(self.pearson[i])}
             for i, t in enumerate(self.prompts)
         ]
         return {**{k: getattr(self, k) for k in keys}, "prompts": prompts}
+
+
+@result_type
+class GainsAblation:
+    """Agreement of predicted and measured gains as one parameter (``vary``) takes ``values``.
+
+    Row ``i`` of every array belongs to ``values[i]``; the other parameters are the recorded
+    ``order``, ``eps`` and ``complement``. ``exact`` does not depend on any of them.
+    """
+
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    n_params: int
+    dataset: str
+    source: str
+    classes: list
+    vary: str
+    values: list
+    order: int
+    eps: float
+    complement: str
+    mode: str
+    n_layers: int
+    layers: list
+    split_sizes: dict
+    prompts: list
+    elapsed_s: float
+    mean_spearman: np.ndarray  # [V]
+    mean_pearson: np.ndarray  # [V]
+    spearman_of_means: np.ndarray  # [V]
+    pearson_of_means: np.ndarray  # [V]
+    spearman: np.ndarray  # [V, P]
+    pearson: np.ndarray  # [V, P]
+    predicted: np.ndarray  # [V, P, K]
+    measured: np.ndarray  # [V, P, K]
+    exact: np.ndarray  # [P, K]
+
+    def summary(self) -> dict:
+        """JSON: the swept values with their aggregated agreement."""
+        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "vary", "order",
+                "eps", "complement", "mode", "n_layers", "layers", "split_sizes", "elapsed_s")
+        rows = [
+            {"value": v, "mean_spearman": float(self.mean_spearman[i]), "mean_pearson": float(self.mean_pearson[i]),
+             "spearman_of_means": float(self.spearman_of_means[i]), "pearson_of_means": float(self.pearson_of_means[i])}
+            for i, v in enumerate(self.values)
+        ]
+        return {**{k: getattr(self, k) for k in keys}, "values": rows}
+
+
+# --- agreement -----------------------------------------------------------------------------------
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -86,9 +154,161 @@ def _nanmean(x: np.ndarray) -> float:
 
 
 def _corr(fn, a: np.ndarray, b: np.ndarray) -> float:
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
+    """Correlation over layers; NaN when a curve is constant (or has one point)."""
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(fn(a, b)[0])
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Spearman / Pearson of predicted against measured curves, per prompt and aggregated."""
+
+    spearman: np.ndarray  # [P]
+    pearson: np.ndarray  # [P]
+    mean_spearman: float
+    mean_pearson: float
+    spearman_of_means: float
+    pearson_of_means: float
+
+
+def agreement(predicted: np.ndarray, measured: np.ndarray) -> Agreement:
+    """Correlations over layers of each prompt's curves ``[P, K]``, their means, and those of the mean curves."""
+    sp = np.array([_corr(stats.spearmanr, p, m) for p, m in zip(predicted, measured)])
+    pe = np.array([_corr(stats.pearsonr, p, m) for p, m in zip(predicted, measured)])
+    mp, mm = predicted.mean(0), measured.mean(0)
+    return Agreement(sp, pe, _nanmean(sp), _nanmean(pe), _corr(stats.spearmanr, mp, mm), _corr(stats.pearsonr, mp, mm))
+
+
+# --- shared preparation --------------------------------------------------------------------------
+
+
+def check_settings(handle: ModelHandle, *, order: int, eps: float, complement: str, mode: str, n_eval: int) -> None:
+    """Raise :class:`InputError` for settings no analysis can run with."""
+    d = handle.info.d_model
+    if not 1 <= order <= d:
+        raise InputError(f"The order must be between 1 and the hidden size {d}; got {order}.")
+    if complement not in COMPLEMENTS:
+        raise InputError(f"Unknown complement {complement!r}: choose one of {', '.join(COMPLEMENTS)}.")
+    if mode not in MODES:
+        raise InputError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+    if not 0 < eps <= 10:
+        raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {eps}.")
+    if n_eval < 1:
+        raise InputError("Evaluate at least one prompt.")
+
+
+@dataclass
+class GainsSetup:
+    """What every gain analysis of one dataset shares: splits, directions, tokenized prompts."""
+
+    handle: ModelHandle
+    data: ConceptData
+    splits: Splits
+    directions: torch.Tensor  # [L + 1, d] unit v_l, model dtype and device
+    layers: list[int]  # the injection layers with a direction (k = 0 may be left out)
+    operating: list[list[int]]
+    evaluation: list[list[int]]
+    texts: list[str]
+    pad: int
+
+    def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
+        """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""
+        h = self.handle
+        return last_token_actions(h.model, h.adapter, self.operating, layer, P, pad_id=self.pad).mean(0)
+
+    def bases(self, complement: str, order: int, seed: int = 0) -> list[torch.Tensor]:
+        """``P_0 .. P_L`` of the given complement and order (:mod:`lldd_core.llv`)."""
+        if complement == "krylov":
+            return krylov_bases(self.directions, self.mean_action, order)
+        if complement == "random":
+            return random_bases(self.directions, order, seed)
+        h = self.handle
+        states = torch.as_tensor(last_token_states(h.model, h.adapter, self.operating, pad_id=self.pad))
+        return pca_bases(self.directions, states.to(self.directions), order)
+
+    def predicted(self, bases: list[torch.Tensor], mode: str) -> np.ndarray:
+        """Predicted gains ``[P, K]`` of every evaluation prompt (prompt mode) or the mean model's curve."""
+        L = self.handle.n_layers
+        if mode == "population":
+            Abar = [bases[l + 1].T @ self.mean_action(l, bases[l]) for l in range(L)]
+            curve = predicted_gains(Abar)[self.layers]
+            return np.repeat(curve.detach().double().cpu().numpy()[None], len(self.evaluation), axis=0)
+        h = self.handle
+        actions = [last_token_actions(h.model, h.adapter, self.evaluation, l, bases[l], pad_id=self.pad)
+                   for l in range(L)]  # [P, d, r] per layer
+        rows = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
+                for i in range(len(self.evaluation))]
+        return torch.stack(rows).detach().double().cpu().numpy()
+
+    def context(self, i: int) -> PromptContext:
+        """Evaluation prompt ``i`` with its prefix run once."""
+        return prompt_context(self.handle.model, self.handle.adapter, self.evaluation[i])
+
+    def curves(self, eps_values: Sequence[float], progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Measured gains ``[E, P, K]`` for each ``ε`` and exact gains ``[P, K]``, one prefix run per prompt."""
+        V, L = self.directions, self.handle.n_layers
+        meas, exact = [], []
+        for i in range(len(self.evaluation)):
+            if progress is not None:
+                progress(i / len(self.evaluation), f"Measured and exact gains, prompt {i + 1}/{len(self.evaluation)}")
+            ctx = self.context(i)
+            meas.append(torch.stack([ctx.measured_gains(V, V[L], e, self.layers) for e in eps_values]))
+            exact.append(ctx.exact_gains(V, V[L])[self.layers])
+        M = torch.stack(meas, dim=1).detach().double().cpu().numpy()
+        E = torch.stack(exact).detach().double().cpu().numpy()
+        return M, E
+
+
+def prepare_gains(
+    handle: ModelHandle,
+    data: ConceptData,
+    *,
+    n_eval: int = 32,
+    sizes: tuple[int, int, int] = (400, 200, 200),
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> GainsSetup:
+    """Split ``data``, take the concept split's last-token states and their class-mean directions."""
+    report = progress or (lambda frac, msg: None)
+    splits = split(data, n_concept=sizes[0], n_operating=sizes[1], n_eval=sizes[2], seed=seed)
+    tok = handle.info.tokenizer
+    encode = handle.info.encode
+    model, adapter = handle.model, handle.adapter
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    L = handle.n_layers
+    states = last_token_states(model, adapter, [encode(t) for t in splits.concept.texts], pad_id=pad,
+                               progress=lambda f, m: report(f, f"Concept states: {m}"))
+    V = torch.as_tensor(class_directions(states, splits.concept.labels, allow_zero=True))
+    param = next(model.parameters())
+    V = V.to(dtype=param.dtype, device=param.device)
+    layers = list(range(L))
+    if float(V[0].norm()) == 0.0:
+        # every concept text ends with the same token and x_0 carries no position: no direction at
+        # layer 0; keep a placeholder unit vector for the basis and leave k = 0 out of the curves
+        layers = layers[1:]
+        V[0] = torch.nn.functional.normalize(torch.ones_like(V[0]), dim=0)
+    zero = [k for k in range(1, L + 1) if float(V[k].norm()) == 0.0]
+    if zero:
+        raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
+    texts = list(splits.evaluation.texts[:n_eval])
+    return GainsSetup(handle, data, splits, V, layers, [encode(t) for t in splits.operating.texts],
+                      [encode(t) for t in texts], texts, pad)
+
+
+def _check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise NumericalError(f"NaN or Inf in the gains ({handle.spec.dtype}): use float32 or float64.")
+
+
+def _common_fields(setup: GainsSetup) -> dict:
+    h, data = setup.handle, setup.data
+    return dict(**h.result_fields(), n_params=sum(p.numel() for p in h.model.parameters()), dataset=data.name,
+                source=data.source, classes=list(data.classes), n_layers=h.n_layers, layers=setup.layers,
+                split_sizes=dict(setup.splits.per_class), prompts=setup.texts)
+
+
+# --- one configuration ---------------------------------------------------------------------------
 
 
 def analyze_gains(
@@ -105,88 +325,145 @@ def analyze_gains(
     progress: ProgressFn | None = None,
 ) -> GainsResult:
     """Predicted, measured and exact gain curves of ``data``'s concept (module doc)."""
+    check_settings(handle, order=order, eps=eps, complement=complement, mode=mode, n_eval=n_eval)
     report = progress or (lambda frac, msg: None)
-    d, L = handle.info.d_model, handle.n_layers
-    if not 1 <= order <= d:
-        raise InputError(f"The order must be between 1 and the hidden size {d}; got {order}.")
-    if complement not in COMPLEMENTS:
-        raise InputError(f"Unknown complement {complement!r}: choose one of {', '.join(COMPLEMENTS)}.")
-    if mode not in MODES:
-        raise InputError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
-    if not 0 < eps <= 10:
-        raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {eps}.")
-    if n_eval < 1:
-        raise InputError("Evaluate at least one prompt.")
     t0 = time.perf_counter()
-    splits = split(data, n_concept=sizes[0], n_operating=sizes[1], n_eval=sizes[2], seed=seed)
-    tok = handle.info.tokenizer
-    encode = handle.info.encode
-    model, adapter = handle.model, handle.adapter
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-
-    report(0.0, "Concept states")
-    concept_ids = [encode(t) for t in splits.concept.texts]
-    states = last_token_states(model, adapter, concept_ids, pad_id=pad,
-                               progress=lambda f, m: report(0.15 * f, f"Concept states: {m}"))
-    V = torch.as_tensor(class_directions(states, splits.concept.labels, allow_zero=True))
-    V = V.to(dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
-    layers = list(range(L))
-    if float(V[0].norm()) == 0.0:
-        # every concept text ends with the same token and x_0 carries no position: no direction at
-        # layer 0; keep a placeholder unit vector for the basis and leave k = 0 out of the curves
-        layers = layers[1:]
-        V[0] = torch.nn.functional.normalize(torch.ones_like(V[0]), dim=0)
-    zero = [k for k in range(1, L + 1) if float(V[k].norm()) == 0.0]
-    if zero:
-        raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
-
-    report(0.15, "Operating prompts")
-    operating = [encode(t) for t in splits.operating.texts]
-
-    def mean_action(layer: int, P: torch.Tensor) -> torch.Tensor:
-        return last_token_actions(model, adapter, operating, layer, P, pad_id=pad).mean(0)
-
-    report(0.25, f"{complement} basis of order {order}")
-    if complement == "krylov":
-        bases = krylov_bases(V, mean_action, order)
-    elif complement == "random":
-        bases = random_bases(V, order, seed)
-    else:
-        op_states = torch.as_tensor(last_token_states(model, adapter, operating, pad_id=pad)).to(V)
-        bases = pca_bases(V, op_states, order)
-
-    texts = list(splits.evaluation.texts[:n_eval])
-    eval_ids = [encode(t) for t in texts]
+    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed,
+                          progress=lambda f, m: report(0.15 * f, m))
+    report(0.15, f"{complement} basis of order {order}")
+    bases = setup.bases(complement, order, seed)
     report(0.5, "Reduced models")
-    if mode == "population":
-        Abar = [bases[l + 1].T @ mean_action(l, bases[l]) for l in range(L)]
-        population = predicted_gains(Abar)
-        pred = [population[layers]] * len(texts)
-    else:
-        actions = [last_token_actions(model, adapter, eval_ids, l, bases[l], pad_id=pad) for l in range(L)]  # [N, d, r]
-        pred = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[layers] for i in range(len(texts))]
-    meas, exact = [], []
-    for i, ids in enumerate(eval_ids):
-        report(0.6 + 0.4 * i / len(texts), f"Measured and exact gains, prompt {i + 1}/{len(texts)}")
-        ctx = prompt_context(model, adapter, ids)
-        meas.append(ctx.measured_gains(V, V[L], eps, layers))
-        exact.append(ctx.exact_gains(V, V[L])[layers])
-    P, M, E = (torch.stack(x).detach().double().cpu().numpy() for x in (pred, meas, exact))
-    if not (np.isfinite(P).all() and np.isfinite(M).all()):
-        raise NumericalError(f"NaN or Inf in the gains ({handle.spec.dtype}): use float32 or float64.")
-    spearman = np.array([_corr(stats.spearmanr, P[i], M[i]) for i in range(len(texts))])
-    pearson = np.array([_corr(stats.pearsonr, P[i], M[i]) for i in range(len(texts))])
+    P = setup.predicted(bases, mode)
+    M, E = setup.curves([eps], lambda f, m: report(0.6 + 0.4 * f, m))
+    M = M[0]
+    _check_finite(handle, P, M)
+    agree = agreement(P, M)
+    layers = setup.layers
     result = GainsResult(
-        **handle.result_fields(),
-        dataset=data.name, source=data.source, classes=list(data.classes), order=int(order), complement=complement,
-        eps=float(eps), mode=mode, n_layers=L, layers=layers, split_sizes=dict(splits.per_class), prompts=texts,
-        mean_spearman=_nanmean(spearman), mean_pearson=_nanmean(pearson),
+        **_common_fields(setup), order=int(order), complement=complement, eps=float(eps), mode=mode,
+        mean_spearman=agree.mean_spearman, mean_pearson=agree.mean_pearson,
+        spearman_of_means=agree.spearman_of_means, pearson_of_means=agree.pearson_of_means,
         best_layer_predicted=int(layers[int(np.argmax(P.mean(0)))]),
         best_layer_measured=int(layers[int(np.argmax(M.mean(0)))]),
         best_layer_exact=int(layers[int(np.argmax(E.mean(0)))]),
         elapsed_s=time.perf_counter() - t0,
-        predicted=P, measured=M, exact=E, spearman=spearman, pearson=pearson,
-        directions=V.detach().double().cpu().numpy(),
+        predicted=P, measured=M, exact=E, spearman=agree.spearman, pearson=agree.pearson,
+        directions=setup.directions.detach().double().cpu().numpy(),
     )
     report(1.0, "Done")
     return result
+
+
+# --- ablations -----------------------------------------------------------------------------------
+
+
+def ablation_values(vary: str, d: int, values: Sequence | None = None) -> list:
+    """The values an ablation of ``vary`` sweeps: ``values`` checked, or the defaults (orders up to ``d``)."""
+    if vary not in ABLATIONS:
+        raise InputError(f"Unknown ablation {vary!r}: choose one of {', '.join(ABLATIONS)}.")
+    if vary == "order":
+        chosen = sorted({int(v) for v in values}) if values is not None else [v for v in ORDER_VALUES if v <= d]
+        bad = [v for v in chosen if not 1 <= v <= d]
+        if bad:
+            raise InputError(f"Orders must lie between 1 and the hidden size {d}; got {bad}.")
+    elif vary == "eps":
+        chosen = sorted({float(v) for v in values}) if values is not None else list(EPS_VALUES)
+        bad = [v for v in chosen if not 0 < v <= 10]
+        if bad:
+            raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {bad}.")
+    else:
+        chosen = list(dict.fromkeys(values)) if values is not None else list(COMPLEMENTS)
+        bad = [v for v in chosen if v not in COMPLEMENTS]
+        if bad:
+            raise InputError(f"Unknown complement(s) {bad}: choose from {', '.join(COMPLEMENTS)}.")
+    if not chosen:
+        raise InputError(f"Give at least one value of {vary} to sweep.")
+    return chosen
+
+
+def ablate_gains(
+    handle: ModelHandle,
+    data: ConceptData,
+    vary: str,
+    values: Sequence | None = None,
+    *,
+    order: int = 32,
+    eps: float = 0.1,
+    complement: str = "krylov",
+    n_eval: int = 32,
+    mode: str = "prompt",
+    sizes: tuple[int, int, int] = (400, 200, 200),
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> GainsAblation:
+    """Agreement as ``vary`` (``order``, ``eps`` or ``complement``) takes ``values``, the rest fixed.
+
+    Directions, splits and prompts are shared by every value; the measured and exact curves are
+    computed once when the order or complement varies, the bases and predictions once when ``ε`` does.
+    """
+    values = ablation_values(vary, handle.info.d_model, values)
+    fixed = {"order": order, "eps": eps, "complement": complement}
+    for v in values:  # every configuration must be valid before any work starts
+        check_settings(handle, n_eval=n_eval, mode=mode, **{**fixed, vary: v})
+    report = progress or (lambda frac, msg: None)
+    t0 = time.perf_counter()
+    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed,
+                          progress=lambda f, m: report(0.1 * f, m))
+    n = len(values)
+    if vary == "eps":
+        report(0.1, f"{complement} basis of order {order}")
+        P = [setup.predicted(setup.bases(complement, order, seed), mode)] * n
+        M, E = setup.curves(values, lambda f, m: report(0.5 + 0.5 * f, m))
+    else:
+        M1, E = setup.curves([eps], lambda f, m: report(0.1 + 0.1 * f, m))
+        M = np.repeat(M1, n, axis=0)
+        P = []
+        for i, v in enumerate(values):
+            setting = {**fixed, vary: v}
+            report(0.2 + 0.8 * i / n, f"{setting['complement']} basis of order {setting['order']} ({i + 1}/{n})")
+            P.append(setup.predicted(setup.bases(setting["complement"], setting["order"], seed), mode))
+    P = np.stack(P)
+    _check_finite(handle, P, M)
+    agree = [agreement(p, m) for p, m in zip(P, M)]
+    result = GainsAblation(
+        **_common_fields(setup), vary=vary, values=list(values), order=int(order), eps=float(eps),
+        complement=complement, mode=mode, elapsed_s=time.perf_counter() - t0,
+        mean_spearman=np.array([a.mean_spearman for a in agree]), mean_pearson=np.array([a.mean_pearson for a in agree]),
+        spearman_of_means=np.array([a.spearman_of_means for a in agree]),
+        pearson_of_means=np.array([a.pearson_of_means for a in agree]),
+        spearman=np.stack([a.spearman for a in agree]), pearson=np.stack([a.pearson for a in agree]),
+        predicted=P, measured=M, exact=E,
+    )
+    report(1.0, "Done")
+    return result
+
+
+# --- one prompt on its own -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptGains:
+    """One prompt's curves over all layers ``k = 0..L-1`` with the prompt as its own operating set."""
+
+    predicted: torch.Tensor  # [L]
+    measured: torch.Tensor  # [L]
+    exact: torch.Tensor  # [L]
+    bases: list[torch.Tensor]  # P_0 .. P_L, [d, r] each
+
+
+def prompt_gains(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32, eps: float = 0.1) -> PromptGains:
+    """Predicted (order ``r`` Krylov basis of this prompt's own Jacobians), measured and exact gains.
+
+    Everything reuses the prefix cache of ``ctx``: the Jacobian actions ``A_l P_l`` are vmapped JVPs
+    of the last token alone (``r`` per layer, ``r - 1`` more at layer 0 for the Krylov sequence of
+    ``A_0``), and each action that grows ``P_{l+1}`` is also the reduced model's ``A_l P_l``; the
+    measured gains are one batched last-token pass, the exact ones one backward pass. With the
+    prompt's own Jacobians the basis holds every earlier injection as propagated, so the predicted
+    curve equals the exact one once ``r`` exceeds the number of layers (and at ``r = d`` always).
+    """
+    L = ctx.n_layers
+    V = directions.to(ctx.states)
+    actions: list[torch.Tensor] = []
+    bases = krylov_bases(V, ctx.jacobian_actions, order, actions)
+    predicted = predicted_gains(reduced_model(bases, actions))
+    return PromptGains(predicted, ctx.measured_gains(V, V[L], eps), ctx.exact_gains(V, V[L]), bases)

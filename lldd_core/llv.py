@@ -60,10 +60,14 @@ def _orthonormal_with_first(first: torch.Tensor, candidates: torch.Tensor, r: in
     return torch.stack(cols, dim=1)
 
 
-def krylov_bases(directions: torch.Tensor, mean_action: MeanAction, r: int) -> list[torch.Tensor]:
+def krylov_bases(directions: torch.Tensor, mean_action: MeanAction, r: int,
+                 actions: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """``P_0 .. P_L`` (each ``[d, r]``) by the depth-Krylov rule of the module doc.
 
-    ``directions``: ``[L + 1, d]`` unit ``v_l``. Costs ``r - 1`` mean actions per layer.
+    ``directions``: ``[L + 1, d]`` unit ``v_l``. Costs ``r - 1`` mean actions per layer. Given a
+    list ``actions``, the full ``M_l P_l`` (all ``r`` columns, one more action per layer) is
+    appended to it for each layer, so a caller whose operating set is a single prompt gets the
+    reduced model without applying the Jacobians again.
     """
     L = directions.shape[0] - 1
     bases: list[torch.Tensor] = []
@@ -73,8 +77,11 @@ def krylov_bases(directions: torch.Tensor, mean_action: MeanAction, r: int) -> l
         seq.append(mean_action(0, seq[-1][:, None])[:, 0])
     bases.append(_orthonormal_with_first(directions[0], torch.stack(seq[1:], dim=1) if r > 1 else seq[0][:, None], r))
     for layer in range(L):
-        carried = mean_action(layer, bases[-1][:, : max(r - 1, 1)])  # M_l P_l, the previous basis one layer on
-        bases.append(_orthonormal_with_first(directions[layer + 1], carried, r))
+        width = r if actions is not None else max(r - 1, 1)
+        carried = mean_action(layer, bases[-1][:, :width])  # M_l P_l, the previous basis one layer on
+        if actions is not None:
+            actions.append(carried)
+        bases.append(_orthonormal_with_first(directions[layer + 1], carried[:, : max(r - 1, 1)], r))
     return bases
 
 

@@ -17,16 +17,21 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from .cache import ResultCache, make_key
+from .concepts import ConceptData
+from .concepts import load as load_dataset
 from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
+from .gains import ABLATION, GainsAblation, GainsResult, ablate_gains, ablation_values, analyze_gains
+from .gains import ANALYSIS as GAINS
 from .jacobian import ProgressFn
-from .jacobian_analysis import ANALYSIS as JACOBIAN, JacobianResult, analyze_jacobian
-from .layers_analysis import ANALYSIS as LAYERS, LayersResult, analyze_layers
-from .spectrum_analysis import ANALYSIS as SPECTRUM, METHODS, SpectrumResult, analyze_spectrum
-from .views import SITES
-from .concepts import ConceptData, load as load_dataset
-from .gains import ANALYSIS as GAINS, GainsResult, analyze_gains
+from .jacobian_analysis import ANALYSIS as JACOBIAN
+from .jacobian_analysis import JacobianResult, analyze_jacobian
+from .layers_analysis import ANALYSIS as LAYERS
+from .layers_analysis import LayersResult, analyze_layers
 from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
+from .spectrum_analysis import ANALYSIS as SPECTRUM
+from .spectrum_analysis import METHODS, SpectrumResult, analyze_spectrum
+from .views import SITES
 
 R = TypeVar("R")
 
@@ -211,6 +216,13 @@ class Service:
             progress,
         )
 
+    @staticmethod
+    def _gains_params(data: ConceptData, order: int, eps: float, n_eval: int, complement: str, mode: str,
+                      sizes: tuple[int, int, int], seed: int) -> dict[str, Any]:
+        return {"dataset": data.name, "fingerprint": data.fingerprint(), "order": int(order), "eps": float(eps),
+                "n_eval": int(n_eval), "complement": complement, "mode": mode, "sizes": [int(n) for n in sizes],
+                "seed": int(seed)}
+
     def gains(
         self,
         spec: ModelSpec,
@@ -233,13 +245,66 @@ class Service:
         """
         info = self.info(spec, progress)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = {"dataset": data.name, "fingerprint": data.fingerprint(), "order": int(order), "eps": float(eps),
-                  "n_eval": int(n_eval), "complement": complement, "mode": mode, "sizes": [int(n) for n in sizes],
-                  "seed": int(seed)}
+        params = self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
         return self._cached(
             GAINS, spec, info, [], params,
             lambda h: analyze_gains(h, data, order=order, eps=eps, n_eval=n_eval, complement=complement, mode=mode,
                                     sizes=sizes, seed=seed, progress=progress),
+            progress,
+        )
+
+    def cached_gains(
+        self,
+        spec: ModelSpec,
+        dataset: str | ConceptData,
+        *,
+        order: int = 32,
+        eps: float = 0.1,
+        n_eval: int = 32,
+        complement: str = "krylov",
+        mode: str = "prompt",
+        sizes: tuple[int, int, int] = (400, 200, 200),
+        seed: int = 0,
+    ) -> GainsResult | None:
+        """The stored result of :meth:`gains` with these settings, or ``None``; never loads weights or builds.
+
+        Resolving a hub model needs its config (from the Hugging Face cache offline); that failing
+        raises the usual explained :class:`~lldd_core.errors.LLDDError`.
+        """
+        if self.needs_build(spec):
+            return None
+        info = self.info(spec)
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        params = self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
+        key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.dtype, input_ids=[], params=params)
+        return self.cache.get(key)
+
+    def gains_ablation(
+        self,
+        spec: ModelSpec,
+        dataset: str | ConceptData,
+        vary: str,
+        values: list | tuple | None = None,
+        *,
+        order: int = 32,
+        eps: float = 0.1,
+        n_eval: int = 32,
+        complement: str = "krylov",
+        mode: str = "prompt",
+        sizes: tuple[int, int, int] = (400, 200, 200),
+        seed: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> Computed[GainsAblation]:
+        """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.gains.ablate_gains`), cached."""
+        info = self.info(spec, progress)
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        values = ablation_values(vary, info.d_model, values)
+        params = {**self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed),
+                  "vary": vary, "values": values}
+        return self._cached(
+            ABLATION, spec, info, [], params,
+            lambda h: ablate_gains(h, data, vary, values, order=order, eps=eps, n_eval=n_eval, complement=complement,
+                                   mode=mode, sizes=sizes, seed=seed, progress=progress),
             progress,
         )
 

@@ -57,3 +57,70 @@ def test_demo_model_sentiment_krylov_predicts_the_measured_curve(demo_default):
     assert krylov.mean_spearman > random.mean_spearman and krylov.mean_pearson > random.mean_pearson
     # the measured curve tends to the exact linear one; eps = 0.1 is close on this model
     assert np.abs(krylov.measured - krylov.exact).mean() < 0.1 * np.abs(krylov.exact).mean()
+
+
+SETTINGS = dict(n_eval=3, sizes=SMALL)
+
+
+def test_ablations_equal_the_single_analyses(tiny_dirs):
+    """Each ablation row is the analysis with that value; what the value does not touch is shared."""
+    from lldd_core.gains import ablate_gains
+
+    handle = load_model(tiny_dirs["gpt2"])
+    data = load("sentiment")
+    d = handle.info.d_model
+    by_order = ablate_gains(handle, data, "order", [2, d], order=4, **SETTINGS)
+    assert by_order.values == [2, d] and by_order.predicted.shape[:2] == (2, 3)
+    for i, r in enumerate(by_order.values):
+        single = analyze_gains(handle, data, order=r, **SETTINGS)
+        np.testing.assert_allclose(by_order.predicted[i], single.predicted, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(by_order.measured[i], single.measured, rtol=1e-10, atol=1e-12)
+        assert by_order.mean_spearman[i] == pytest.approx(single.mean_spearman, nan_ok=True)
+        assert by_order.spearman_of_means[i] == pytest.approx(single.spearman_of_means, nan_ok=True)
+    np.testing.assert_allclose(by_order.predicted[1], by_order.exact, rtol=1e-8, atol=1e-10)  # full order
+
+    by_eps = ablate_gains(handle, data, "eps", [1e-4, 0.3], order=4, **SETTINGS)
+    np.testing.assert_array_equal(by_eps.predicted[0], by_eps.predicted[1])
+    for i, e in enumerate(by_eps.values):
+        single = analyze_gains(handle, data, order=4, eps=e, **SETTINGS)
+        np.testing.assert_allclose(by_eps.measured[i], single.measured, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(by_eps.predicted[i], single.predicted, rtol=1e-10, atol=1e-12)
+    # smaller eps measures closer to the exact linear gain
+    err = [np.abs(m - by_eps.exact).max() for m in by_eps.measured]
+    assert err[0] < err[1]
+
+    by_comp = ablate_gains(handle, data, "complement", None, order=4, **SETTINGS)
+    assert by_comp.values == ["krylov", "random", "pca"]
+    for i, c in enumerate(by_comp.values):
+        single = analyze_gains(handle, data, order=4, complement=c, **SETTINGS)
+        np.testing.assert_allclose(by_comp.predicted[i], single.predicted, rtol=1e-10, atol=1e-12)
+    assert {row["value"] for row in by_comp.summary()["values"]} == {"krylov", "random", "pca"}
+
+
+def test_ablation_values_are_checked(tiny_dirs):
+    from lldd_core.gains import ORDER_VALUES, ablate_gains, ablation_values
+
+    assert ablation_values("order", 16) == [v for v in ORDER_VALUES if v <= 16]
+    assert ablation_values("eps", 16, [0.5, 0.1, 0.1]) == [0.1, 0.5]
+    handle = load_model(tiny_dirs["gpt2"])
+    data = load("sentiment")
+    for vary, values, match in [("order", [0, 4], "Orders"), ("eps", [-1.0], "positive"), ("complement", ["x"], "complement"),
+                                ("depth", None, "ablation"), ("order", [], "at least one")]:
+        with pytest.raises(InputError, match=match):
+            ablate_gains(handle, data, vary, values, **SETTINGS)
+
+
+def test_aggregated_agreement_is_the_correlation_of_the_mean_curves():
+    from scipy import stats
+
+    from lldd_core.gains import agreement
+
+    rng = np.random.default_rng(0)
+    P = rng.normal(size=(5, 6))
+    M = P + 0.3 * rng.normal(size=(5, 6))
+    M[4] = 1.0  # a flat measured curve has no correlation
+    a = agreement(P, M)
+    assert np.isnan(a.spearman[4]) and np.isnan(a.pearson[4])
+    assert a.mean_spearman == pytest.approx(np.mean([stats.spearmanr(P[i], M[i])[0] for i in range(4)]))
+    assert a.pearson_of_means == pytest.approx(stats.pearsonr(P.mean(0), M.mean(0))[0])
+    assert a.spearman_of_means == pytest.approx(stats.spearmanr(P.mean(0), M.mean(0))[0])

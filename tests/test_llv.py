@@ -72,3 +72,24 @@ def test_predicted_gains_of_a_known_chain():
     g = predicted_gains(A)
     # g_1 = e1^T A_1 e1 = 1; g_0 = e1^T A_1 A_0 e1 = [1, 4] @ [2, 0] = 2
     torch.testing.assert_close(g, torch.tensor([2.0, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prompt_gains_reuses_the_krylov_actions_and_is_exact_past_depth(tiny_dirs, family):
+    from lldd_core.gains import prompt_gains
+
+    _, ctxs, V = _setup(tiny_dirs, family)
+    ctx = ctxs[0]
+    L = ctx.n_layers
+    out = prompt_gains(ctx, V, order=L + 1, eps=1e-5)
+    # the kept actions are the reduced model's A_l P_l: the same curve as applying the Jacobians again
+    torch.testing.assert_close(out.predicted, _predict(ctx, out.bases), rtol=1e-10, atol=1e-12)
+    # the same basis as krylov_bases without kept actions (which applies r - 1 columns only)
+    plain = krylov_bases(V, ctx.jacobian_actions, L + 1)
+    for a, b in zip(out.bases, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # the prompt's own Jacobians: exact once r > L; measured tends to exact with small eps
+    torch.testing.assert_close(out.predicted, out.exact, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(out.measured, out.exact, rtol=1e-3, atol=1e-6)
+    exact_again = ctx.exact_gains(V, V[L])
+    torch.testing.assert_close(out.exact, exact_again, rtol=0, atol=0)

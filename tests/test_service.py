@@ -136,3 +136,25 @@ def test_half_precision_overflow_is_a_numerical_error(service, tmp_path):
     with pytest.raises(NumericalError, match="float32 or bfloat16"):
         service.jacobian(ModelSpec(str(tmp_path / "hot"), dtype="float16", device="cpu"), PROMPT)
     assert service.cache.info()["by_kind"].get("jacobian", 0) == 0
+
+
+def test_gains_lookup_and_ablation_are_cached_without_weights(service, tiny_dirs):
+    spec = ModelSpec(str(tiny_dirs["gpt2"]), device="cpu")
+    settings = dict(order=4, n_eval=2, sizes=(6, 4, 3))
+    assert service.cached_gains(spec, "sentiment", **settings) is None
+    computed = service.gains(spec, "sentiment", **settings)
+    service.unload()
+    found = service.cached_gains(spec, "sentiment", **settings)
+    assert found is not None and service.resident is None  # a lookup never loads weights
+    np.testing.assert_array_equal(found.measured, computed.result.measured)
+    assert service.cached_gains(spec, "sentiment", **{**settings, "eps": 0.2}) is None
+
+    first = service.gains_ablation(spec, "sentiment", "eps", [0.05, 0.1], **settings)
+    assert not first.cache_hit and first.result.values == [0.05, 0.1]
+    service.unload()
+    again = service.gains_ablation(spec, "sentiment", "eps", [0.1, 0.05], **settings)  # same set: one entry
+    assert again.cache_hit and service.resident is None
+    # the ablation's eps = 0.1 row is the single analysis at eps = 0.1
+    np.testing.assert_allclose(again.result.measured[1], computed.result.measured, rtol=1e-10, atol=1e-12)
+    with pytest.raises(InputError, match="Orders"):
+        service.gains_ablation(spec, "sentiment", "order", [10_000], **settings)
