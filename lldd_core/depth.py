@@ -178,7 +178,10 @@ def last_token_actions(
     device = _device(model)
     dtype = next(model.parameters()).dtype
     out_rows: list[torch.Tensor] = []
-    with live_mode(model, adapter):
+    zero = torch.zeros(P.shape[0], dtype=dtype, device=device)
+    # no_grad: forward-mode AD ignores it, and without it every action would keep a backward graph
+    # through the weights alive
+    with live_mode(model, adapter), torch.no_grad():
         for start in range(0, len(sequences), batch_size):
             ids, mask = pad_batch(sequences[start : start + batch_size], pad_id, "left")
             ids, mask = ids.to(device), mask.to(device)
@@ -197,7 +200,6 @@ def last_token_actions(
                         pass
                 return out[("out", layer)][:, -1]
 
-            zero = torch.zeros(P.shape[0], dtype=dtype, device=device)
             cols = torch.vmap(lambda p: torch.func.jvp(f, (zero,), (p,))[1])(P.T.to(dtype))  # [r, n, d]
             out_rows.append(cols.permute(1, 2, 0))
     return torch.cat(out_rows)
@@ -271,7 +273,7 @@ class PromptContext:
             out = self.run_last(1, replace={layer: lambda h: v.to(h.dtype).reshape(1, 1, -1)}, stop_after=layer)
             return out[("out", layer)][0, 0]
 
-        with live_mode(self.model, self.adapter):
+        with live_mode(self.model, self.adapter), torch.no_grad():  # forward AD ignores no_grad
             cols = torch.vmap(lambda p: torch.func.jvp(f, (x,), (p,))[1])(P.T.to(x.dtype))
         return cols.T
 
