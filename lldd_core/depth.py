@@ -313,6 +313,29 @@ class PromptContext:
         w = readout.to(dtype)
         return (xL @ w - self.states[L] @ w) / eps
 
+    def readout_shifts(self, amplitudes: torch.Tensor, directions: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+        """``w^T x_L`` change for each row ``i`` of ``amplitudes`` ``[m, L]``: ``u_{i,l} v_l`` injected at every layer ``l``.
+
+        All injections of a row act together (a multi-layer schedule); rows are one batched pass.
+        """
+        L = self.n_layers
+        dtype = self.states.dtype
+        U = amplitudes.to(dtype)
+        replace: dict[int, Transform] = {}
+        for layer in range(L):
+            if not bool(U[:, layer].abs().max() > 0):
+                continue
+            shift = U[:, layer, None] * directions[layer].to(dtype)  # [m, d]
+
+            def add(h: torch.Tensor, shift: torch.Tensor = shift) -> torch.Tensor:
+                return h + shift[:, None, :]
+
+            replace[layer] = add
+        with live_mode(self.model, self.adapter), torch.no_grad():
+            out = self.run_last(U.shape[0], replace=replace, stop_after=L - 1)
+        w = readout.to(dtype)
+        return out[("out", L - 1)][:, 0] @ w - self.states[L] @ w
+
     def exact_gains(self, directions: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
         """``∂(w^T x_L)/∂x_k · v_k`` for ``k = 0..L-1`` from one forward and one backward pass."""
         L = self.n_layers

@@ -211,6 +211,7 @@ class GainsSetup:
     evaluation: list[list[int]]
     texts: list[str]
     pad: int
+    differences: torch.Tensor | None = None  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
 
     def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
         """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""
@@ -282,6 +283,8 @@ def prepare_gains(
     V = torch.as_tensor(class_directions(states, splits.concept.labels, allow_zero=True))
     param = next(model.parameters())
     V = V.to(dtype=param.dtype, device=param.device)
+    positive = np.asarray(splits.concept.labels) == 1
+    E = torch.as_tensor(states[positive].mean(0) - states[~positive].mean(0)).to(V)
     layers = list(range(L))
     if float(V[0].norm()) == 0.0:
         # every concept text ends with the same token and x_0 carries no position: no direction at
@@ -293,7 +296,7 @@ def prepare_gains(
         raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
     texts = list(splits.evaluation.texts[:n_eval])
     return GainsSetup(handle, data, splits, V, layers, [encode(t) for t in splits.operating.texts],
-                      [encode(t) for t in texts], texts, pad)
+                      [encode(t) for t in texts], texts, pad, differences=E)
 
 
 def _check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:

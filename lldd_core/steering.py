@@ -1,0 +1,315 @@
+"""Steered generation beside the unsteered one, with the concept readout along the generated tokens.
+
+Methods (each builds interventions of :mod:`lldd_core.interventions`; generation is the model's own
+``generate`` with its KV cache, left-padded batches):
+
+1. ``additive``: ``α v_l`` added at the chosen layer(s), at the last position or every position.
+2. ``llv``: the LLV minimum-energy schedule for ``Δy`` (:mod:`lldd_core.control`), ``u_l v_l`` at
+   every layer, at the last position of every forward.
+3. ``jacobian``: the detached-Jacobian steering operator of a steering phrase at layer ``ℓ``
+   (``blend``: the paper's ``λ`` blend; ``additive``: the reference implementation's norm-matched
+   addition).
+4. ``lqr``: LQR feedback with the operating prompts' mean Jacobians (:mod:`lldd_core.lqr`), at
+   every layer and every generated token.
+
+The readout of a text is ``v_L^T x_L`` (before the final norm) **as the unsteered model reads it**,
+at each generated token: the steered and the unsteered continuations are measured by the same
+instrument, and a method cannot raise the readout merely by writing into the states it is read from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .concepts import ConceptData
+from .control import population_gains, schedules
+from .depth import _block_hooks, last_token_actions, pad_batch
+from .errors import InputError
+from .gains import GainsSetup, prepare_gains
+from .interventions import POSITIONS, AddVectors, Intervention, JacobianSteering, LQRFeedback, intervene
+from .jacobian import jacobian_operator
+from .lqr import riccati_gains, setpoints
+from .models import ModelHandle
+from .residual import _StopForward
+from .results import result_type
+
+METHODS = ("additive", "llv", "jacobian", "lqr")
+METHOD_LINES = {
+    "additive": "Adds α·v_l (the concept's class-mean direction) to the residual stream at the chosen layer(s).",
+    "llv": "Adds u_l·v_l at every layer, the least-energy schedule the LLV surrogate predicts will move the "
+           "readout by Δy.",
+    "jacobian": "Maps the new text's inputs through the steering phrase's detached Jacobian and blends "
+                "(or norm-matched adds) the result into the stream at one layer.",
+    "lqr": "Feedback control: at every layer, measures the state's distance to the concept setpoint and "
+           "adds the LQR-optimal correction K_k e_k.",
+}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to generate: greedy (default) or sampling with a seed."""
+
+    max_new_tokens: int = 40
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        if not 1 <= self.max_new_tokens <= 1024:
+            raise InputError(f"Generate between 1 and 1024 new tokens; got {self.max_new_tokens}.")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise InputError("Sampling needs a positive temperature and 0 < top-p <= 1.")
+
+    def generate_kwargs(self) -> dict:
+        if self.do_sample:
+            return {"do_sample": True, "temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": 0}
+        return {"do_sample": False}
+
+
+@dataclass
+class Generated:
+    prompt_ids: list[int]
+    new_ids: list[int]
+
+
+def generate(
+    handle: ModelHandle,
+    prompts: Sequence[Sequence[int]],
+    interventions: Sequence[Intervention] = (),
+    settings: GenerationSettings = GenerationSettings(),
+    streamer: object | None = None,
+) -> list[Generated]:
+    """Generate continuations of a left-padded batch of prompts with ``interventions`` applied throughout.
+
+    Sampling draws from a forked RNG seeded with ``settings.seed``, so runs are reproducible and
+    the caller's RNG state is untouched.
+    """
+    settings.check()
+    model = handle.model
+    device = next(model.parameters()).device
+    tok = handle.info.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids, mask = pad_batch(prompts, pad, "left")
+    ids, mask = ids.to(device), mask.to(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), \
+            intervene(model, handle.adapter, interventions, attention_mask=mask):
+        torch.manual_seed(settings.seed)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
+                             pad_token_id=pad, streamer=streamer, **settings.generate_kwargs())
+    results = []
+    for b, prompt in enumerate(prompts):
+        new = out[b, ids.shape[1]:].tolist()
+        eos = tok.eos_token_id
+        if eos is not None and eos in new:  # finished rows are padded after their EOS
+            new = new[: new.index(eos) + 1]
+        results.append(Generated(list(prompt), new))
+    return results
+
+
+def readout_along(handle: ModelHandle, generated: Generated, readout: torch.Tensor) -> np.ndarray:
+    """``w^T x_L`` at each generated token as the unsteered model reads prompt + continuation."""
+    if not generated.new_ids:
+        return np.zeros(0)
+    model, blocks = handle.model, handle.adapter.layers(handle.model)
+    L = len(blocks)
+    device = next(model.parameters()).device
+    ids = torch.tensor([generated.prompt_ids + generated.new_ids], device=device)
+    out: dict = {}
+    with torch.no_grad(), _block_hooks(blocks, capture_outputs=[L - 1], stop_after=L - 1, out=out), \
+            contextlib.suppress(_StopForward):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    xL = out[("out", L - 1)][0, len(generated.prompt_ids):]
+    return (xL @ readout.to(xL)).double().cpu().numpy()
+
+
+# --- the methods' interventions ------------------------------------------------------------------
+
+
+def additive(directions: torch.Tensor, layers: Sequence[int], strength: float, positions: str = "last") -> AddVectors:
+    """``α v_l`` at each layer in ``layers``."""
+    if positions not in POSITIONS:
+        raise InputError(f"Positions must be one of {', '.join(POSITIONS)}; got {positions!r}.")
+    return AddVectors({int(l): strength * directions[int(l)] for l in layers}, positions)
+
+
+def llv_schedule(directions: torch.Tensor, u: np.ndarray) -> AddVectors:
+    """``u_l v_l`` at every layer with a non-zero ``u_l``, at the last position."""
+    return AddVectors({l: float(u[l]) * directions[l] for l in range(len(u)) if u[l] != 0}, "last")
+
+
+def steering_jacobian(handle: ModelHandle, steer_ids: Sequence[int], layer: int) -> torch.Tensor:
+    """``J_i = ∂x_layer/∂x_{0,i}`` of the phrase's last token in the detached model, ``[T_s, d, d]``."""
+    op = jacobian_operator(handle.model, handle.adapter, torch.tensor(list(steer_ids)), layer=layer, final_norm=False)
+    return op.full().J.detach()
+
+
+def mean_jacobians(handle: ModelHandle, prompts: Sequence[Sequence[int]], *, pad_id: int = 0,
+                   chunk: int = 64, progress: Callable[[float, str], None] | None = None) -> torch.Tensor:
+    """``A_k`` ``[L, d, d]``: last-token block Jacobians with the context frozen, averaged over ``prompts``."""
+    L, d = handle.n_layers, handle.info.d_model
+    param = next(handle.model.parameters())
+    eye = torch.eye(d, dtype=param.dtype, device=param.device)
+    A = torch.empty(L, d, d, dtype=param.dtype, device=param.device)
+    for k in range(L):
+        for start in range(0, d, chunk):
+            cols = last_token_actions(handle.model, handle.adapter, prompts, k, eye[:, start:start + chunk], pad_id=pad_id)
+            A[k, :, start:start + chunk] = cols.mean(0)
+        if progress is not None:
+            progress((k + 1) / L, f"Mean Jacobian of block {k + 1}/{L}")
+    return A
+
+
+def lqr_feedback(A: torch.Tensor, differences: torch.Tensor, lam: float, q: float, r: float, qf: float) -> LQRFeedback:
+    """LQR feedback for setpoints ``β_k = λ ||E_k||`` along ``v_k = E_k / ||E_k||`` (``k = 0..L-1``)."""
+    L = A.shape[0]
+    v, beta = setpoints(differences[:L].double(), lam)
+    K = riccati_gains(A.double().cpu(), q, r, qf)
+    Kv = torch.einsum("kij,kj->ki", K, v.cpu())
+    return LQRFeedback(v.to(A), beta.to(A), Kv.to(A))
+
+
+# --- the whole comparison ------------------------------------------------------------------------
+
+
+@result_type
+class SteeringResult:
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    prompt: str
+    method: str
+    params: dict
+    settings: dict
+    dataset: str
+    unsteered: str
+    steered: str
+    unsteered_tokens: list
+    steered_tokens: list
+    elapsed_s: float
+    readout_unsteered: np.ndarray  # [n_unsteered]
+    readout_steered: np.ndarray  # [n_steered]
+    schedule: np.ndarray  # [L] per-layer amplitudes applied (additive / llv; empty otherwise)
+
+    def summary(self) -> dict:
+        keys = ("model", "revision", "dtype", "family", "prompt", "method", "params", "settings", "dataset",
+                "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s")
+        return {**{k: getattr(self, k) for k in keys}, "readout_unsteered": self.readout_unsteered.tolist(),
+                "readout_steered": self.readout_steered.tolist(), "schedule": self.schedule.tolist()}
+
+
+@dataclass
+class SteeringPlan:
+    """Everything one method needs, prepared once (directions, gains, Jacobians) and reused across prompts."""
+
+    method: str
+    interventions: list[Intervention]
+    readout: torch.Tensor | None
+    schedule: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    params: dict = field(default_factory=dict)
+
+
+def default_layer(n_layers: int) -> int:
+    """Two thirds of the depth (the papers' choice), as a block-input index ``0..L-1``."""
+    return max(0, min(n_layers - 1, round(2 * n_layers / 3)))
+
+
+def plan_steering(
+    handle: ModelHandle,
+    method: str,
+    *,
+    setup: GainsSetup | None = None,
+    layers: Sequence[int] | None = None,
+    strength: float = 4.0,
+    positions: str = "last",
+    dy: float = 1.0,
+    order: int = 32,
+    steer_text: str = "",
+    lam: float | None = None,
+    variant: str = "blend",
+    q: float = 10.0,
+    r: float = 10.0,
+    qf: float = 1.0,
+    A: torch.Tensor | None = None,
+    seed: int = 0,
+) -> SteeringPlan:
+    """Build one method's interventions (module doc). ``setup`` (a concept dataset) is needed except for ``jacobian``."""
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    L = handle.n_layers
+    readout = setup.directions[L] if setup is not None else None
+    if method != "jacobian" and setup is None:
+        raise InputError(f"The {method} method needs a concept dataset.")
+    if method == "additive":
+        layers = [default_layer(L)] if layers is None else [int(l) for l in layers]
+        bad = [l for l in layers if not 0 <= l < L or (l == 0 and 0 not in setup.layers)]
+        if bad or not layers:
+            raise InputError(f"Layers must lie in {min(setup.layers)}..{L - 1} for this model and dataset; got {layers}.")
+        sched = np.zeros(L)
+        sched[layers] = strength
+        return SteeringPlan(method, [additive(setup.directions, layers, strength, positions)], readout, sched,
+                            {"layers": layers, "strength": float(strength), "positions": positions})
+    if method == "llv":
+        h = population_gains(setup, min(order, handle.info.d_model), "krylov", seed)
+        u = schedules(h, setup.layers, L, dy, seed)["llv"]
+        return SteeringPlan(method, [llv_schedule(setup.directions, u)], readout, u, {"dy": float(dy), "order": order})
+    if method == "jacobian":
+        if not steer_text.strip():
+            raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
+        layer = default_layer(L) + 1 if layers is None else int(next(iter(layers)))
+        if not 1 <= layer <= L:
+            raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
+        lam = 0.5 if lam is None else float(lam)
+        J = steering_jacobian(handle, handle.info.encode(steer_text), layer)
+        return SteeringPlan(method, [JacobianSteering(J, layer, lam, variant)], readout, np.zeros(0),
+                            {"steer_text": steer_text, "layer": layer, "lam": lam, "variant": variant})
+    # lqr
+    if A is None:
+        raise InputError("LQR needs the operating prompts' mean Jacobians.")
+    lam = 1.0 if lam is None else float(lam)
+    fb = lqr_feedback(A, setup.differences, lam, q, r, qf)
+    return SteeringPlan(method, [fb], readout, np.zeros(0), {"lam": lam, "q": q, "r": r, "qf": qf})
+
+
+def compare(
+    handle: ModelHandle,
+    prompt: str,
+    plan: SteeringPlan,
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    dataset: str = "",
+    streamers: tuple[object | None, object | None] = (None, None),
+) -> SteeringResult:
+    """Generate ``prompt``'s continuation unsteered and steered by ``plan``; readouts along both."""
+    if not prompt.strip():
+        raise InputError("The prompt is empty: type a few words to continue.")
+    t0 = time.perf_counter()
+    ids = handle.info.encode(prompt)
+    plain = generate(handle, [ids], (), settings, streamers[0])[0]
+    steered = generate(handle, [ids], plan.interventions, settings, streamers[1])[0]
+    tok = handle.info.tokenizer
+    empty = np.zeros(0)
+    return SteeringResult(
+        **handle.result_fields(), prompt=prompt, method=plan.method, params=plan.params,
+        settings=settings.__dict__.copy(), dataset=dataset,
+        unsteered=tok.decode(plain.new_ids), steered=tok.decode(steered.new_ids),
+        unsteered_tokens=handle.info.token_strings(plain.new_ids), steered_tokens=handle.info.token_strings(steered.new_ids),
+        elapsed_s=time.perf_counter() - t0,
+        readout_unsteered=readout_along(handle, plain, plan.readout) if plan.readout is not None else empty,
+        readout_steered=readout_along(handle, steered, plan.readout) if plan.readout is not None else empty,
+        schedule=np.asarray(plan.schedule, dtype=np.float64),
+    )
+
+
+def concept_setup(handle: ModelHandle, data: ConceptData, *, n_eval: int = 16, sizes: tuple[int, int, int] = (400, 200, 200),
+                  seed: int = 0, progress: Callable[[float, str], None] | None = None) -> GainsSetup:
+    """Directions, class-mean differences and the operating prompts of ``data`` (shared with the gains)."""
+    return prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed, progress=progress)

@@ -1,0 +1,170 @@
+"""Steered generation: zero strength is unsteered, hooks never outlive a run, batches steer like single prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lldd_core.concepts import load
+from lldd_core.errors import InputError
+from lldd_core.interventions import AddVectors, JacobianSteering, intervene
+from lldd_core.steering import (
+    GenerationSettings,
+    compare,
+    concept_setup,
+    generate,
+    mean_jacobians,
+    plan_steering,
+    readout_along,
+)
+from tests.helpers import load as load_model
+
+PROMPTS = ["The movie was", "I really did not like the food at this place because", "Great"]
+SMALL = {"n_eval": 3, "sizes": (6, 4, 3)}
+GREEDY = GenerationSettings(max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def steer_env(tiny_dirs):
+    handle = load_model(tiny_dirs["llama"])
+    setup = concept_setup(handle, load("sentiment"), **SMALL)
+    A = mean_jacobians(handle, setup.operating, pad_id=setup.pad)
+    return handle, setup, A
+
+
+def _texts(handle, prompts, interventions=(), settings=GREEDY):
+    return [g.new_ids for g in generate(handle, [handle.info.encode(p) for p in prompts], interventions, settings)]
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def test_zero_strength_is_unsteered_and_hooks_are_removed(steer_env):
+    handle, setup, A = steer_env
+    before = _hook_count(handle.model)
+    plain = _texts(handle, PROMPTS[:1])
+    zero_plans = [
+        plan_steering(handle, "additive", setup=setup, layers=[1], strength=0.0),
+        plan_steering(handle, "additive", setup=setup, layers=[1], strength=0.0, positions="all"),
+        plan_steering(handle, "llv", setup=setup, dy=0.0, order=4),
+        plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=1.0, variant="blend"),
+        plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="additive"),
+        plan_steering(handle, "lqr", setup=setup, A=A, q=0.0, r=1.0, qf=0.0, lam=2.0),
+    ]
+    for plan in zero_plans:
+        assert _texts(handle, PROMPTS[:1], plan.interventions) == plain, plan.params
+    strong = [plan_steering(handle, "additive", setup=setup, layers=[1], strength=50.0),
+              plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="blend"),
+              plan_steering(handle, "lqr", setup=setup, A=A, q=10.0, r=0.1, qf=10.0, lam=20.0)]
+    for plan in strong:
+        assert _texts(handle, PROMPTS[:1], plan.interventions) != plain, plan.params
+        assert _texts(handle, PROMPTS[:1]) == plain  # the model generates exactly as before
+    assert _hook_count(handle.model) == before
+
+
+def test_hooks_are_removed_when_generation_fails(steer_env):
+    handle, _setup, _ = steer_env
+    before = _hook_count(handle.model)
+    bad = AddVectors({1: torch.zeros(3)})  # wrong width: the hook raises inside the forward
+    with pytest.raises(RuntimeError):
+        generate(handle, [handle.info.encode("Hello")], [bad], GREEDY)
+    assert _hook_count(handle.model) == before
+
+
+@pytest.mark.parametrize("kind", ["additive-last", "additive-all", "jacobian-blend", "jacobian-additive", "lqr"])
+def test_left_padded_batch_steers_like_single_prompts(steer_env, kind):
+    handle, setup, A = steer_env
+    if kind.startswith("additive"):
+        plan = lambda: plan_steering(handle, "additive", setup=setup, layers=[1], strength=3.0,
+                                     positions=kind.split("-")[1])
+    elif kind.startswith("jacobian"):
+        plan = lambda: plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.4,
+                                     variant=kind.split("-")[1])
+    else:
+        plan = lambda: plan_steering(handle, "lqr", setup=setup, A=A, q=1.0, r=1.0, qf=1.0, lam=3.0)
+    batched = _texts(handle, PROMPTS, plan().interventions)
+    single = [_texts(handle, [p], plan().interventions)[0] for p in PROMPTS]
+    assert batched == single
+
+
+def test_positions_count_real_tokens_only(steer_env):
+    handle, _, _ = steer_env
+    ids = [handle.info.encode(p) for p in PROMPTS]
+    seen = []
+
+    class Spy(AddVectors):
+        def hooks(self, blocks, positions):
+            def pre(module, args, kwargs):
+                seen.append(positions.current.clone())
+            return [blocks[0].register_forward_pre_hook(pre, with_kwargs=True)]
+
+    generate(handle, ids, [Spy({})], GenerationSettings(max_new_tokens=3))
+    first = seen[0]
+    for b, seq in enumerate(ids):
+        row = first[b][first[b] >= 0]
+        assert row.tolist() == list(range(len(seq)))
+    assert seen[1][:, 0].tolist() == [len(s) for s in ids]  # the first generated token continues each row
+
+
+def test_jacobian_operator_running_sum_matches_its_definition(steer_env):
+    """a_k = Σ_{j<=k} J_{j mod T_s} x_{0,j}: with the blend at λ = 0 the layer's state is exactly a_k."""
+    handle, _, _ = steer_env
+    plan = plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="blend")
+    op: JacobianSteering = plan.interventions[0]
+    ids = torch.tensor([handle.info.encode("A quiet morning by the river")])
+    blocks = handle.adapter.layers(handle.model)
+    got = {}
+
+    def take_x0(module, args, kwargs):
+        got["x0"] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+    def take_h(module, args, output):
+        got["h"] = (output[0] if isinstance(output, tuple) else output).clone()
+
+    with torch.no_grad(), intervene(handle.model, handle.adapter, [op]):
+        # registered after the steering hooks, so the capture sees the blended state
+        h0 = blocks[0].register_forward_pre_hook(take_x0, with_kwargs=True)
+        h1 = blocks[op.layer - 1].register_forward_hook(take_h)
+        try:
+            handle.model(input_ids=ids)
+        finally:
+            h0.remove()
+            h1.remove()
+    x0 = got["x0"][0]
+    T_s = op.J.shape[0]
+    expect = torch.cumsum(torch.stack([op.J[j % T_s] @ x0[j] for j in range(x0.shape[0])]), dim=0)
+    torch.testing.assert_close(got["h"][0], expect, rtol=1e-10, atol=1e-10)
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(steer_env):
+    handle, _, _ = steer_env
+    s = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = _texts(handle, PROMPTS[:1], settings=s)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert _texts(handle, PROMPTS[:1], settings=s) == a
+    with pytest.raises(InputError):
+        generate(handle, [handle.info.encode("x")], (), GenerationSettings(max_new_tokens=0))
+
+
+def test_compare_reports_texts_and_readouts(steer_env):
+    handle, setup, _ = steer_env
+    plan = plan_steering(handle, "additive", setup=setup, layers=[1], strength=2.0)
+    r = compare(handle, PROMPTS[0], plan, GREEDY, dataset="sentiment")
+    assert len(r.readout_steered) == len(r.steered_tokens) and len(r.readout_unsteered) == len(r.unsteered_tokens)
+    assert set(r.summary()) >= {"unsteered", "steered", "readout_unsteered", "readout_steered"}
+    # the readout is the unsteered model reading the text: reading the unsteered text gives the same numbers
+    ids = handle.info.encode(PROMPTS[0])
+    from lldd_core.steering import Generated
+
+    plain = generate(handle, [ids], (), GREEDY)[0]
+    np.testing.assert_allclose(readout_along(handle, Generated(ids, plain.new_ids), plan.readout), r.readout_unsteered)
+    with pytest.raises(InputError, match="empty"):
+        compare(handle, "  ", plan, GREEDY)
+    with pytest.raises(InputError, match="needs a concept dataset"):
+        plan_steering(handle, "lqr")
+    with pytest.raises(InputError, match="steering phrase"):
+        plan_steering(handle, "jacobian", steer_text="")
