@@ -19,9 +19,20 @@ import torch
 from .cache import ResultCache, make_key
 from .concepts import ConceptData
 from .concepts import load as load_dataset
+from .control import ANALYSIS as CONTROL
+from .control import ControlResult, analyze_control
 from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
-from .gains import ABLATION, GainsAblation, GainsResult, ablate_gains, ablation_values, analyze_gains
+from .gains import (
+    ABLATION,
+    GainsAblation,
+    GainsResult,
+    GainsSetup,
+    ablate_gains,
+    ablation_values,
+    analyze_gains,
+    prepare_gains,
+)
 from .gains import ANALYSIS as GAINS
 from .jacobian import ProgressFn
 from .jacobian_analysis import ANALYSIS as JACOBIAN
@@ -31,6 +42,15 @@ from .layers_analysis import LayersResult, analyze_layers
 from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 from .spectrum_analysis import ANALYSIS as SPECTRUM
 from .spectrum_analysis import METHODS, SpectrumResult, analyze_spectrum
+from .steering import (
+    GenerationSettings,
+    MeanJacobians,
+    SteeringJacobian,
+    SteeringResult,
+    analyze_mean_jacobians,
+    compare,
+    plan_steering,
+)
 from .views import SITES
 
 R = TypeVar("R")
@@ -305,6 +325,135 @@ class Service:
             ABLATION, spec, info, [], params,
             lambda h: ablate_gains(h, data, vary, values, order=order, eps=eps, n_eval=n_eval, complement=complement,
                                    mode=mode, sizes=sizes, seed=seed, progress=progress),
+            progress,
+        )
+
+
+    # --- control and steering ---------------------------------------------------------------------
+    def control(
+        self,
+        spec: ModelSpec,
+        dataset: str | ConceptData,
+        targets: list[float] | tuple[float, ...],
+        *,
+        order: int = 32,
+        complement: str = "krylov",
+        n_eval: int = 16,
+        sizes: tuple[int, int, int] = (400, 200, 200),
+        seed: int = 0,
+        tol: float = 1e-2,
+        progress: ProgressFn | None = None,
+    ) -> Computed[ControlResult]:
+        """LLV and heuristic schedules for each target ``Δy``, validated in the full model (:mod:`lldd_core.control`), cached."""
+        info = self.info(spec, progress)
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        targets = [float(t) for t in targets]
+        params = {**self._gains_params(data, order, 0.0, n_eval, complement, "population", sizes, seed),
+                  "targets": targets, "tol": float(tol)}
+        return self._cached(
+            CONTROL, spec, info, [], params,
+            lambda h: analyze_control(h, data, targets, order=order, complement=complement, n_eval=n_eval, sizes=sizes,
+                                      seed=seed, tol=tol, progress=progress),
+            progress,
+        )
+
+    def _concept_setup(self, handle: ModelHandle, data: ConceptData, sizes: tuple[int, int, int], seed: int,
+                       progress: ProgressFn | None) -> GainsSetup:
+        """Directions and operating prompts of ``data`` on the resident model (memoized while it stays resident)."""
+        key = (handle.spec, data.fingerprint(), tuple(sizes), seed)
+        memo = self.__dict__.setdefault("_setups", {})
+        if key not in memo:
+            memo.clear()  # one model at a time: older setups belong to a model no longer resident
+            memo[key] = prepare_gains(handle, data, n_eval=1, sizes=sizes, seed=seed, progress=progress)
+        return memo[key]
+
+    def steer(
+        self,
+        spec: ModelSpec,
+        prompt: str,
+        method: str,
+        *,
+        dataset: str | ConceptData | None = None,
+        settings: GenerationSettings | None = None,
+        layers: list[int] | None = None,
+        strength: float = 4.0,
+        positions: str = "last",
+        dy: float = 1.0,
+        order: int = 32,
+        steer_text: str = "",
+        lam: float | None = None,
+        variant: str = "blend",
+        q: float = 10.0,
+        r: float = 10.0,
+        qf: float = 1.0,
+        sizes: tuple[int, int, int] = (400, 200, 200),
+        seed: int = 0,
+        streamers: tuple[object | None, object | None] = (None, None),
+        progress: ProgressFn | None = None,
+    ) -> Computed[SteeringResult]:
+        """Unsteered and steered continuations of ``prompt`` (:mod:`lldd_core.steering`), cached.
+
+        The pieces are cached too: the steering phrase's Jacobians per phrase and layer, LQR's mean
+        Jacobians per dataset. ``streamers`` (see :class:`~lldd_core.steering.CallbackStreamer`)
+        receive the tokens as they are generated; a cache hit returns at once without streaming.
+        """
+        info = self.info(spec, progress)
+        if not prompt.strip():
+            raise InputError("The prompt is empty: type a few words to continue.")
+        settings = settings or GenerationSettings()
+        settings.check()
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        params = {"prompt": prompt, "method": method, "settings": dict(settings.__dict__), "layers": layers,
+                  "strength": float(strength), "positions": positions, "dy": float(dy), "order": int(order),
+                  "steer_text": steer_text, "lam": lam, "variant": variant, "q": float(q), "r": float(r),
+                  "qf": float(qf), "sizes": [int(n) for n in sizes], "seed": int(seed),
+                  "dataset": data.name if data is not None else None,
+                  "fingerprint": data.fingerprint() if data is not None else None}
+        if method == "jacobian":  # no concept needed; a dataset only adds the readout
+            params.update(dy=None, order=None, q=None, r=None, qf=None, strength=None, positions=None)
+
+        def compute(h: ModelHandle) -> SteeringResult:
+            setup = self._concept_setup(h, data, sizes, seed, progress) if data is not None else None
+            A = J = None
+            if method == "lqr" and setup is not None:
+                A = torch.as_tensor(self.mean_jacobians(spec, data, sizes=sizes, seed=seed, progress=progress).result.A)
+            if method == "jacobian":
+                layer = layers[0] if layers else None
+                found = self.steering_jacobian(spec, steer_text, layer, progress=progress).result
+                J, layers_ = torch.as_tensor(found.J), [found.layer]
+            plan = plan_steering(h, method, setup=setup, layers=layers_ if method == "jacobian" else layers,
+                                 strength=strength, positions=positions, dy=dy, order=order, steer_text=steer_text,
+                                 lam=lam, variant=variant, q=q, r=r, qf=qf, A=A, J=J, seed=seed)
+            if progress is not None:
+                progress(0.5, "Generating")
+            return compare(h, prompt, plan, settings, dataset=data.name if data is not None else "", streamers=streamers)
+
+        return self._cached("steer", spec, info, info.encode(prompt), params, compute, progress)
+
+    def steering_jacobian(self, spec: ModelSpec, steer_text: str, layer: int | None = None,
+                          progress: ProgressFn | None = None) -> Computed[SteeringJacobian]:
+        """The steering phrase's detached Jacobians at ``x_layer`` (default: two thirds of the depth), cached."""
+        from .steering import analyze_steering_jacobian as compute
+        from .steering import default_layer
+
+        info = self.info(spec, progress)
+        layer = default_layer(info.n_layers) + 1 if layer is None else int(layer)
+        ids = info.encode(steer_text) if steer_text.strip() else []
+        return self._cached("steer-jacobian", spec, info, ids, {"layer": layer},
+                            lambda h: compute(h, steer_text, layer), progress)
+
+    def mean_jacobians(self, spec: ModelSpec, dataset: str | ConceptData, *, n_prompts: int = 50, max_tokens: int = 24,
+                       sizes: tuple[int, int, int] = (400, 200, 200), seed: int = 0,
+                       progress: ProgressFn | None = None) -> Computed[MeanJacobians]:
+        """LQR's dynamics: mean last-token block Jacobians of the operating prompts, cached per model and dataset."""
+        info = self.info(spec, progress)
+        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        params = {"dataset": data.name, "fingerprint": data.fingerprint(), "n_prompts": int(n_prompts),
+                  "max_tokens": int(max_tokens), "sizes": [int(n) for n in sizes], "seed": int(seed)}
+        return self._cached(
+            "mean-jacobians", spec, info, [], params,
+            lambda h: analyze_mean_jacobians(h, self._concept_setup(h, data, sizes, seed, progress),
+                                             n_prompts=n_prompts, max_tokens=max_tokens, progress=progress),
             progress,
         )
 

@@ -239,9 +239,13 @@ def plan_steering(
     r: float = 10.0,
     qf: float = 1.0,
     A: torch.Tensor | None = None,
+    J: torch.Tensor | None = None,
     seed: int = 0,
 ) -> SteeringPlan:
-    """Build one method's interventions (module doc). ``setup`` (a concept dataset) is needed except for ``jacobian``."""
+    """Build one method's interventions (module doc). ``setup`` (a concept dataset) is needed except for ``jacobian``.
+
+    ``A`` (LQR's mean Jacobians) and ``J`` (the steering phrase's Jacobians) may come from a cache.
+    """
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
     L = handle.n_layers
@@ -268,7 +272,7 @@ def plan_steering(
         if not 1 <= layer <= L:
             raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
         lam = 0.5 if lam is None else float(lam)
-        J = steering_jacobian(handle, handle.info.encode(steer_text), layer)
+        J = steering_jacobian(handle, handle.info.encode(steer_text), layer) if J is None else J
         return SteeringPlan(method, [JacobianSteering(J, layer, lam, variant)], readout, np.zeros(0),
                             {"steer_text": steer_text, "layer": layer, "lam": lam, "variant": variant})
     # lqr
@@ -313,3 +317,84 @@ def concept_setup(handle: ModelHandle, data: ConceptData, *, n_eval: int = 16, s
                   seed: int = 0, progress: Callable[[float, str], None] | None = None) -> GainsSetup:
     """Directions, class-mean differences and the operating prompts of ``data`` (shared with the gains)."""
     return prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed, progress=progress)
+
+
+# --- cached pieces and streaming -----------------------------------------------------------------
+
+
+@result_type
+class SteeringJacobian:
+    """A steering phrase's detached Jacobians ``J_i`` at ``x_layer`` (last token), with their reconstruction check."""
+
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    tokens: list
+    input_ids: list
+    layer: int
+    reconstruction_error: float  # ||x_layer - Σ_i J_i x_{0,i} - b|| / ||x_layer||
+    J: np.ndarray  # [T_s, d, d]
+
+
+def analyze_steering_jacobian(handle: ModelHandle, steer_text: str, layer: int) -> SteeringJacobian:
+    """The detached Jacobian of ``steer_text`` at ``x_layer`` (no final norm), checked by reconstruction."""
+    from .jacobian import reconstruct, relative_error
+
+    if not steer_text.strip():
+        raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
+    L = handle.n_layers
+    if not 1 <= layer <= L:
+        raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
+    ids = handle.info.encode(steer_text)
+    op = jacobian_operator(handle.model, handle.adapter, torch.tensor(ids), layer=layer, final_norm=False)
+    full = op.full()
+    err = relative_error(op.y, reconstruct(full.J, op.x0, full.b))
+    return SteeringJacobian(**handle.result_fields(ids), layer=int(layer), reconstruction_error=err,
+                            J=full.J.detach().cpu().numpy())
+
+
+@result_type
+class MeanJacobians:
+    """The operating prompts' mean last-token block Jacobians ``A_k`` (LQR's dynamics)."""
+
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    dataset: str
+    n_prompts: int
+    max_tokens: int
+    A: np.ndarray  # [L, d, d]
+
+
+def analyze_mean_jacobians(handle: ModelHandle, setup: GainsSetup, *, n_prompts: int = 50, max_tokens: int = 24,
+                           progress: Callable[[float, str], None] | None = None) -> MeanJacobians:
+    """``A_k`` averaged over up to ``n_prompts`` operating prompts cut to their last ``max_tokens`` tokens.
+
+    (The LQR reference averages over 50 prompts with the context cut to 24 tokens.)
+    """
+    prompts = [ids[-max_tokens:] for ids in setup.operating[:n_prompts]]
+    A = mean_jacobians(handle, prompts, pad_id=setup.pad, progress=progress)
+    return MeanJacobians(**handle.result_fields(), dataset=setup.data.name, n_prompts=len(prompts),
+                         max_tokens=int(max_tokens), A=A.detach().cpu().numpy())
+
+
+class CallbackStreamer:
+    """A ``generate`` streamer (``put``/``end``) that calls ``on_text(text so far)`` after every token (batch 1)."""
+
+    def __init__(self, tokenizer: object, on_text: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first passes the prompt
+            self._prompt_seen = True
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        self.on_text(self.tokenizer.decode(self.ids))
+
+    def end(self) -> None:
+        self.on_text(self.tokenizer.decode(self.ids))

@@ -168,3 +168,29 @@ def test_compare_reports_texts_and_readouts(steer_env):
         plan_steering(handle, "lqr")
     with pytest.raises(InputError, match="steering phrase"):
         plan_steering(handle, "jacobian", steer_text="")
+
+
+def test_service_caches_steering_and_its_pieces(tiny_dirs, tmp_path):
+    from lldd_core.cache import ResultCache
+    from lldd_core.models import ModelSpec
+    from lldd_core.service import Service
+    from lldd_core.steering import CallbackStreamer
+
+    svc = Service(ResultCache(tmp_path / "cache"))
+    spec = ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")
+    common = {"dataset": "sentiment", "settings": GREEDY, "sizes": (6, 4, 3)}
+    seen: list[str] = []
+    tok = svc.info(spec).tokenizer
+    first = svc.steer(spec, "The movie was", "lqr", q=1.0, r=1.0, qf=1.0, lam=2.0, **common,
+                      streamers=(None, CallbackStreamer(tok, seen.append)))
+    assert not first.cache_hit and seen and seen[-1] == first.result.steered  # streamed as generated
+    assert svc.steer(spec, "The movie was", "lqr", q=1.0, r=1.0, qf=1.0, lam=2.0, **common).cache_hit
+    A = svc.mean_jacobians(spec, "sentiment", sizes=(6, 4, 3))
+    assert A.cache_hit and A.result.A.shape == (2, 32, 32)
+    jac = svc.steer(spec, "The movie was", "jacobian", steer_text="The Golden Gate", lam=0.3, settings=GREEDY)
+    J = svc.steering_jacobian(spec, "The Golden Gate", jac.result.params["layer"])
+    assert J.cache_hit and J.result.reconstruction_error < 1e-10  # float64: the detached Jacobians reproduce x_layer
+    assert jac.result.readout_steered.size == 0  # no dataset: no readout
+    with pytest.raises(InputError, match="empty"):
+        svc.steer(spec, " ", "additive", **common)
+    svc.cache.close()
