@@ -376,7 +376,7 @@ class Service:
         dataset: str | ConceptData | None = None,
         settings: GenerationSettings | None = None,
         layers: list[int] | None = None,
-        strength: float = 4.0,
+        strength: float | None = None,
         positions: str = "last",
         dy: float = 1.0,
         order: int = 32,
@@ -404,7 +404,7 @@ class Service:
         settings.check()
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         params = {"prompt": prompt, "method": method, "settings": dict(settings.__dict__), "layers": layers,
-                  "strength": float(strength), "positions": positions, "dy": float(dy), "order": int(order),
+                  "strength": None if strength is None else float(strength), "positions": positions, "dy": float(dy), "order": int(order),
                   "steer_text": steer_text, "lam": lam, "variant": variant, "q": float(q), "r": float(r),
                   "qf": float(qf), "sizes": [int(n) for n in sizes], "seed": int(seed),
                   "dataset": data.name if data is not None else None,
@@ -437,7 +437,7 @@ class Service:
         from .steering import default_layer
 
         info = self.info(spec, progress)
-        layer = default_layer(info.n_layers) + 1 if layer is None else int(layer)
+        layer = max(1, default_layer(info.n_layers)) if layer is None else int(layer)
         ids = info.encode(steer_text) if steer_text.strip() else []
         return self._cached("steer-jacobian", spec, info, ids, {"layer": layer},
                             lambda h: compute(h, steer_text, layer), progress)

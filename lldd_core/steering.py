@@ -133,13 +133,6 @@ def readout_along(handle: ModelHandle, generated: Generated, readout: torch.Tens
 # --- the methods' interventions ------------------------------------------------------------------
 
 
-def additive(directions: torch.Tensor, layers: Sequence[int], strength: float, positions: str = "last") -> AddVectors:
-    """``α v_l`` at each layer in ``layers``."""
-    if positions not in POSITIONS:
-        raise InputError(f"Positions must be one of {', '.join(POSITIONS)}; got {positions!r}.")
-    return AddVectors({int(l): strength * directions[int(l)] for l in layers}, positions)
-
-
 def llv_schedule(directions: torch.Tensor, u: np.ndarray) -> AddVectors:
     """``u_l v_l`` at every layer with a non-zero ``u_l``, at the last position."""
     return AddVectors({l: float(u[l]) * directions[l] for l in range(len(u)) if u[l] != 0}, "last")
@@ -218,7 +211,7 @@ class SteeringPlan:
 
 
 def default_layer(n_layers: int) -> int:
-    """Two thirds of the depth (the papers' choice), as a block-input index ``0..L-1``."""
+    """Two thirds of the depth (the papers' choice): ``x_l`` with ``l = round(2L/3)`` (at most ``L - 1``)."""
     return max(0, min(n_layers - 1, round(2 * n_layers / 3)))
 
 
@@ -228,7 +221,7 @@ def plan_steering(
     *,
     setup: GainsSetup | None = None,
     layers: Sequence[int] | None = None,
-    strength: float = 4.0,
+    strength: float | None = None,
     positions: str = "last",
     dy: float = 1.0,
     order: int = 32,
@@ -257,10 +250,16 @@ def plan_steering(
         bad = [l for l in layers if not 0 <= l < L or (l == 0 and 0 not in setup.layers)]
         if bad or not layers:
             raise InputError(f"Layers must lie in {min(setup.layers)}..{L - 1} for this model and dataset; got {layers}.")
+        if positions not in POSITIONS:
+            raise InputError(f"Positions must be one of {', '.join(POSITIONS)}; got {positions!r}.")
+        # default strength: one class-mean distance ||E_l|| at each layer (the concept's own scale)
+        amounts = {l: float(setup.differences[l].norm()) if strength is None else float(strength) for l in layers}
         sched = np.zeros(L)
-        sched[layers] = strength
-        return SteeringPlan(method, [additive(setup.directions, layers, strength, positions)], readout, sched,
-                            {"layers": layers, "strength": float(strength), "positions": positions})
+        for l, a in amounts.items():
+            sched[l] = a
+        vectors = AddVectors({l: a * setup.directions[l] for l, a in amounts.items()}, positions)
+        return SteeringPlan(method, [vectors], readout, sched,
+                            {"layers": layers, "strength": [amounts[l] for l in layers], "positions": positions})
     if method == "llv":
         h = population_gains(setup, min(order, handle.info.d_model), "krylov", seed)
         u = schedules(h, setup.layers, L, dy, seed)["llv"]
@@ -268,7 +267,7 @@ def plan_steering(
     if method == "jacobian":
         if not steer_text.strip():
             raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
-        layer = default_layer(L) + 1 if layers is None else int(next(iter(layers)))
+        layer = max(1, default_layer(L)) if layers is None else int(next(iter(layers)))
         if not 1 <= layer <= L:
             raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
         lam = 0.5 if lam is None else float(lam)

@@ -194,3 +194,42 @@ def test_service_caches_steering_and_its_pieces(tiny_dirs, tmp_path):
     with pytest.raises(InputError, match="empty"):
         svc.steer(spec, " ", "additive", **common)
     svc.cache.close()
+
+
+def test_demo_additive_sentiment_steering_turns_a_negative_review(demo_default):
+    """Issue 6 acceptance on the default demo model (gpt2-small, 4 layers).
+
+    Measured: "The service at the diner was terrible and I" -> unsteered " hate it. Avoid it."
+    (readout -4.16); α = 8 along v_1 at the last position -> " enjoy it. Worth every penny." (2.74).
+    """
+    from lldd_core.models import ModelSpec, load_model as load_spec
+
+    handle = load_spec(ModelSpec(str(demo_default), device="cpu"))
+    setup = concept_setup(handle, load("sentiment"), n_eval=1)
+    prompt = "The service at the diner was terrible and I"
+    plan = plan_steering(handle, "additive", setup=setup, layers=[1], strength=8.0)
+    r = compare(handle, prompt, plan, GenerationSettings(max_new_tokens=12))
+    assert r.steered != r.unsteered
+    assert r.readout_steered.mean() > r.readout_unsteered.mean() + 1.0
+    # the default strength (one class-mean distance at the layer) also lifts the readout
+    default = compare(handle, prompt, plan_steering(handle, "additive", setup=setup, layers=[1]),
+                      GenerationSettings(max_new_tokens=12))
+    assert default.readout_steered.mean() > default.readout_unsteered.mean()
+
+
+def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(demo_llama):
+    """On demo:llama-small, the Jacobian of "The capital of France is" at x_4 (blend, λ = 0.2) writes " Paris"
+    into "Could you please pass the salt?" (unsteered: end of text). Measured: λ <= 0.3 at x_4 all do;
+    "The bridge out of Marin is the" brings "Golden Gate" into a restaurant review at x_4, λ 0.1-0.2.
+    """
+    from lldd_core.models import ModelSpec, load_model as load_spec
+
+    handle = load_spec(ModelSpec(str(demo_llama), device="cpu"))
+    settings = GenerationSettings(max_new_tokens=12)
+    prompt = "Could you please pass the salt?"
+    plan = plan_steering(handle, "jacobian", steer_text="The capital of France is", layers=[4], lam=0.2)
+    r = compare(handle, prompt, plan, settings)
+    assert "Paris" in r.steered and "Paris" not in r.unsteered
+    bridge = plan_steering(handle, "jacobian", steer_text="The bridge out of Marin is the", layers=[4], lam=0.2)
+    r2 = compare(handle, "We went to the cafe and the food was", bridge, settings)
+    assert "Golden" in r2.steered and "Golden" not in r2.unsteered
