@@ -205,3 +205,58 @@ def test_layers_page_in_a_real_browser(server: str) -> None:
             assert errors.count() == 0, errors.all_inner_texts()
         finally:
             browser.close()
+
+
+def test_gain_curves_page_in_a_real_browser(server: str) -> None:
+    """The Gain curves page by its URL: small settings, compute, figures, table, one ablation, no error."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    shot = ROOT / "test-output" / "browser_gain_curves.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=COMPUTE_S * 1000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(server + "/gain-curves", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Gain curves")).to_be_visible()
+            page.wait_for_timeout(1500)  # the first session's "Page not found" dialog (see the Layers test)
+            dialog = page.get_by_role("dialog")
+            if dialog.count():
+                page.keyboard.press("Escape")
+                expect(dialog).to_have_count(0)
+            expect(page.get_by_role("combobox", name="Concept dataset")).to_have_value(re.compile(r"^sentiment"))
+            # small settings (Tab, not Enter: Enter would submit the form at the first field)
+            for label, value in [("Concept", "6"), ("Operating", "4"), ("Evaluation", "3"), ("Reduced order d", "4"),
+                                 ("Evaluation prompts", "3")]:
+                field = page.get_by_label(label, exact=True)
+                field.fill(value)
+                field.press("Tab")
+            page.get_by_role("button", name="Compute gain curves").click()
+            expect(page.locator('[data-testid="stMetric"]', has_text="Mean Spearman")).to_be_visible()
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+            expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
+            expect(page.get_by_text("Split sizes: 6/4/3 per class")).to_be_visible()
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+            prompts = page.locator('[data-testid="stMetric"]', has_text="Evaluation prompts")
+            expect(prompts.locator('[data-testid="stMetricValue"]')).to_have_text("3")
+
+            page.get_by_role("tab", name="Complement").click()
+            page.get_by_role("button", name="Run ablation over the complement").click()
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)
+            expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)
+            expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+            height = page.evaluate(
+                "Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], [data-testid=\"stMain\"] *')]"
+                ".map(e => e.scrollHeight))"
+            )
+            page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 8000)})
+            page.wait_for_timeout(800)  # plotly redraws on resize
+            page.screenshot(path=str(shot), full_page=True)
+            errors = page.locator(ERROR_SELECTOR)
+            assert errors.count() == 0, errors.all_inner_texts()
+        finally:
+            browser.close()

@@ -202,7 +202,8 @@ def test_demo_additive_sentiment_steering_turns_a_negative_review(demo_default):
     Measured: "The service at the diner was terrible and I" -> unsteered " hate it. Avoid it."
     (readout -4.16); α = 8 along v_1 at the last position -> " enjoy it. Worth every penny." (2.74).
     """
-    from lldd_core.models import ModelSpec, load_model as load_spec
+    from lldd_core.models import ModelSpec
+    from lldd_core.models import load_model as load_spec
 
     handle = load_spec(ModelSpec(str(demo_default), device="cpu"))
     setup = concept_setup(handle, load("sentiment"), n_eval=1)
@@ -222,7 +223,8 @@ def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(dem
     into "Could you please pass the salt?" (unsteered: end of text). Measured: λ <= 0.3 at x_4 all do;
     "The bridge out of Marin is the" brings "Golden Gate" into a restaurant review at x_4, λ 0.1-0.2.
     """
-    from lldd_core.models import ModelSpec, load_model as load_spec
+    from lldd_core.models import ModelSpec
+    from lldd_core.models import load_model as load_spec
 
     handle = load_spec(ModelSpec(str(demo_llama), device="cpu"))
     settings = GenerationSettings(max_new_tokens=12)
