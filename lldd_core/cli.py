@@ -6,6 +6,10 @@ Commands::
     python -m lldd_core spectrum --prompt TEXT [--layer K] [--top-k 8] [--decode 8]   decoded spectra
     python -m lldd_core layers --prompt TEXT [--top-k 8] [--no-lens]   every layer's views
     python -m lldd_core gains --dataset D [--order 32] [--eps 0.1] [--n-eval 32]   LLV gain curves
+    python -m lldd_core sweep --models A,B,C|--family F --datasets X,Y [gains options] [--status-only]
+                                                                     the scaling study: gains of every cell
+    python -m lldd_core control --dataset D --target 0.5,1,2        LLV vs heuristic schedules, validated
+    python -m lldd_core steer --prompt P --method additive|llv|jacobian|lqr [...]   steered vs unsteered text
     python -m lldd_core datasets [--json -]                          concept datasets it can use
     python -m lldd_core demo build [--size S|all] [--arch A] [--force]   build the demo models
     python -m lldd_core demo info [--json -]                        list the demo models
@@ -220,7 +224,7 @@ def _print_jacobian(p: dict[str, Any], k: int) -> None:
     out.write(f"top-{k} singular values per token:\n")
     width = max(len(repr(t)) for t in p["tokens"])
     for i, (tok, sv) in enumerate(zip(p["tokens"], p["singular_values"])):
-        out.write(f"  {i:>3} {repr(tok):<{width}}  " + " ".join(f"{v:.3e}" for v in sv) + "\n")
+        out.write(f"  {i:>3} {tok!r:<{width}}  " + " ".join(f"{v:.3e}" for v in sv) + "\n")
     out.write(f"{'cache hit' if p['cache_hit'] else 'computed'} in {p['elapsed_s']:.2f} s\n")
 
 
@@ -327,6 +331,251 @@ def cmd_gains(args: argparse.Namespace) -> int:
         out.write(f"agreement  mean Spearman {r.mean_spearman:.3f}, mean Pearson {r.mean_pearson:.3f}; best layer: "
                   f"predicted {r.best_layer_predicted}, measured {r.best_layer_measured}, exact "
                   f"{r.best_layer_exact}\n")
+
+    return _report(args, computed, start, body)
+
+
+# --- the scaling sweep -------------------------------------------------------------------------
+
+
+def _sweep_command(args: argparse.Namespace) -> str:
+    """The command line that repeats this sweep (to resume it): every setting spelled out."""
+    import shlex
+
+    parts = ["python", "-m", "lldd_core", "sweep"]
+    parts += ["--family", args.family] if args.family else ["--models", args.models]
+    parts += ["--datasets", args.datasets, "--order", str(args.order), "--eps", f"{args.eps:g}", "--n-eval",
+              str(args.n_eval), "--complement", args.complement, "--mode", args.mode, "--sizes", args.sizes,
+              "--seed", str(args.seed), "--dtype", args.dtype, "--device", args.device]
+    parts += [flag for flag, on in (("--trust-remote-code", args.trust_remote_code),
+                                    ("--allow-pickle", args.allow_pickle)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _cell_line(cell: Any) -> str:
+    """One line per finished cell: ``[computed] model × dataset: Spearman 0.930, Pearson 0.912 (1.2 s)``."""
+    head = f"[{cell.status}] {cell.model} × {cell.dataset}"
+    if cell.done:
+        return (f"{head}: Spearman {_fmt(cell.mean_spearman)}, Pearson {_fmt(cell.mean_pearson)} "
+                f"({cell.elapsed_s:.1f} s)")
+    return f"{head}: {cell.message}" if cell.status == "failed" else head  # unavailable: the notes say why
+
+
+def _fmt(x: float | None) -> str:
+    return f"{x:.3f}" if x is not None and math.isfinite(x) else "-"
+
+
+class _SweepBars:
+    """tqdm on stderr over the cells to compute, the running cell's own bar under it, a line per cell."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.inner = _Progress(enabled)
+        self.finished: list[Any] = []
+
+    def progress(self, done: int, total: int, message: str) -> None:
+        if not self.enabled or total == 0:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=sys.stderr, unit="cell", desc="sweep", dynamic_ncols=True)
+        self.bar.n = done
+        self.bar.set_postfix_str(message[-70:], refresh=True)
+
+    def cell(self, fraction: float, message: str) -> None:
+        self.inner(fraction, message)
+
+    def on_cell(self, cell: Any) -> None:
+        self.finished.append(cell)
+        self.inner.close()
+        self.inner = _Progress(self.enabled)
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(_cell_line(cell), file=sys.stderr)
+
+    def close(self) -> None:
+        self.inner.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_sweep(cells: list[Any], elapsed: float) -> None:
+    """The cells as a table (model, params, dataset, status, mean Spearman, mean Pearson) and their notes."""
+    from .sweep import fill_params, summary_line
+
+    rows = [("model", "params", "dataset", "status", "Spearman", "Pearson")]
+    for c in fill_params(cells):
+        params = _format_params(c.n_params) if c.n_params is not None else "?"
+        rows.append((c.model, params, c.dataset, c.status, _fmt(c.mean_spearman), _fmt(c.mean_pearson)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = sys.stdout
+    for r in rows:
+        out.write("  ".join(v.rjust(w) if i in (1, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                  .rstrip() + "\n")
+    notes: dict[tuple[str, str], list[str]] = {}  # (status, message) -> cells: one model or dataset often
+    for c in cells:                                  # explains a whole row or column of the grid
+        if c.message and not c.done:
+            notes.setdefault((c.status, c.message), []).append(f"{c.model} × {c.dataset}")
+    if notes:
+        out.write("notes:\n")
+        for (status, message), where in notes.items():
+            out.write(f"  [{status}] {', '.join(where)}:\n    {message}\n")
+    out.write(f"{summary_line(cells)} in {elapsed:.2f} s\n")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .models import ModelSpec
+    from .service import get_service
+    from .sweep import FAMILIES, STATUSES, GainSettings, family_models, parse_list, run_sweep, sweep_status
+
+    start = time.perf_counter()
+    models = family_models(args.family) if args.family else parse_list(args.models or "")
+    datasets = parse_list(args.datasets)
+    if not models:
+        raise InputError(f"No models: give --models a,b,c (hub ids, paths, demo:<name>) or --family "
+                         f"{'|'.join(FAMILIES)}.")
+    if not datasets:
+        raise InputError("No datasets: give --datasets x,y (names from the datasets command, or CSV/JSONL files).")
+    try:
+        sizes = tuple(int(n) for n in args.sizes.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3:
+        raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
+    settings = GainSettings(order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
+                            mode=args.mode, sizes=sizes, seed=args.seed).check()
+    like = ModelSpec(models[0], dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                     allow_pickle=args.allow_pickle)
+    service = get_service()
+    if args.status_only:
+        cells = sweep_status(service, models, datasets, like=like, settings=settings)
+    else:
+        bars = _SweepBars(not args.quiet)
+        try:
+            cells = run_sweep(service, models, datasets, like=like, settings=settings, progress=bars.progress,
+                              cell_progress=bars.cell, on_cell=bars.on_cell).cells
+        except KeyboardInterrupt:
+            bars.close()
+            n = len(models) * len(datasets)
+            sys.stderr.write(
+                f"interrupted after {len(bars.finished)} of {n} cells; every finished cell is stored in the cache. "
+                f"Resume with the same command:\n  {_sweep_command(args)}\n"
+            )
+            return 130
+        finally:
+            bars.close()
+    elapsed = time.perf_counter() - start
+    done = sum(c.done for c in cells)
+    if args.json:
+        counts = {s: sum(c.status == s for c in cells) for s in STATUSES}
+        _emit_json({"models": models, "datasets": datasets, "settings": settings.as_dict(), "dtype": args.dtype,
+                    "device": args.device, "status_only": bool(args.status_only), "counts": counts,
+                    "complete": done == len(cells), "elapsed_s": elapsed, "cells": [c.as_dict() for c in cells]},
+                   args.json)
+    if args.json != "-":
+        _print_sweep(cells, elapsed)
+    if done == len(cells):
+        return 0
+    bad = [c for c in cells if c.status in ("failed", "unavailable")]
+    missing = len(cells) - done - len(bad)
+    if bad:
+        what = ", ".join(f"{sum(c.status == s for c in bad)} {s}" for s in ("failed", "unavailable")
+                         if any(c.status == s for c in bad))
+        sys.stderr.write(f"not complete: {what} of {len(cells)} cells (see the notes); fix the cause and run the "
+                         "same command again, finished cells are kept\n")
+    if missing:
+        sys.stderr.write(f"{missing} of {len(cells)} cells have no result yet: run without --status-only to "
+                         "compute them\n")
+    return 1
+
+
+def _dataset_arg(value: str | None):
+    """A dataset name, or a user file loaded (its fingerprint keys the cache)."""
+    from .concepts import load_user_file
+
+    if value is None:
+        return None
+    return load_user_file(value) if os.path.isfile(value) else value
+
+
+def _sizes_arg(text: str) -> tuple[int, int, int]:
+    from .errors import InputError
+
+    try:
+        sizes = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3:
+        raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
+    return sizes  # type: ignore[return-value]
+
+
+def _floats_arg(text: str, name: str) -> list[float]:
+    from .errors import InputError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{name} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}.") from None
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    start = time.perf_counter()
+    dataset = _dataset_arg(args.dataset)
+    targets = _floats_arg(args.target, "--target")
+    sizes = _sizes_arg(args.sizes)
+    computed = _run_analysis(args, lambda svc, spec, progress: svc.control(
+        spec, dataset, targets, order=args.order, complement=args.complement, n_eval=args.n_eval, sizes=sizes,
+        seed=args.seed, tol=args.tol, progress=progress))
+
+    def body(r, out) -> None:
+        out.write(f"dataset    {r.dataset}: {r.classes[0]} vs {r.classes[1]}; surrogate order {r.order} "
+                  f"({r.complement}); {r.n_prompts} evaluation prompts; tolerance {r.tol:g} of Δy\n")
+        out.write("gains h    " + " ".join(f"{g:.3f}" for g in r.gains) + "\n")
+        for j, dy in enumerate(r.targets):
+            out.write(f"\nΔy = {dy:g}\n{'schedule':<9} {'reached':>8} {'achieved':>9} {'energy':>10} {'vs llv':>8}   u over layers\n")
+            ref = r.energy[r.names.index("llv"), j]
+            for s, name in enumerate(r.names):
+                e = r.energy[s, j]
+                ratio = f"{e / ref:7.2f}x" if r.reached[s, j] and np.isfinite(ref) and ref > 0 else "      -"
+                energy = f"{e:10.4g}" if r.reached[s, j] else "         -"
+                out.write(f"{name:<9} {'yes' if r.reached[s, j] else 'NO':>8} {r.achieved[s, j]:9.4f} {energy} "
+                          f"{ratio}   " + " ".join(f"{x:.3g}" for x in r.u[s, j]) + "\n")
+
+    return _report(args, computed, start, body)
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    from .steering import GenerationSettings
+
+    start = time.perf_counter()
+    dataset = _dataset_arg(args.dataset)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    layers = [int(x) for x in _floats_arg(args.layer, "--layer")] if args.layer else None
+    computed = _run_analysis(args, lambda svc, spec, progress: svc.steer(
+        spec, args.prompt, args.method, dataset=dataset, settings=settings, layers=layers, strength=args.strength,
+        positions=args.positions, dy=args.dy, order=args.order, steer_text=args.steer_text or "", lam=args.lam,
+        variant=args.variant, q=args.q, r=args.r, qf=args.qf, sizes=_sizes_arg(args.sizes), seed=args.seed,
+        progress=progress))
+
+    def body(r, out) -> None:
+        out.write(f"method     {r.method}  {r.params}\n")
+        out.write(f"prompt     {r.prompt!r}\n")
+        out.write(f"unsteered  {r.unsteered!r}\n")
+        out.write(f"steered    {r.steered!r}\n")
+        if r.readout_unsteered.size or r.readout_steered.size:
+            def mean(x) -> str:
+                return f"{x.mean():.3f}" if x.size else "-"
+
+            out.write(f"readout    mean over generated tokens ({r.dataset}): unsteered {mean(r.readout_unsteered)}, "
+                      f"steered {mean(r.readout_steered)}\n")
 
     return _report(args, computed, start, body)
 
@@ -572,6 +821,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
     p.set_defaults(func=cmd_gains)
+
+    from .models import DEVICE_CHOICES, DTYPES
+    from .sweep import FAMILIES
+
+    p = sub.add_parser(
+        "sweep",
+        help="the scaling study: gain-curve agreement of every model × dataset, resumable, into the same cache",
+        description="Run the gains analysis (same settings and cache as the gains command and the dashboard) for "
+        "every model of --models or --family on every dataset of --datasets, model by model. Finished cells are "
+        "stored as they complete, so an interrupted sweep resumes by running the same command; cached cells are "
+        "skipped without loading their model. Exit status 0 when every cell has a result, 1 otherwise.",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--models", default=None,
+                       help="comma-separated hub ids, local directories or demo:<name>, smallest first")
+    which.add_argument("--family", choices=list(FAMILIES), default=None,
+                       help="a model family: demo (demo:gpt2-small/medium/large, nothing downloaded), gpt2 "
+                       "(gpt2, gpt2-medium, gpt2-large: the LLV paper's), pythia (EleutherAI/pythia-70m..1b)")
+    p.add_argument("--datasets", default="sentiment",
+                   help="comma-separated dataset names (see the datasets command) or CSV/JSONL files "
+                   "(default: %(default)s)")
+    p.add_argument("--order", type=int, default=32, help="reduced order d of the surrogate (default 32)")
+    p.add_argument("--eps", type=float, default=0.1, help="injection size ε for the measured gains (default 0.1)")
+    p.add_argument("--n-eval", type=int, default=32, help="evaluation prompts (default 32)")
+    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
+                   help="how the basis is completed beyond v_l (default krylov)")
+    p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
+                   help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
+    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
+    p.add_argument("--status-only", action="store_true",
+                   help="only report what the cache holds (loads no weights, builds nothing)")
+    g = p.add_argument_group("models")
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: %(default)s")
+    g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or a torch device "
+                   "(default: auto)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repositories to run")
+    g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights; safetensors only "
+                   "otherwise")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="write the cells as JSON to FILE ('-' for stdout: then no table)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("control", help="least-energy (LLV) and heuristic multi-layer schedules, validated in the model")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True, help="a dataset name or a CSV/JSONL file with text and label columns")
+    p.add_argument("--target", default="1.0", help="target readout shift(s) Δy, comma-separated (default 1.0)")
+    p.add_argument("--order", type=int, default=32, help="reduced order of the surrogate (default 32)")
+    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov")
+    p.add_argument("--n-eval", type=int, default=16, help="evaluation prompts the shift is averaged over (default 16)")
+    p.add_argument("--tol", type=float, default=1e-2, help="relative tolerance on Δy of the bisection (default 0.01)")
+    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and of the random-layer schedule")
+    p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("steer", help="steered generation beside the unsteered one, with the concept readout")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--method", choices=["additive", "llv", "jacobian", "lqr"], required=True)
+    p.add_argument("--dataset", default=None, help="concept dataset (needed except for jacobian; adds the readout)")
+    p.add_argument("--layer", default=None,
+                   help="additive: block-input layer(s) 0..L-1, comma-separated; jacobian: x_layer, 1..L "
+                        "(default: two thirds of the depth)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="additive α (default: one class-mean distance ||E_l|| at the layer)")
+    p.add_argument("--positions", choices=["last", "all"], default="last", help="additive: where to add α v_l")
+    p.add_argument("--dy", type=float, default=1.0, help="llv: target readout shift Δy")
+    p.add_argument("--order", type=int, default=32, help="llv: reduced order of the surrogate")
+    p.add_argument("--steer-text", default=None, help="jacobian: the steering phrase, e.g. 'The Golden Gate'")
+    p.add_argument("--lam", type=float, default=None,
+                   help="jacobian: λ (blend: 1 = unsteered; additive: 0 = unsteered; default 0.5); lqr: setpoint "
+                        "scale (default 1)")
+    p.add_argument("--variant", choices=["blend", "additive"], default="blend", help="jacobian: the paper's blend or "
+                   "the reference implementation's norm-matched addition")
+    p.add_argument("--q", type=float, default=10.0, help="lqr: state weight (default 10)")
+    p.add_argument("--r", type=float, default=10.0, help="lqr: control weight (default 10)")
+    p.add_argument("--qf", type=float, default=1.0, help="lqr: terminal state weight (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed and split seed")
+    p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("datasets", help="the concept datasets lldd can use: built-in, paper (hub), and whether offline")
     p.add_argument("--json", metavar="FILE", default=None, help="write as JSON to FILE ('-' for stdout)")

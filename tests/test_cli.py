@@ -163,3 +163,35 @@ def test_gains_json_and_datasets(capsys, tiny_dirs, tmp_path):
     rows = json.loads(out)["datasets"]
     assert len(rows) == 14 and {r["name"] for r in rows} >= {"sentiment", "sst2", "mnli"}
     assert all(r["available_offline"] for r in rows if r["name"] in ("sentiment", "politeness", "topic", "truth"))
+
+
+def test_control_json_has_every_schedule(capsys, tiny_dirs):
+    args = ("control", "--model", str(tiny_dirs["gpt2"]), "--dataset", "sentiment", "--target", "0.5,1", "--order", "4",
+            "--n-eval", "2", "--sizes", "6,4,3", "--json", "-", "--quiet")
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    payload = json.loads(out)
+    assert set(payload["schedules"]) == {"llv", "uniform", "last", "middle", "early", "random"}
+    for rows in payload["schedules"].values():
+        assert [row["target"] for row in rows] == [0.5, 1.0]
+        assert all({"u", "energy", "achieved", "reached"} <= set(row) for row in rows)
+    code, _, err = _run(capsys, "control", "--model", str(tiny_dirs["gpt2"]), "--dataset", "sentiment", "--target", "x")
+    assert code == 2 and "comma-separated" in err
+
+
+@pytest.mark.parametrize("method,extra", [("additive", ["--dataset", "sentiment", "--strength", "0"]),
+                                         ("jacobian", ["--steer-text", "The Golden Gate", "--lam", "1"]),
+                                         ("lqr", ["--dataset", "sentiment", "--q", "0", "--qf", "0"]),
+                                         ("llv", ["--dataset", "sentiment", "--dy", "0", "--order", "4"])])
+def test_steer_at_zero_strength_gives_the_unsteered_text(capsys, tiny_dirs, method, extra):
+    args = ("steer", "--model", str(tiny_dirs["llama"]), "--prompt", "The movie was", "--method", method,
+            "--sizes", "6,4,3", "--max-new-tokens", "5", "--json", "-", "--quiet", *extra)
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["steered"] == payload["unsteered"]
+    if method != "jacobian":
+        assert len(payload["readout_steered"]) == len(payload["steered_tokens"])
+        assert payload["readout_steered"] == payload["readout_unsteered"]
+    code, _, err = _run(capsys, "steer", "--model", str(tiny_dirs["llama"]), "--prompt", "x", "--method", "lqr")
+    assert code == 2 and "dataset" in err
