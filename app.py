@@ -21,6 +21,10 @@ st.set_page_config(page_title="lldd", page_icon="📐", layout="wide")
 PAGES = [
     st.Page("pages/detached_jacobian.py", title="Detached Jacobian", icon="🧮", url_path="jacobian", default=True),
     st.Page("pages/layers.py", title="Layers", icon=":material/layers:", url_path="depth"),
+    st.Page("pages/gains.py", title="Gain curves", icon=":material/show_chart:", url_path="gain-curves"),
+    st.Page("pages/scaling.py", title="Scaling", icon=":material/stacked_line_chart:", url_path="model-scaling"),
+    st.Page("pages/control.py", title="Control", icon=":material/tune:", url_path="control-schedules"),
+    st.Page("pages/steering.py", title="Steering", icon=":material/alt_route:", url_path="steer"),
 ]
 
 page = st.navigation(PAGES)

@@ -409,8 +409,15 @@ class Service:
                   "qf": float(qf), "sizes": [int(n) for n in sizes], "seed": int(seed),
                   "dataset": data.name if data is not None else None,
                   "fingerprint": data.fingerprint() if data is not None else None}
-        if method == "jacobian":  # no concept needed; a dataset only adds the readout
-            params.update(dy=None, order=None, q=None, r=None, qf=None, strength=None, positions=None)
+        # only the options the method reads enter the key (more hits, and a CLI default cannot split entries)
+        unused = {"additive": ("dy", "order", "q", "r", "qf", "steer_text", "lam", "variant"),
+                  "llv": ("layers", "strength", "positions", "q", "r", "qf", "steer_text", "lam", "variant"),
+                  "jacobian": ("dy", "order", "q", "r", "qf", "strength", "positions"),
+                  "lqr": ("layers", "strength", "positions", "dy", "order", "steer_text", "variant")}
+        for name in unused.get(method, ()):
+            params[name] = None
+        if method == "jacobian" and not steer_text.strip():
+            raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
 
         def compute(h: ModelHandle) -> SteeringResult:
             setup = self._concept_setup(h, data, sizes, seed, progress) if data is not None else None

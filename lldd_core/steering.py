@@ -32,7 +32,15 @@ from .control import population_gains, schedules
 from .depth import _block_hooks, last_token_actions, pad_batch
 from .errors import InputError
 from .gains import GainsSetup, prepare_gains
-from .interventions import POSITIONS, AddVectors, Intervention, JacobianSteering, LQRFeedback, intervene
+from .interventions import (
+    JACOBIAN_VARIANTS,
+    POSITIONS,
+    AddVectors,
+    Intervention,
+    JacobianSteering,
+    LQRFeedback,
+    intervene,
+)
 from .jacobian import jacobian_operator
 from .lqr import riccati_gains, setpoints
 from .models import ModelHandle
@@ -241,6 +249,8 @@ def plan_steering(
     """
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    if variant not in JACOBIAN_VARIANTS:
+        raise InputError(f"Unknown Jacobian variant {variant!r}: choose one of {', '.join(JACOBIAN_VARIANTS)}.")
     L = handle.n_layers
     readout = setup.directions[L] if setup is not None else None
     if method != "jacobian" and setup is None:

@@ -1,0 +1,232 @@
+"""Control view: how much energy each multi-layer schedule needs to move a concept readout by Δy.
+
+UI only: a concept dataset (:mod:`pages._datasets`), target shifts and settings ->
+``get_service().control(...)`` -> figures and tables from :mod:`lldd_core.plots_control`. The
+least-energy LLV schedule against uniform and single-layer heuristics, each scaled by bisection until
+the full model's mean readout change reaches the target. Errors a user can cause show as
+``st.error``; the last good result stays on screen.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
+from lldd_core.control import MAX_SCALE, ControlResult
+from lldd_core.errors import LLDDError
+from lldd_core.llv import COMPLEMENTS
+from lldd_core.models import ModelSpec
+from lldd_core.plots_control import (
+    SCHEDULE_LINES,
+    control_table,
+    energy_figure,
+    gains_figure,
+    parse_targets,
+    relative_energy_figure,
+    schedule_figure,
+    schedules_table,
+)
+from lldd_core.plots_gains import splits_line
+from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.service import get_service
+from pages._common import Shown, current_spec, ensure_model_ready, plural, run_with_status
+from pages._datasets import dataset_picker
+
+#: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
+RESULT_KEY = "control.last"
+SIZES_KEY = "control.last_sizes"
+DEFAULT_ORDER = 32
+DEFAULT_TARGETS = "0.5, 1, 2"
+DEFAULT_N_EVAL = 16
+DEFAULT_TOL = 1e-2
+SCHEDULE_VIEWS = {"validated": "validated (full model)", "surrogate": "surrogate"}
+
+EXPLANATION = f"""
+Scalar controls `u_l` along the concept directions `v_l` (injection `x_l ← x_l + u_l·v_l` at the last token, before
+block `l`) move the readout `y = v_Lᵀ x_L` (after the last block, before the final norm) by `δy ≈ hᵀu` to first order,
+with `h` the LLV surrogate's predicted gains (the operating prompts' mean reduced model). For every target `Δy`
+each schedule below reaches `Δy` exactly in the surrogate; it is then **validated in the full model**: its amplitude
+is scaled (bracketing, then bisection) until the mean readout change over the evaluation prompts lies within the
+tolerance of `Δy`. Its **energy** is `‖u‖²` of the scaled schedule. A schedule that cannot reach the target within
+{MAX_SCALE:g}× the surrogate's amplitude (or whose layer has zero gain) is marked *not reached*.
+"""
+
+
+def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
+    """(layers, hidden size) of the model, or ``None`` after showing why it could not be resolved."""
+    try:
+        info = get_service().info(spec)
+    except LLDDError as err:
+        st.error(str(err))
+        return None
+    return info.n_layers, info.d_model
+
+
+def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
+    """The settings form; returns (submitted, the targets' text, the other keyword arguments of ``control``)."""
+    with st.form("control_form", border=True):
+        targets = st.text_input(
+            "Target shifts Δy", value=DEFAULT_TARGETS, key="ct_targets",
+            help="One or more readout changes to reach, separated by commas (e.g. 0.5, 1, 2; negative values "
+            "push towards the other class).",
+        )
+        st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
+        cols = st.columns(3)
+        sizes = [
+            cols[i].number_input(
+                name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name], step=50,
+                key=f"ct_{name}", help=help_text,
+            )
+            for i, (name, help_text) in enumerate([
+                ("concept", "Examples per class for the concept directions v_l (class-mean differences)."),
+                ("operating", "Examples per class for the bases P_l and the surrogate's gains h."),
+                ("evaluation", "Examples per class the evaluation prompts are drawn from."),
+            ])
+        ]
+        c1, c2, c3, c4, c5 = st.columns(5)
+        order = c1.number_input(
+            "Reduced order d", min_value=1, max_value=d, value=min(DEFAULT_ORDER, d), step=1, key=f"ct_order_of_{d}",
+            help=f"Columns of each layer's basis P_l (1..hidden size {d}).",
+        )
+        complement = c2.selectbox(
+            "Complement", COMPLEMENTS, key="ct_complement",
+            help="How each basis P_l is completed after v_l: depth-Krylov (default), random or PCA.",
+        )
+        n_eval = c3.number_input(
+            "Evaluation prompts", min_value=1, value=DEFAULT_N_EVAL, step=1, key="ct_n_eval",
+            help="The full-model readout change is the mean over this many evaluation prompts.",
+        )
+        tol = c4.number_input(
+            "Tolerance", min_value=1e-4, max_value=0.5, value=DEFAULT_TOL, step=1e-3, format="%.4g", key="ct_tol",
+            help="A schedule reaches Δy when the mean readout change is within tolerance × |Δy| of it.",
+        )
+        seed = c5.number_input("Seed", min_value=0, value=0, step=1, key="ct_seed",
+                               help="Seed of the splits, of random bases and of the random schedule's layer.")
+        submitted = st.form_submit_button("Compute schedules", type="primary", key="ct_compute", disabled=not ready)
+    settings = {"order": int(order), "complement": str(complement), "n_eval": int(n_eval),
+                "sizes": tuple(int(n) for n in sizes), "seed": int(seed), "tol": float(tol)}
+    return submitted, targets, settings
+
+
+def compute(spec: ModelSpec, dataset: str | ConceptData, targets_text: str, settings: dict) -> Shown | None:
+    """Parse the targets and run the analysis with a live status box; ``None`` (after an ``st.error``) on a user error."""
+    try:
+        targets = parse_targets(targets_text)
+    except LLDDError as err:
+        st.error(str(err))
+        return None
+    computed = run_with_status(
+        "control schedules", lambda progress: get_service().control(spec, dataset, targets, progress=progress, **settings))
+    if computed is None:
+        return None
+    return Shown(computed.result, computed.cache_hit, spec, computed.result.dataset)
+
+
+def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
+    """A plotly figure whose toolbar saves it as ``fmt`` under ``name``."""
+    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
+
+
+def describe(r: ControlResult) -> str:
+    """The request in one caption line."""
+    return (f"`{r.model}` ({r.family}, {r.dtype}, {r.n_params / 1e6:.2f}M parameters) · dataset `{r.dataset}` "
+            f"({r.classes[0]} vs {r.classes[1]}; {r.source}) · order {r.order} · {r.complement} · "
+            f"{plural(r.n_prompts, 'evaluation prompt')} · tolerance {r.tol:g} · layers with a direction "
+            f"{list(r.layers)}")
+
+
+def show_metrics(shown: Shown) -> None:
+    r = shown.result
+    reached = int(r.reached.sum())
+    row = st.columns(6)
+    row[0].metric("Targets", len(r.targets))
+    row[1].metric("Reached", f"{reached} / {r.reached.size}",
+                  help="Schedule × target pairs whose full-model shift came within the tolerance.")
+    row[2].metric("Tolerance", f"±{r.tol:g}·|Δy|")
+    row[3].metric("Evaluation prompts", r.n_prompts)
+    row[4].metric("Compute time", f"{r.elapsed_s:.2f} s", help="Time of the original computation.")
+    row[5].metric("From cache", "yes" if shown.cache_hit else "no")
+
+
+def show_result(shown: Shown, sizes: tuple | None, fmt: str) -> None:
+    """Everything about one result: request, metrics, figures, the table and downloads."""
+    r: ControlResult = shown.result
+    slug = file_slug(f"{r.model}_{r.dataset}")
+    st.subheader("Result")
+    st.caption(describe(r))
+    line, shrunk = splits_line(r.split_sizes, sizes)
+    (st.info if shrunk else st.caption)(f"Split sizes: {line}.")
+    show_metrics(shown)
+    left, right = st.columns(2)
+    with left:
+        chart(energy_figure(r), "ct_energy_chart", fmt, f"control_{slug}_energy")
+    with right:
+        chart(relative_energy_figure(r), "ct_ratio_chart", fmt, f"control_{slug}_ratio")
+    st.subheader("Schedules over layers")
+    c1, c2 = st.columns([2, 1])
+    N = len(r.targets)
+    j = c1.selectbox("Target", range(N), format_func=lambda i: f"Δy = {r.targets[i]:g}", key=f"ct_target_of_{N}")
+    view = c2.radio("Schedules", list(SCHEDULE_VIEWS), format_func=SCHEDULE_VIEWS.get, horizontal=True,
+                    key="ct_schedule_view",
+                    help="validated: amplitude × schedule as applied in the full model; surrogate: the schedule "
+                    "that reaches Δy in the LLV surrogate.")
+    chart(schedule_figure(r, int(j), surrogate=view == "surrogate"), "ct_schedule_chart", fmt,
+          f"control_{slug}_schedules_{j}")
+    chart(gains_figure(r), "ct_gains_chart", fmt, f"control_{slug}_gains")
+    st.subheader("Per schedule and target")
+    table = control_table(r)
+    fmt3 = st.column_config.NumberColumn(format="%.4g")
+    st.dataframe(table, hide_index=True, width="stretch", key="ct_table",
+                 column_config={c: fmt3 for c in ("amplitude", "energy ‖u‖²", "energy / LLV", "surrogate energy",
+                                                  "achieved shift", "relative miss")})
+    st.caption("Energy is empty where the schedule did not reach the target (the achieved shift is then the closest "
+               "found). Relative miss = |achieved − Δy| / |Δy|.")
+    c1, c2 = st.columns(2)
+    c1.download_button(
+        "Download table (CSV)", data=lambda: table.to_csv(index=False), file_name=f"control_{slug}.csv",
+        mime="text/csv", on_click="ignore", key="ct_table_csv",
+    )
+    c2.download_button(
+        "Download schedules per layer (CSV)", data=lambda: schedules_table(r).to_csv(index=False),
+        file_name=f"control_{slug}_schedules.csv", mime="text/csv", on_click="ignore", key="ct_schedules_csv",
+    )
+
+
+def explain() -> None:
+    with st.expander("The schedules and how they are validated"):
+        st.markdown("\n".join(f"- **{name}** — {line}" for name, line in SCHEDULE_LINES.items()))
+        st.markdown(EXPLANATION)
+
+
+def main() -> None:
+    st.title("Control")
+    st.caption("How much intervention energy does it take to move a concept's readout by Δy? The least-energy "
+               "multi-layer schedule of the LLV surrogate against uniform and single-layer heuristics, each "
+               "validated in the full model.")
+    spec = current_spec()
+    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    if shape is not None:
+        n_layers, d = shape
+        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
+        explain()
+        dataset = dataset_picker("ct_ds")
+        submitted, targets_text, settings = settings_form(d, dataset is not None)
+        if submitted and dataset is not None:
+            shown = compute(spec, dataset, targets_text, settings)
+            if shown is not None:
+                st.session_state[RESULT_KEY] = shown
+                st.session_state[SIZES_KEY] = settings["sizes"]
+    last = st.session_state.get(RESULT_KEY)
+    has_result = isinstance(last, Shown) and isinstance(last.result, ControlResult)
+    fmt = "png"
+    if shape is not None or has_result:
+        fmt = st.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key="ct_figure_format",
+                       help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector).")
+    if has_result:
+        show_result(last, st.session_state.get(SIZES_KEY), fmt)
+    elif shape is not None:
+        st.info("Choose a concept dataset and target shifts, then press **Compute schedules**.")
+
+
+main()

@@ -1,0 +1,352 @@
+"""Steering view: a prompt's continuation steered by one or more methods, beside the unsteered one.
+
+UI only: a prompt, generation settings, methods with their controls and a concept dataset
+(:mod:`pages._datasets`) -> one ``get_service().steer(...)`` per method, tokens streamed into the page
+as they are generated -> texts side by side with the differences highlighted, the concept readout
+along the generated tokens, the schedules and parameters from :mod:`lldd_core.plots_control`.
+Errors a user can cause show as ``st.error``; the last good result stays on screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
+from lldd_core.errors import LLDDError
+from lldd_core.interventions import JACOBIAN_VARIANTS, POSITIONS
+from lldd_core.models import ModelSpec
+from lldd_core.plots_control import (
+    diff_marks,
+    differing,
+    has_readout,
+    has_schedule,
+    mean_readouts,
+    params_table,
+    readout_figure,
+    readout_table,
+    settings_line,
+    steering_schedule_figure,
+    text_html,
+    tokens_html,
+)
+from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.service import get_service
+from lldd_core.steering import (
+    METHOD_LINES,
+    METHODS,
+    CallbackStreamer,
+    GenerationSettings,
+    SteeringResult,
+    default_layer,
+)
+from pages._common import Shown, current_spec, ensure_model_ready, plural, run_with_status
+from pages._datasets import dataset_picker
+
+#: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
+RESULT_KEY = "steer.last"
+DEFAULT_PROMPT = "The food at this restaurant was"
+DEFAULT_STEER_TEXT = "The Golden Gate"
+DEFAULT_MAX_NEW = 40
+#: Methods that cannot run without a concept dataset (the Jacobian method only reads the concept with one).
+NEEDS_DATASET = ("additive", "llv", "lqr")
+#: How status boxes name each method ("LLV steering ready").
+METHOD_NAMES = {"additive": "additive", "llv": "LLV", "jacobian": "Jacobian", "lqr": "LQR"}
+DECODINGS = {"greedy": "greedy", "sampling": "sampling (seeded)"}
+
+READOUT_NOTE = (
+    "The concept readout `v_Lᵀ x_L` (the class-mean direction at the last block's output, before the final norm) at "
+    "each generated token, as the **unsteered** model reads prompt + continuation: both texts are measured by the "
+    "same instrument, so a method cannot raise it merely by writing into the states it is read from."
+)
+
+
+def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
+    """(layers, hidden size) of the model, or ``None`` after showing why it could not be resolved."""
+    try:
+        info = get_service().info(spec)
+    except LLDDError as err:
+        st.error(str(err))
+        return None
+    return info.n_layers, info.d_model
+
+
+def generation_settings() -> GenerationSettings:
+    """Max new tokens and decoding (greedy, or sampling with a seed, temperature and top-p)."""
+    c1, c2, c3, c4, c5 = st.columns([1, 1.5, 1, 1, 1])
+    max_new = c1.number_input("Max new tokens", min_value=1, max_value=1024, value=DEFAULT_MAX_NEW, step=1,
+                              key="st_max_new")
+    decoding = c2.radio("Decoding", list(DECODINGS), format_func=DECODINGS.get, horizontal=True, key="st_decoding",
+                        help="greedy: always the most likely token. sampling: seeded, so a run is reproducible.")
+    if decoding == "greedy":
+        return GenerationSettings(max_new_tokens=int(max_new))
+    temperature = c3.number_input("Temperature", min_value=0.01, max_value=10.0, value=1.0, step=0.1,
+                                  key="st_temperature")
+    top_p = c4.number_input("Top-p", min_value=0.01, max_value=1.0, value=1.0, step=0.05, key="st_top_p",
+                            help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
+    seed = c5.number_input("Seed", min_value=0, value=0, step=1, key="st_sample_seed")
+    return GenerationSettings(max_new_tokens=int(max_new), do_sample=True, temperature=float(temperature),
+                              top_p=float(top_p), seed=int(seed))
+
+
+def additive_controls(n_layers: int) -> dict | str:
+    """The additive method's controls: its ``steer`` keyword arguments, or a message saying what is missing."""
+    c1, c2, c3 = st.columns(3)
+    layers = c1.multiselect(
+        "Layers", list(range(n_layers)), default=[default_layer(n_layers)], key=f"st_add_layers_of_{n_layers}",
+        help=f"Block inputs x_l (0..{n_layers - 1}) that get α·v_l. Default: two thirds of the depth.",
+    )
+    strength = c2.number_input(
+        "Strength α", value=None, step=0.5, format="%.4g", key="st_add_strength", placeholder="default: ‖E_l‖",
+        help="Amount along the unit direction v_l. Empty: one class-mean distance ‖E_l‖ at each layer "
+        "(the concept's own scale); negative values push towards the other class.",
+    )
+    positions = c3.radio("Positions", POSITIONS, horizontal=True, key="st_add_positions",
+                         help="last: only the newest token of every forward; all: every position.")
+    if not layers:
+        return "Choose at least one layer for the additive method."
+    return {"layers": sorted(int(layer) for layer in layers), "strength": None if strength is None else float(strength),
+            "positions": str(positions)}
+
+
+def llv_controls(d: int) -> dict:
+    c1, c2 = st.columns(2)
+    dy = c1.number_input("Target shift Δy", value=1.0, step=0.5, format="%.4g", key="st_llv_dy",
+                         help="Readout change the surrogate's least-energy schedule aims for.")
+    order = c2.number_input("Reduced order d", min_value=1, max_value=d, value=min(32, d), step=1,
+                            key=f"st_llv_order_of_{d}", help=f"Order of the LLV surrogate (1..hidden size {d}).")
+    return {"dy": float(dy), "order": int(order)}
+
+
+def jacobian_controls(n_layers: int) -> dict:
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 2])
+    text = c1.text_input("Steering phrase", value=DEFAULT_STEER_TEXT, key="st_jac_text",
+                         help="Its detached Jacobian at the chosen layer is applied to the new text's inputs.")
+    layer = c2.number_input("Layer", min_value=1, max_value=n_layers, value=max(1, default_layer(n_layers)), step=1,
+                            key=f"st_jac_layer_of_{n_layers}",
+                            help=f"x_layer, the output of that many blocks (1..{n_layers}).")
+    lam = c3.number_input("λ", value=0.5, step=0.1, format="%.4g", key="st_jac_lam")
+    variant = c4.radio("Variant", JACOBIAN_VARIANTS, horizontal=True, key="st_jac_variant",
+                       help="blend: h ← λh + (1−λ)a (the paper). additive: h ← h + λ·a·‖h‖/(2‖a‖) (the reference "
+                       "implementation).")
+    st.caption("λ = 1 with blend, or λ = 0 with additive, leaves the text unsteered.")
+    return {"steer_text": str(text), "layers": [int(layer)], "lam": float(lam), "variant": str(variant)}
+
+
+def lqr_controls() -> dict:
+    c1, c2, c3, c4 = st.columns(4)
+    q = c1.number_input("q (state cost)", min_value=0.0, value=10.0, step=1.0, format="%.4g", key="st_lqr_q")
+    r = c2.number_input("r (control cost)", min_value=1e-6, value=10.0, step=1.0, format="%.4g", key="st_lqr_r")
+    qf = c3.number_input("q_f (final cost)", min_value=0.0, value=1.0, step=1.0, format="%.4g", key="st_lqr_qf")
+    lam = c4.number_input("λ (setpoint scale)", value=1.0, step=0.5, format="%.4g", key="st_lqr_lam",
+                          help="Setpoints β_k = λ‖E_k‖ along v_k.")
+    return {"q": float(q), "r": float(r), "qf": float(qf), "lam": float(lam)}
+
+
+def method_controls(method: str, n_layers: int, d: int) -> dict | str:
+    """One method's box: its one-line explanation and controls; its keyword arguments or what is missing."""
+    with st.container(border=True):
+        st.markdown(f"**{method}** — {METHOD_LINES[method]}")
+        if method == "additive":
+            return additive_controls(n_layers)
+        if method == "llv":
+            return llv_controls(d)
+        if method == "jacobian":
+            return jacobian_controls(n_layers)
+        return lqr_controls()
+
+
+def split_settings() -> dict:
+    """Split sizes and seed of the concept dataset (directions, operating prompts)."""
+    with st.expander("Concept splits"):
+        cols = st.columns(4)
+        sizes = [
+            cols[i].number_input(name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name],
+                                 step=50, key=f"st_{name}")
+            for i, name in enumerate(("concept", "operating", "evaluation"))
+        ]
+        seed = cols[3].number_input("Seed", min_value=0, value=0, step=1, key="st_seed", help="Seed of the splits.")
+    return {"sizes": tuple(int(n) for n in sizes), "seed": int(seed)}
+
+
+@dataclass
+class Slots:
+    """The live text placeholders: the unsteered column and one per method."""
+
+    unsteered: DeltaGenerator
+    steered: dict[str, DeltaGenerator]
+
+
+def writer(slot: DeltaGenerator) -> Callable[[str], None]:
+    """A streamer callback that shows the text so far in ``slot``."""
+    return lambda text: slot.markdown(text_html(text), unsafe_allow_html=True)
+
+
+def live_columns(methods: list[str]) -> Slots:
+    """Empty columns (unsteered, then each method) with a placeholder each, for streaming."""
+    cols = st.columns(1 + len(methods))
+    cols[0].markdown("**Unsteered**")
+    unsteered = cols[0].empty()
+    steered = {}
+    for col, method in zip(cols[1:], methods):
+        col.markdown(f"**Steered: {method}**")
+        steered[method] = col.empty()
+    return Slots(unsteered, steered)
+
+
+def generate(spec: ModelSpec, prompt: str, plan: dict[str, dict], common: dict, status: DeltaGenerator,
+             slots: Slots) -> list[Shown] | None:
+    """One ``steer`` per method with tokens streamed into ``slots``; ``None`` at the first user error (shown)."""
+    service = get_service()
+    tokenizer = service.info(spec).tokenizer
+    out: list[Shown] = []
+    for method, kwargs in plan.items():
+        streamers = (None if out else CallbackStreamer(tokenizer, writer(slots.unsteered)),
+                     CallbackStreamer(tokenizer, writer(slots.steered[method])))
+
+        def call(progress, method=method, kwargs=kwargs, streamers=streamers):
+            return service.steer(spec, prompt, method, streamers=streamers, progress=progress, **common, **kwargs)
+
+        with status:
+            computed = run_with_status(f"{METHOD_NAMES.get(method, method)} steering", call)
+        if computed is None:
+            return None
+        r = computed.result
+        slots.unsteered.markdown(text_html(r.unsteered), unsafe_allow_html=True)  # a cache hit does not stream
+        slots.steered[method].markdown(text_html(r.steered), unsafe_allow_html=True)
+        out.append(Shown(r, computed.cache_hit, spec, prompt))
+    return out
+
+
+def show_texts(shown: list[Shown]) -> None:
+    """The prompt, then the unsteered text and each steered one side by side, differences highlighted."""
+    first: SteeringResult = shown[0].result
+    st.markdown("**Prompt**")
+    st.text(first.prompt)
+    cols = st.columns(1 + len(shown))
+    with cols[0]:
+        st.markdown("**Unsteered**")
+        st.markdown(tokens_html(first.unsteered_tokens), unsafe_allow_html=True)
+        st.caption(plural(len(first.unsteered_tokens), "new token"))
+    for col, item in zip(cols[1:], shown):
+        r: SteeringResult = item.result
+        _, marks = diff_marks(r.unsteered_tokens, r.steered_tokens)
+        origin = "from cache" if item.cache_hit else f"computed in {r.elapsed_s:.2f} s"
+        with col:
+            st.markdown(f"**Steered: {r.method}**")
+            st.markdown(tokens_html(r.steered_tokens, marks), unsafe_allow_html=True)
+            st.caption(f"{differing(marks)} of {plural(len(marks), 'token')} differ from the unsteered text · {origin}")
+    st.caption("Highlighted: tokens only the steered text has (the two token sequences aligned by difflib).")
+
+
+def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
+    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
+
+
+def show_details(shown: list[Shown], fmt: str) -> None:
+    """Readout along the tokens, schedules over layers, parameters, and the CSV download."""
+    results = [s.result for s in shown]
+    first = results[0]
+    slug = file_slug(f"{first.model}_steer")
+    st.caption(f"`{first.model}` ({first.family}, {first.dtype}) · {settings_line(first)}"
+               + (f" · dataset `{first.dataset}`" if first.dataset else ""))
+    st.subheader("Concept readout")
+    if has_readout(results):
+        st.caption(READOUT_NOTE)
+        means = mean_readouts(results)
+        base = means.pop("unsteered")
+        row = st.columns(1 + len(means))
+        row[0].metric("Mean readout: unsteered", f"{base:.4g}")
+        for col, (method, value) in zip(row[1:], means.items()):
+            col.metric(f"Mean readout: {method}", f"{value:.4g}", delta=f"{value - base:+.4g}",
+                       help="Mean over the generated tokens; the change is against the unsteered text.")
+        chart(readout_figure(results), "st_readout_chart", fmt, f"{slug}_readout")
+    else:
+        st.info("No concept readout: the Jacobian method ran without a concept dataset.")
+    if has_schedule(results):
+        st.subheader("Schedule over layers")
+        chart(steering_schedule_figure(results), "st_schedule_chart", fmt, f"{slug}_schedule")
+    st.subheader("Parameters used")
+    st.dataframe(params_table(results), hide_index=True, width="stretch", key="st_params")
+    st.download_button(
+        "Download texts and readouts (CSV)", data=lambda: readout_table(results).to_csv(index=False),
+        file_name=f"{slug}.csv", mime="text/csv", on_click="ignore", key="st_readout_csv",
+    )
+
+
+def inputs(n_layers: int, d: int) -> tuple[str, dict[str, dict], dict, list[str]]:
+    """Every input widget; (prompt, per-method keyword arguments, common keyword arguments, problems)."""
+    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, height=80, key="st_prompt")
+    settings = generation_settings()
+    methods = st.multiselect(
+        "Methods", list(METHODS), default=["additive"], key="st_methods",
+        help="Each selected method is generated beside the same unsteered text.",
+    )
+    problems: list[str] = [] if methods else ["Choose at least one method."]
+    plan: dict[str, dict] = {}
+    for method in METHODS:
+        if method not in methods:
+            continue
+        controls = method_controls(method, n_layers, d)
+        if isinstance(controls, str):
+            problems.append(controls)
+        else:
+            plan[method] = controls
+    needs = [m for m in methods if m in NEEDS_DATASET]
+    st.markdown("**Concept dataset** " + (f"(needed by {', '.join(needs)})" if needs else "(optional)"))
+    use = bool(needs) or st.checkbox(
+        "Read the concept along the generated tokens", value=True, key="st_use_dataset",
+        help="The Jacobian method needs no concept; with a dataset the page also plots the concept readout.",
+    )
+    dataset: str | ConceptData | None = None
+    splits = {}
+    if use:
+        dataset = dataset_picker("st_ds")
+        splits = split_settings()
+        if dataset is None:
+            problems.append("Choose a concept dataset.")
+    common = {"dataset": dataset, "settings": settings, **splits}
+    return prompt, plan, common, problems
+
+
+def main() -> None:
+    st.title("Steering")
+    st.caption("Steer a model's continuation of a prompt along a concept (or a phrase) and compare it with the "
+               "unsteered text, token by token.")
+    spec = current_spec()
+    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    submitted, prompt, plan, common = False, "", {}, {}
+    if shape is not None:
+        n_layers, d = shape
+        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
+        prompt, plan, common, problems = inputs(n_layers, d)
+        for problem in problems:
+            st.info(problem)
+        submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems))
+    status = st.container()
+    area = st.empty()
+    if submitted:
+        with area.container():
+            slots = live_columns(list(plan))
+        shown = generate(spec, prompt, plan, common, status, slots)
+        area.empty()
+        if shown is not None:
+            st.session_state[RESULT_KEY] = shown
+    last = st.session_state.get(RESULT_KEY)
+    has_result = isinstance(last, list) and bool(last) and all(
+        isinstance(s, Shown) and isinstance(s.result, SteeringResult) for s in last)
+    if has_result:
+        with area.container():
+            show_texts(last)
+        fmt = st.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key="st_figure_format",
+                       help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector).")
+        show_details(last, fmt)
+    elif shape is not None:
+        st.info("Type a prompt, choose one or more methods and press **Generate**.")
+
+
+main()
