@@ -406,3 +406,13 @@ def run_with_status(noun: str, call: Callable[[Callable[[float, str], None]], An
 def plural(n: int, noun: str) -> str:
     """``1 result``, ``2 results``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
+    """(layers, hidden size) of the model, or ``None`` after showing why it could not be resolved."""
+    try:
+        info = get_service().info(spec)
+    except LLDDError as err:
+        st.error(str(err))
+        return None
+    return info.n_layers, info.d_model

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lldd_core.concepts import MAX_FILE_BYTES, MIN_PER_CLASS, ConceptData, DatasetListing, list_datasets, load_user_file
+from lldd_core.concepts import (
+    MAX_FILE_BYTES,
+    MIN_PER_CLASS,
+    MIN_PER_SPLIT,
+    PAPER_PER_CLASS,
+    ConceptData,
+    DatasetListing,
+    list_datasets,
+    load_user_file,
+)
 from lldd_core.errors import LLDDError
 
 #: The two ways of choosing a dataset (the radio's options).
@@ -90,3 +99,21 @@ def dataset_picker(key: str = "ds") -> str | ConceptData | None:
     no file, or one with errors, which are shown with ``st.error``)."""
     source = st.radio("Dataset source", SOURCES, horizontal=True, key=f"{key}_source", label_visibility="collapsed")
     return _uploaded(key) if source == UPLOAD else _registered(key)
+
+
+SPLIT_HELP = {
+    "concept": "Examples per class for the concept directions v_l (class-mean differences).",
+    "operating": "Examples per class for the bases P_l and the population model.",
+    "evaluation": "Examples per class the evaluation prompts are drawn from.",
+}
+
+
+def split_size_inputs(prefix: str) -> tuple[int, int, int]:
+    """Concept / operating / evaluation examples per class (paper sizes by default), keyed ``{prefix}_{split}``."""
+    st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
+    cols = st.columns(3)
+    return tuple(  # type: ignore[return-value]
+        int(cols[i].number_input(name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name],
+                                 step=50, key=f"{prefix}_{name}", help=help_text))
+        for i, (name, help_text) in enumerate(SPLIT_HELP.items())
+    )

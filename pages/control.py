@@ -12,7 +12,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
+from lldd_core.concepts import ConceptData
 from lldd_core.control import MAX_SCALE, ControlResult
 from lldd_core.errors import LLDDError
 from lldd_core.llv import COMPLEMENTS
@@ -30,8 +30,8 @@ from lldd_core.plots_control import (
 from lldd_core.plots_gains import splits_line
 from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
 from lldd_core.service import get_service
-from pages._common import Shown, current_spec, ensure_model_ready, plural, run_with_status
-from pages._datasets import dataset_picker
+from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
+from pages._datasets import dataset_picker, split_size_inputs
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
@@ -53,16 +53,6 @@ tolerance of `Δy`. Its **energy** is `‖u‖²` of the scaled schedule. A sche
 """
 
 
-def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
-    """(layers, hidden size) of the model, or ``None`` after showing why it could not be resolved."""
-    try:
-        info = get_service().info(spec)
-    except LLDDError as err:
-        st.error(str(err))
-        return None
-    return info.n_layers, info.d_model
-
-
 def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
     """The settings form; returns (submitted, the targets' text, the other keyword arguments of ``control``)."""
     with st.form("control_form", border=True):
@@ -71,19 +61,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
             help="One or more readout changes to reach, separated by commas (e.g. 0.5, 1, 2; negative values "
             "push towards the other class).",
         )
-        st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
-        cols = st.columns(3)
-        sizes = [
-            cols[i].number_input(
-                name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name], step=50,
-                key=f"ct_{name}", help=help_text,
-            )
-            for i, (name, help_text) in enumerate([
-                ("concept", "Examples per class for the concept directions v_l (class-mean differences)."),
-                ("operating", "Examples per class for the bases P_l and the surrogate's gains h."),
-                ("evaluation", "Examples per class the evaluation prompts are drawn from."),
-            ])
-        ]
+        sizes = list(split_size_inputs("ct"))
         c1, c2, c3, c4, c5 = st.columns(5)
         order = c1.number_input(
             "Reduced order d", min_value=1, max_value=d, value=min(DEFAULT_ORDER, d), step=1, key=f"ct_order_of_{d}",

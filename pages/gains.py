@@ -12,8 +12,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
-from lldd_core.errors import LLDDError
+from lldd_core.concepts import ConceptData
 from lldd_core.gains import MODES, GainsAblation, GainsResult, ablation_values
 from lldd_core.llv import COMPLEMENTS
 from lldd_core.models import ModelSpec
@@ -34,8 +33,8 @@ from lldd_core.plots_gains import (
 )
 from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
 from lldd_core.service import get_service
-from pages._common import Shown, current_spec, ensure_model_ready, plural, run_with_status
-from pages._datasets import dataset_picker
+from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
+from pages._datasets import dataset_picker, split_size_inputs
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the settings it was asked with.
 RESULT_KEY = "gains.last"
@@ -76,32 +75,10 @@ constant or has one point). **Best layer**: where a mean curve peaks. Bands and 
 """
 
 
-def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
-    """(layers, hidden size) of the model, or ``None`` after showing why it could not be resolved."""
-    try:
-        info = get_service().info(spec)
-    except LLDDError as err:
-        st.error(str(err))
-        return None
-    return info.n_layers, info.d_model
-
-
 def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
     """The settings form; returns (submitted, the keyword arguments of ``gains`` / ``gains_ablation``)."""
     with st.form("gains_form", border=True):
-        st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
-        cols = st.columns(3)
-        sizes = [
-            cols[i].number_input(
-                name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name], step=50,
-                key=f"gn_{name}", help=help_text,
-            )
-            for i, (name, help_text) in enumerate([
-                ("concept", "Examples per class for the concept directions v_l (class-mean differences)."),
-                ("operating", "Examples per class for the bases P_l and the population model."),
-                ("evaluation", "Examples per class the evaluation prompts are drawn from."),
-            ])
-        ]
+        sizes = list(split_size_inputs("gn"))
         c1, c2, c3, c4 = st.columns(4)
         order = c1.number_input(
             "Reduced order d", min_value=1, max_value=d, value=min(DEFAULT_ORDER, d), step=1, key=f"gn_order_of_{d}",

@@ -17,7 +17,6 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
-from lldd_core.errors import LLDDError
 from lldd_core.interventions import JACOBIAN_VARIANTS, POSITIONS
 from lldd_core.models import ModelSpec
 from lldd_core.plots_control import (
@@ -44,7 +43,7 @@ from lldd_core.steering import (
     SteeringResult,
     default_layer,
 )
-from pages._common import Shown, current_spec, ensure_model_ready, plural, run_with_status
+from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
 from pages._datasets import dataset_picker
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
@@ -63,16 +62,6 @@ READOUT_NOTE = (
     "each generated token, as the **unsteered** model reads prompt + continuation: both texts are measured by the "
     "same instrument, so a method cannot raise it merely by writing into the states it is read from."
 )
-
-
-def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
-    """(layers, hidden size) of the model, or ``None`` after showing why it could not be resolved."""
-    try:
-        info = get_service().info(spec)
-    except LLDDError as err:
-        st.error(str(err))
-        return None
-    return info.n_layers, info.d_model
 
 
 def generation_settings() -> GenerationSettings:

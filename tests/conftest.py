@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tests.tiny import FAMILIES, save_tiny  # noqa: E402
+from tests.tiny import FAMILIES, save_tiny
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,14 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("LLDD_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture()
+def fresh_service(cache_dir, monkeypatch):
+    """A new process-wide service on this test's empty cache directory (AppTest runs in-process)."""
+    import lldd_core.service as service_module
+
+    monkeypatch.setattr(service_module, "_SERVICE", None)
+    yield
+    if service_module._SERVICE is not None:
+        service_module._SERVICE.cache.close()

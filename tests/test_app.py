@@ -9,7 +9,6 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -25,8 +24,8 @@ from lldd_core.models import ModelSpec
 from lldd_core.views import SITES
 from pages import _common
 from pages._common import OTHER, BuildProgress, DemoBuild, follow_build
+from tests.apptest import APP, assert_clean, metrics, open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 METRICS = (
     "Detached reconstruction error",
     "Ordinary reconstruction error",
@@ -37,15 +36,6 @@ METRICS = (
     "Compute time",
     "From cache",
 )
-
-
-@pytest.fixture()
-def fresh_service(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A new process-wide service on this test's empty cache directory (AppTest runs in-process)."""
-    monkeypatch.setattr(service_module, "_SERVICE", None)
-    yield
-    if service_module._SERVICE is not None:
-        service_module._SERVICE.cache.close()
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +60,8 @@ def quick_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture()
 def app(tiny_dirs, fresh_service, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The app after its first run, with the tiny gpt2 as the sidebar's default model."""
-    monkeypatch.setenv("LLDD_DEFAULT_MODEL", str(tiny_dirs["gpt2"]))
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    assert_clean(at)
+    at = open_page(None, tiny_dirs["gpt2"], monkeypatch)
     return at
-
-
-def assert_clean(at: AppTest) -> None:
-    """No traceback, no error box, no warning (Streamlit also warns about misused widget state)."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    assert not at.warning, [w.value for w in at.warning]
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def compute(at: AppTest) -> AppTest:

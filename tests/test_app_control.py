@@ -5,9 +5,6 @@ Small splits (6/4/3 per class), 2 evaluation prompts and order 4 keep every comp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,40 +13,17 @@ from streamlit.testing.v1 import AppTest
 import lldd_core.service as service_module
 from lldd_core import plots_control
 from lldd_core.control import SCHEDULES
+from tests.apptest import assert_clean, metrics, open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SMALL = {"ct_concept": 6, "ct_operating": 4, "ct_evaluation": 3, "ct_order_of_32": 4, "ct_n_eval": 2}
 METRICS = ("Targets", "Reached", "Tolerance", "Evaluation prompts", "Compute time", "From cache")
 
 
 @pytest.fixture()
-def fresh_service(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A new process-wide service on this test's empty cache directory (AppTest runs in-process)."""
-    monkeypatch.setattr(service_module, "_SERVICE", None)
-    yield
-    if service_module._SERVICE is not None:
-        service_module._SERVICE.cache.close()
-
-
-@pytest.fixture()
 def app(tiny_dirs, fresh_service, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The Control page with the tiny gpt2 as the sidebar's model."""
-    monkeypatch.setenv("LLDD_DEFAULT_MODEL", str(tiny_dirs["gpt2"]))
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("pages/control.py").run()
-    assert_clean(at)
+    at = open_page("pages/control.py", tiny_dirs["gpt2"], monkeypatch)
     return at
-
-
-def assert_clean(at: AppTest) -> None:
-    """No traceback, no error box, no warning."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    assert not at.warning, [w.value for w in at.warning]
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def compute(at: AppTest, targets: str = "0.5, 1") -> AppTest:

@@ -6,8 +6,6 @@ Small splits (6/4/3 per class), 3 evaluation prompts and order 4 keep every comp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,41 +17,18 @@ from lldd_core import plots_gains
 from lldd_core.concepts import list_datasets
 from lldd_core.gains import EPS_VALUES
 from pages._datasets import UPLOAD
+from tests.apptest import assert_clean, metrics, open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SMALL = {"gn_concept": 6, "gn_operating": 4, "gn_evaluation": 3, "gn_order_of_32": 4, "gn_n_eval": 3}
 AGREEMENT = ("Mean Spearman", "Mean Pearson", "Spearman of mean curves", "Pearson of mean curves", "From cache")
 BEST = ("Best layer: predicted", "Best layer: measured", "Best layer: exact", "Compute time", "Evaluation prompts")
 
 
 @pytest.fixture()
-def fresh_service(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A new process-wide service on this test's empty cache directory (AppTest runs in-process)."""
-    monkeypatch.setattr(service_module, "_SERVICE", None)
-    yield
-    if service_module._SERVICE is not None:
-        service_module._SERVICE.cache.close()
-
-
-@pytest.fixture()
 def app(tiny_dirs, fresh_service, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The Gain curves page with the tiny gpt2 as the sidebar's model."""
-    monkeypatch.setenv("LLDD_DEFAULT_MODEL", str(tiny_dirs["gpt2"]))
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("pages/gains.py").run()
-    assert_clean(at)
+    at = open_page("pages/gains.py", tiny_dirs["gpt2"], monkeypatch)
     return at
-
-
-def assert_clean(at: AppTest) -> None:
-    """No traceback, no error box, no warning (Streamlit also warns about misused widget state)."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    assert not at.warning, [w.value for w in at.warning]
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def compute(at: AppTest) -> AppTest:

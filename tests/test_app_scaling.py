@@ -11,9 +11,9 @@ from streamlit.testing.v1 import AppTest
 import lldd_core.service as service_module
 from lldd_core.models import ModelSpec
 from lldd_core.sweep import GainSettings
+from tests.apptest import APP, assert_clean
 from tests.test_sweep import save_family
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SETTINGS = GainSettings(order=4, n_eval=2, sizes=(6, 4, 3))
 
 
@@ -31,12 +31,6 @@ def fresh_service(cache_dir: Path, family: list[str], monkeypatch: pytest.Monkey
     yield
     if service_module._SERVICE is not None:
         service_module._SERVICE.cache.close()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    assert not at.warning, [w.value for w in at.warning]
 
 
 def open_scaling(family: list[str]) -> AppTest:

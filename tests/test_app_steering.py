@@ -5,9 +5,6 @@ Small splits (6/4/3 per class) and 6 new tokens keep every generation well under
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -15,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 import lldd_core.service as service_module
 from lldd_core import plots_control
 from lldd_core.steering import METHOD_LINES, CallbackStreamer, GenerationSettings
+from tests.apptest import assert_clean, open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SMALL = {"st_max_new": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}
 PROMPT = "The food at this restaurant was"
 SIZES = (6, 4, 3)
@@ -24,31 +21,12 @@ SETTINGS = GenerationSettings(max_new_tokens=6)
 
 
 @pytest.fixture()
-def fresh_service(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A new process-wide service on this test's empty cache directory (AppTest runs in-process)."""
-    monkeypatch.setattr(service_module, "_SERVICE", None)
-    yield
-    if service_module._SERVICE is not None:
-        service_module._SERVICE.cache.close()
-
-
-@pytest.fixture()
 def app(tiny_dirs, fresh_service, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The Steering page with the tiny gpt2 (2 layers) as the sidebar's model and small settings."""
-    monkeypatch.setenv("LLDD_DEFAULT_MODEL", str(tiny_dirs["gpt2"]))
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("pages/steering.py").run()
-    assert_clean(at)
+    at = open_page("pages/steering.py", tiny_dirs["gpt2"], monkeypatch)
     for key, value in SMALL.items():
         at.number_input(key=key).set_value(value)
     return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    """No traceback, no error box, no warning."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    assert not at.warning, [w.value for w in at.warning]
 
 
 def generate(at: AppTest) -> AppTest:
