@@ -18,34 +18,34 @@ Math conventions are in ``docs/ARCHITECTURE.md``. The core never imports streaml
 
 __version__ = "0.1.0"
 
-from .arch import ADAPTERS, FamilyAdapter, adapter_for, supported_model_types  # noqa: E402
-from .errors import InputError, LLDDError, ModelLoadError, NumericalError, ResourceError, UnsupportedFamilyError  # noqa: E402
-from .jacobian import FullJacobian, JacobianOperator, jacobian_operator, reconstruct, relative_error  # noqa: E402
-from .jacobian_analysis import JacobianResult, analyze_jacobian  # noqa: E402
-from .layers_analysis import LayersResult, analyze_layers  # noqa: E402
-from .linearize import detached_mode, live_mode  # noqa: E402
-from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model  # noqa: E402
-from .service import Service, get_service  # noqa: E402
-from .spectral import TopKSVD, svd_full, topk_svd  # noqa: E402
-from .spectrum_analysis import SpectrumResult, analyze_spectrum  # noqa: E402
-from .views import SITES, record_views  # noqa: E402
+from .arch import ADAPTERS, FamilyAdapter, adapter_for, supported_model_types
+from .errors import InputError, LLDDError, ModelLoadError, NumericalError, ResourceError, UnsupportedFamilyError
+from .jacobian import FullJacobian, JacobianOperator, jacobian_operator, reconstruct, relative_error
+from .jacobian_analysis import JacobianResult, analyze_jacobian
+from .layers_analysis import LayersResult, analyze_layers
+from .linearize import detached_mode, live_mode
+from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model
+from .service import Service, get_service
+from .spectral import TopKSVD, svd_full, topk_svd
+from .spectrum_analysis import SpectrumResult, analyze_spectrum
+from .views import SITES, record_views
 
 __all__ = [
     "ADAPTERS",
+    "SITES",
     "FamilyAdapter",
     "FullJacobian",
     "InputError",
     "JacobianOperator",
     "JacobianResult",
-    "LayersResult",
     "LLDDError",
+    "LayersResult",
     "ModelHandle",
     "ModelInfo",
     "ModelLoadError",
     "ModelSpec",
     "NumericalError",
     "ResourceError",
-    "SITES",
     "Service",
     "SpectrumResult",
     "TopKSVD",

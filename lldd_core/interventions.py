@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -129,7 +129,6 @@ class LQRFeedback(Intervention):
     directions: torch.Tensor
     beta: torch.Tensor
     gain_dirs: torch.Tensor
-    controls: list[torch.Tensor] = field(default_factory=list)  # u_k applied at each step, for inspection
 
     def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
         handles = []
@@ -146,7 +145,6 @@ class LQRFeedback(Intervention):
                 x = state.pop(k)
                 v, Kv = self.directions[k].to(h), self.gain_dirs[k].to(h)
                 u = (self.beta[k].to(h) - x.to(h) @ v)[:, None] * Kv  # [B, d]
-                self.controls.append(u)
                 h = h.clone()
                 h[:, -1] = h[:, -1] + u
                 return _replace_first(output, h)
@@ -176,9 +174,6 @@ class JacobianSteering(Intervention):
     def __post_init__(self) -> None:
         if self.variant not in JACOBIAN_VARIANTS:
             raise ValueError(f"variant must be one of {JACOBIAN_VARIANTS}, got {self.variant!r}")
-
-    def unsteered(self) -> bool:
-        return (self.variant == "blend" and self.lam == 1.0) or (self.variant == "additive" and self.lam == 0.0)
 
     def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
         added: dict[str, torch.Tensor] = {}

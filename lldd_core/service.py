@@ -43,12 +43,16 @@ from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_mo
 from .spectrum_analysis import ANALYSIS as SPECTRUM
 from .spectrum_analysis import METHODS, SpectrumResult, analyze_spectrum
 from .steering import (
+    Generated,
     GenerationSettings,
     MeanJacobians,
     SteeringJacobian,
     SteeringResult,
     analyze_mean_jacobians,
+    analyze_steering_jacobian,
     compare,
+    default_jacobian_layer,
+    generate,
     plan_steering,
 )
 from .views import SITES
@@ -70,6 +74,9 @@ class Service:
         self._lock = threading.RLock()
         self._handle: ModelHandle | None = None
         self._infos: dict[ModelSpec, ModelInfo] = {}
+        # per resident model: concept setups and unsteered generations, reused across steering calls
+        self._setups: dict[tuple, GainsSetup] = {}
+        self._plain: dict[tuple, Generated] = {}
 
     # --- models --------------------------------------------------------------------------------
     def info(self, spec: ModelSpec, progress: ProgressFn | None = None) -> ModelInfo:
@@ -110,6 +117,8 @@ class Service:
     def unload(self) -> None:
         with self._lock:
             self._handle = None
+            self._setups.clear()
+            self._plain.clear()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -361,11 +370,9 @@ class Service:
                        progress: ProgressFn | None) -> GainsSetup:
         """Directions and operating prompts of ``data`` on the resident model (memoized while it stays resident)."""
         key = (handle.spec, data.fingerprint(), tuple(sizes), seed)
-        memo = self.__dict__.setdefault("_setups", {})
-        if key not in memo:
-            memo.clear()  # one model at a time: older setups belong to a model no longer resident
-            memo[key] = prepare_gains(handle, data, n_eval=1, sizes=sizes, seed=seed, progress=progress)
-        return memo[key]
+        if key not in self._setups:
+            self._setups[key] = prepare_gains(handle, data, n_eval=1, sizes=sizes, seed=seed, progress=progress)
+        return self._setups[key]
 
     def steer(
         self,
@@ -422,32 +429,34 @@ class Service:
         def compute(h: ModelHandle) -> SteeringResult:
             setup = self._concept_setup(h, data, sizes, seed, progress) if data is not None else None
             A = J = None
+            chosen = layers
             if method == "lqr" and setup is not None:
                 A = torch.as_tensor(self.mean_jacobians(spec, data, sizes=sizes, seed=seed, progress=progress).result.A)
             if method == "jacobian":
-                layer = layers[0] if layers else None
-                found = self.steering_jacobian(spec, steer_text, layer, progress=progress).result
-                J, layers_ = torch.as_tensor(found.J), [found.layer]
-            plan = plan_steering(h, method, setup=setup, layers=layers_ if method == "jacobian" else layers,
-                                 strength=strength, positions=positions, dy=dy, order=order, steer_text=steer_text,
-                                 lam=lam, variant=variant, q=q, r=r, qf=qf, A=A, J=J, seed=seed)
+                found = self.steering_jacobian(spec, steer_text, layers[0] if layers else None, progress=progress).result
+                J, chosen = torch.as_tensor(found.J), [found.layer]
+            plan = plan_steering(h, method, setup=setup, layers=chosen, strength=strength, positions=positions, dy=dy,
+                                 order=order, steer_text=steer_text, lam=lam, variant=variant, q=q, r=r, qf=qf, A=A,
+                                 J=J, seed=seed)
             if progress is not None:
                 progress(0.5, "Generating")
-            return compare(h, prompt, plan, settings, dataset=data.name if data is not None else "", streamers=streamers)
+            ids = info.encode(prompt)
+            plain_key = (spec, tuple(ids), settings)
+            if plain_key not in self._plain:
+                self._plain[plain_key] = generate(h, [ids], (), settings, streamers[0])[0]
+            return compare(h, prompt, plan, settings, dataset=data.name if data is not None else "",
+                           streamers=streamers, plain=self._plain[plain_key])
 
         return self._cached("steer", spec, info, info.encode(prompt), params, compute, progress)
 
     def steering_jacobian(self, spec: ModelSpec, steer_text: str, layer: int | None = None,
                           progress: ProgressFn | None = None) -> Computed[SteeringJacobian]:
         """The steering phrase's detached Jacobians at ``x_layer`` (default: two thirds of the depth), cached."""
-        from .steering import analyze_steering_jacobian as compute
-        from .steering import default_layer
-
         info = self.info(spec, progress)
-        layer = max(1, default_layer(info.n_layers)) if layer is None else int(layer)
+        layer = default_jacobian_layer(info.n_layers) if layer is None else int(layer)
         ids = info.encode(steer_text) if steer_text.strip() else []
         return self._cached("steer-jacobian", spec, info, ids, {"layer": layer},
-                            lambda h: compute(h, steer_text, layer), progress)
+                            lambda h: analyze_steering_jacobian(h, steer_text, layer), progress)
 
     def mean_jacobians(self, spec: ModelSpec, dataset: str | ConceptData, *, n_prompts: int = 50, max_tokens: int = 24,
                        sizes: tuple[int, int, int] = (400, 200, 200), seed: int = 0,

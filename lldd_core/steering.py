@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .concepts import ConceptData
 from .control import population_gains, schedules
 from .depth import _block_hooks, last_token_actions, pad_batch
 from .errors import InputError
-from .gains import GainsSetup, prepare_gains
+from .gains import GainsSetup
 from .interventions import (
     JACOBIAN_VARIANTS,
     POSITIONS,
@@ -146,12 +145,6 @@ def llv_schedule(directions: torch.Tensor, u: np.ndarray) -> AddVectors:
     return AddVectors({l: float(u[l]) * directions[l] for l in range(len(u)) if u[l] != 0}, "last")
 
 
-def steering_jacobian(handle: ModelHandle, steer_ids: Sequence[int], layer: int) -> torch.Tensor:
-    """``J_i = ∂x_layer/∂x_{0,i}`` of the phrase's last token in the detached model, ``[T_s, d, d]``."""
-    op = jacobian_operator(handle.model, handle.adapter, torch.tensor(list(steer_ids)), layer=layer, final_norm=False)
-    return op.full().J.detach()
-
-
 def mean_jacobians(handle: ModelHandle, prompts: Sequence[Sequence[int]], *, pad_id: int = 0,
                    chunk: int = 64, progress: Callable[[float, str], None] | None = None) -> torch.Tensor:
     """``A_k`` ``[L, d, d]``: last-token block Jacobians with the context frozen, averaged over ``prompts``."""
@@ -223,6 +216,11 @@ def default_layer(n_layers: int) -> int:
     return max(0, min(n_layers - 1, round(2 * n_layers / 3)))
 
 
+def default_jacobian_layer(n_layers: int) -> int:
+    """The Jacobian operator's default ``x_layer`` (``1..L``): two thirds of the depth."""
+    return max(1, default_layer(n_layers))
+
+
 def plan_steering(
     handle: ModelHandle,
     method: str,
@@ -277,11 +275,11 @@ def plan_steering(
     if method == "jacobian":
         if not steer_text.strip():
             raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
-        layer = max(1, default_layer(L)) if layers is None else int(next(iter(layers)))
+        layer = default_jacobian_layer(L) if layers is None else int(next(iter(layers)))
         if not 1 <= layer <= L:
             raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
         lam = 0.5 if lam is None else float(lam)
-        J = steering_jacobian(handle, handle.info.encode(steer_text), layer) if J is None else J
+        J = torch.as_tensor(analyze_steering_jacobian(handle, steer_text, layer).J) if J is None else J
         return SteeringPlan(method, [JacobianSteering(J, layer, lam, variant)], readout, np.zeros(0),
                             {"steer_text": steer_text, "layer": layer, "lam": lam, "variant": variant})
     # lqr
@@ -300,13 +298,19 @@ def compare(
     *,
     dataset: str = "",
     streamers: tuple[object | None, object | None] = (None, None),
+    plain: Generated | None = None,
 ) -> SteeringResult:
-    """Generate ``prompt``'s continuation unsteered and steered by ``plan``; readouts along both."""
+    """Generate ``prompt``'s continuation unsteered and steered by ``plan``; readouts along both.
+
+    ``plain``: the unsteered continuation if already generated with these settings (it does not
+    depend on the method, so comparing several methods generates it once).
+    """
     if not prompt.strip():
         raise InputError("The prompt is empty: type a few words to continue.")
     t0 = time.perf_counter()
     ids = handle.info.encode(prompt)
-    plain = generate(handle, [ids], (), settings, streamers[0])[0]
+    if plain is None:
+        plain = generate(handle, [ids], (), settings, streamers[0])[0]
     steered = generate(handle, [ids], plan.interventions, settings, streamers[1])[0]
     tok = handle.info.tokenizer
     empty = np.zeros(0)
@@ -320,12 +324,6 @@ def compare(
         readout_steered=readout_along(handle, steered, plan.readout) if plan.readout is not None else empty,
         schedule=np.asarray(plan.schedule, dtype=np.float64),
     )
-
-
-def concept_setup(handle: ModelHandle, data: ConceptData, *, n_eval: int = 16, sizes: tuple[int, int, int] = (400, 200, 200),
-                  seed: int = 0, progress: Callable[[float, str], None] | None = None) -> GainsSetup:
-    """Directions, class-mean differences and the operating prompts of ``data`` (shared with the gains)."""
-    return prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed, progress=progress)
 
 
 # --- cached pieces and streaming -----------------------------------------------------------------

@@ -41,6 +41,7 @@ from lldd_core.steering import (
     CallbackStreamer,
     GenerationSettings,
     SteeringResult,
+    default_jacobian_layer,
     default_layer,
 )
 from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
@@ -115,7 +116,7 @@ def jacobian_controls(n_layers: int) -> dict:
     c1, c2, c3, c4 = st.columns([3, 1, 1, 2])
     text = c1.text_input("Steering phrase", value=DEFAULT_STEER_TEXT, key="st_jac_text",
                          help="Its detached Jacobian at the chosen layer is applied to the new text's inputs.")
-    layer = c2.number_input("Layer", min_value=1, max_value=n_layers, value=max(1, default_layer(n_layers)), step=1,
+    layer = c2.number_input("Layer", min_value=1, max_value=n_layers, value=default_jacobian_layer(n_layers), step=1,
                             key=f"st_jac_layer_of_{n_layers}",
                             help=f"x_layer, the output of that many blocks (1..{n_layers}).")
     lam = c3.number_input("λ", value=0.5, step=0.1, format="%.4g", key="st_jac_lam")

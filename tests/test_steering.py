@@ -8,11 +8,11 @@ import torch
 
 from lldd_core.concepts import load
 from lldd_core.errors import InputError
+from lldd_core.gains import prepare_gains
 from lldd_core.interventions import AddVectors, JacobianSteering, intervene
 from lldd_core.steering import (
     GenerationSettings,
     compare,
-    concept_setup,
     generate,
     mean_jacobians,
     plan_steering,
@@ -28,7 +28,7 @@ GREEDY = GenerationSettings(max_new_tokens=8)
 @pytest.fixture(scope="module")
 def steer_env(tiny_dirs):
     handle = load_model(tiny_dirs["llama"])
-    setup = concept_setup(handle, load("sentiment"), **SMALL)
+    setup = prepare_gains(handle, load("sentiment"), **SMALL)
     A = mean_jacobians(handle, setup.operating, pad_id=setup.pad)
     return handle, setup, A
 
@@ -206,7 +206,7 @@ def test_demo_additive_sentiment_steering_turns_a_negative_review(demo_default):
     from lldd_core.models import load_model as load_spec
 
     handle = load_spec(ModelSpec(str(demo_default), device="cpu"))
-    setup = concept_setup(handle, load("sentiment"), n_eval=1)
+    setup = prepare_gains(handle, load("sentiment"), n_eval=1)
     prompt = "The service at the diner was terrible and I"
     plan = plan_steering(handle, "additive", setup=setup, layers=[1], strength=8.0)
     r = compare(handle, prompt, plan, GenerationSettings(max_new_tokens=12))
@@ -235,3 +235,23 @@ def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(dem
     bridge = plan_steering(handle, "jacobian", steer_text="The bridge out of Marin is the", layers=[4], lam=0.2)
     r2 = compare(handle, "We went to the cafe and the food was", bridge, settings)
     assert "Golden" in r2.steered and "Golden" not in r2.unsteered
+
+
+def test_service_generates_the_unsteered_text_once_for_several_methods(tiny_dirs, tmp_path, monkeypatch):
+    import lldd_core.service as service_module
+    from lldd_core.cache import ResultCache
+    from lldd_core.models import ModelSpec
+    from lldd_core.service import Service
+
+    calls: list[int] = []
+    real = service_module.generate
+    monkeypatch.setattr(service_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    svc = Service(ResultCache(tmp_path / "cache"))
+    spec = ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")
+    add = svc.steer(spec, "The movie was", "additive", dataset="sentiment", settings=GREEDY, sizes=(6, 4, 3)).result
+    jac = svc.steer(spec, "The movie was", "jacobian", steer_text="The Golden Gate", lam=0.3, settings=GREEDY).result
+    assert len(calls) == 1 and add.unsteered == jac.unsteered
+    # it is the unsteered text: the same as generating without interventions
+    plain = generate(svc.handle(spec), [svc.info(spec).encode("The movie was")], (), GREEDY)[0]
+    assert svc.info(spec).tokenizer.decode(plain.new_ids) == add.unsteered
+    svc.cache.close()

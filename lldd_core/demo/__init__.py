@@ -4,7 +4,17 @@ Demo models are addressed as ``demo:<name>`` wherever a model id is accepted (``
 is the default of the dashboard and CLI).
 """
 
-from .build import DEFAULT_DEMO, DEMO_CONFIGS, DemoConfig, DemoInfo, build_demo, demo_dir, demo_path, is_built, read_info
+from .build import (
+    DEFAULT_DEMO,
+    DEMO_CONFIGS,
+    DemoConfig,
+    DemoInfo,
+    build_demo,
+    demo_dir,
+    demo_path,
+    is_built,
+    read_info,
+)
 
 DEMO_PREFIX = "demo:"
 

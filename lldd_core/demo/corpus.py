@@ -190,7 +190,7 @@ def fill_hash(text: str) -> int:
 HOLD_OUT = {"review": 5, "request": 2, "narrative": 2, "statement": 2}
 
 
-def is_held_out(fill: "Fill") -> bool:
+def is_held_out(fill: Fill) -> bool:
     """Whether ``fill`` is kept out of training (for the concept datasets), by a stable hash."""
     return fill_hash(fill.text) % HOLD_OUT.get(fill.domain, 5) == 0
 
