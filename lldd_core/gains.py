@@ -211,7 +211,7 @@ class GainsSetup:
     evaluation: list[list[int]]
     texts: list[str]
     pad: int
-    differences: torch.Tensor | None = None  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
+    differences: torch.Tensor  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
 
     def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
         """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""
