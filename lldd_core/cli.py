@@ -43,7 +43,7 @@ EXIT_USER_ERROR = 2
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import DEVICE_CHOICES, DTYPES, default_model
+    from .models import default_model
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -52,24 +52,39 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="hub id (org/name), local directory, or demo:<name> for a built-in demo model (default: %(default)s)",
     )
     g.add_argument("--revision", default=None, help="branch, tag or commit of a hub model")
-    g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: %(default)s")
-    g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or a torch device (default: auto)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository to run")
-    g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights; safetensors only otherwise")
+    _add_loading_args(g)
     p.add_argument("--json", metavar="FILE", default=None, help="write the result as JSON to FILE ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _spec(args: argparse.Namespace):
+def _add_loading_args(g: argparse._ArgumentGroup) -> None:
+    """How weights load: precision, placement, quantization and the safety switches."""
+    from .models import DEVICE_CHOICES, DTYPES, QUANTIZATIONS
+
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: %(default)s")
+    g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or a torch device "
+                   "(default: auto; map: spread over all GPUs, offloading what does not fit)")
+    g.add_argument("--max-memory", default=None, metavar="SPEC",
+                   help="with --device map: per-device limits such as '0=20GiB,cpu=64GiB' (the rest goes to disk)")
+    g.add_argument("--quantization", default="none", choices=list(QUANTIZATIONS),
+                   help="8-bit or 4-bit weights via bitsandbytes (pip install 'lldd[quant]', CUDA only)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository to run")
+    g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights; safetensors only otherwise")
+
+
+def _spec(args: argparse.Namespace, model: str | None = None):
+    """The model spec of the command line (``model`` overrides ``--model``)."""
     from .models import ModelSpec
 
     return ModelSpec(
-        model=args.model,
-        revision=args.revision,
+        model=model if model is not None else args.model,
+        revision=getattr(args, "revision", None),
         dtype=args.dtype,
         device=args.device,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
+        max_memory=args.max_memory,
+        quantization=args.quantization,
     )
 
 
@@ -428,7 +443,6 @@ def _print_sweep(cells: list[Any], elapsed: float) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .errors import InputError
-    from .models import ModelSpec
     from .service import get_service
     from .sweep import FAMILIES, STATUSES, GainSettings, family_models, parse_list, run_sweep, sweep_status
 
@@ -448,8 +462,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
     settings = GainSettings(order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
                             mode=args.mode, sizes=sizes, seed=args.seed).check()
-    like = ModelSpec(models[0], dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                     allow_pickle=args.allow_pickle)
+    like = _spec(args, models[0])
     service = get_service()
     if args.status_only:
         cells = sweep_status(service, models, datasets, like=like, settings=settings)
@@ -822,7 +835,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
     p.set_defaults(func=cmd_gains)
 
-    from .models import DEVICE_CHOICES, DTYPES
     from .sweep import FAMILIES
 
     p = sub.add_parser(
@@ -854,12 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-only", action="store_true",
                    help="only report what the cache holds (loads no weights, builds nothing)")
     g = p.add_argument_group("models")
-    g.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: %(default)s")
-    g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or a torch device "
-                   "(default: auto)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repositories to run")
-    g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights; safetensors only "
-                   "otherwise")
+    _add_loading_args(g)
     p.add_argument("--json", metavar="FILE", default=None,
                    help="write the cells as JSON to FILE ('-' for stdout: then no table)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -12,7 +12,8 @@ taken with hooks, not from ``output_hidden_states``).
   :class:`PromptContext` runs the prefix once and keeps its KV cache; each evaluation runs the
   last token alone on a copy of that cache, replacing its input at block ``l``.
 * ``A_l = ∂f_l/∂x_l`` applied to directions by forward-mode AD (vmapped JVPs; the eager softmax
-  path, which has forward AD), with central finite differences as a fallback and a check.
+  path, which has forward AD); where a model has none (quantized or offloaded layers) by
+  reverse over reverse or central differences, said in a notice (:mod:`lldd_core.jvp`).
 * **Gains** of a concept injection ``x_k <- x_k + u v_k`` at the last token on the readout
   ``w^T x_L``: *measured* ``(w^T x_L(u = ε) - w^T x_L) / ε`` for every ``k`` in one batched pass;
   *exact linear* ``∂(w^T x_L)/∂x_k · v_k`` for every ``k`` from one backward pass.
@@ -33,7 +34,9 @@ import torch
 from torch import nn
 
 from .arch import FamilyAdapter
+from .jvp import columns
 from .linearize import live_mode
+from .placement import input_device, model_dtype
 from .residual import _StopForward
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -94,7 +97,7 @@ def _block_hooks(
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 # --- states of many prompts ----------------------------------------------------------------------
@@ -176,7 +179,7 @@ def last_token_actions(
     """
     blocks = adapter.layers(model)
     device = _device(model)
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     out_rows: list[torch.Tensor] = []
     zero = torch.zeros(P.shape[0], dtype=dtype, device=device)
     # no_grad: forward-mode AD ignores it, and without it every action would keep a backward graph
@@ -200,7 +203,7 @@ def last_token_actions(
                         pass
                 return out[("out", layer)][:, -1]
 
-            cols = torch.vmap(lambda p: torch.func.jvp(f, (zero,), (p,))[1])(P.T.to(dtype))  # [r, n, d]
+            cols = columns(model, f, zero, P.T.to(dtype))  # [r, n, d]
             out_rows.append(cols.permute(1, 2, 0))
     return torch.cat(out_rows)
 
@@ -266,7 +269,7 @@ class PromptContext:
         return out[("out", layer)][:, 0]
 
     def jacobian_actions(self, layer: int, P: torch.Tensor) -> torch.Tensor:
-        """``A_l P`` for directions ``P`` ``[d, r]`` by forward-mode AD (vmapped JVPs) -> ``[d, r]``."""
+        """``A_l P`` for directions ``P`` ``[d, r]`` by vmapped JVPs (or :mod:`lldd_core.jvp`'s fallbacks) -> ``[d, r]``."""
         x = self.states[layer]
 
         def f(v: torch.Tensor) -> torch.Tensor:
@@ -274,7 +277,7 @@ class PromptContext:
             return out[("out", layer)][0, 0]
 
         with live_mode(self.model, self.adapter), torch.no_grad():  # forward AD ignores no_grad
-            cols = torch.vmap(lambda p: torch.func.jvp(f, (x,), (p,))[1])(P.T.to(x.dtype))
+            cols = columns(self.model, f, x, P.T.to(x.dtype))
         return cols.T
 
     def fd_actions(self, layer: int, P: torch.Tensor, h: float = 1e-4) -> torch.Tensor:

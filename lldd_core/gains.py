@@ -37,6 +37,7 @@ from .errors import InputError, NumericalError
 from .jacobian import ProgressFn
 from .llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
 from .models import ModelHandle
+from .placement import model_dtype
 from .results import result_type
 
 ANALYSIS = "gains"
@@ -281,8 +282,7 @@ def prepare_gains(
     states = last_token_states(model, adapter, [encode(t) for t in splits.concept.texts], pad_id=pad,
                                progress=lambda f, m: report(f, f"Concept states: {m}"))
     V = torch.as_tensor(class_directions(states, splits.concept.labels, allow_zero=True))
-    param = next(model.parameters())
-    V = V.to(dtype=param.dtype, device=param.device)
+    V = V.to(dtype=model_dtype(model), device=handle.device)
     positive = np.asarray(splits.concept.labels) == 1
     E = torch.as_tensor(states[positive].mean(0) - states[~positive].mean(0)).to(V)
     layers = list(range(L))

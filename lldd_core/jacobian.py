@@ -27,6 +27,7 @@ from torch import nn
 
 from .arch import FamilyAdapter
 from .linearize import detached_mode, live_mode
+from .placement import input_device, model_dtype, scaled_biases
 from .residual import run_to_layer
 
 ProgressFn = Callable[[float, str], None]
@@ -181,19 +182,16 @@ def jacobian_operator(
     n_layers = len(adapter.layers(model))
     layer = n_layers if layer is None else layer
     mode = detached_mode if detached else live_mode
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    s = torch.ones((), dtype=dtype, device=device, requires_grad=True)
+    device = input_device(model)
+    s = torch.ones((), dtype=model_dtype(model), device=device, requires_grad=True)
     with contextlib.ExitStack() as stack:
         stack.enter_context(mode(model, adapter))
         stack.enter_context(torch.enable_grad())
-        run = run_to_layer(model, adapter, ids.to(device), layer, track_x0=True, bias_scale=s)
-        out = run.xk
-        if final_norm:
-            norm = adapter.final_norm(model)
-            # the final norm may carry a bias: scale it like every other additive constant
-            params = {n: p * s.to(p.device) for n, p in norm.named_parameters() if n == "bias"}
-            out = torch.func.functional_call(norm, params, (out,), strict=False) if params else norm(out)
+        # every additive constant (linear and norm biases, the final norm's too) becomes s * bias:
+        # the detached map is jointly linear in (x_0, s), so dy/ds is the bias channel
+        stack.enter_context(scaled_biases(model.modules(), s))
+        run = run_to_layer(model, adapter, ids.to(device), layer, track_x0=True)
+        out = adapter.final_norm(model)(run.xk) if final_norm else run.xk
         y = out[0, position]
     jvp = _layer_jvp(model, adapter, ids.to(device), layer, final_norm, position) if detached else None
     return JacobianOperator(x0=run.x0, s=s, y=y, intermediate=_intermediate_size(model), jvp=jvp)

@@ -33,6 +33,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .arch import FamilyAdapter
 from .errors import UnsupportedFamilyError
+from .placement import forward_attribute, model_dtype
 
 DETACHED_ATTENTION = "lldd_detached"
 LIVE_ATTENTION = "lldd_eager"
@@ -189,19 +190,24 @@ def _detached_plain_activation(original: Callable) -> Callable:
 
 @contextlib.contextmanager
 def _patched_forwards(patches: list[tuple[nn.Module, Callable]]) -> Iterator[None]:
-    """Give each module an instance-level ``forward``; restore the previous state on exit."""
-    saved: list[tuple[nn.Module, object]] = []
+    """Give each module an instance-level forward; restore the previous state on exit.
+
+    Under an accelerate hook the module's own forward (``_old_forward``) is replaced, so the hook
+    still moves inputs and loads offloaded weights around our computation (:mod:`lldd_core.placement`).
+    """
+    saved: list[tuple[nn.Module, str, object]] = []
     try:
         for module, fn in patches:
-            saved.append((module, module.__dict__.get("forward", None)))
-            module.forward = MethodType(fn, module)
+            attr = forward_attribute(module)
+            saved.append((module, attr, module.__dict__.get(attr)))
+            module.__dict__[attr] = MethodType(fn, module)
         yield
     finally:
-        for module, previous in reversed(saved):
+        for module, attr, previous in reversed(saved):
             if previous is None:
-                module.__dict__.pop("forward", None)
+                module.__dict__.pop(attr, None)
             else:
-                module.forward = previous
+                module.__dict__[attr] = previous
 
 
 @contextlib.contextmanager
@@ -262,7 +268,7 @@ def live_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
     disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
     """
     patches: list[tuple[nn.Module, Callable]] = []
-    if next(model.parameters()).dtype == torch.float64:
+    if model_dtype(model) == torch.float64:
         patches = [(n, _float64_rms_norm(adapter.norm_weight_offset)) for n in _unique(adapter.norms(model))
                    if not (isinstance(n, nn.LayerNorm) or type(n).__name__.endswith("LayerNorm"))]
     with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION), _patched_forwards(patches):

@@ -21,6 +21,7 @@ from .arch import FamilyAdapter, adapter_for
 from .demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_demo
 from .demo.build import ProgressFn
 from .errors import InputError, LLDDError, ModelLoadError, ResourceError
+from .placement import input_device
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -31,6 +32,8 @@ DTYPES: dict[str, torch.dtype] = {
 #: ``device`` values besides torch device strings: ``auto`` picks CUDA, then MPS, then CPU;
 #: ``map`` spreads the model over all GPUs with accelerate's ``device_map="auto"``.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "map")
+#: Weight quantization through bitsandbytes (the optional ``quant`` extra; CUDA only).
+QUANTIZATIONS = ("none", "8bit", "4bit")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -53,9 +56,18 @@ class ModelSpec:
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    #: with ``device="map"``: the most each device may hold, ``"0=20GiB,1=20GiB,cpu=64GiB"``; blocks
+    #: beyond it are offloaded (CPU, then disk under :func:`offload_dir`) and loaded per call
+    max_memory: str | None = None
+    quantization: str = "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def precision(self) -> str:
+        """What the numbers of a result depend on besides the weights: the dtype, and the quantization."""
+        return self.dtype if self.quantization == "none" else f"{self.dtype}+{self.quantization}"
 
 
 @dataclass(eq=False)
@@ -140,9 +152,16 @@ class ModelHandle:
     def n_layers(self) -> int:
         return len(self.adapter.layers(self.model))
 
+    @property
+    def notice(self) -> str | None:
+        """Why Jacobian products on this model do not use forward mode (:mod:`lldd_core.jvp`), or ``None``."""
+        from .jvp import notice
+
+        return notice(self.model)
+
     def result_fields(self, input_ids: list[int] | None = None) -> dict:
         """The fields every result records about its model (and, given ``input_ids``, its prompt)."""
-        fields = {"model": self.spec.model, "revision": self.revision, "dtype": self.spec.dtype,
+        fields = {"model": self.spec.model, "revision": self.revision, "dtype": self.spec.precision,
                   "family": self.adapter.name}
         if input_ids is not None:
             fields.update(tokens=self.info.token_strings(input_ids), input_ids=[int(i) for i in input_ids])
@@ -166,6 +185,67 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise InputError("MPS was requested but is not available here: choose device 'auto' or 'cpu'.")
     return dev
+
+
+def offload_dir() -> Path:
+    """Where accelerate may write offloaded weights: ``$LLDD_OFFLOAD_DIR``, else ``offload/`` next to the cache."""
+    from .cache import cache_dir
+
+    return Path(os.environ.get("LLDD_OFFLOAD_DIR") or cache_dir() / "offload").expanduser()
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, int] | None:
+    """``"0=20GiB, cpu=64GiB"`` -> ``{0: 21474836480, "cpu": 68719476736}`` (GPU indices as ints, bytes)."""
+    if text is None or not text.strip():
+        return None
+    out: dict[int | str, int] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, amount = part.partition("=")
+        name, amount = name.strip().lower(), amount.strip()
+        if not sep or not amount or not (name.isdigit() or name in ("cpu", "mps") or name.startswith("cuda:")):
+            raise InputError(f"Bad max-memory entry {part.strip()!r}: write device=amount pairs such as "
+                             "'0=20GiB,cpu=64GiB' (GPU index, cuda:N, cpu or mps).")
+        key: int | str = int(name.split(":")[-1]) if name.isdigit() or name.startswith("cuda:") else name
+        out[key] = _size(amount)
+    return out or None
+
+
+def _size(amount: str) -> int:
+    """``"20GiB"``, ``"500MB"`` or plain bytes, in bytes."""
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        return int(amount) if amount.isdigit() else int(convert_file_size_to_int(amount))
+    except ValueError:
+        raise InputError(f"Bad amount {amount!r} in max-memory: use sizes such as 20GiB or 500MB.") from None
+
+
+def check_quantization(spec: ModelSpec) -> dict:
+    """``from_pretrained`` arguments for ``spec.quantization``, or an explained error where it cannot run here."""
+    if spec.quantization not in QUANTIZATIONS:
+        raise InputError(f"Unknown quantization {spec.quantization!r}: choose one of {', '.join(QUANTIZATIONS)}.")
+    if spec.quantization == "none":
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InputError(f"{spec.quantization} loading needs bitsandbytes, which is not installed: "
+                         "`pip install 'lldd[quant]'` (CUDA GPUs only), or choose quantization 'none'.")
+    if not torch.cuda.is_available():
+        raise InputError(f"{spec.quantization} loading (bitsandbytes) needs a CUDA GPU and there is none here: "
+                         "choose quantization 'none' and bfloat16 or float32 instead.")
+    if spec.dtype == "float64":
+        raise InputError("Quantized weights compute in half or single precision: choose bfloat16, float16 or float32.")
+    from transformers import BitsAndBytesConfig
+
+    if spec.quantization == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=DTYPES[spec.dtype],
+                                    bnb_4bit_quant_type="nf4")
+    return {"quantization_config": config, "device_map": "auto"}
 
 
 def is_local(model: str) -> bool:
@@ -298,6 +378,11 @@ def resolve_model(
     if spec.dtype not in DTYPES:
         raise InputError(f"Unknown dtype '{spec.dtype}'. Use one of: {', '.join(DTYPES)}.")
     resolve_device(spec.device)  # a bad device is reported before any work, also on a cache hit
+    if spec.quantization not in QUANTIZATIONS:
+        raise InputError(f"Unknown quantization {spec.quantization!r}: choose one of {', '.join(QUANTIZATIONS)}.")
+    if spec.max_memory is not None and spec.device != "map":
+        raise InputError("max-memory applies to device 'map' (a model spread over devices): choose device 'map'.")
+    parse_max_memory(spec.max_memory)
     if not isinstance(spec.model, str) or not spec.model.strip():
         raise InputError("No model given: enter a hub id (e.g. 'gpt2') or the path of a local model directory.")
     local = is_local(spec.model) or is_demo(spec.model)
@@ -339,14 +424,20 @@ def load_model(spec: ModelSpec | ModelInfo, revision_memo: MutableMapping | None
         "dtype": DTYPES[spec.dtype],
         "use_safetensors": None if spec.allow_pickle else True,  # None: safetensors first, then .bin
     }
+    load_kwargs.update(check_quantization(spec))
     if spec.device == "map":
-        load_kwargs["device_map"] = "auto"
+        # blocks that do not fit the devices (max_memory) are offloaded and loaded per call by
+        # accelerate's hooks, which every analysis works through (lldd_core.placement)
+        load_kwargs.update(device_map="auto", offload_folder=str(offload_dir()))
+        max_memory = parse_max_memory(spec.max_memory)
+        if max_memory is not None:
+            load_kwargs["max_memory"] = max_memory
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=info.config, **load_kwargs)
-        if spec.device != "map":
+        if "device_map" not in load_kwargs:
             model = model.to(device)
     except Exception as err:
         raise explain_load_error(spec.model, spec.revision, err) from err
     model.eval()
     model.requires_grad_(False)
-    return ModelHandle(info=info, model=model, device=model.get_input_embeddings().weight.device)
+    return ModelHandle(info=info, model=model, device=input_device(model))

@@ -61,11 +61,6 @@ def _hooks(layers: nn.ModuleList, k: int, x0: torch.Tensor | None, track_x0: boo
             handle.remove()
 
 
-def bias_parameters(model: nn.Module) -> list[str]:
-    """Names of every additive constant of the model (linear and norm biases)."""
-    return [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-
-
 def run_to_layer(
     model: nn.Module,
     adapter: FamilyAdapter,
@@ -74,7 +69,6 @@ def run_to_layer(
     *,
     x0: torch.Tensor | None = None,
     track_x0: bool = False,
-    bias_scale: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> ResidualRun:
     """Forward ``input_ids`` through blocks ``0..layer-1`` and return ``x_0`` and ``x_layer``.
@@ -82,8 +76,6 @@ def run_to_layer(
     Args:
         x0: use this stream instead of the embeddings' (same shape ``[B, T, d]``); when omitted the
             model's own ``x_0`` is used, as a fresh leaf that requires grad if ``track_x0``.
-        bias_scale: a scalar ``s``; every parameter named ``*bias`` is replaced by ``s * bias``.
-            The detached map is jointly linear in ``(x_0, s)``, so ``dy/ds`` is the bias channel.
     """
     layers = adapter.layers(model)
     if not 1 <= layer <= len(layers):
@@ -94,12 +86,7 @@ def run_to_layer(
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     with _hooks(layers, layer, x0, track_x0, out):
         try:
-            if bias_scale is None:
-                model(**kwargs)
-            else:
-                params = dict(model.named_parameters())
-                scaled = {n: params[n] * bias_scale.to(params[n].device) for n in bias_parameters(model)}
-                torch.func.functional_call(model, scaled, args=(), kwargs=kwargs, strict=False)
+            model(**kwargs)
         except _StopForward:
             pass
     if "xk" not in out:

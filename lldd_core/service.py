@@ -106,7 +106,7 @@ class Service:
                 return self._handle
             self.unload()
             if progress is not None:
-                progress(0.0, f"Loading {spec.model} ({spec.dtype})")
+                progress(0.0, f"Loading {spec.model} ({spec.precision})")
             self._handle = load_model(self.info(spec))  # load errors arrive explained
             return self._handle
 
@@ -134,7 +134,7 @@ class Service:
         compute: Callable[[ModelHandle], R],
         progress: ProgressFn | None,
     ) -> Computed[R]:
-        key = make_key(analysis, model=spec.model, revision=info.revision, dtype=spec.dtype, input_ids=input_ids, params=params)
+        key = make_key(analysis, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=input_ids, params=params)
         hit = self.cache.get(key)
         if hit is not None:
             return Computed(hit, True)
@@ -305,7 +305,7 @@ class Service:
         info = self.info(spec)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         params = self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
-        key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.dtype, input_ids=[], params=params)
+        key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[], params=params)
         return self.cache.get(key)
 
     def gains_ablation(

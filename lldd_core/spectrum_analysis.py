@@ -29,6 +29,7 @@ from .errors import InputError, NumericalError
 from .jacobian import JacobianOperator, ProgressFn, jacobian_operator
 from .jacobian_analysis import check_size
 from .models import ModelHandle
+from .placement import tensor_of
 from .results import result_type
 from .spectral import TopKSVD, choose_method, fix_signs, svd_full, topk_svd
 
@@ -150,8 +151,9 @@ def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int, 
 
 def embedding_matrices(handle: ModelHandle) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W_U, W_E)``: unembedding and input embedding weights, ``[V, d]`` each."""
-    W_U = handle.adapter.unembedding(handle.model).weight.detach()
-    W_E = handle.adapter.input_embedding(handle.model).weight.detach()
+    # tensor_of: an offloaded embedding is on the meta device outside its call
+    W_U = tensor_of(handle.adapter.unembedding(handle.model)).detach()
+    W_E = tensor_of(handle.adapter.input_embedding(handle.model)).detach()
     return W_U, W_E
 
 

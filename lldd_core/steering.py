@@ -43,6 +43,7 @@ from .interventions import (
 from .jacobian import jacobian_operator
 from .lqr import riccati_gains, setpoints
 from .models import ModelHandle
+from .placement import model_dtype
 from .residual import _StopForward
 from .results import result_type
 
@@ -100,7 +101,7 @@ def generate(
     """
     settings.check()
     model = handle.model
-    device = next(model.parameters()).device
+    device = handle.device
     tok = handle.info.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     ids, mask = pad_batch(prompts, pad, "left")
@@ -127,7 +128,7 @@ def readout_along(handle: ModelHandle, generated: Generated, readout: torch.Tens
         return np.zeros(0)
     model, blocks = handle.model, handle.adapter.layers(handle.model)
     L = len(blocks)
-    device = next(model.parameters()).device
+    device = handle.device
     ids = torch.tensor([generated.prompt_ids + generated.new_ids], device=device)
     out: dict = {}
     with torch.no_grad(), _block_hooks(blocks, capture_outputs=[L - 1], stop_after=L - 1, out=out), \
@@ -149,9 +150,9 @@ def mean_jacobians(handle: ModelHandle, prompts: Sequence[Sequence[int]], *, pad
                    chunk: int = 64, progress: Callable[[float, str], None] | None = None) -> torch.Tensor:
     """``A_k`` ``[L, d, d]``: last-token block Jacobians with the context frozen, averaged over ``prompts``."""
     L, d = handle.n_layers, handle.info.d_model
-    param = next(handle.model.parameters())
-    eye = torch.eye(d, dtype=param.dtype, device=param.device)
-    A = torch.empty(L, d, d, dtype=param.dtype, device=param.device)
+    dtype, device = model_dtype(handle.model), handle.device
+    eye = torch.eye(d, dtype=dtype, device=device)
+    A = torch.empty(L, d, d, dtype=dtype, device=device)
     for k in range(L):
         for start in range(0, d, chunk):
             cols = last_token_actions(handle.model, handle.adapter, prompts, k, eye[:, start:start + chunk], pad_id=pad_id)

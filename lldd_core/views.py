@@ -30,6 +30,7 @@ from torch import nn
 from .arch import FamilyAdapter
 from .jacobian import JacobianOperator, _intermediate_size
 from .linearize import detached_mode
+from .placement import input_device, model_dtype
 from .residual import _StopForward
 
 SITES: tuple[str, ...] = ("cumulative", "block", "attention", "mlp")
@@ -107,7 +108,7 @@ def _recording_hooks(
 
 
 def _run(model: nn.Module, input_ids: torch.Tensor) -> None:
-    ids = input_ids.reshape(1, -1).to(next(model.parameters()).device)
+    ids = input_ids.reshape(1, -1).to(input_device(model))
     try:
         # explicit all-ones mask: a pad id that doubles as BOS must not be taken for padding
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
@@ -156,8 +157,7 @@ def record_views(
     capture = [(s, k) for s in sites for k in ks]
     out: dict = {}
     norm = adapter.final_norm(model)
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
+    dtype, device = model_dtype(model), input_device(model)
     dummy_s = torch.ones((), dtype=dtype, device=device, requires_grad=True)  # views carry no bias channel
     inter = _intermediate_size(model)
     operators: dict[tuple[str, int], JacobianOperator] = {}

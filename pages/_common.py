@@ -226,7 +226,9 @@ def render_cache_sidebar() -> None:
     )
     resident = service.resident
     if resident is not None:
-        sb.caption(f"Loaded: `{resident.spec.model}` ({resident.spec.dtype}, {resident.device})")
+        sb.caption(f"Loaded: `{resident.spec.model}` ({resident.spec.precision}, {resident.device})")
+        if resident.notice:
+            sb.caption(f"ℹ️ {resident.notice}")
 
 
 def current_spec() -> ModelSpec:
