@@ -362,6 +362,14 @@ def _sweep_command(args: argparse.Namespace) -> str:
     parts += ["--datasets", args.datasets, "--order", str(args.order), "--eps", f"{args.eps:g}", "--n-eval",
               str(args.n_eval), "--complement", args.complement, "--mode", args.mode, "--sizes", args.sizes,
               "--seed", str(args.seed), "--dtype", args.dtype, "--device", args.device]
+    if args.max_memory:
+        parts += ["--max-memory", args.max_memory]
+    if args.quantization != "none":
+        parts += ["--quantization", args.quantization]
+    if args.engine == "ray":
+        parts += ["--engine", "ray", "--chunk-size", str(args.chunk_size)]
+        parts += ["--address", args.address] if args.address else []
+        parts += ["--gpus-per-task", f"{args.gpus_per_task:g}"] if args.gpus_per_task is not None else []
     parts += [flag for flag, on in (("--trust-remote-code", args.trust_remote_code),
                                     ("--allow-pickle", args.allow_pickle)) if on]
     return " ".join(shlex.quote(p) for p in parts)
@@ -383,8 +391,9 @@ def _fmt(x: float | None) -> str:
 class _SweepBars:
     """tqdm on stderr over the cells to compute, the running cell's own bar under it, a line per cell."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, unit: str = "cell") -> None:
         self.enabled = enabled
+        self.unit = unit
         self.bar = None
         self.inner = _Progress(enabled)
         self.finished: list[Any] = []
@@ -395,7 +404,8 @@ class _SweepBars:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=sys.stderr, unit="cell", desc="sweep", dynamic_ncols=True)
+            self.bar = tqdm(total=total, file=sys.stderr, unit=self.unit, desc="sweep", dynamic_ncols=True)
+        self.bar.total = total  # the Ray engine learns the number of chunk tasks as it goes
         self.bar.n = done
         self.bar.set_postfix_str(message[-70:], refresh=True)
 
@@ -467,10 +477,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.status_only:
         cells = sweep_status(service, models, datasets, like=like, settings=settings)
     else:
-        bars = _SweepBars(not args.quiet)
+        bars = _SweepBars(not args.quiet, "cell" if args.engine == "local" else "task")
         try:
-            cells = run_sweep(service, models, datasets, like=like, settings=settings, progress=bars.progress,
-                              cell_progress=bars.cell, on_cell=bars.on_cell).cells
+            if args.engine == "ray":
+                from .sweep_ray import run_ray_sweep
+
+                cells = run_ray_sweep(service, models, datasets, like=like, settings=settings, address=args.address,
+                                      chunk_size=args.chunk_size, gpus_per_task=args.gpus_per_task,
+                                      progress=bars.progress, on_cell=bars.on_cell).cells
+            else:
+                cells = run_sweep(service, models, datasets, like=like, settings=settings, progress=bars.progress,
+                                  cell_progress=bars.cell, on_cell=bars.on_cell).cells
         except KeyboardInterrupt:
             bars.close()
             n = len(models) * len(datasets)
@@ -863,6 +880,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
     p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: cell after cell in this process (default); ray: bases and prompt chunks as tasks on "
+                   "a Ray cluster (pip install 'lldd[ray]')")
+    g.add_argument("--address", default=None,
+                   help="with --engine ray: the cluster ('auto', host:6379 or ray://host:10001); default: start a "
+                   "local one")
+    g.add_argument("--chunk-size", type=int, default=8, help="with --engine ray: evaluation prompts per task (default 8)")
+    g.add_argument("--gpus-per-task", type=float, default=None,
+                   help="with --engine ray: GPUs each task requests (default 1 if the cluster has GPUs, else 0)")
     p.add_argument("--status-only", action="store_true",
                    help="only report what the cache holds (loads no weights, builds nothing)")
     g = p.add_argument_group("models")

@@ -229,31 +229,42 @@ class GainsSetup:
         states = torch.as_tensor(last_token_states(h.model, h.adapter, self.operating, pad_id=self.pad))
         return pca_bases(self.directions, states.to(self.directions), order)
 
-    def predicted(self, bases: list[torch.Tensor], mode: str) -> np.ndarray:
-        """Predicted gains ``[P, K]`` of every evaluation prompt (prompt mode) or the mean model's curve."""
+    def population_curve(self, bases: list[torch.Tensor]) -> np.ndarray:
+        """The operating prompts' mean reduced model's predicted gains ``[K]`` (population mode)."""
         L = self.handle.n_layers
+        Abar = [bases[l + 1].T @ self.mean_action(l, bases[l]) for l in range(L)]
+        return predicted_gains(Abar)[self.layers].detach().double().cpu().numpy()
+
+    def predicted(self, bases: list[torch.Tensor], mode: str, rows: slice = slice(None)) -> np.ndarray:
+        """Predicted gains ``[P, K]`` of the evaluation prompts ``rows`` (prompt mode) or the mean model's curve."""
+        evaluation = self.evaluation[rows]
         if mode == "population":
-            Abar = [bases[l + 1].T @ self.mean_action(l, bases[l]) for l in range(L)]
-            curve = predicted_gains(Abar)[self.layers]
-            return np.repeat(curve.detach().double().cpu().numpy()[None], len(self.evaluation), axis=0)
+            return np.repeat(self.population_curve(bases)[None], len(evaluation), axis=0)
+        return self.prompt_predictions(bases, evaluation)
+
+    def prompt_predictions(self, bases: list[torch.Tensor], evaluation: list[list[int]]) -> np.ndarray:
+        """Each prompt's own reduced model on the shared ``bases``: predicted gains ``[P, K]``."""
         h = self.handle
-        actions = [last_token_actions(h.model, h.adapter, self.evaluation, l, bases[l], pad_id=self.pad)
-                   for l in range(L)]  # [P, d, r] per layer
-        rows = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
-                for i in range(len(self.evaluation))]
-        return torch.stack(rows).detach().double().cpu().numpy()
+        actions = [last_token_actions(h.model, h.adapter, evaluation, l, bases[l], pad_id=self.pad)
+                   for l in range(h.n_layers)]  # [P, d, r] per layer
+        out = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
+               for i in range(len(evaluation))]
+        return torch.stack(out).detach().double().cpu().numpy()
 
     def context(self, i: int) -> PromptContext:
         """Evaluation prompt ``i`` with its prefix run once."""
         return prompt_context(self.handle.model, self.handle.adapter, self.evaluation[i])
 
-    def curves(self, eps_values: Sequence[float], progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Measured gains ``[E, P, K]`` for each ``ε`` and exact gains ``[P, K]``, one prefix run per prompt."""
+    def curves(self, eps_values: Sequence[float], progress: ProgressFn | None = None,
+               rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Measured gains ``[E, P, K]`` for each ``ε`` and exact gains ``[P, K]`` of the evaluation prompts
+        ``rows``, one prefix run per prompt."""
         V, L = self.directions, self.handle.n_layers
         meas, exact = [], []
-        for i in range(len(self.evaluation)):
+        which = range(len(self.evaluation))[rows]
+        for n, i in enumerate(which):
             if progress is not None:
-                progress(i / len(self.evaluation), f"Measured and exact gains, prompt {i + 1}/{len(self.evaluation)}")
+                progress(n / len(which), f"Measured and exact gains, prompt {n + 1}/{len(which)}")
             ctx = self.context(i)
             meas.append(torch.stack([ctx.measured_gains(V, V[L], e, self.layers) for e in eps_values]))
             exact.append(ctx.exact_gains(V, V[L])[self.layers])
@@ -299,12 +310,12 @@ def prepare_gains(
                       [encode(t) for t in texts], texts, pad, differences=E)
 
 
-def _check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
+def check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
     if not all(np.isfinite(a).all() for a in arrays):
         raise NumericalError(f"NaN or Inf in the gains ({handle.spec.dtype}): use float32 or float64.")
 
 
-def _common_fields(setup: GainsSetup) -> dict:
+def common_fields(setup: GainsSetup) -> dict:
     h, data = setup.handle, setup.data
     return dict(**h.result_fields(), n_params=sum(p.numel() for p in h.model.parameters()), dataset=data.name,
                 source=data.source, classes=list(data.classes), n_layers=h.n_layers, layers=setup.layers,
@@ -338,23 +349,29 @@ def analyze_gains(
     report(0.5, "Reduced models")
     P = setup.predicted(bases, mode)
     M, E = setup.curves([eps], lambda f, m: report(0.6 + 0.4 * f, m))
-    M = M[0]
-    _check_finite(handle, P, M)
-    agree = agreement(P, M)
-    layers = setup.layers
-    result = GainsResult(
-        **_common_fields(setup), order=int(order), complement=complement, eps=float(eps), mode=mode,
-        mean_spearman=agree.mean_spearman, mean_pearson=agree.mean_pearson,
-        spearman_of_means=agree.spearman_of_means, pearson_of_means=agree.pearson_of_means,
-        best_layer_predicted=int(layers[int(np.argmax(P.mean(0)))]),
-        best_layer_measured=int(layers[int(np.argmax(M.mean(0)))]),
-        best_layer_exact=int(layers[int(np.argmax(E.mean(0)))]),
-        elapsed_s=time.perf_counter() - t0,
-        predicted=P, measured=M, exact=E, spearman=agree.spearman, pearson=agree.pearson,
-        directions=setup.directions.detach().double().cpu().numpy(),
-    )
+    check_finite(handle, P, M[0])
+    result = gains_result(common_fields(setup), order=order, complement=complement, eps=eps, mode=mode,
+                          predicted=P, measured=M[0], exact=E, directions=setup.directions.detach().double().cpu().numpy(),
+                          elapsed_s=time.perf_counter() - t0)
     report(1.0, "Done")
     return result
+
+
+def gains_result(common: dict, *, order: int, complement: str, eps: float, mode: str, predicted: np.ndarray,
+                 measured: np.ndarray, exact: np.ndarray, directions: np.ndarray, elapsed_s: float) -> GainsResult:
+    """A :class:`GainsResult` from its curves: agreement and best layers computed here."""
+    agree = agreement(predicted, measured)
+    layers = common["layers"]
+    return GainsResult(
+        **common, order=int(order), complement=complement, eps=float(eps), mode=mode,
+        mean_spearman=agree.mean_spearman, mean_pearson=agree.mean_pearson,
+        spearman_of_means=agree.spearman_of_means, pearson_of_means=agree.pearson_of_means,
+        best_layer_predicted=int(layers[int(np.argmax(predicted.mean(0)))]),
+        best_layer_measured=int(layers[int(np.argmax(measured.mean(0)))]),
+        best_layer_exact=int(layers[int(np.argmax(exact.mean(0)))]),
+        elapsed_s=float(elapsed_s), predicted=predicted, measured=measured, exact=exact,
+        spearman=agree.spearman, pearson=agree.pearson, directions=directions,
+    )
 
 
 # --- ablations -----------------------------------------------------------------------------------
@@ -426,10 +443,10 @@ def ablate_gains(
             report(0.2 + 0.8 * i / n, f"{setting['complement']} basis of order {setting['order']} ({i + 1}/{n})")
             P.append(setup.predicted(setup.bases(setting["complement"], setting["order"], seed), mode))
     P = np.stack(P)
-    _check_finite(handle, P, M)
+    check_finite(handle, P, M)
     agree = [agreement(p, m) for p, m in zip(P, M)]
     result = GainsAblation(
-        **_common_fields(setup), vary=vary, values=list(values), order=int(order), eps=float(eps),
+        **common_fields(setup), vary=vary, values=list(values), order=int(order), eps=float(eps),
         complement=complement, mode=mode, elapsed_s=time.perf_counter() - t0,
         mean_spearman=np.array([a.mean_spearman for a in agree]), mean_pearson=np.array([a.mean_pearson for a in agree]),
         spearman_of_means=np.array([a.spearman_of_means for a in agree]),

@@ -246,7 +246,7 @@ class Service:
         )
 
     @staticmethod
-    def _gains_params(data: ConceptData, order: int, eps: float, n_eval: int, complement: str, mode: str,
+    def gains_params(data: ConceptData, order: int, eps: float, n_eval: int, complement: str, mode: str,
                       sizes: tuple[int, int, int], seed: int) -> dict[str, Any]:
         return {"dataset": data.name, "fingerprint": data.fingerprint(), "order": int(order), "eps": float(eps),
                 "n_eval": int(n_eval), "complement": complement, "mode": mode, "sizes": [int(n) for n in sizes],
@@ -274,7 +274,7 @@ class Service:
         """
         info = self.info(spec, progress)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
+        params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
         return self._cached(
             GAINS, spec, info, [], params,
             lambda h: analyze_gains(h, data, order=order, eps=eps, n_eval=n_eval, complement=complement, mode=mode,
@@ -304,7 +304,7 @@ class Service:
             return None
         info = self.info(spec)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
+        params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
         key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[], params=params)
         return self.cache.get(key)
 
@@ -328,7 +328,7 @@ class Service:
         info = self.info(spec, progress)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         values = ablation_values(vary, info.d_model, values)
-        params = {**self._gains_params(data, order, eps, n_eval, complement, mode, sizes, seed),
+        params = {**self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed),
                   "vary": vary, "values": values}
         return self._cached(
             ABLATION, spec, info, [], params,
@@ -357,7 +357,7 @@ class Service:
         info = self.info(spec, progress)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         targets = [float(t) for t in targets]
-        params = {**self._gains_params(data, order, 0.0, n_eval, complement, "population", sizes, seed),
+        params = {**self.gains_params(data, order, 0.0, n_eval, complement, "population", sizes, seed),
                   "targets": targets, "tol": float(tol)}
         return self._cached(
             CONTROL, spec, info, [], params,
