@@ -67,7 +67,7 @@ def _add_loading_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-memory", default=None, metavar="SPEC",
                    help="with --device map: per-device limits such as '0=20GiB,cpu=64GiB' (the rest goes to disk)")
     g.add_argument("--quantization", default="none", choices=list(QUANTIZATIONS),
-                   help="8-bit or 4-bit weights via bitsandbytes (pip install 'lldd[quant]', CUDA only)")
+                   help="8-bit or 4-bit weights via bitsandbytes (pip install '.[quant]', CUDA only)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository to run")
     g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights; safetensors only otherwise")
 
@@ -622,6 +622,38 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    """What the model will need, from its config (no weights loaded), and what the device has."""
+    import dataclasses
+
+    from .errors import LLDDError
+    from .memory import format_bytes
+    from .service import get_service
+
+    spec = _spec(args)
+    service = get_service()
+    with _first_use_build(spec, args.quiet):
+        service.ensure_demo(spec)
+    estimate = service.memory(spec, tokens=args.tokens)
+    if estimate is None:
+        raise LLDDError(f"No memory estimate for {spec.model}: its config could not be built on the meta device.")
+    if args.json:
+        _emit_json({"model": spec.model, "precision": spec.precision, **dataclasses.asdict(estimate),
+                    "needed": estimate.needed, "warning": estimate.warning}, args.json)
+        if args.json == "-":
+            return 0
+    out = sys.stdout
+    out.write(f"model      {spec.model} ({spec.precision}, device {spec.device}): {estimate.n_params:,} parameters\n")
+    for what, n in estimate.rows():
+        out.write(f"  {what:<28} {format_bytes(n):>10}\n")
+    available = format_bytes(estimate.available) if estimate.available is not None else "unknown"
+    out.write(f"needed     ≈ {format_bytes(estimate.needed)} (weights and KV cache); available on {estimate.device}: "
+              f"{available}\n")
+    if estimate.warning:
+        sys.stderr.write(f"warning: {estimate.warning}\n")
+    return 0
+
+
 # --- demo models -------------------------------------------------------------------------------
 
 
@@ -883,7 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: cell after cell in this process (default); ray: bases and prompt chunks as tasks on "
-                   "a Ray cluster (pip install 'lldd[ray]')")
+                   "a Ray cluster (pip install '.[ray]')")
     g.add_argument("--address", default=None,
                    help="with --engine ray: the cluster ('auto', host:6379 or ray://host:10001); default: start a "
                    "local one")
@@ -940,6 +972,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
     p.add_argument("--seed", type=int, default=0, help="sampling seed and split seed")
     p.set_defaults(func=cmd_steer)
+
+    p = sub.add_parser("memory", help="memory the model will need (weights, KV cache, Jacobians) before loading it")
+    _add_model_args(p)
+    p.add_argument("--tokens", type=int, default=128, help="prompt length for the KV cache and Jacobian sizes (128)")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("datasets", help="the concept datasets lldd can use: built-in, paper (hub), and whether offline")
     p.add_argument("--json", metavar="FILE", default=None, help="write as JSON to FILE ('-' for stdout)")

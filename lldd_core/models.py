@@ -232,7 +232,7 @@ def check_quantization(spec: ModelSpec) -> dict:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise InputError(f"{spec.quantization} loading needs bitsandbytes, which is not installed: "
-                         "`pip install 'lldd[quant]'` (CUDA GPUs only), or choose quantization 'none'.")
+                         "`pip install '.[quant]'` in the lldd checkout (bitsandbytes, CUDA GPUs only), or choose quantization 'none'.")
     if not torch.cuda.is_available():
         raise InputError(f"{spec.quantization} loading (bitsandbytes) needs a CUDA GPU and there is none here: "
                          "choose quantization 'none' and bfloat16 or float32 instead.")

@@ -9,6 +9,7 @@ model), store, return. Errors a user can cause arrive as :class:`~lldd_core.erro
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .jacobian_analysis import ANALYSIS as JACOBIAN
 from .jacobian_analysis import JacobianResult, analyze_jacobian
 from .layers_analysis import ANALYSIS as LAYERS
 from .layers_analysis import LayersResult, analyze_layers
+from .memory import MemoryEstimate, estimate_memory, weight_bytes
 from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 from .spectrum_analysis import ANALYSIS as SPECTRUM
 from .spectrum_analysis import METHODS, SpectrumResult, analyze_spectrum
@@ -58,6 +60,7 @@ from .steering import (
 from .views import SITES
 
 R = TypeVar("R")
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Service:
         # per resident model: concept setups and unsteered generations, reused across steering calls
         self._setups: dict[tuple, GainsSetup] = {}
         self._plain: dict[tuple, Generated] = {}
+        self._weights: dict[ModelSpec, tuple[int, int]] = {}
 
     # --- models --------------------------------------------------------------------------------
     def info(self, spec: ModelSpec, progress: ProgressFn | None = None) -> ModelInfo:
@@ -105,10 +109,28 @@ class Service:
             if self._handle is not None and self._handle.spec == spec:
                 return self._handle
             self.unload()
+            estimate = self.memory(spec)
+            if estimate is not None and estimate.warning:
+                _log.warning(estimate.warning)  # the CLI shows it on stderr; pages show it in the sidebar
             if progress is not None:
                 progress(0.0, f"Loading {spec.model} ({spec.precision})")
             self._handle = load_model(self.info(spec))  # load errors arrive explained
             return self._handle
+
+    def memory(self, spec: ModelSpec, tokens: int = 128) -> MemoryEstimate | None:
+        """What ``spec`` will need and what its device has (:mod:`lldd_core.memory`), before loading;
+        ``None`` for a demo model that is not built yet. Resolving errors raise as in :meth:`info`."""
+        if self.needs_build(spec):
+            return None
+        info = self.info(spec)
+        try:
+            with self._lock:
+                if spec not in self._weights:
+                    self._weights[spec] = weight_bytes(info)
+            return estimate_memory(info, tokens, weights=self._weights[spec])
+        except Exception as err:  # noqa: BLE001  (an estimate must never stop a model from loading)
+            _log.info("no memory estimate for %s: %s", spec.model, err)
+            return None
 
     @property
     def resident(self) -> ModelHandle | None:

@@ -13,7 +13,7 @@ the driver, which stores
 
 A worker that dies mid-task (killed, out of memory) has its task retried by Ray on another worker
 (``max_retries``); an :class:`~lldd_core.errors.LLDDError` in a task marks its cell ``failed``
-and the sweep goes on. Ray is an optional extra (``pip install 'lldd[ray]'``); nothing else in
+and the sweep goes on. Ray is an optional extra (``pip install '.[ray]'``); nothing else in
 lldd imports it. The lldd package travels to the workers with the job (``py_modules``), and the
 ``LLDD_*`` / ``HF_*`` settings of the driver with it; models and datasets are read on each node
 (hub ids from its Hugging Face cache, local paths from its disk).
@@ -58,7 +58,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise InputError("The Ray engine needs Ray, which is not installed: `pip install 'lldd[ray]'`, "
+        raise InputError("The Ray engine needs Ray, which is not installed: `pip install '.[ray]'` in the lldd checkout, "
                          "or run the sweep with the default local engine (--engine local).") from None
     return ray
 

@@ -23,7 +23,8 @@ from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlExcepti
 
 from lldd_core.demo import DEMO_CONFIGS, DEMO_PREFIX, demo_dir, demo_name, is_demo, read_info
 from lldd_core.errors import LLDDError
-from lldd_core.models import DEVICE_CHOICES, DTYPES, ModelSpec, default_model
+from lldd_core.memory import format_bytes
+from lldd_core.models import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, ModelSpec, default_model
 from lldd_core.service import get_service
 
 #: Where app.py leaves the sidebar's model choice for the pages.
@@ -183,6 +184,17 @@ def render_model_sidebar() -> ModelSpec:
     )
     devices = list(DEVICE_CHOICES)
     device = sb.selectbox("Device", devices, index=devices.index("auto"), key="sidebar_device", help=DEVICE_HELP)
+    max_memory = None
+    if device == "map":
+        max_memory = sb.text_input(
+            "Max memory per device (optional)", value="", key="sidebar_max_memory", placeholder="0=20GiB,cpu=64GiB",
+            help="Limits for device 'map'; what does not fit is offloaded to disk and loaded block by block (slow).",
+        ).strip() or None
+    quantization = sb.selectbox(
+        "Quantization", list(QUANTIZATIONS), index=0, key="sidebar_quantization",
+        help="8-bit / 4-bit weights via bitsandbytes (pip install '.[quant]'; CUDA GPUs only). Jacobian "
+        "products then fall back from forward mode, which the page says.",
+    )
     trust = sb.checkbox("Trust remote code", value=False, key="sidebar_trust_remote_code")
     sb.caption("⚠️ Runs Python code from the model's repository on this machine. Only for sources you trust.")
     if trust:
@@ -200,9 +212,27 @@ def render_model_sidebar() -> ModelSpec:
         device=device,
         trust_remote_code=trust,
         allow_pickle=pickle,
+        max_memory=max_memory,
+        quantization=quantization,
     )
     st.session_state[SPEC_KEY] = spec
+    render_memory_estimate(sb, spec)
     return spec
+
+
+def render_memory_estimate(sb: DeltaGenerator, spec: ModelSpec) -> None:
+    """What the model will need before it is loaded, with a warning when it does not fit the device."""
+    try:
+        estimate = get_service().memory(spec)
+    except LLDDError:
+        return  # the page reports why the model cannot be resolved when it is used
+    if estimate is None:
+        return
+    detail = "  \n".join(f"{what}: {format_bytes(n)}" for what, n in estimate.rows())
+    available = f" of {format_bytes(estimate.available)} available" if estimate.available is not None else ""
+    sb.caption(f"Memory: ≈ {format_bytes(estimate.needed)}{available}", help=f"Estimated before loading.  \n{detail}")
+    if estimate.warning:
+        sb.warning(estimate.warning, icon="⚠️")
 
 
 def render_cache_sidebar() -> None:
@@ -350,15 +380,6 @@ def ensure_model_ready(spec: ModelSpec) -> bool:
         return False
     st.session_state[BUILT_FLASH_KEY] = f"Built `{spec.model}` in {seconds:.0f} s; it is reused from now on."
     st.rerun()  # so the sidebar, drawn before the build, shows the model as built
-
-
-def format_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def format_sci(value: float) -> str:

@@ -79,8 +79,17 @@ def test_first_run_shows_form_and_sidebar(app: AppTest, tiny_dirs) -> None:
     assert app.selectbox(key="sidebar_device").value == "auto"
     assert app.checkbox(key="sidebar_trust_remote_code").value is False
     assert app.checkbox(key="sidebar_allow_pickle").value is False
+    assert app.selectbox(key="sidebar_quantization").value == "none"
     assert not app.metric  # nothing computed yet
     assert any("0 results" in c.value for c in app.caption)
+    # the memory the model will need is shown before it is loaded
+    assert any(c.value.startswith("Memory: ≈") and "available" in c.value for c in app.sidebar.caption)
+    assert not app.sidebar.warning
+    app.selectbox(key="sidebar_device").set_value("map").run()
+    assert app.text_input(key="sidebar_max_memory").value == ""
+    app.text_input(key="sidebar_max_memory").set_value("cpu=1000").run()  # far too small: offload, not an error
+    assert_clean(app)
+    app.selectbox(key="sidebar_device").set_value("auto").run()
     # A rerun must run app.py again, not only the page (see the url_path comment in app.py).
     app.run()
     assert_clean(app)
