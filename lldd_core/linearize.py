@@ -33,7 +33,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .arch import FamilyAdapter
 from .errors import UnsupportedFamilyError
-from .placement import forward_attribute, model_dtype
+from .placement import model_dtype, replaced_forwards
 
 DETACHED_ATTENTION = "lldd_detached"
 LIVE_ATTENTION = "lldd_eager"
@@ -188,26 +188,9 @@ def _detached_plain_activation(original: Callable) -> Callable:
 # --- context managers ------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _patched_forwards(patches: list[tuple[nn.Module, Callable]]) -> Iterator[None]:
-    """Give each module an instance-level forward; restore the previous state on exit.
-
-    Under an accelerate hook the module's own forward (``_old_forward``) is replaced, so the hook
-    still moves inputs and loads offloaded weights around our computation (:mod:`lldd_core.placement`).
-    """
-    saved: list[tuple[nn.Module, str, object]] = []
-    try:
-        for module, fn in patches:
-            attr = forward_attribute(module)
-            saved.append((module, attr, module.__dict__.get(attr)))
-            module.__dict__[attr] = MethodType(fn, module)
-        yield
-    finally:
-        for module, attr, previous in reversed(saved):
-            if previous is None:
-                module.__dict__.pop(attr, None)
-            else:
-                module.__dict__[attr] = previous
+def _patched_forwards(patches: list[tuple[nn.Module, Callable]]) -> contextlib.AbstractContextManager:
+    """Each module's forward becomes ``fn`` bound to it (inside accelerate's hook, if any) until exit."""
+    return replaced_forwards([(module, MethodType(fn, module)) for module, fn in patches])
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ For a model without hooks all of this reduces to the plain attributes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -76,6 +76,25 @@ def tensor_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def replaced_forwards(replacements: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Give each module a new instance-level forward (``_old_forward`` under an accelerate hook, see
+    :func:`forward_attribute`) for the ``with`` body; the previous state comes back on exit, also on error."""
+    saved: list[tuple[nn.Module, str, object]] = []
+    try:
+        for module, fn in replacements:
+            attr = forward_attribute(module)
+            saved.append((module, attr, module.__dict__.get(attr)))
+            module.__dict__[attr] = fn
+        yield
+    finally:
+        for module, attr, previous in reversed(saved):
+            if previous is None:
+                module.__dict__.pop(attr, None)
+            else:
+                module.__dict__[attr] = previous
+
+
+@contextlib.contextmanager
 def scaled_biases(modules: Iterable[nn.Module], s: torch.Tensor) -> Iterator[None]:
     """During each call of a module that owns a ``bias`` parameter, the bias is ``s * bias``.
 
@@ -84,9 +103,8 @@ def scaled_biases(modules: Iterable[nn.Module], s: torch.Tensor) -> Iterator[Non
     accelerate loaded an offloaded bias and before it is put back, so it works for dispatched and
     offloaded models alike; every wrapper is removed on exit.
     """
-    saved: list[tuple[nn.Module, str, object]] = []
 
-    def wrap(module: nn.Module, inner):
+    def wrap(module: nn.Module, inner: Callable) -> Callable:
         def forward(*args, **kwargs):
             bias = module._parameters["bias"]
             module._parameters["bias"] = bias * s.to(device=bias.device, dtype=bias.dtype)
@@ -97,17 +115,6 @@ def scaled_biases(modules: Iterable[nn.Module], s: torch.Tensor) -> Iterator[Non
 
         return forward
 
-    try:
-        for module in dict.fromkeys(modules):  # unique, in order
-            if module._parameters.get("bias") is None:
-                continue
-            attr = forward_attribute(module)
-            saved.append((module, attr, module.__dict__.get(attr)))
-            module.__dict__[attr] = wrap(module, getattr(module, attr))
+    biased = [m for m in dict.fromkeys(modules) if m._parameters.get("bias") is not None]  # unique, in order
+    with replaced_forwards([(m, wrap(m, getattr(m, forward_attribute(m)))) for m in biased]):
         yield
-    finally:
-        for module, attr, previous in reversed(saved):
-            if previous is None:
-                module.__dict__.pop(attr, None)
-            else:
-                module.__dict__[attr] = previous
