@@ -25,6 +25,7 @@ import dataclasses
 import gc
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     kwargs: dict[str, Any] = {"runtime_env": _runtime_env(), "include_dashboard": False, "log_to_driver": False}
     if address:
         kwargs["address"] = address
@@ -119,11 +122,26 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         kwargs["num_cpus"] = num_cpus
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except (ConnectionError, RuntimeError, ValueError, SystemExit) as err:  # Ray exits when it gives up
         raise InputError(f"Could not reach the Ray cluster at {address or 'a new local instance'}: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Check --address "
                          "(e.g. 'auto' on a cluster node, or ray://head:10001).") from err
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` address must accept a connection (Ray itself retries for minutes, then exits)."""
+    if address == "auto" or address.startswith("ray://"):
+        return  # Ray resolves these itself
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise InputError(f"Bad Ray address {address!r}: give host:port (e.g. 10.0.0.5:6379), 'auto' on a cluster "
+                         "node, or ray://host:10001.")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise InputError(f"Could not reach the Ray cluster at {address}: {err.strerror or err}. Check --address "
+                         "and that the head node runs (`ray start --head`).") from None
 
 
 @dataclass

@@ -130,3 +130,20 @@ def test_quantized_loading_explains_what_is_missing(tiny_dirs, monkeypatch, caps
         load_model(spec)
     with pytest.raises(InputError, match="Unknown quantization"):
         load_model(ModelSpec(str(tiny_dirs["llama"]), quantization="3bit"))
+
+
+@pytest.mark.parametrize("method", ["full", "matrix_free"])
+def test_offloaded_spectra_and_layer_views_equal_plain(tiny_dirs, tmp_path, monkeypatch, method):
+    from lldd_core.layers_analysis import analyze_layers
+    from lldd_core.spectrum_analysis import analyze_spectrum
+
+    plain = load_plain(tiny_dirs["gpt2"])
+    mapped = load_offloaded(tiny_dirs["gpt2"], plain, tmp_path, monkeypatch)
+    ids = plain.info.encode("The Golden Gate Bridge is")
+    a = analyze_spectrum(plain, ids, k=4, method=method)
+    b = analyze_spectrum(mapped, ids, k=4, method=method)
+    np.testing.assert_allclose(b.singular_values, a.singular_values, rtol=1e-9, atol=1e-12)
+    assert (b.u_tokens, b.v_tokens, b.next_token) == (a.u_tokens, a.v_tokens, a.next_token)
+    la = analyze_layers(plain, ids, k=3, method=method)
+    lb = analyze_layers(mapped, ids, k=3, method=method)
+    np.testing.assert_allclose(lb.singular_values, la.singular_values, rtol=1e-9, atol=1e-12)

@@ -24,6 +24,17 @@ DATASETS = ["sentiment", "politeness"]
 ARRAYS = ("predicted", "measured", "exact", "directions", "spearman", "pearson")
 
 
+def test_unreachable_cluster_is_explained():
+    """Runs before the module's cluster starts: nothing to join at this address."""
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with pytest.raises(InputError, match="Could not reach the Ray cluster at 127.0.0.1:9"):
+        connect("127.0.0.1:9")
+    with pytest.raises(InputError, match="host:port"):
+        connect("somewhere")
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray instance (2 CPUs) for the module; run_ray_sweep joins it and leaves it running."""
