@@ -116,9 +116,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     if address:
         _check_reachable(address)
     kwargs: dict[str, Any] = {"runtime_env": _runtime_env(), "include_dashboard": False, "log_to_driver": False}
-    if address:
-        kwargs["address"] = address
-    elif num_cpus is not None:
+    # "local" starts a new instance even when this machine runs (or ran) another cluster, which a
+    # bare ray.init() would try to join
+    kwargs["address"] = address or "local"
+    if not address and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     try:
         ray.init(**kwargs)
