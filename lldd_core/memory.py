@@ -42,6 +42,7 @@ class MemoryEstimate:
     bases: int
     device: str
     available: int | None
+    order: int = 32  # the LLV order the bases are counted for
 
     @property
     def needed(self) -> int:
@@ -61,7 +62,7 @@ class MemoryEstimate:
         """``(what, bytes)`` for display."""
         return [("weights", self.weights), (f"KV cache ({self.tokens} tokens)", self.kv_per_token * self.tokens),
                 (f"full Jacobian ({self.tokens} tokens)", self.jacobian), ("LQR mean Jacobians", self.mean_jacobians),
-                ("LLV bases (order 32)", self.bases)]
+                (f"LLV bases (order {self.order})", self.bases)]
 
 
 def format_bytes(n: float) -> str:
@@ -70,7 +71,7 @@ def format_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    raise AssertionError("unreachable: the last unit always returns")
 
 
 def _meta_model(info: ModelInfo) -> nn.Module:
@@ -137,5 +138,6 @@ def estimate_memory(info: ModelInfo, tokens: int = 128, order: int = 32,
         n_params=int(n_params), weights=int(weights), kv_per_token=2 * L * kv_heads * head_dim * item,
         tokens=int(tokens), jacobian=int(tokens) * d * d * item, mean_jacobians=L * d * d * item,
         bases=(L + 1) * d * min(order, d) * item, device=where, available=available_bytes(info.spec.device),
+        order=min(order, d),
     )
 

@@ -222,10 +222,14 @@ def _size(amount: str) -> int:
         raise InputError(f"Bad amount {amount!r} in max-memory: use sizes such as 20GiB or 500MB.") from None
 
 
-def check_quantization(spec: ModelSpec) -> dict:
-    """``from_pretrained`` arguments for ``spec.quantization``, or an explained error where it cannot run here."""
+def _check_quantization_name(spec: ModelSpec) -> None:
     if spec.quantization not in QUANTIZATIONS:
         raise InputError(f"Unknown quantization {spec.quantization!r}: choose one of {', '.join(QUANTIZATIONS)}.")
+
+
+def check_quantization(spec: ModelSpec) -> dict:
+    """``from_pretrained`` arguments for ``spec.quantization``, or an explained error where it cannot run here."""
+    _check_quantization_name(spec)
     if spec.quantization == "none":
         return {}
     import importlib.util
@@ -378,8 +382,7 @@ def resolve_model(
     if spec.dtype not in DTYPES:
         raise InputError(f"Unknown dtype '{spec.dtype}'. Use one of: {', '.join(DTYPES)}.")
     resolve_device(spec.device)  # a bad device is reported before any work, also on a cache hit
-    if spec.quantization not in QUANTIZATIONS:
-        raise InputError(f"Unknown quantization {spec.quantization!r}: choose one of {', '.join(QUANTIZATIONS)}.")
+    _check_quantization_name(spec)  # bitsandbytes itself is checked at load: a cache hit needs none
     if spec.max_memory is not None and spec.device != "map":
         raise InputError("max-memory applies to device 'map' (a model spread over devices): choose device 'map'.")
     parse_max_memory(spec.max_memory)

@@ -26,11 +26,6 @@ def _hook(module: nn.Module) -> object | None:
     return getattr(module, "_hf_hook", None)
 
 
-def is_dispatched(model: nn.Module) -> bool:
-    """Accelerate placed the model with a device map (``hf_device_map``)."""
-    return bool(getattr(model, "hf_device_map", None))
-
-
 def offloaded(model: nn.Module) -> list[str]:
     """Modules of the device map kept on the disk, or on the CPU while the others run on accelerators."""
     device_map = getattr(model, "hf_device_map", None) or {}

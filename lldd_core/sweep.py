@@ -252,7 +252,7 @@ def _model_state(service: Service, spec: ModelSpec) -> LLDDError | None:
     return None
 
 
-def _status_cells(
+def status_rows(
     service: Service,
     models: Sequence[str],
     datasets: Sequence[str | ConceptData],
@@ -260,7 +260,8 @@ def _status_cells(
     settings: GainSettings,
     download: bool,
 ) -> list[tuple[SweepCell, ModelSpec, ConceptData | None]]:
-    """Every cell's status from the cache, with its spec and loaded data (``None`` if not loaded)."""
+    """Every cell's status from the cache, with its spec and loaded data (``None`` if not loaded); the
+    starting point of both engines (:func:`run_sweep`, :func:`lldd_core.sweep_ray.run_ray_sweep`)."""
     loaded = _load_all(datasets, download)
     kwargs = settings.as_kwargs()
     rows: list[tuple[SweepCell, ModelSpec, ConceptData | None]] = []
@@ -312,7 +313,7 @@ def sweep_status(
     cells are ``missing`` (the sweep downloads it), offline ``unavailable``.
     """
     settings = (settings if settings is not None else GainSettings()).check()
-    return [cell for cell, _, _ in _status_cells(service, models, datasets, like, settings, download)]
+    return [cell for cell, _, _ in status_rows(service, models, datasets, like, settings, download)]
 
 
 def run_sweep(
@@ -343,7 +344,7 @@ def run_sweep(
     settings = (settings if settings is not None else GainSettings()).check()
     kwargs = settings.as_kwargs()
     start = time.perf_counter()
-    rows = _status_cells(service, models, datasets, like, settings, download=True)
+    rows = status_rows(service, models, datasets, like, settings, download=True)
     total = sum(cell.status == "missing" for cell, _, _ in rows)
     done = 0
     cells: list[SweepCell] = []

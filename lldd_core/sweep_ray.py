@@ -38,7 +38,7 @@ from .errors import InputError, LLDDError
 from .gains import ANALYSIS as GAINS
 from .gains_chunks import BASIS, CHUNK, GainsBasis, GainsChunk, assemble, chunk_ranges, gains_basis, gains_chunk
 from .models import ModelSpec
-from .sweep import CellStatus, GainSettings, SweepCell, SweepProgress, SweepReport, _status_cells
+from .sweep import CellStatus, GainSettings, SweepCell, SweepProgress, SweepReport, status_rows
 
 if TYPE_CHECKING:
     from .service import Service
@@ -196,7 +196,7 @@ def run_ray_sweep(
     if chunk_size < 1:
         raise InputError("The chunk size is a number of prompts per task: at least 1.")
     start_time = time.perf_counter()
-    rows = _status_cells(service, models, datasets, like, settings, download=True)
+    rows = status_rows(service, models, datasets, like, settings, download=True)
     cells: list[SweepCell] = [cell for cell, _, _ in rows]
     work: list[_Work] = []
     for i, (cell, spec, data) in enumerate(rows):
