@@ -30,5 +30,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
     CMD curl -fsS http://127.0.0.1:8501/_stcore/health || exit 1
 
 # The hub token, if needed, comes from the environment at run time (-e HF_TOKEN=...), never the image.
+# 0.0.0.0 (overriding .streamlit/config.toml's localhost): a container must listen on its own interface for
+# `docker run -p` to reach it. There is no login: publish it as -p 127.0.0.1:8501:8501 or behind an
+# authenticating proxy (README, Security).
 CMD ["python", "-m", "streamlit", "run", "app.py", "--server.address=0.0.0.0", "--server.port=8501", \
      "--server.headless=true", "--browser.gatherUsageStats=false"]

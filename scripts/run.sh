@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up and open the dashboard on the built-in default model (or $LLDD_DEFAULT_MODEL).
+# It listens on localhost only (.streamlit/config.toml); exposing it is an explicit choice, e.g.
+# `bash scripts/run.sh --server.address 0.0.0.0` (no login: see the README's Security section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
