@@ -15,6 +15,7 @@ import streamlit as st
 from lldd_core.concepts import ConceptData
 from lldd_core.control import MAX_SCALE, ControlResult
 from lldd_core.errors import LLDDError
+from lldd_core.export import csv_text
 from lldd_core.llv import COMPLEMENTS
 from lldd_core.models import ModelSpec
 from lldd_core.plots_control import (
@@ -162,11 +163,11 @@ def show_result(shown: Shown, sizes: tuple | None, fmt: str) -> None:
                "found). Relative miss = |achieved − Δy| / |Δy|.")
     c1, c2 = st.columns(2)
     c1.download_button(
-        "Download table (CSV)", data=lambda: table.to_csv(index=False), file_name=f"control_{slug}.csv",
+        "Download table (CSV)", data=lambda: csv_text(table), file_name=f"control_{slug}.csv",
         mime="text/csv", on_click="ignore", key="ct_table_csv",
     )
     c2.download_button(
-        "Download schedules per layer (CSV)", data=lambda: schedules_table(r).to_csv(index=False),
+        "Download schedules per layer (CSV)", data=lambda: csv_text(schedules_table(r)),
         file_name=f"control_{slug}_schedules.csv", mime="text/csv", on_click="ignore", key="ct_schedules_csv",
     )
 

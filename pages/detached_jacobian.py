@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from lldd_core.errors import LLDDError
+from lldd_core.export import csv_text
 from lldd_core.jacobian_analysis import JacobianResult
 from lldd_core.models import ModelSpec
 from lldd_core.plots import reconstruction_scatter, spectrum_figure, token_contribution_figure
@@ -264,7 +265,7 @@ def compute_spectra(shown: Shown, k: int, n_decode: int, method: str) -> Shown |
 def csv_button(label: str, table: pd.DataFrame, file_name: str, key: str) -> None:
     """A download button for ``table`` as CSV (serialized only when clicked)."""
     st.download_button(
-        label, data=lambda: table.to_csv(index=False), file_name=file_name, mime="text/csv", on_click="ignore", key=key
+        label, data=lambda: csv_text(table), file_name=file_name, mime="text/csv", on_click="ignore", key=key
     )
 
 

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.concepts import ConceptData
+from lldd_core.export import csv_text
 from lldd_core.gains import MODES, GainsAblation, GainsResult, ablation_values
 from lldd_core.llv import COMPLEMENTS
 from lldd_core.models import ModelSpec
@@ -201,11 +202,11 @@ def show_result(shown: Shown, settings: dict | None, fmt: str) -> None:
                                 "Pearson": st.column_config.NumberColumn(format="%.3f")})
     c1, c2 = st.columns(2)
     c1.download_button(
-        "Download per-prompt table (CSV)", data=lambda: table.to_csv(index=False),
+        "Download per-prompt table (CSV)", data=lambda: csv_text(table),
         file_name=f"gains_{slug}_prompts.csv", mime="text/csv", on_click="ignore", key="gn_prompts_csv",
     )
     c2.download_button(
-        "Download all curves (CSV)", data=lambda: curves_table(r).to_csv(index=False),
+        "Download all curves (CSV)", data=lambda: csv_text(curves_table(r)),
         file_name=f"gains_{slug}_curves.csv", mime="text/csv", on_click="ignore", key="gn_curves_csv",
     )
 
@@ -220,7 +221,7 @@ def show_ablation(shown: Shown, fmt: str) -> None:
     table = ablation_table(ab)
     st.dataframe(table, hide_index=True, width="stretch", key=f"gn_ablation_table_{ab.vary}")
     st.download_button(
-        "Download ablation table (CSV)", data=lambda: table.to_csv(index=False), file_name=f"gains_ablation_{slug}.csv",
+        "Download ablation table (CSV)", data=lambda: csv_text(table), file_name=f"gains_ablation_{slug}.csv",
         mime="text/csv", on_click="ignore", key=f"gn_ablation_csv_{ab.vary}",
     )
 

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.errors import LLDDError
+from lldd_core.export import csv_text
 from lldd_core.layers_analysis import LayersResult
 from lldd_core.models import ModelSpec
 from lldd_core.plots_spectra import (
@@ -183,13 +184,13 @@ def show_emergence_table(r: LayersResult, site: str, slug: str) -> None:
     c1, c2 = st.columns(2)
     with c1:
         st.download_button(
-            "Download emergence table (CSV)", data=lambda: table.to_csv(index=False),
+            "Download emergence table (CSV)", data=lambda: csv_text(table),
             file_name=f"emergence_{slug}_{site}_{space}{int(vector) + 1}.csv", mime="text/csv", on_click="ignore",
             key="ly_emergence_csv",
         )
     with c2:
         st.download_button(
-            "Download stable ranks (CSV)", data=lambda: stable_rank_table(r).to_csv(index=False),
+            "Download stable ranks (CSV)", data=lambda: csv_text(stable_rank_table(r)),
             file_name=f"stable_rank_{slug}.csv", mime="text/csv", on_click="ignore", key="ly_stable_rank_csv",
         )
 

@@ -19,6 +19,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlExcepti
 
 from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
 from lldd_core.errors import LLDDError
+from lldd_core.export import csv_text
 from lldd_core.gains import MODES
 from lldd_core.llv import COMPLEMENTS
 from lldd_core.models import ModelSpec
@@ -244,7 +245,7 @@ def show_cells(cells: list[SweepCell], spec: ModelSpec, failures_shown: bool = F
             "note": st.column_config.TextColumn(width="large"),
         },
     )
-    st.download_button("Download cells (CSV)", data=lambda: table.to_csv(index=False), file_name="scaling_cells.csv",
+    st.download_button("Download cells (CSV)", data=lambda: csv_text(table), file_name="scaling_cells.csv",
                        mime="text/csv", on_click="ignore", key="sc_cells_csv")
     for line in reasons(cells, "unavailable"):
         st.warning(line)

@@ -17,6 +17,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
+from lldd_core.export import csv_text
 from lldd_core.interventions import JACOBIAN_VARIANTS, POSITIONS
 from lldd_core.models import ModelSpec
 from lldd_core.plots_control import (
@@ -263,7 +264,7 @@ def show_details(shown: list[Shown], fmt: str) -> None:
     st.subheader("Parameters used")
     st.dataframe(params_table(results), hide_index=True, width="stretch", key="st_params")
     st.download_button(
-        "Download texts and readouts (CSV)", data=lambda: readout_table(results).to_csv(index=False),
+        "Download texts and readouts (CSV)", data=lambda: csv_text(readout_table(results)),
         file_name=f"{slug}.csv", mime="text/csv", on_click="ignore", key="st_readout_csv",
     )
 
