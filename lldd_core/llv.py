@@ -17,7 +17,8 @@ With ``r = d`` every basis is complete and ``g_k`` is the exact linear gain
 
 Bases (the complement of ``v_l`` in ``P_l``):
 
-* ``krylov`` (default): ``P_0`` spans ``v_0, M_0 v_0, M_0^2 v_0, ...`` and ``P_{l+1}`` spans
+* ``krylov`` (default): ``P_0`` spans ``v_0, M_0 v_0, M_0^2 v_0, ...`` (built by Arnoldi: never
+  from the raw powers, which are ill-conditioned) and ``P_{l+1}`` spans
   ``v_{l+1}`` and ``M_l P_l`` (the previous basis carried one layer deeper), where ``M_l v`` is the
   mean Jacobian action over the operating prompts. The span then holds every earlier injection as
   propagated by the mean dynamics, which is what the gains need.
@@ -35,50 +36,96 @@ MeanAction = Callable[[int, torch.Tensor], torch.Tensor]  # (layer l, V [d, m]) 
 COMPLEMENTS = ("krylov", "random", "pca")
 
 
+def _drop_tol(dtype: torch.dtype) -> float:
+    """Relative remainder below which a new direction is rounding, not span (``1e-8``, or 64 ulp in float32)."""
+    return max(1e-8, 64 * torch.finfo(dtype).eps)
+
+
+def _orthogonal_remainder(Q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``c`` minus its projection on the orthonormal columns of ``Q`` (classical Gram-Schmidt, twice)."""
+    x = c - Q @ (Q.T @ c)
+    return x - Q @ (Q.T @ x)
+
+
 def _orthonormal_with_first(first: torch.Tensor, candidates: torch.Tensor, r: int) -> torch.Tensor:
     """``[d, r]``: ``first`` (unit) then the candidates' directions orthogonal to what came before.
 
     Columns are taken in order (greedy Gram-Schmidt, twice) and dropped when their remainder is
-    below 1e-8 of their norm; if fewer than ``r`` survive, the basis is completed from the
-    standard basis vectors in the same way (so the result always has ``r`` columns when ``r <= d``).
+    below :func:`_drop_tol` of their norm; if fewer than ``r`` survive, the basis is completed from
+    the standard basis vectors in the same way (so the result always has ``r`` columns when ``r <= d``).
     """
     d = first.shape[0]
     if not 1 <= r <= d:
         raise ValueError(f"order r={r} must lie in 1..{d}")
     cols = [first / first.norm()]
     eye = torch.eye(d, dtype=first.dtype, device=first.device)
+    tol = _drop_tol(first.dtype)
     for pool in (candidates.T, eye):
         for c in pool:
             if len(cols) == r:
                 break
-            Q = torch.stack(cols, dim=1)
-            x = c - Q @ (Q.T @ c)
-            x = x - Q @ (Q.T @ x)
+            x = _orthogonal_remainder(torch.stack(cols, dim=1), c)
             n = x.norm()
-            if n > 1e-8 * max(float(c.norm()), 1e-300):
+            if n > tol * max(float(c.norm()), 1e-300):
                 cols.append(x / n)
     return torch.stack(cols, dim=1)
+
+
+def arnoldi(first: torch.Tensor, action: Callable[[torch.Tensor], torch.Tensor], r: int,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """An orthonormal basis ``Q`` ``[d, r]`` of the Krylov space ``span{v, Mv, ..., M^{r-1} v}``, ``v`` first.
+
+    Arnoldi's scheme: each new vector is ``M q_j`` of the last *orthonormal* column, orthogonalized
+    (twice) before the next product, so no column is ever a raw power ``M^j v`` (whose condition
+    number grows like ``(σ_1/σ_r)^j`` and loses the span in float32). ``action(V [d, m]) -> M V``.
+    On breakdown (``M q_j`` in the span already: the space is invariant) the basis is completed from
+    the standard basis vectors. Returns ``Q`` and ``MQ`` ``[d, m]``, the products of its first ``m``
+    columns that the iteration computed (``m = r - 1`` without breakdown), for callers to reuse.
+    """
+    d = first.shape[0]
+    if not 1 <= r <= d:
+        raise ValueError(f"order r={r} must lie in 1..{d}")
+    tol = _drop_tol(first.dtype)
+    cols = [first / first.norm()]
+    products: list[torch.Tensor] = []
+    while len(cols) < r:
+        w = action(cols[-1][:, None])[:, 0]
+        products.append(w)
+        x = _orthogonal_remainder(torch.stack(cols, dim=1), w)
+        n = x.norm()
+        if not n > tol * max(float(w.norm()), 1e-300):
+            break  # invariant subspace: complete it below
+        cols.append(x / n)
+    Q = torch.stack(cols, dim=1)
+    if Q.shape[1] < r:
+        Q = _orthonormal_with_first(first, Q[:, 1:], r)
+    MQ = torch.stack(products[: Q.shape[1]], dim=1) if products else Q[:, :0]
+    return Q, MQ
 
 
 def krylov_bases(directions: torch.Tensor, mean_action: MeanAction, r: int,
                  actions: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """``P_0 .. P_L`` (each ``[d, r]``) by the depth-Krylov rule of the module doc.
 
-    ``directions``: ``[L + 1, d]`` unit ``v_l``. Costs ``r - 1`` mean actions per layer. Given a
-    list ``actions``, the full ``M_l P_l`` (all ``r`` columns, one more action per layer) is
-    appended to it for each layer, so a caller whose operating set is a single prompt gets the
-    reduced model without applying the Jacobians again.
+    ``directions``: ``[L + 1, d]`` unit ``v_l``. ``P_0`` comes from :func:`arnoldi` on ``M_0``
+    (``r - 1`` sequential products whose results are reused for ``M_0 P_0``); each later
+    ``P_{l+1}`` from one batched action ``M_l P_l`` of an orthonormal basis. Given a list
+    ``actions``, the full ``M_l P_l`` (all ``r`` columns) is appended to it for each layer, so a
+    caller whose operating set is a single prompt gets the reduced model without applying the
+    Jacobians again.
     """
     L = directions.shape[0] - 1
-    bases: list[torch.Tensor] = []
-    # layer 0: a Krylov sequence of the mean Jacobian of block 0 within the residual stream
-    seq = [directions[0]]
-    for _ in range(r - 1):
-        seq.append(mean_action(0, seq[-1][:, None])[:, 0])
-    bases.append(_orthonormal_with_first(directions[0], torch.stack(seq[1:], dim=1) if r > 1 else seq[0][:, None], r))
+    width = r if actions is not None else max(r - 1, 1)
+    P0, known = arnoldi(directions[0], lambda V: mean_action(0, V), r)
+    bases: list[torch.Tensor] = [P0]
     for layer in range(L):
-        width = r if actions is not None else max(r - 1, 1)
-        carried = mean_action(layer, bases[-1][:, :width])  # M_l P_l, the previous basis one layer on
+        P = bases[-1][:, :width]
+        if layer == 0 and known.shape[1] > 0:
+            m = min(known.shape[1], width)
+            rest = mean_action(0, P[:, m:]) if m < width else P[:, :0]
+            carried = torch.cat([known[:, :m], rest], dim=1)
+        else:
+            carried = mean_action(layer, P)  # M_l P_l, the previous basis one layer on
         if actions is not None:
             actions.append(carried)
         bases.append(_orthonormal_with_first(directions[layer + 1], carried[:, : max(r - 1, 1)], r))
