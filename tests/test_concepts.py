@@ -292,8 +292,8 @@ def test_user_label_rule():
     ("blob", "kwargs", "pattern"),
     [
         (b"text,label\n" + b"a,1\n" * 6, {}, "every row has label '1'; a concept dataset needs two classes"),
-        (b"sentence,y\na,1\nb,0\n", {}, "columns 'text' and 'label'; columns found: 'sentence', 'y'"),
-        (b'{"sentence": "a", "label": 1}\n', {}, "keys 'text' and 'label'; keys found: 'sentence', 'label'"),
+        (b"sentence,y\na,1\nb,0\n", {}, "2 field\\(s\\) and no 'text' or 'label' column"),  # not what it holds
+        (b'{"sentence": "a", "label": 1}\n', {}, "keys 'text' and 'label'; it has 2 key\\(s\\) and no 'text'$"),
         (b"text,label\n" + b"a,1\n" * 6 + b"b,0\n" * 3, {}, "3 example\\(s\\) of class '0'; each class needs at least 4"),
         (b"text,label\n" + b"a,1\nb,0\nc,2\n" * 3, {}, "exactly two values, found 3: '1', '0', '2'"),
         (b"text,label\na,1\nb,\nc,0\n", {}, "line 3 has no label"),
