@@ -56,3 +56,6 @@ def fresh_service(cache_dir, monkeypatch):
     yield
     if service_module._SERVICE is not None:
         service_module._SERVICE.cache.close()
+
+
+from tests.hostile import survivor  # noqa: F401  (the hostile-input suites' shared fixture)
