@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,16 +78,21 @@ class GainsResult:
     predicted: np.ndarray  # [P, K]
     measured: np.ndarray  # [P, K]
     exact: np.ndarray  # [P, K]
-    spearman: np.ndarray  # [P]
+    spearman: np.ndarray  # [P] over the unflagged layers
     pearson: np.ndarray  # [P]
     directions: np.ndarray  # [L + 1, d]
+    direction_norms: list  # [L + 1] ‖E_l‖, the class-mean difference at each layer
+    direction_noise: list  # [L + 1] its sampling noise (the ‖E_l‖ expected with no class difference)
+    flagged_layers: list  # layers whose direction is too small to trust (see direction_reliability)
+    agreement_all_layers: dict  # mean_spearman, mean_pearson, spearman_of_means, pearson_of_means with flagged in
 
     def summary(self) -> dict:
         """The CLI's JSON: ``layers``, ``prompts`` (each with its curves and agreement) and the means."""
         keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "order",
                 "complement", "eps", "mode", "n_layers", "layers", "split_sizes", "mean_spearman", "mean_pearson",
                 "spearman_of_means", "pearson_of_means", "best_layer_predicted", "best_layer_measured",
-                "best_layer_exact", "elapsed_s")
+                "best_layer_exact", "direction_norms", "direction_noise", "flagged_layers", "agreement_all_layers",
+                "elapsed_s")
         prompts = [
             {"text": t, "predicted": self.predicted[i].tolist(), "measured": self.measured[i].tolist(),
              "exact": self.exact[i].tolist(), "spearman": float(self.spearman[i]), "pearson": float(self.pearson[i])}
@@ -122,6 +127,9 @@ class GainsAblation:
     layers: list
     split_sizes: dict
     prompts: list
+    direction_norms: list  # [L + 1], as in GainsResult
+    direction_noise: list
+    flagged_layers: list  # left out of the agreement figures
     elapsed_s: float
     mean_spearman: np.ndarray  # [V]
     mean_pearson: np.ndarray  # [V]
@@ -136,7 +144,8 @@ class GainsAblation:
     def summary(self) -> dict:
         """JSON: the swept values with their aggregated agreement."""
         keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "vary", "order",
-                "eps", "complement", "mode", "n_layers", "layers", "split_sizes", "elapsed_s")
+                "eps", "complement", "mode", "n_layers", "layers", "split_sizes", "direction_norms", "direction_noise",
+                "flagged_layers", "elapsed_s")
         rows = [
             {"value": v, "mean_spearman": float(self.mean_spearman[i]), "mean_pearson": float(self.mean_pearson[i]),
              "spearman_of_means": float(self.spearman_of_means[i]), "pearson_of_means": float(self.pearson_of_means[i])}
@@ -173,12 +182,48 @@ class Agreement:
     pearson_of_means: float
 
 
-def agreement(predicted: np.ndarray, measured: np.ndarray) -> Agreement:
-    """Correlations over layers of each prompt's curves ``[P, K]``, their means, and those of the mean curves."""
+def agreement(predicted: np.ndarray, measured: np.ndarray, keep: np.ndarray | None = None) -> Agreement:
+    """Correlations over layers of each prompt's curves ``[P, K]``, their means, and those of the mean curves.
+
+    ``keep`` (``[K]`` bool) restricts the correlations to those layers (flagged layers left out).
+    """
+    if keep is not None:
+        predicted, measured = predicted[:, keep], measured[:, keep]
     sp = np.array([_corr(stats.spearmanr, p, m) for p, m in zip(predicted, measured)])
     pe = np.array([_corr(stats.pearsonr, p, m) for p, m in zip(predicted, measured)])
     mp, mm = predicted.mean(0), measured.mean(0)
     return Agreement(sp, pe, _nanmean(sp), _nanmean(pe), _corr(stats.spearmanr, mp, mm), _corr(stats.pearsonr, mp, mm))
+
+
+#: A direction is flagged when its expected cosine to the population's direction is below this.
+MIN_DIRECTION_COSINE = 0.9
+
+
+def direction_reliability(states: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Class-mean difference norms ``‖E_l‖``, their sampling noise, and the layers too small to trust.
+
+    ``E_l = μ_{1,l} − μ_{0,l}`` over ``states`` ``[N, L + 1, d]``. With no class difference at all,
+    ``E[‖E_l‖²] = tr Σ_{1,l} / N_1 + tr Σ_{0,l} / N_0 =: σ_l²`` (the noise). Since the observed
+    ``‖E_l‖² ≈ ‖E_l^pop‖² + σ_l²``, the estimated direction's cosine to the population's is about
+    ``sqrt(1 − σ_l² / ‖E_l‖²)``; a layer is flagged when that is below :data:`MIN_DIRECTION_COSINE`
+    (``‖E_l‖ < 2.29 σ_l``) — its ``v_l`` is mostly sampling noise, or, like GPT-2's layer 0 when every
+    text ends with the same token, only position embeddings. Layers with ``E_l = 0`` are flagged too.
+    """
+    X = np.asarray(states, dtype=np.float64)
+    y = np.asarray(labels) == 1
+    pos, neg = X[y], X[~y]
+    norms = np.linalg.norm(pos.mean(0) - neg.mean(0), axis=-1)
+    noise = np.sqrt(pos.var(0, ddof=1).sum(-1) / len(pos) + neg.var(0, ddof=1).sum(-1) / len(neg)) if min(
+        len(pos), len(neg)) > 1 else np.zeros_like(norms)
+    # cos² < c²  ⇔  σ² > (1 − c²) ‖E‖², written without a division (‖E‖ may be 0)
+    weak = noise**2 > (1.0 - MIN_DIRECTION_COSINE**2) * norms**2
+    flagged = [int(layer) for layer in np.flatnonzero((norms == 0) | weak)]
+    return norms, noise, flagged
+
+
+def kept_layers(layers: Sequence[int], flagged: Sequence[int]) -> np.ndarray:
+    """``[K]`` bool: which injection layers enter the agreement figures (flagged ones do not)."""
+    return np.array([k not in set(flagged) for k in layers], dtype=bool)
 
 
 # --- shared preparation --------------------------------------------------------------------------
@@ -213,6 +258,9 @@ class GainsSetup:
     texts: list[str]
     pad: int
     differences: torch.Tensor  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
+    direction_norms: np.ndarray | None = None  # [L + 1] ‖E_l‖ (direction_reliability)
+    direction_noise: np.ndarray | None = None  # [L + 1]
+    flagged_layers: list[int] = field(default_factory=list)
 
     def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
         """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""
@@ -296,6 +344,7 @@ def prepare_gains(
     V = V.to(dtype=model_dtype(model), device=handle.device)
     positive = np.asarray(splits.concept.labels) == 1
     E = torch.as_tensor(states[positive].mean(0) - states[~positive].mean(0)).to(V)
+    norms, noise, flagged = direction_reliability(states, splits.concept.labels)
     layers = list(range(L))
     if float(V[0].norm()) == 0.0:
         # every concept text ends with the same token and x_0 carries no position: no direction at
@@ -307,7 +356,8 @@ def prepare_gains(
         raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
     texts = list(splits.evaluation.texts[:n_eval])
     return GainsSetup(handle, data, splits, V, layers, [encode(t) for t in splits.operating.texts],
-                      [encode(t) for t in texts], texts, pad, differences=E)
+                      [encode(t) for t in texts], texts, pad, differences=E, direction_norms=norms,
+                      direction_noise=noise, flagged_layers=flagged)
 
 
 def check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
@@ -319,7 +369,10 @@ def common_fields(setup: GainsSetup) -> dict:
     h, data = setup.handle, setup.data
     return dict(**h.result_fields(), n_params=sum(p.numel() for p in h.model.parameters()), dataset=data.name,
                 source=data.source, classes=list(data.classes), n_layers=h.n_layers, layers=setup.layers,
-                split_sizes=dict(setup.splits.per_class), prompts=setup.texts)
+                split_sizes=dict(setup.splits.per_class), prompts=setup.texts,
+                direction_norms=[float(x) for x in setup.direction_norms],
+                direction_noise=[float(x) for x in setup.direction_noise],
+                flagged_layers=list(setup.flagged_layers))
 
 
 # --- one configuration ---------------------------------------------------------------------------
@@ -359,9 +412,10 @@ def analyze_gains(
 
 def gains_result(common: dict, *, order: int, complement: str, eps: float, mode: str, predicted: np.ndarray,
                  measured: np.ndarray, exact: np.ndarray, directions: np.ndarray, elapsed_s: float) -> GainsResult:
-    """A :class:`GainsResult` from its curves: agreement and best layers computed here."""
-    agree = agreement(predicted, measured)
+    """A :class:`GainsResult` from its curves: agreement (flagged layers out) and best layers computed here."""
     layers = common["layers"]
+    agree = agreement(predicted, measured, kept_layers(layers, common["flagged_layers"]))
+    every = agreement(predicted, measured)
     return GainsResult(
         **common, order=int(order), complement=complement, eps=float(eps), mode=mode,
         mean_spearman=agree.mean_spearman, mean_pearson=agree.mean_pearson,
@@ -371,6 +425,8 @@ def gains_result(common: dict, *, order: int, complement: str, eps: float, mode:
         best_layer_exact=int(layers[int(np.argmax(exact.mean(0)))]),
         elapsed_s=float(elapsed_s), predicted=predicted, measured=measured, exact=exact,
         spearman=agree.spearman, pearson=agree.pearson, directions=directions,
+        agreement_all_layers={"mean_spearman": every.mean_spearman, "mean_pearson": every.mean_pearson,
+                              "spearman_of_means": every.spearman_of_means, "pearson_of_means": every.pearson_of_means},
     )
 
 
@@ -444,7 +500,8 @@ def ablate_gains(
             P.append(setup.predicted(setup.bases(setting["complement"], setting["order"], seed), mode))
     P = np.stack(P)
     check_finite(handle, P, M)
-    agree = [agreement(p, m) for p, m in zip(P, M)]
+    keep = kept_layers(setup.layers, setup.flagged_layers)
+    agree = [agreement(p, m, keep) for p, m in zip(P, M)]
     result = GainsAblation(
         **common_fields(setup), vary=vary, values=list(values), order=int(order), eps=float(eps),
         complement=complement, mode=mode, elapsed_s=time.perf_counter() - t0,

@@ -115,6 +115,9 @@ def setup_from_basis(handle: ModelHandle, data: ConceptData, basis: GainsBasis) 
         list(basis.common["layers"]), [encode(t) for t in splits.operating.texts], [encode(t) for t in texts], texts,
         tok.pad_token_id if tok.pad_token_id is not None else 0,
         differences=torch.as_tensor(basis.differences).to(dtype=dtype, device=device),
+        direction_norms=np.asarray(basis.common["direction_norms"]),
+        direction_noise=np.asarray(basis.common["direction_noise"]),
+        flagged_layers=list(basis.common["flagged_layers"]),
     )
 
 

@@ -103,10 +103,51 @@ def mean_curves_figure(result: GainsResult) -> go.Figure:
                                  name=label, customdata=std,
                                  hovertemplate="layer %{x}<br>mean %{y:.4g} ± %{customdata:.3g}<extra>"
                                  + plotly_text(label) + "</extra>"))
+    _shade_flagged(fig, result)
     fig.update_layout(
         title={"text": f"Gain per injection layer: mean over {len(result.prompts)} prompts, band {SPREAD_LABEL}"},
         xaxis=_axis_layers(result), yaxis={"title": {"text": "gain (readout change per unit injection)"}},
         height=440, margin=_MARGIN, hovermode="x unified", legend={"title": {"text": "curve"}},
+    )
+    return fig
+
+
+FLAGGED_FILL = "rgba(120, 120, 120, 0.16)"
+
+
+def _shade_flagged(fig: go.Figure, result: GainsResult) -> None:
+    """Grey bands over the injection layers whose direction is flagged (left out of the agreement)."""
+    for k in getattr(result, "flagged_layers", []):
+        if k in result.layers:
+            fig.add_vrect(x0=k - 0.45, x1=k + 0.45, fillcolor=FLAGGED_FILL, line_width=0, layer="below",
+                          annotation_text="flagged", annotation_position="top left")
+
+
+def direction_norms_figure(result: GainsResult) -> go.Figure:
+    """``‖E_l‖`` per layer (bars; flagged layers grey) against its sampling noise ``σ_l`` and the flag line.
+
+    A layer is flagged when ``‖E_l‖ < σ_l / sqrt(1 − c²)`` with ``c`` = ``MIN_DIRECTION_COSINE``
+    (:func:`lldd_core.gains.direction_reliability`).
+    """
+    from .gains import MIN_DIRECTION_COSINE
+
+    layers = list(range(len(result.direction_norms)))
+    flagged = set(result.flagged_layers)
+    noise = np.asarray(result.direction_noise, dtype=float)
+    colors = ["#9e9e9e" if k in flagged else CURVE_COLORS["measured"] for k in layers]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=layers, y=result.direction_norms, marker_color=colors, name="‖E_l‖ class-mean difference",
+                         hovertemplate="layer %{x}<br>‖E_l‖ %{y:.4g}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=layers, y=noise, mode="lines+markers", name="σ_l sampling noise",
+                             line={"color": "#555555", "dash": "dot"},
+                             hovertemplate="layer %{x}<br>σ_l %{y:.3g}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=layers, y=noise / np.sqrt(1 - MIN_DIRECTION_COSINE**2), mode="lines",
+                             name=f"flag below (cos < {MIN_DIRECTION_COSINE})", line={"color": "#c62828", "dash": "dash"},
+                             hovertemplate="layer %{x}<br>threshold %{y:.3g}<extra></extra>"))
+    fig.update_layout(
+        title={"text": "Concept direction strength per layer (grey: flagged, left out of the agreement)"},
+        xaxis={"title": {"text": "layer l (residual stream x_l, entering block l)"}, "dtick": 1},
+        yaxis={"title": {"text": "norm"}, "type": "log"}, height=340, margin=_MARGIN, barmode="overlay",
     )
     return fig
 

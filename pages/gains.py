@@ -26,6 +26,7 @@ from lldd_core.plots_gains import (
     agreement_histogram,
     best_layers,
     curves_table,
+    direction_norms_figure,
     format_corr,
     mean_curves_figure,
     prompt_curves_figure,
@@ -140,16 +141,18 @@ def describe_form(settings: dict) -> str:
             f"{'/'.join(map(str, settings['sizes']))} per class · seed {settings['seed']}")
 
 
-def show_metrics(shown: Shown) -> None:
-    """Agreement and best layers in two rows."""
+def show_metrics(shown: Shown, include_flagged: bool = False) -> None:
+    """Agreement (flagged layers out unless ``include_flagged``) and best layers in two rows."""
     r = shown.result
+    agree = r.agreement_all_layers if include_flagged else {
+        k: getattr(r, k) for k in ("mean_spearman", "mean_pearson", "spearman_of_means", "pearson_of_means")}
     row = st.columns(5)
-    row[0].metric("Mean Spearman", format_corr(r.mean_spearman), help="Mean over prompts of the rank correlation "
-                  "of predicted and measured gains over layers.")
-    row[1].metric("Mean Pearson", format_corr(r.mean_pearson), help="Mean over prompts of the linear correlation.")
-    row[2].metric("Spearman of mean curves", format_corr(r.spearman_of_means),
+    row[0].metric("Mean Spearman", format_corr(agree["mean_spearman"]), help="Mean over prompts of the rank "
+                  "correlation of predicted and measured gains over layers.")
+    row[1].metric("Mean Pearson", format_corr(agree["mean_pearson"]), help="Mean over prompts of the linear correlation.")
+    row[2].metric("Spearman of mean curves", format_corr(agree["spearman_of_means"]),
                   help="Rank correlation of the mean predicted and mean measured curves.")
-    row[3].metric("Pearson of mean curves", format_corr(r.pearson_of_means))
+    row[3].metric("Pearson of mean curves", format_corr(agree["pearson_of_means"]))
     row[4].metric("From cache", "yes" if shown.cache_hit else "no")
     row = st.columns(5)
     row[0].metric("Best layer: predicted", r.best_layer_predicted, help="Where the mean predicted curve peaks.")
@@ -189,10 +192,21 @@ def show_result(shown: Shown, settings: dict | None, fmt: str) -> None:
         st.info(f"Split sizes: {line}.", icon=":material/compress:")
     else:
         st.caption(f"Split sizes: {line}.")
-    show_metrics(shown)
+    flagged = [k for k in r.flagged_layers if k in r.layers]
+    include = False
+    if flagged:
+        include = st.toggle("Include flagged layers in the agreement", value=False, key="gn_include_flagged",
+                            help="Flagged layers' concept directions are mostly sampling noise; by default they are "
+                                 "left out of every agreement figure (the curves still show them, shaded).")
+        st.caption(f"Flagged {plural(len(flagged), 'layer')} {', '.join(map(str, flagged))}: the class-mean "
+                   "difference there is within sampling noise (expected cosine to the population direction "
+                   f"below 0.9), so its direction is not trusted; agreement figures "
+                   f"{'include' if include else 'leave out'} {'it' if len(flagged) == 1 else 'them'}.")
+    show_metrics(shown, include)
     with st.expander("What are predicted, measured and exact gains?"):
         st.markdown(EXPLANATION)
     chart(mean_curves_figure(r), "gn_mean_chart", fmt, f"gains_{slug}_mean")
+    chart(direction_norms_figure(r), "gn_norms_chart", fmt, f"gains_{slug}_direction_norms")
     st.subheader("Per prompt")
     show_prompt(r, fmt, slug)
     chart(agreement_histogram(r), "gn_histogram", fmt, f"gains_{slug}_agreement")

@@ -55,7 +55,7 @@ def test_compute_shows_curves_tables_and_then_hits_the_cache(app: AppTest) -> No
     shown = metrics(app)
     assert tuple(shown)[:10] == AGREEMENT + BEST
     assert shown["From cache"] == "no" and shown["Evaluation prompts"] == "3"
-    assert len(app.get("plotly_chart")) == 3  # mean curves, one prompt, agreement histogram
+    assert len(app.get("plotly_chart")) == 4  # mean curves, direction norms, one prompt, agreement histogram
     assert any(c.value == "Split sizes: 6/4/3 per class (concept/operating/evaluation)." for c in app.caption)
     assert any("order 4 · krylov · ε 0.1 · prompt mode" in c.value for c in app.caption)
 

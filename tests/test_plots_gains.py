@@ -67,7 +67,9 @@ def handmade() -> GainsResult:
         mean_spearman=0.1, mean_pearson=0.2, spearman_of_means=0.3, pearson_of_means=0.4, best_layer_predicted=3,
         best_layer_measured=2, best_layer_exact=2, elapsed_s=0.0, predicted=predicted, measured=measured,
         exact=exact, spearman=np.array([0.5, 1.0, 1.0, np.nan]), pearson=np.array([0.2, 0.9, 0.95, np.nan]),
-        directions=np.zeros((5, 2)),
+        directions=np.zeros((5, 2)), direction_norms=[0.0, 1.0, 2.0, 3.0, 4.0], direction_noise=[0.1] * 5,
+        flagged_layers=[0], agreement_all_layers={"mean_spearman": 0.1, "mean_pearson": 0.2, "spearman_of_means": 0.3,
+                                                  "pearson_of_means": 0.4},
     )
 
 
@@ -117,7 +119,7 @@ def test_prompt_curves_and_their_agreement(result: GainsResult) -> None:
         fig = _json(pg.prompt_curves_figure(result, i))
         for trace, curve in zip(fig["data"], pg.CURVES):
             np.testing.assert_allclose(_y(trace), getattr(result, curve)[i])
-        assert f"Spearman {result.spearman[i]:.3f}" in fig["layout"]["title"]["text"]
+        assert f"Spearman {pg.format_corr(result.spearman[i])}" in fig["layout"]["title"]["text"]
     title = _json(pg.prompt_curves_figure(handmade(), 3))["layout"]["title"]["text"]
     assert "Spearman n/a, Pearson n/a" in title
     with pytest.raises(ValueError, match="prompt"):
