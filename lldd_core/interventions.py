@@ -10,11 +10,23 @@ Conventions (DESIGN.md, "depth is time"): ``x_l`` enters block ``l``; ``x_{l+1}`
   ``v_k``, ``u_k = (β_k - v_k^T x_k) (K_k v_k)`` — one dot product and one scaled vector per layer
   and token, no Jacobian in the loop.
 * :class:`JacobianSteering` applies a steering phrase's detached Jacobian ``J_i`` (``x_0`` of its
-  token ``i`` to ``x_layer`` of its last token) to the new text's inputs: ``a_k = Σ_{j≤k}
-  J_{j mod T_s} x_{0,j}`` (running sum over the positions of the new text), then at ``x_layer``
-  either the paper's blend ``h_k <- λ h_k + (1 - λ) a_k`` (``λ = 1``: unsteered) or the reference
-  implementation's norm-matched addition ``h_k <- h_k + λ a_k ||h_k|| / (2 ||a_k||)`` (``λ = 0``:
-  unsteered).
+  token ``i`` to its last token's state) to the new text's inputs, ``a_k = Σ_{j≤k} J_{j mod T_s}
+  x_{0,j}`` (running sum over the positions ``k`` of the new text), in one of three variants:
+
+  ============  ==========================================  ===========================  ==============
+  variant       ``J`` maps ``x_0`` to                        update at every position k   unsteered at
+  ============  ==========================================  ===========================  ==============
+  ``blend``     ``x_ℓ`` (no final norm); ``a_k += b``        ``x_ℓ ← λ x_ℓ + (1-λ) a_k``    ``λ = 1``
+  ``additive``  ``x_ℓ`` (no final norm); ``a_k += b``        ``x_ℓ ← x_ℓ + λ a_k ‖x_ℓ‖/(2‖a_k‖)``  ``λ = 0``
+  ``reference`` ``norm(x_ℓ)`` (final norm applied), no b     ``x_{ℓ-1} ← x_{ℓ-1} + λ a_k ‖x_{ℓ-1}‖/(2‖a_k‖)``  ``λ = 0``
+  ============  ==========================================  ===========================  ==============
+
+  ``blend`` is the paper's eq. 16; ``reference`` is the public reference implementation's recipe
+  exactly (its ``apply_steering_operator``: ``ℓ = 2L//3``, λ ≈ 1.028, the vector added at the
+  input of block ``ℓ - 1``, one block before the state its Jacobian maps to; it has no bias
+  term); ``additive`` is that norm-matched addition at the state ``J`` maps to. ``b`` is the
+  phrase's bias channel (``x_ℓ = Σ_i J_i x_{0,i} + b``; zero for bias-free families), so ``a_k``
+  is the phrase's own affine map applied to the new text.
 
 :func:`intervene` registers the hooks of any set of interventions and always removes them. It
 also tracks positions across the forwards of one generation (the prompt, then one token at a
@@ -154,26 +166,34 @@ class LQRFeedback(Intervention):
         return handles
 
 
-JACOBIAN_VARIANTS = ("blend", "additive")
+JACOBIAN_VARIANTS = ("blend", "additive", "reference")
 
 
 @dataclass
 class JacobianSteering(Intervention):
-    """The detached-Jacobian steering operator of a steering phrase at ``x_layer`` (module doc).
+    """The detached-Jacobian steering operator of a steering phrase (module doc, one of three variants).
 
     ``J``: ``[T_s, d, d]`` with ``J[i] = ∂x_layer(last token)/∂x_{0,i}`` of the phrase (detached
-    model); ``layer`` in ``1..L`` (the output of block ``layer - 1``).
+    model; with the final norm applied for ``reference``); ``layer`` in ``1..L``; ``b`` ``[d]`` the
+    phrase's bias channel (added to ``a_k`` by ``blend`` and ``additive``; ``None``: zero).
     """
 
     J: torch.Tensor
     layer: int
     lam: float
     variant: str = "blend"
+    b: torch.Tensor | None = None
     running: torch.Tensor | None = None  # [B, d] Σ_j J_{j mod T_s} x_{0,j} over the positions seen so far
 
     def __post_init__(self) -> None:
         if self.variant not in JACOBIAN_VARIANTS:
             raise ValueError(f"variant must be one of {JACOBIAN_VARIANTS}, got {self.variant!r}")
+
+    def _update(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if self.variant == "blend":
+            return self.lam * h + (1.0 - self.lam) * a
+        scale = h.norm(dim=-1, keepdim=True) / (2 * a.norm(dim=-1, keepdim=True).clamp_min(1e-30))
+        return h + self.lam * a * scale
 
     def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
         added: dict[str, torch.Tensor] = {}
@@ -189,21 +209,27 @@ class JacobianSteering(Intervention):
             start = self.running if self.running is not None else torch.zeros_like(x0[:, 0])
             cum = start[:, None] + terms.cumsum(dim=1)
             self.running = cum[:, -1]
+            if self.b is not None and self.variant != "reference":
+                cum = cum + self.b.to(cum)
             added["a"] = cum
 
-        def post(module, args, kwargs, output):
-            h = _first(output)
+        def steer(h: torch.Tensor) -> torch.Tensor:
             a = added.pop("a").to(h)
             valid = positions.valid.to(h.device)[..., None]
-            if self.variant == "blend":
-                new = self.lam * h + (1.0 - self.lam) * a
-            else:
-                scale = h.norm(dim=-1, keepdim=True) / (2 * a.norm(dim=-1, keepdim=True).clamp_min(1e-30))
-                new = h + self.lam * a * scale
-            return _replace_first(output, torch.where(valid, new, h))
+            return torch.where(valid, self._update(h, a), h)
 
-        return [blocks[0].register_forward_pre_hook(pre0, with_kwargs=True),
-                blocks[self.layer - 1].register_forward_hook(post, with_kwargs=True)]
+        def post(module, args, kwargs, output):
+            return _replace_first(output, steer(_first(output)))
+
+        def pre(module, args, kwargs):  # reference: the input of block layer - 1
+            if args:
+                return (steer(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": steer(kwargs["hidden_states"])}
+
+        first = blocks[0].register_forward_pre_hook(pre0, with_kwargs=True)  # before `pre` when layer - 1 == 0
+        site = (blocks[self.layer - 1].register_forward_pre_hook(pre, with_kwargs=True) if self.variant == "reference"
+                else blocks[self.layer - 1].register_forward_hook(post, with_kwargs=True))
+        return [first, site]
 
 
 @contextlib.contextmanager
