@@ -220,6 +220,7 @@ def cmd_jacobian(args: argparse.Namespace) -> int:
         "elapsed_s": time.perf_counter() - start,
         "cache_hit": computed.cache_hit,
     }
+    _warn_not_cached(computed)
     if args.json:
         _emit_json(payload, args.json)
         if args.json == "-":
@@ -243,6 +244,12 @@ def _print_jacobian(p: dict[str, Any], k: int) -> None:
     out.write(f"{'cache hit' if p['cache_hit'] else 'computed'} in {p['elapsed_s']:.2f} s\n")
 
 
+def _warn_not_cached(computed: Any) -> None:
+    """One ``warning:`` line on stderr when the service could not store the result it computed."""
+    if getattr(computed, "warning", None):
+        sys.stderr.write(f"warning: {computed.warning}\n")
+
+
 def _run_analysis(args: argparse.Namespace, call: Callable[[Any, Any, _Progress], Any]) -> Any:
     """Run ``call(service, spec, progress)`` with the first-use build note and a tqdm bar."""
     from .service import get_service
@@ -261,6 +268,7 @@ def _report(args: argparse.Namespace, computed: Any, start: float, body: Callabl
     and the timing line as text."""
     r = computed.result
     elapsed = time.perf_counter() - start
+    _warn_not_cached(computed)
     if args.json:
         _emit_json({**r.summary(), "elapsed_s": elapsed, "cache_hit": computed.cache_hit}, args.json)
         if args.json == "-":
@@ -770,13 +778,25 @@ def cmd_demo_info(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import ResultCache
+    from .cache import CacheDamagedError, ResultCache, cache_dir, move_aside
 
-    cache = ResultCache()
+    moved, cache = None, None
+    try:
+        # No size check here: these commands never evict, and 'clear' is the way out of a too-small limit.
+        cache = ResultCache(check_limit=False)
+        n = cache.clear() if args.action == "clear" else 0
+    except CacheDamagedError:
+        if not (args.action == "clear" and args.force):
+            raise
+        if cache is not None:
+            cache.close()
+        moved = move_aside(cache_dir())
+        cache, n = ResultCache(check_limit=False), 0
     if args.action == "clear":
-        n = cache.clear()
-        payload = {"cleared": n, "directory": str(cache.directory)}
+        payload = {"cleared": n, "directory": str(cache.directory), "moved_aside": str(moved) if moved else None}
         text = f"cleared {n} entries from {cache.directory}\n"
+        if moved:
+            text = f"moved the damaged database aside to {moved}; {cache.directory} is an empty cache now\n"
     else:
         payload = cache.info()
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(payload["by_kind"].items())) or "none"
@@ -986,6 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="show or empty the result cache ($LLDD_CACHE_DIR, default ./cache)")
     p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--force", action="store_true",
+                   help="clear: if cache.db is damaged, move it aside (cache.db.damaged-<time>) and start an empty cache")
     p.add_argument("--json", metavar="FILE", default=None, help="write as JSON to FILE ('-' for stdout)")
     p.set_defaults(func=cmd_cache)
     return parser

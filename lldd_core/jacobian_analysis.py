@@ -57,6 +57,16 @@ class JacobianResult:
     def top_singular_values(self, k: int) -> list[list[float]]:
         return [row[:k].tolist() for row in self.singular_values]
 
+    def validate(self) -> None:
+        """Shapes agree with the tokens and the singular values are finite (the cache checks before storing)."""
+        T = len(self.tokens)
+        if self.singular_values.ndim != 2 or self.singular_values.shape[0] != T:
+            raise ValueError(f"singular_values has shape {self.singular_values.shape} for {T} tokens")
+        if self.token_contributions.shape != (T,) or self.stable_rank.shape != (T,):
+            raise ValueError(f"per-token arrays do not have {T} entries")
+        if not np.isfinite(self.singular_values).all():
+            raise ValueError("non-finite singular values")
+
 
 def max_jacobian_bytes() -> int:
     return int(float(os.environ.get("LLDD_MAX_JACOBIAN_GB", "8")) * (1 << 30))

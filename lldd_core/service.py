@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from .cache import ResultCache, make_key
+from .cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
 from .concepts import ConceptData
 from .concepts import load as load_dataset
 from .control import ANALYSIS as CONTROL
@@ -67,13 +67,16 @@ _log = logging.getLogger(__name__)
 class Computed(Generic[R]):
     result: R
     cache_hit: bool
+    #: Why a computed result was not stored (a damaged, unwritable or full cache); shown beside it.
+    warning: str | None = None
 
 
 class Service:
     """Owns the resident model, the result cache and the lock that serializes model work."""
 
-    def __init__(self, cache: ResultCache | None = None) -> None:
-        self.cache = cache if cache is not None else ResultCache()
+    def __init__(self, cache: ResultCache | UnavailableCache | None = None) -> None:
+        # A cache that cannot be opened does not stop the analyses: they compute and say so.
+        self.cache = cache if cache is not None else open_cache()
         self._lock = threading.RLock()
         self._handle: ModelHandle | None = None
         self._infos: dict[ModelSpec, ModelInfo] = {}
@@ -157,6 +160,8 @@ class Service:
         progress: ProgressFn | None,
     ) -> Computed[R]:
         key = make_key(analysis, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=input_ids, params=params)
+        if isinstance(self.cache, UnavailableCache):
+            self.cache = open_cache()  # the folder or setting may have been fixed meanwhile
         hit = self.cache.get(key)
         if hit is not None:
             return Computed(hit, True)
@@ -179,7 +184,11 @@ class Service:
                         f"Out of memory during '{analysis}': shorten the prompt, use a lower precision, or a bigger device."
                     ) from err
                 raise
-            self.cache.set(key, result)
+            try:
+                self.cache.set(key, result)  # validates first: a corrupt result raises, is neither shown nor stored
+            except CacheError as err:
+                _log.info("not cached: %s", err)
+                return Computed(result, False, f"This result was not cached. {err}")
             return Computed(result, False)
 
     # --- analyses -------------------------------------------------------------------------------

@@ -91,6 +91,18 @@ class SpectrumResult:
     def has_rows(self) -> bool:
         return self.row_norms.size > 0
 
+    def validate(self) -> None:
+        """``k`` triplets per token, finite singular values (the cache checks before storing)."""
+        T, k = len(self.tokens), self.k
+        if self.singular_values.shape != (T, k) or self.residual.shape != (T, k):
+            raise ValueError(f"singular_values has shape {self.singular_values.shape}, expected ({T}, {k})")
+        for name in ("U", "V"):
+            m = getattr(self, name)
+            if m.ndim != 3 or m.shape[0] != T or m.shape[2] != k:
+                raise ValueError(f"{name} has shape {m.shape}, expected ({T}, ·, {k})")
+        if not np.isfinite(self.singular_values).all():
+            raise ValueError("non-finite singular values")
+
     def summary(self) -> dict:
         """Per-token JSON for the CLI: singular values, decoded tokens of U and V, stable rank."""
         per_token = []

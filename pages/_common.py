@@ -244,10 +244,16 @@ def render_cache_sidebar() -> None:
     sb = st.sidebar
     sb.divider()
     sb.subheader("Cache")
-    if sb.button("Clear cache", key="sidebar_clear_cache", help="Delete every stored result (the model stays loaded)."):
-        removed = service.cache.clear()
-        st.toast(f"Removed {removed} cache entries.")
-    info = service.cache.info()
+    try:
+        if sb.button("Clear cache", key="sidebar_clear_cache", help="Delete every stored result (the model stays loaded)."):
+            removed = service.cache.clear()
+            st.toast(f"Removed {removed} cache entries.")
+        info = service.cache.info()
+    except LLDDError as err:  # a cache damaged while the app runs
+        info = {"directory": str(service.cache.directory), "entries": 0, "size_bytes": 0, "size_limit_bytes": 0,
+                "by_kind": {}, "problem": str(err)}
+    if info.get("problem"):
+        sb.warning(info["problem"], icon="⚠️")
     kinds = {kind: n for kind, n in info["by_kind"].items() if kind != "memo"}  # memo: derived facts, not results
     detail = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
     sb.caption(
@@ -423,6 +429,8 @@ def run_with_status(noun: str, call: Callable[[Callable[[float, str], None]], An
     if failure is not None:
         st.error(str(failure))  # outside the collapsed status box, so it is seen
         return None
+    if getattr(computed, "warning", None):
+        st.warning(computed.warning, icon="⚠️")  # e.g. a full or damaged cache: shown, but not stored
     return computed
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from lldd_core.cache import ResultCache, make_key
 from tests.test_results import Toy
 
-BASE = dict(model="m", revision="r1", dtype="float32", input_ids=[1, 2, 3], params={"layer": 2})
+BASE = {"model": "m", "revision": "r1", "dtype": "float32", "input_ids": [1, 2, 3], "params": {"layer": 2}}
 
 
 def test_key_depends_on_every_input():
@@ -35,7 +35,7 @@ def test_corrupted_entry_is_a_miss_and_dropped(tmp_path):
     cache._dc.set("k", b"LLDD1 truncated")
     assert cache.get("k") is None
     assert "k" not in cache
-    cache._dc.set("k2", {"not": "bytes"})
+    cache._dc.set("k2", "not bytes")  # a text row: lldd stores results as bytes only
     assert cache.get("k2") is None
 
 
