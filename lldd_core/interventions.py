@@ -45,7 +45,11 @@ from torch import nn
 
 from .arch import FamilyAdapter
 
-POSITIONS = ("last", "all")
+#: Where additive steering writes: ``last`` — the last position of *every* forward pass (the
+#: prompt's last token, then each generated token as it is fed back); ``all`` — every real position
+#: of every forward; ``prompt`` — the prompt's last token only (the first forward), generated tokens
+#: are left alone.
+POSITIONS = ("last", "all", "prompt")
 
 
 @dataclass
@@ -55,9 +59,11 @@ class Positions:
     pad: torch.Tensor | None = None  # [B] left-padding lengths of the prompt batch
     seen: torch.Tensor | None = None  # [B] real tokens processed so far
     current: torch.Tensor | None = None  # [B, t]
+    forwards: int = 0  # forwards started so far (1 while the prompt runs)
 
     def start_forward(self, t: int, device: torch.device) -> None:
         """Called at block 0's input of every forward: the first one holds the (padded) prompt."""
+        self.forwards += 1
         steps = torch.arange(t, device=device)
         if self.seen is None:
             pad = self.pad.to(device) if self.pad is not None else torch.zeros(1, dtype=torch.long, device=device)
@@ -98,10 +104,10 @@ def _with_input(args, kwargs, new: torch.Tensor):
 
 
 def _position_mask(h: torch.Tensor, positions: Positions, where: str) -> torch.Tensor:
-    """``[B, t, 1]`` mask of the positions to modify: the last one, or every real one."""
-    if where == "last":
+    """``[B, t, 1]`` mask of the positions to modify (:data:`POSITIONS`)."""
+    if where in ("last", "prompt"):
         mask = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
-        mask[:, -1] = True
+        mask[:, -1] = where == "last" or positions.forwards == 1
     else:
         mask = positions.valid.to(h.device)
     return mask[..., None]
