@@ -18,17 +18,68 @@ Math conventions are in ``docs/ARCHITECTURE.md``. The core never imports streaml
 
 __version__ = "0.1.0"
 
-from .arch import ADAPTERS, FamilyAdapter, adapter_for, supported_model_types
-from .errors import InputError, LLDDError, ModelLoadError, NumericalError, ResourceError, UnsupportedFamilyError
-from .jacobian import FullJacobian, JacobianOperator, jacobian_operator, reconstruct, relative_error
-from .jacobian_analysis import JacobianResult, analyze_jacobian
-from .layers_analysis import LayersResult, analyze_layers
-from .linearize import detached_mode, live_mode
-from .models import ModelHandle, ModelInfo, ModelSpec, load_model, resolve_model
-from .service import Service, get_service
-from .spectral import TopKSVD, svd_full, topk_svd
-from .spectrum_analysis import SpectrumResult, analyze_spectrum
-from .views import SITES, record_views
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it. Imported on first use (PEP 562), so that
+#: ``python -m lldd_core --help``, and Ctrl-C while torch is still importing, need no torch at package import.
+_EXPORTS = {
+    "ADAPTERS": "arch",
+    "FamilyAdapter": "arch",
+    "adapter_for": "arch",
+    "supported_model_types": "arch",
+    "InputError": "errors",
+    "LLDDError": "errors",
+    "ModelLoadError": "errors",
+    "NumericalError": "errors",
+    "ResourceError": "errors",
+    "UnsupportedFamilyError": "errors",
+    "FullJacobian": "jacobian",
+    "JacobianOperator": "jacobian",
+    "jacobian_operator": "jacobian",
+    "reconstruct": "jacobian",
+    "relative_error": "jacobian",
+    "JacobianResult": "jacobian_analysis",
+    "analyze_jacobian": "jacobian_analysis",
+    "LayersResult": "layers_analysis",
+    "analyze_layers": "layers_analysis",
+    "detached_mode": "linearize",
+    "live_mode": "linearize",
+    "ModelHandle": "models",
+    "ModelInfo": "models",
+    "ModelSpec": "models",
+    "load_model": "models",
+    "resolve_model": "models",
+    "Service": "service",
+    "get_service": "service",
+    "TopKSVD": "spectral",
+    "svd_full": "spectral",
+    "topk_svd": "spectral",
+    "SpectrumResult": "spectrum_analysis",
+    "analyze_spectrum": "spectrum_analysis",
+    "SITES": "views",
+    "record_views": "views",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (or a submodule) of the package, imported on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "ADAPTERS",

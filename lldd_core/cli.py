@@ -18,8 +18,14 @@ Commands::
 Every analysis command takes ``--model``, ``--revision``, ``--dtype``, ``--device`` and ``--json``.
 The default model is the built-in demo model ``demo:gpt2-small`` (``$LLDD_DEFAULT_MODEL``
 overrides it); a demo model that is not built yet is built on first use (a few minutes on a CPU,
-once). Errors a user can cause print one line on stderr and exit with status 2; progress goes to
-stderr (tqdm), results to stdout or the ``--json`` file.
+once). Progress goes to stderr (tqdm), results to stdout or the ``--json`` file.
+
+Every numeric option states its range in ``--help`` and refuses what lies outside it
+(:mod:`lldd_core.ranges`; bounds that depend on the model, such as the hidden size, are checked once
+its config is read). Exit status: 0 done; 1 ``sweep`` with cells left to compute; 2 an error a user
+can cause (a refused option, a bad input, an unwritable ``--json`` file; one ``error:`` line on
+stderr, no traceback, and a result already computed stays in the cache); 130 interrupted by Ctrl-C
+(one line, also while torch is still importing).
 """
 
 from __future__ import annotations
@@ -35,11 +41,14 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from . import ranges as R
+
 if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for torch
     from .demo import DemoInfo
     from .models import ModelSpec
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -121,13 +130,31 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def _emit_json(payload: dict[str, Any], target: str) -> None:
+#: What a failed ``--json`` write adds when the result itself is safe in the cache.
+IN_CACHE = "The result is stored in the cache: run the same command with a writable --json path to get it at once."
+
+
+def _emit_json(payload: dict[str, Any], target: str, note: str = "") -> None:
+    """``payload`` as JSON to stdout (``-``) or the file ``target``; a file that cannot be written is one
+    :class:`~lldd_core.errors.LLDDError` line (``note`` says where the result is meanwhile)."""
+    from .errors import LLDDError
+
     text = json.dumps(_finite(payload), indent=2)
     if target == "-":
         sys.stdout.write(text + "\n")
-    else:
+        return
+    try:
         with open(target, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
+    except (OSError, ValueError) as err:  # a folder, a missing folder, a path under a file, /proc, a full disk
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise LLDDError(f"Could not write the JSON to {target!r}: {reason}. {note or 'Give a writable --json path.'}"
+                        .strip()) from None
+
+
+def _stored_note(computed: Any) -> str:
+    """:data:`IN_CACHE` unless the service said it could not store the result."""
+    return "" if getattr(computed, "warning", None) else IN_CACHE
 
 
 @contextmanager
@@ -181,17 +208,16 @@ def _first_use_build(spec: ModelSpec, quiet: bool) -> Iterator[None]:
 
 
 def cmd_jacobian(args: argparse.Namespace) -> int:
-    from .errors import InputError
     from .service import get_service
 
-    if args.top_k < 1:
-        raise InputError("--top-k must be at least 1.")
     start = time.perf_counter()
     spec = _spec(args)
     progress = _Progress(not args.quiet)
     try:
         with _first_use_build(spec, args.quiet):
-            computed = get_service().jacobian(
+            service = get_service()
+            R.TOP_K.check(args.top_k, hi=service.info(spec, progress).d_model)  # before any work
+            computed = service.jacobian(
                 spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, progress=progress
             )
     finally:
@@ -222,7 +248,7 @@ def cmd_jacobian(args: argparse.Namespace) -> int:
     }
     _warn_not_cached(computed)
     if args.json:
-        _emit_json(payload, args.json)
+        _emit_json(payload, args.json, _stored_note(computed))
         if args.json == "-":
             return 0
     _print_jacobian(payload, args.top_k)
@@ -270,7 +296,8 @@ def _report(args: argparse.Namespace, computed: Any, start: float, body: Callabl
     elapsed = time.perf_counter() - start
     _warn_not_cached(computed)
     if args.json:
-        _emit_json({**r.summary(), "elapsed_s": elapsed, "cache_hit": computed.cache_hit}, args.json)
+        _emit_json({**r.summary(), "elapsed_s": elapsed, "cache_hit": computed.cache_hit}, args.json,
+                   _stored_note(computed))
         if args.json == "-":
             return 0
     out = sys.stdout
@@ -332,11 +359,7 @@ def cmd_gains(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     dataset = load_user_file(args.dataset) if os.path.isfile(args.dataset) else args.dataset
-    sizes = tuple(int(n) for n in args.sizes.split(","))
-    if len(sizes) != 3:
-        from .errors import InputError
-
-        raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
+    sizes = args.sizes  # parsed and checked by ranges.sizes_argtype
     computed = _run_analysis(args, lambda svc, spec, progress: svc.gains(
         spec, dataset, order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
         mode=args.mode, sizes=sizes, seed=args.seed, progress=progress))
@@ -368,7 +391,7 @@ def _sweep_command(args: argparse.Namespace) -> str:
     parts = ["python", "-m", "lldd_core", "sweep"]
     parts += ["--family", args.family] if args.family else ["--models", args.models]
     parts += ["--datasets", args.datasets, "--order", str(args.order), "--eps", f"{args.eps:g}", "--n-eval",
-              str(args.n_eval), "--complement", args.complement, "--mode", args.mode, "--sizes", args.sizes,
+              str(args.n_eval), "--complement", args.complement, "--mode", args.mode, "--sizes", ",".join(map(str, args.sizes)),
               "--seed", str(args.seed), "--dtype", args.dtype, "--device", args.device]
     if args.max_memory:
         parts += ["--max-memory", args.max_memory]
@@ -472,14 +495,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"{'|'.join(FAMILIES)}.")
     if not datasets:
         raise InputError("No datasets: give --datasets x,y (names from the datasets command, or CSV/JSONL files).")
-    try:
-        sizes = tuple(int(n) for n in args.sizes.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 3:
-        raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
     settings = GainSettings(order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
-                            mode=args.mode, sizes=sizes, seed=args.seed).check()
+                            mode=args.mode, sizes=args.sizes, seed=args.seed).check()
     like = _spec(args, models[0])
     service = get_service()
     if args.status_only:
@@ -503,7 +520,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"interrupted after {len(bars.finished)} of {n} cells; every finished cell is stored in the cache. "
                 f"Resume with the same command:\n  {_sweep_command(args)}\n"
             )
-            return 130
+            return EXIT_INTERRUPTED
         finally:
             bars.close()
     elapsed = time.perf_counter() - start
@@ -513,7 +530,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _emit_json({"models": models, "datasets": datasets, "settings": settings.as_dict(), "dtype": args.dtype,
                     "device": args.device, "status_only": bool(args.status_only), "counts": counts,
                     "complete": done == len(cells), "elapsed_s": elapsed, "cells": [c.as_dict() for c in cells]},
-                   args.json)
+                   args.json, "Every finished cell is stored in the cache: run the same command with a writable "
+                   "--json path to get them at once.")
     if args.json != "-":
         _print_sweep(cells, elapsed)
     if done == len(cells):
@@ -540,36 +558,13 @@ def _dataset_arg(value: str | None):
     return load_user_file(value) if os.path.isfile(value) else value
 
 
-def _sizes_arg(text: str) -> tuple[int, int, int]:
-    from .errors import InputError
-
-    try:
-        sizes = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 3:
-        raise InputError("--sizes takes three numbers per class: concept,operating,evaluation (e.g. 400,200,200).")
-    return sizes  # type: ignore[return-value]
-
-
-def _floats_arg(text: str, name: str) -> list[float]:
-    from .errors import InputError
-
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"{name} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}.") from None
-
-
 def cmd_control(args: argparse.Namespace) -> int:
     import numpy as np
 
     start = time.perf_counter()
     dataset = _dataset_arg(args.dataset)
-    targets = _floats_arg(args.target, "--target")
-    sizes = _sizes_arg(args.sizes)
     computed = _run_analysis(args, lambda svc, spec, progress: svc.control(
-        spec, dataset, targets, order=args.order, complement=args.complement, n_eval=args.n_eval, sizes=sizes,
+        spec, dataset, args.target, order=args.order, complement=args.complement, n_eval=args.n_eval, sizes=args.sizes,
         seed=args.seed, tol=args.tol, progress=progress))
 
     def body(r, out) -> None:
@@ -596,11 +591,11 @@ def cmd_steer(args: argparse.Namespace) -> int:
     dataset = _dataset_arg(args.dataset)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    layers = [int(x) for x in _floats_arg(args.layer, "--layer")] if args.layer else None
+    layers = args.layer  # a list of integers (ranges.list_argtype); checked against the model by the service
     computed = _run_analysis(args, lambda svc, spec, progress: svc.steer(
         spec, args.prompt, args.method, dataset=dataset, settings=settings, layers=layers, strength=args.strength,
         positions=args.positions, dy=args.dy, order=args.order, steer_text=args.steer_text or "", lam=args.lam,
-        variant=args.variant, q=args.q, r=args.r, qf=args.qf, sizes=_sizes_arg(args.sizes), seed=args.seed,
+        variant=args.variant, q=args.q, r=args.r, qf=args.qf, sizes=args.sizes, seed=args.seed,
         progress=progress))
 
     def body(r, out) -> None:
@@ -642,6 +637,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     service = get_service()
     with _first_use_build(spec, args.quiet):
         service.ensure_demo(spec)
+    limit = service.info(spec).max_positions
+    R.TOKENS.check(args.tokens, hi=limit)  # an estimate for more tokens than the model has positions means nothing
     estimate = service.memory(spec, tokens=args.tokens)
     if estimate is None:
         raise LLDDError(f"No memory estimate for {spec.model}: its config could not be built on the meta device.")
@@ -714,12 +711,7 @@ def _build_one(name: str, seed: int, steps: int | None, quiet: bool) -> DemoInfo
 
 def cmd_demo_build(args: argparse.Namespace) -> int:
     from .demo import read_info
-    from .errors import InputError
 
-    if args.steps is not None and args.steps < 1:
-        raise InputError("--steps must be at least 1.")
-    if args.seed < 0:
-        raise InputError("--seed must be 0 or more.")
     for name in select_demos(args.size, args.arch):
         built = read_info(name)
         if built is not None and not args.force:
@@ -841,17 +833,26 @@ def _add_demo_parser(sub: Any) -> None:
         default=None,
         help="gpt2 (sizes small, medium, large) or llama (small only); default gpt2, or both with --size all",
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of corpus, tokenizer, initialization and data order (default 0)"
-    )
+    _num(p, R.SEED, 0, "seed of corpus, tokenizer, initialization and data order")
     p.add_argument("--force", action="store_true", help="rebuild models that are already built")
-    p.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # quick test builds only
+    p.add_argument("--steps", type=R.DEMO_STEPS.argtype(), default=None, help=argparse.SUPPRESS)  # quick test builds only
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo_build)
 
     p = actions.add_parser("info", help="list the demo models: built or not, size, losses, build time")
     p.add_argument("--json", metavar="FILE", default=None, help="write as JSON to FILE ('-' for stdout)")
     p.set_defaults(func=cmd_demo_info)
+
+
+def _num(p: Any, rng: R.Range, default: Any, what: str, *, default_text: str | None = None) -> None:
+    """A numeric option checked by its :class:`~lldd_core.ranges.Range`; the help states the range and default."""
+    tail = default_text if default_text is not None else ("none" if default is None else R._fmt(default))
+    p.add_argument(rng.option, type=rng.argtype(), default=default, help=f"{what}: {rng.describe()} (default {tail})")
+
+
+def _sizes(p: argparse.ArgumentParser) -> None:
+    """``--sizes`` (checked by :func:`lldd_core.ranges.parse_sizes`; the string default is parsed too)."""
+    p.add_argument("--sizes", type=R.sizes_argtype, default="400,200,200", help=f"{R.sizes_help()} (default 400,200,200)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -861,18 +862,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jacobian", help="detached vs ordinary Jacobian of the last token's output embedding")
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="input text")
-    p.add_argument("--layer", type=int, default=None, help="output after K blocks, 1..L (default L)")
+    _num(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
-    p.add_argument("--top-k", type=int, default=5, help="singular values per token to report (default 5)")
+    _num(p, R.TOP_K, 5, "singular values per token to report")
     p.set_defaults(func=cmd_jacobian)
 
     p = sub.add_parser("spectrum", help="top-k singular values of every token's J_i, decoded to tokens")
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="input text")
-    p.add_argument("--layer", type=int, default=None, help="output after K blocks, 1..L (default L)")
+    _num(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
-    p.add_argument("--top-k", type=int, default=8, help="singular triplets per token (default 8)")
-    p.add_argument("--decode", type=int, default=8, help="decoded tokens per singular vector (default 8)")
+    _num(p, R.TOP_K, 8, "singular triplets per token")
+    _num(p, R.DECODE, 8, "decoded tokens per singular vector")
     p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
                    help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
     p.set_defaults(func=cmd_spectrum)
@@ -880,8 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="every layer's cumulative, single-block, attention and MLP spectra")
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="input text")
-    p.add_argument("--top-k", type=int, default=8, help="singular triplets per view and token (default 8)")
-    p.add_argument("--decode", type=int, default=5, help="decoded tokens per singular vector (default 5)")
+    _num(p, R.TOP_K, 8, "singular triplets per view and token")
+    _num(p, R.DECODE, 5, "decoded tokens per singular vector")
     p.add_argument("--no-lens", action="store_true",
                    help="analyse the raw stream (default: through the final norm, logit-lens style)")
     p.add_argument("--sites", default=None, help="comma-separated subset of cumulative,block,attention,mlp")
@@ -893,15 +894,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--dataset", required=True,
                    help="a dataset name (see the datasets command) or a CSV/JSONL file with text and label columns")
-    p.add_argument("--order", type=int, default=32, help="reduced order d of the surrogate (default 32)")
-    p.add_argument("--eps", type=float, default=0.1, help="injection size ε for the measured gains (default 0.1)")
-    p.add_argument("--n-eval", type=int, default=32, help="evaluation prompts (default 32)")
+    _num(p, R.ORDER, 32, "reduced order d of the surrogate")
+    _num(p, R.EPS, 0.1, "injection size ε for the measured gains (0.01..0.5 is the useful range)")
+    _num(p, R.N_EVAL, 32, "evaluation prompts")
     p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
                    help="how the basis is completed beyond v_l (default krylov; random and pca are ablations)")
     p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
                    help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
-    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
+    _sizes(p)
+    _num(p, R.SEED, 0, "seed of the splits and the random complement")
     p.set_defaults(func=cmd_gains)
 
     from .sweep import FAMILIES
@@ -923,15 +924,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default="sentiment",
                    help="comma-separated dataset names (see the datasets command) or CSV/JSONL files "
                    "(default: %(default)s)")
-    p.add_argument("--order", type=int, default=32, help="reduced order d of the surrogate (default 32)")
-    p.add_argument("--eps", type=float, default=0.1, help="injection size ε for the measured gains (default 0.1)")
-    p.add_argument("--n-eval", type=int, default=32, help="evaluation prompts (default 32)")
+    _num(p, R.ORDER, 32, "reduced order d of the surrogate")
+    _num(p, R.EPS, 0.1, "injection size ε for the measured gains (0.01..0.5 is the useful range)")
+    _num(p, R.N_EVAL, 32, "evaluation prompts")
     p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
                    help="how the basis is completed beyond v_l (default krylov)")
     p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
                    help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
-    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the random complement")
+    _sizes(p)
+    _num(p, R.SEED, 0, "seed of the splits and the random complement")
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: cell after cell in this process (default); ray: bases and prompt chunks as tasks on "
@@ -939,9 +940,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None,
                    help="with --engine ray: the cluster ('auto', host:6379 or ray://host:10001); default: start a "
                    "local one")
-    g.add_argument("--chunk-size", type=int, default=8, help="with --engine ray: evaluation prompts per task (default 8)")
-    g.add_argument("--gpus-per-task", type=float, default=None,
-                   help="with --engine ray: GPUs each task requests (default 1 if the cluster has GPUs, else 0)")
+    _num(g, R.CHUNK_SIZE, 8, "with --engine ray: evaluation prompts per task")
+    _num(g, R.GPUS_PER_TASK, None, "with --engine ray: GPUs each task requests",
+         default_text="1 if the cluster has GPUs, else 0")
     p.add_argument("--status-only", action="store_true",
                    help="only report what the cache holds (loads no weights, builds nothing)")
     g = p.add_argument_group("models")
@@ -954,13 +955,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("control", help="least-energy (LLV) and heuristic multi-layer schedules, validated in the model")
     _add_model_args(p)
     p.add_argument("--dataset", required=True, help="a dataset name or a CSV/JSONL file with text and label columns")
-    p.add_argument("--target", default="1.0", help="target readout shift(s) Δy, comma-separated (default 1.0)")
-    p.add_argument("--order", type=int, default=32, help="reduced order of the surrogate (default 32)")
+    p.add_argument("--target", type=R.list_argtype(R.TARGET, max_len=R.MAX_TARGETS), default="1.0",
+                   help=f"target readout shift(s) Δy, comma-separated, at most {R.MAX_TARGETS}: each "
+                   f"{R.TARGET.describe()} (default 1.0)")
+    _num(p, R.ORDER, 32, "reduced order of the surrogate")
     p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov")
-    p.add_argument("--n-eval", type=int, default=16, help="evaluation prompts the shift is averaged over (default 16)")
-    p.add_argument("--tol", type=float, default=1e-2, help="relative tolerance on Δy of the bisection (default 0.01)")
-    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the splits and of the random-layer schedule")
+    _num(p, R.N_EVAL, 16, "evaluation prompts the shift is averaged over")
+    _num(p, R.TOL, 0.01, "relative tolerance on Δy of the bisection")
+    _sizes(p)
+    _num(p, R.SEED, 0, "seed of the splits and of the random-layer schedule")
     p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("steer", help="steered generation beside the unsteered one, with the concept readout")
@@ -968,34 +971,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--method", choices=["additive", "llv", "jacobian", "lqr"], required=True)
     p.add_argument("--dataset", default=None, help="concept dataset (needed except for jacobian; adds the readout)")
-    p.add_argument("--layer", default=None,
-                   help="additive: block-input layer(s) 0..L-1, comma-separated; jacobian: x_layer, 1..L "
-                        "(default: two thirds of the depth)")
-    p.add_argument("--strength", type=float, default=None,
-                   help="additive α (default: one class-mean distance ||E_l|| at the layer)")
+    p.add_argument("--layer", type=R.list_argtype(R.STEER_LAYERS), default=None,
+                   help=f"additive: block-input layer(s), comma-separated, each {R.STEER_LAYER.describe()}; jacobian: "
+                   f"x_layer, {R.JACOBIAN_LAYER.describe()} (default: two thirds of the depth)")
+    _num(p, R.STRENGTH, None, "additive α along the unit direction v_l",
+         default_text="one class-mean distance ||E_l|| at the layer")
     p.add_argument("--positions", choices=["last", "all"], default="last", help="additive: where to add α v_l")
-    p.add_argument("--dy", type=float, default=1.0, help="llv: target readout shift Δy")
-    p.add_argument("--order", type=int, default=32, help="llv: reduced order of the surrogate")
+    _num(p, R.DY, 1.0, "llv: target readout shift Δy")
+    _num(p, R.ORDER, 32, "llv: reduced order of the surrogate")
     p.add_argument("--steer-text", default=None, help="jacobian: the steering phrase, e.g. 'The Golden Gate'")
-    p.add_argument("--lam", type=float, default=None,
-                   help="jacobian: λ (blend: 1 = unsteered; additive: 0 = unsteered; default 0.5); lqr: setpoint "
-                        "scale (default 1)")
+    p.add_argument("--lam", type=R.LAM.argtype(), default=None,
+                   help=f"{R.LAM.describe()}, by method: jacobian blend h ← λh + (1-λ)a, {R.LAM_BLEND.describe()} "
+                   f"(1 = unsteered; default 0.5); jacobian additive h ← h + λ·a·||h||/(2||a||), "
+                   f"{R.LAM_ADDITIVE.describe()} (0 = unsteered); lqr setpoint scale β_k = λ||E_k||, "
+                   f"{R.LAM_LQR.describe()} (default 1)")
     p.add_argument("--variant", choices=["blend", "additive"], default="blend", help="jacobian: the paper's blend or "
                    "the reference implementation's norm-matched addition")
-    p.add_argument("--q", type=float, default=10.0, help="lqr: state weight (default 10)")
-    p.add_argument("--r", type=float, default=10.0, help="lqr: control weight (default 10)")
-    p.add_argument("--qf", type=float, default=1.0, help="lqr: terminal state weight (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    _num(p, R.Q, 10, "lqr: state weight")
+    _num(p, R.R, 10, "lqr: control weight")
+    _num(p, R.QF, 1, "lqr: terminal state weight")
+    _num(p, R.MAX_NEW, 40, "new tokens to generate; the prompt plus these must fit the model's context")
     p.add_argument("--sample", action="store_true", help="sample (default: greedy)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--sizes", default="400,200,200", help="per-class concept,operating,evaluation split sizes")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed and split seed")
+    _num(p, R.TEMPERATURE, 1.0, "with --sample: temperature")
+    _num(p, R.TOP_P, 1.0, "with --sample: nucleus top-p")
+    _sizes(p)
+    _num(p, R.SEED, 0, "sampling seed and split seed")
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("memory", help="memory the model will need (weights, KV cache, Jacobians) before loading it")
     _add_model_args(p)
-    p.add_argument("--tokens", type=int, default=128, help="prompt length for the KV cache and Jacobian sizes (128)")
+    _num(p, R.TOKENS, 128, "prompt length for the KV cache and Jacobian sizes")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("datasets", help="the concept datasets lldd can use: built-in, paper (hub), and whether offline")
@@ -1013,20 +1018,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (a message is one line by convention; this keeps it so)."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
-    hf_logging.disable_progress_bar()  # our own bar reports progress; theirs would interleave with it
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command line; returns the exit status (see the module doc)."""
     from .errors import LLDDError
 
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers.utils import logging as hf_logging  # imports torch: Ctrl-C often lands here
+
+        hf_logging.disable_progress_bar()  # our own bar reports progress; theirs would interleave with it
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help (0), or a refused option: argparse printed its one error line (2)
+            return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_USER_ERROR
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except LLDDError as err:
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(f"error: {_one_line(err)}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED

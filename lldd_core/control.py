@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import ranges
 from .concepts import ConceptData
 from .depth import PromptContext
-from .errors import InputError
 from .gains import GainsSetup, check_settings, prepare_gains
 from .jacobian import ProgressFn
 from .models import ModelHandle
@@ -186,11 +186,8 @@ def analyze_control(
 ) -> ControlResult:
     """Schedules for every target ``Δy``, each validated in the full model (module doc)."""
     check_settings(handle, order=order, eps=0.1, complement=complement, mode="population", n_eval=n_eval)
-    targets = [float(t) for t in targets]
-    if not targets or any(not np.isfinite(t) or t == 0 for t in targets):
-        raise InputError(f"Give one or more non-zero finite target shifts Δy; got {targets}.")
-    if not 0 < tol < 1:
-        raise InputError(f"The tolerance must lie in (0, 1); got {tol}.")
+    targets = ranges.check_list(targets, ranges.TARGET, max_len=ranges.MAX_TARGETS)
+    tol = ranges.TOL.check(tol)
     report = progress or (lambda frac, msg: None)
     t0 = time.perf_counter()
     setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed, progress=lambda f, m: report(0.2 * f, m))

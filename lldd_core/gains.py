@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from . import ranges
 from .concepts import ConceptData, Splits, class_directions, split
 from .depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from .errors import InputError, NumericalError
@@ -230,18 +231,14 @@ def kept_layers(layers: Sequence[int], flagged: Sequence[int]) -> np.ndarray:
 
 
 def check_settings(handle: ModelHandle, *, order: int, eps: float, complement: str, mode: str, n_eval: int) -> None:
-    """Raise :class:`InputError` for settings no analysis can run with."""
-    d = handle.info.d_model
-    if not 1 <= order <= d:
-        raise InputError(f"The order must be between 1 and the hidden size {d}; got {order}.")
+    """Raise :class:`InputError` for settings no analysis can run with (numbers: :mod:`lldd_core.ranges`)."""
+    ranges.ORDER.check(order, hi=handle.info.d_model)
+    ranges.EPS.check(eps)
+    ranges.N_EVAL.check(n_eval)
     if complement not in COMPLEMENTS:
         raise InputError(f"Unknown complement {complement!r}: choose one of {', '.join(COMPLEMENTS)}.")
     if mode not in MODES:
         raise InputError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
-    if not 0 < eps <= 10:
-        raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {eps}.")
-    if n_eval < 1:
-        raise InputError("Evaluate at least one prompt.")
 
 
 @dataclass
@@ -331,6 +328,7 @@ def prepare_gains(
     progress: ProgressFn | None = None,
 ) -> GainsSetup:
     """Split ``data``, take the concept split's last-token states and their class-mean directions."""
+    n_eval, sizes, seed = ranges.N_EVAL.check(n_eval), ranges.check_sizes(sizes), ranges.SEED.check(seed)
     report = progress or (lambda frac, msg: None)
     splits = split(data, n_concept=sizes[0], n_operating=sizes[1], n_eval=sizes[2], seed=seed)
     tok = handle.info.tokenizer

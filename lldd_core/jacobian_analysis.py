@@ -13,7 +13,6 @@ Given ``x_0`` (``[T, d]``) and the output ``y`` (see :mod:`lldd_core.jacobian`),
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -69,7 +68,11 @@ class JacobianResult:
 
 
 def max_jacobian_bytes() -> int:
-    return int(float(os.environ.get("LLDD_MAX_JACOBIAN_GB", "8")) * (1 << 30))
+    """``$LLDD_MAX_JACOBIAN_GB`` (default 8) in bytes; garbage there is refused in one line."""
+    from .env import env_number
+    from .ranges import MAX_JACOBIAN_GB
+
+    return int(env_number("LLDD_MAX_JACOBIAN_GB", MAX_JACOBIAN_GB, 8) * (1 << 30))
 
 
 def check_size(n_tokens: int, d: int, dtype: torch.dtype) -> None:

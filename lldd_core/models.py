@@ -42,8 +42,10 @@ BUILTIN_DEFAULT_MODEL = "demo:gpt2-small"
 
 
 def default_model() -> str:
-    """``$LLDD_DEFAULT_MODEL`` if set, else the built-in default."""
-    return os.environ.get("LLDD_DEFAULT_MODEL") or BUILTIN_DEFAULT_MODEL
+    """``$LLDD_DEFAULT_MODEL`` if set (and not blank), else the built-in default."""
+    from .env import env_text
+
+    return env_text("LLDD_DEFAULT_MODEL", BUILTIN_DEFAULT_MODEL)
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,9 @@ def resolve_device(device: str) -> torch.device:
 def offload_dir() -> Path:
     """Where accelerate may write offloaded weights: ``$LLDD_OFFLOAD_DIR``, else ``offload/`` next to the cache."""
     from .cache import cache_dir
+    from .env import env_folder
 
-    return Path(os.environ.get("LLDD_OFFLOAD_DIR") or cache_dir() / "offload").expanduser()
+    return env_folder("LLDD_OFFLOAD_DIR", cache_dir() / "offload")
 
 
 def parse_max_memory(text: str | None) -> dict[int | str, int] | None:

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from . import ranges
 from .cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
 from .concepts import ConceptData
 from .concepts import load as load_dataset
@@ -52,6 +53,8 @@ from .steering import (
     SteeringResult,
     analyze_mean_jacobians,
     analyze_steering_jacobian,
+    check_context,
+    check_steering,
     compare,
     default_jacobian_layer,
     generate,
@@ -204,9 +207,7 @@ class Service:
         """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.jacobian_analysis`)."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        layer = info.n_layers if layer is None else int(layer)
-        if not 1 <= layer <= info.n_layers:
-            raise InputError(f"Layer must be between 1 and {info.n_layers} for {spec.model}; got {layer}.")
+        layer = info.n_layers if layer is None else ranges.LAYER.check(layer, hi=info.n_layers)
         params = {"layer": layer, "final_norm": bool(final_norm)}
         return self._cached(
             JACOBIAN,
@@ -233,10 +234,8 @@ class Service:
         """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.spectrum_analysis`)."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        layer = info.n_layers if layer is None else int(layer)
-        if not 1 <= layer <= info.n_layers:
-            raise InputError(f"Layer must be between 1 and {info.n_layers} for {spec.model}; got {layer}.")
-        k, n_decode = _check_counts(k, n_decode, info.d_model)
+        layer = info.n_layers if layer is None else ranges.LAYER.check(layer, hi=info.n_layers)
+        k, n_decode = ranges.TOP_K.check(k, hi=info.d_model), ranges.DECODE.check(n_decode)
         if method not in METHODS:
             raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         params = {"layer": layer, "final_norm": bool(final_norm), "k": k, "n_decode": n_decode, "method": method}
@@ -262,9 +261,14 @@ class Service:
         """Every layer's views of one prompt: spectra, stable ranks, decodings, emergence."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        k, n_decode = _check_counts(k, n_decode, info.d_model)
+        k, n_decode = ranges.TOP_K.check(k, hi=info.d_model), ranges.DECODE.check(n_decode)
         if method not in METHODS:
             raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+        if isinstance(sites, str):
+            sites = tuple(part.strip() for part in sites.split(","))
+        unknown = [s for s in sites if s not in SITES]
+        if unknown:
+            raise InputError(f"Unknown site(s) {', '.join(map(repr, unknown))}: choose from {', '.join(SITES)}.")
         sites = tuple(s for s in SITES if s in set(sites))  # canonical order: one cache entry per set
         if not sites:
             raise InputError(f"Choose at least one site of {', '.join(SITES)}.")
@@ -304,6 +308,7 @@ class Service:
         the data's fingerprint, so an edited file is a miss.
         """
         info = self.info(spec, progress)
+        order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
         return self._cached(
@@ -334,6 +339,7 @@ class Service:
         if self.needs_build(spec):
             return None
         info = self.info(spec)
+        order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
         key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[], params=params)
@@ -357,6 +363,7 @@ class Service:
     ) -> Computed[GainsAblation]:
         """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.gains.ablate_gains`), cached."""
         info = self.info(spec, progress)
+        order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         values = ablation_values(vary, info.d_model, values)
         params = {**self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed),
@@ -386,8 +393,10 @@ class Service:
     ) -> Computed[ControlResult]:
         """LLV and heuristic schedules for each target ``Δy``, validated in the full model (:mod:`lldd_core.control`), cached."""
         info = self.info(spec, progress)
+        order, _, n_eval, sizes, seed = _gain_numbers(info, order, 0.1, n_eval, sizes, seed)
+        targets = ranges.check_list(targets, ranges.TARGET, max_len=ranges.MAX_TARGETS)
+        tol = ranges.TOL.check(tol)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        targets = [float(t) for t in targets]
         params = {**self.gains_params(data, order, 0.0, n_eval, complement, "population", sizes, seed),
                   "targets": targets, "tol": float(tol)}
         return self._cached(
@@ -436,10 +445,16 @@ class Service:
         receive the tokens as they are generated; a cache hit returns at once without streaming.
         """
         info = self.info(spec, progress)
-        if not prompt.strip():
+        if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("The prompt is empty: type a few words to continue.")
-        settings = settings or GenerationSettings()
-        settings.check()
+        settings = (settings or GenerationSettings()).check()
+        checked = check_steering(method, info.n_layers, info.d_model, layers=layers, strength=strength,
+                                 positions=positions, dy=dy, order=order, steer_text=steer_text, lam=lam,
+                                 variant=variant, q=q, r=r, qf=qf)
+        layers, strength, dy, order, lam = (checked[k] for k in ("layers", "strength", "dy", "order", "lam"))
+        q, r, qf = checked["q"], checked["r"], checked["qf"]
+        sizes, seed = ranges.check_sizes(sizes), ranges.SEED.check(seed)
+        check_context(len(info.encode(prompt)), settings.max_new_tokens, info.max_positions, spec.model)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         params = {"prompt": prompt, "method": method, "settings": dict(settings.__dict__), "layers": layers,
                   "strength": None if strength is None else float(strength), "positions": positions, "dy": float(dy), "order": int(order),
@@ -454,8 +469,6 @@ class Service:
                   "lqr": ("layers", "strength", "positions", "dy", "order", "steer_text", "variant")}
         for name in unused.get(method, ()):
             params[name] = None
-        if method == "jacobian" and not steer_text.strip():
-            raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
 
         def compute(h: ModelHandle) -> SteeringResult:
             setup = self._concept_setup(h, data, sizes, seed, progress) if data is not None else None
@@ -484,7 +497,7 @@ class Service:
                           progress: ProgressFn | None = None) -> Computed[SteeringJacobian]:
         """The steering phrase's detached Jacobians at ``x_layer`` (default: two thirds of the depth), cached."""
         info = self.info(spec, progress)
-        layer = default_jacobian_layer(info.n_layers) if layer is None else int(layer)
+        layer = default_jacobian_layer(info.n_layers) if layer is None else ranges.JACOBIAN_LAYER.check(layer, hi=info.n_layers)
         ids = info.encode(steer_text) if steer_text.strip() else []
         return self._cached("steer-jacobian", spec, info, ids, {"layer": layer},
                             lambda h: analyze_steering_jacobian(h, steer_text, layer), progress)
@@ -505,17 +518,12 @@ class Service:
         )
 
 
-#: Most decoded tokens per vector (a table cell can show no more).
-MAX_DECODE = 50
-
-
-def _check_counts(k: int, n_decode: int, d: int) -> tuple[int, int]:
-    k, n_decode = int(k), int(n_decode)
-    if not 1 <= k <= d:
-        raise InputError(f"The number of singular values k must be between 1 and the hidden size {d}; got {k}.")
-    if not 1 <= n_decode <= MAX_DECODE:
-        raise InputError(f"The number of decoded tokens must be between 1 and {MAX_DECODE}; got {n_decode}.")
-    return k, n_decode
+def _gain_numbers(info: ModelInfo, order: int, eps: float, n_eval: int, sizes: tuple[int, int, int],
+                  seed: int) -> tuple[int, float, int, tuple[int, int, int], int]:
+    """The numeric gains settings checked by their :mod:`~lldd_core.ranges` ranges (the order against the
+    model's hidden size), before they key the cache."""
+    return (ranges.ORDER.check(order, hi=info.d_model), ranges.EPS.check(eps), ranges.N_EVAL.check(n_eval), ranges.check_sizes(sizes),
+            ranges.SEED.check(seed))
 
 
 _SERVICE: Service | None = None

@@ -135,6 +135,18 @@ def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "revers
     return out
 
 
+def _random_complement(B: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` random orthonormal directions per token orthogonal to span(``B``) ``[T, d, m]`` -> ``[T, d, n]``.
+
+    Needs ``n <= d - rank(B)`` (there is no room for more).
+    """
+    T, d, _ = B.shape
+    G = torch.randn(T, d, n, generator=gen, dtype=torch.float64).to(B)
+    G = G - B @ (B.mT @ G)
+    G = G - B @ (B.mT @ G)
+    return torch.linalg.qr(G)[0]
+
+
 def _new_directions(W: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """Orthonormal directions of ``W`` ``[T, d, m]`` outside span(``P``), zero columns where there are none.
 
@@ -225,6 +237,10 @@ def topk_svd(
                            n_products, probes, k)
         if phase.V is not None:
             P, Z = phase.V, phase.F  # continue per token from the shared phase's Ritz vectors
+            if P.shape[-1] < l:  # the images spanned fewer than l directions (a rank-deficient J_i)
+                X = _random_complement(P, l - P.shape[-1], gen)
+                P, Z = torch.cat([P, X], dim=-1), torch.cat([Z, _per_token_matvec(op, X, products)], dim=-1)
+                n_products += T * X.shape[-1]
         iters -= phase.blocks
     max_basis = max(l, min(d_in, KRYLOV_BLOCKS * l))
     for step in range(iters + 1):
@@ -331,7 +347,8 @@ def _shared_phase(op, F: torch.Tensor, l: int, k: int, tol: float, products: str
         fwd = F - U[..., :k] * S[:, None, :k]
         back = B.mT @ Ut[..., :k] - V[..., :k] * S[:, None, :k]
         residual = _rel_residual(fwd, back, S[:, :k])
-        if bool((residual <= tol).all()):
+        # done only with k triplets: Q can span fewer than k directions when the J_i have rank < k
+        if S.shape[1] >= k and bool((residual <= tol).all()):
             return _Shared(True, n, blocks, U, S, V, F, residual, Q.expand(T, -1, -1), B.mT)
         if V.shape[-1] > k:  # the rest of the block's directions for the next step
             F = torch.cat([F, _per_token_matvec(op, V[..., k:], products)], dim=-1)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from . import ranges
 from .decoding import decode_input, decode_output
 from .errors import InputError, NumericalError
 from .jacobian import JacobianOperator, ProgressFn, jacobian_operator
@@ -183,10 +184,9 @@ def analyze_spectrum(
 ) -> SpectrumResult:
     """Top-``k`` spectra and token decodings of every ``J_i`` for ``input_ids`` (see the module doc)."""
     report = progress or (lambda frac, msg: None)
-    layer = handle.n_layers if layer is None else layer
+    layer = handle.n_layers if layer is None else ranges.LAYER.check(layer, hi=handle.n_layers)
     d = handle.info.d_model
-    if not 1 <= k <= d:
-        raise InputError(f"k must be between 1 and the hidden size {d}; got {k}.")
+    k, n_decode = ranges.TOP_K.check(k, hi=d), ranges.DECODE.check(n_decode)
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
     chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method

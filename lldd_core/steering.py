@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import ranges as R
 from .control import population_gains, schedules
 from .depth import _block_hooks, last_token_actions, pad_batch
 from .errors import InputError
@@ -69,11 +70,16 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
 
-    def check(self) -> None:
-        if not 1 <= self.max_new_tokens <= 1024:
-            raise InputError(f"Generate between 1 and 1024 new tokens; got {self.max_new_tokens}.")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise InputError("Sampling needs a positive temperature and 0 < top-p <= 1.")
+    def check(self) -> GenerationSettings:
+        """``self`` with every setting in its :mod:`~lldd_core.ranges` range (also the sampling ones when
+        greedy: they enter the cache key), else :class:`InputError`."""
+        R.MAX_NEW.check(self.max_new_tokens)
+        R.TEMPERATURE.check(self.temperature)
+        R.TOP_P.check(self.top_p)
+        R.SEED.check(self.seed)
+        if not isinstance(self.do_sample, bool):
+            raise InputError(f"Sampling is on or off (True or False); got {self.do_sample!r}.")
+        return self
 
     def generate_kwargs(self) -> dict:
         if self.do_sample:
@@ -87,6 +93,18 @@ class Generated:
     new_ids: list[int]
 
 
+def check_context(n_prompt: int, max_new_tokens: int, limit: int | None, model: str) -> None:
+    """Refuse a generation whose prompt plus new tokens would run past the model's ``limit`` positions."""
+    if limit is None or n_prompt + max_new_tokens <= limit:
+        return
+    if n_prompt >= limit:
+        raise InputError(f"The prompt has {n_prompt} tokens, which leaves no room for new tokens in the {limit} "
+                         f"positions of {model}: shorten the prompt.")
+    raise InputError(f"The prompt has {n_prompt} tokens and {max_new_tokens} new tokens were asked for, but {model} "
+                     f"handles at most {limit} positions: ask for at most {limit - n_prompt} new tokens, or shorten "
+                     "the prompt.")
+
+
 def generate(
     handle: ModelHandle,
     prompts: Sequence[Sequence[int]],
@@ -97,9 +115,13 @@ def generate(
     """Generate continuations of a left-padded batch of prompts with ``interventions`` applied throughout.
 
     Sampling draws from a forked RNG seeded with ``settings.seed``, so runs are reproducible and
-    the caller's RNG state is untouched.
+    the caller's RNG state is untouched. A prompt plus ``settings.max_new_tokens`` past the model's
+    positions is refused up front (:func:`check_context`).
     """
     settings.check()
+    if not prompts:
+        raise InputError("Give at least one prompt to continue.")
+    check_context(max(len(p) for p in prompts), settings.max_new_tokens, handle.info.max_positions, handle.spec.model)
     model = handle.model
     device = handle.device
     tok = handle.info.tokenizer
@@ -222,6 +244,50 @@ def default_jacobian_layer(n_layers: int) -> int:
     return max(1, default_layer(n_layers))
 
 
+def check_steering(
+    method: str,
+    n_layers: int,
+    d: int,
+    *,
+    layers: Sequence[int] | None = None,
+    strength: float | None = None,
+    positions: str = "last",
+    dy: float = 1.0,
+    order: int = 32,
+    steer_text: str = "",
+    lam: float | None = None,
+    variant: str = "blend",
+    q: float = 10.0,
+    r: float = 10.0,
+    qf: float = 1.0,
+) -> dict:
+    """Every steering setting checked against its :mod:`~lldd_core.ranges` range (the ones that depend on
+    the method, such as λ's and the layers', for ``method``); the normalized keyword arguments.
+
+    A setting the method does not read is still refused when it is nonsense (a NaN strength with the
+    LLV method is a typo worth a message, not something to ignore in silence).
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    if variant not in JACOBIAN_VARIANTS:
+        raise InputError(f"Unknown Jacobian variant {variant!r}: choose one of {', '.join(JACOBIAN_VARIANTS)}.")
+    if positions not in POSITIONS:
+        raise InputError(f"Positions must be one of {', '.join(POSITIONS)}; got {positions!r}.")
+    if layers is not None:
+        rng = {"additive": R.STEER_LAYER, "jacobian": R.JACOBIAN_LAYER}.get(method, R.STEER_LAYERS)
+        layers = sorted(set(R.check_list(list(layers) if not isinstance(layers, str) else layers, rng, hi=n_layers,
+                                         max_len=n_layers + 1)))
+        if method == "jacobian" and len(layers) != 1:
+            raise InputError(f"The Jacobian method steers at one layer; got {layers}.")
+    if method == "jacobian" and not str(steer_text).strip():
+        raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
+    lam_rng = R.lam_range(method, variant) if method in ("jacobian", "lqr") else R.LAM
+    return {"layers": layers, "strength": R.STRENGTH.check_optional(strength), "positions": positions,
+            "dy": R.DY.check(dy), "order": R.ORDER.check(order, hi=d if method == "llv" else None),
+            "steer_text": str(steer_text), "lam": lam_rng.check_optional(lam), "variant": variant,
+            "q": R.Q.check(q), "r": R.R.check(r), "qf": R.QF.check(qf)}
+
+
 def plan_steering(
     handle: ModelHandle,
     method: str,
@@ -245,22 +311,22 @@ def plan_steering(
     """Build one method's interventions (module doc). ``setup`` (a concept dataset) is needed except for ``jacobian``.
 
     ``A`` (LQR's mean Jacobians) and ``J`` (the steering phrase's Jacobians) may come from a cache.
+    Every setting is checked first (:func:`check_steering`).
     """
-    if method not in METHODS:
-        raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    if variant not in JACOBIAN_VARIANTS:
-        raise InputError(f"Unknown Jacobian variant {variant!r}: choose one of {', '.join(JACOBIAN_VARIANTS)}.")
+    checked = check_steering(method, handle.n_layers, handle.info.d_model, layers=layers, strength=strength,
+                             positions=positions, dy=dy, order=order, steer_text=steer_text, lam=lam, variant=variant,
+                             q=q, r=r, qf=qf)
+    layers, strength, dy, order, lam = (checked[k] for k in ("layers", "strength", "dy", "order", "lam"))
+    q, r, qf = checked["q"], checked["r"], checked["qf"]
+    R.SEED.check(seed)
     L = handle.n_layers
     readout = setup.directions[L] if setup is not None else None
     if method != "jacobian" and setup is None:
         raise InputError(f"The {method} method needs a concept dataset.")
     if method == "additive":
-        layers = [default_layer(L)] if layers is None else [int(l) for l in layers]
-        bad = [l for l in layers if not 0 <= l < L or (l == 0 and 0 not in setup.layers)]
-        if bad or not layers:
+        layers = [default_layer(L)] if layers is None else layers
+        if 0 in layers and 0 not in setup.layers:  # the dataset's texts give no direction at x_0
             raise InputError(f"Layers must lie in {min(setup.layers)}..{L - 1} for this model and dataset; got {layers}.")
-        if positions not in POSITIONS:
-            raise InputError(f"Positions must be one of {', '.join(POSITIONS)}; got {positions!r}.")
         # default strength: one class-mean distance ||E_l|| at each layer (the concept's own scale)
         amounts = {l: float(setup.differences[l].norm()) if strength is None else float(strength) for l in layers}
         sched = np.zeros(L)
@@ -270,23 +336,19 @@ def plan_steering(
         return SteeringPlan(method, [vectors], readout, sched,
                             {"layers": layers, "strength": [amounts[l] for l in layers], "positions": positions})
     if method == "llv":
-        h = population_gains(setup, min(order, handle.info.d_model), "krylov", seed)
+        h = population_gains(setup, order, "krylov", seed)
         u = schedules(h, setup.layers, L, dy, seed)["llv"]
         return SteeringPlan(method, [llv_schedule(setup.directions, u)], readout, u, {"dy": float(dy), "order": order})
     if method == "jacobian":
-        if not steer_text.strip():
-            raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
-        layer = default_jacobian_layer(L) if layers is None else int(next(iter(layers)))
-        if not 1 <= layer <= L:
-            raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
-        lam = 0.5 if lam is None else float(lam)
+        layer = default_jacobian_layer(L) if layers is None else layers[0]
+        lam = 0.5 if lam is None else lam
         J = torch.as_tensor(analyze_steering_jacobian(handle, steer_text, layer).J) if J is None else J
         return SteeringPlan(method, [JacobianSteering(J, layer, lam, variant)], readout, np.zeros(0),
                             {"steer_text": steer_text, "layer": layer, "lam": lam, "variant": variant})
     # lqr
     if A is None:
         raise InputError("LQR needs the operating prompts' mean Jacobians.")
-    lam = 1.0 if lam is None else float(lam)
+    lam = 1.0 if lam is None else lam
     fb = lqr_feedback(A, setup.differences, lam, q, r, qf)
     return SteeringPlan(method, [fb], readout, np.zeros(0), {"lam": lam, "q": q, "r": r, "qf": qf})
 
@@ -351,9 +413,7 @@ def analyze_steering_jacobian(handle: ModelHandle, steer_text: str, layer: int) 
 
     if not steer_text.strip():
         raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
-    L = handle.n_layers
-    if not 1 <= layer <= L:
-        raise InputError(f"The Jacobian steering layer must lie in 1..{L} (the output of that many blocks).")
+    layer = R.JACOBIAN_LAYER.check(layer, hi=handle.n_layers)
     ids = handle.info.encode(steer_text)
     op = jacobian_operator(handle.model, handle.adapter, torch.tensor(ids), layer=layer, final_norm=False)
     full = op.full()

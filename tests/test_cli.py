@@ -81,7 +81,7 @@ def _unsupported_dir(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     "case, message",
     [("empty", "prompt is empty"), ("missing", "No model directory"), ("unsupported", "not supported"),
-     ("too_long", "at most 64"), ("layer", "between 1 and 2")],
+     ("too_long", "at most 64"), ("layer", "from 1 to the number of layers 2")],
 )
 def test_bad_input_is_one_line(capsys, tiny_dirs, tmp_path, case, message):
     model, prompt, extra = str(tiny_dirs["gpt2"]), PROMPT, []

@@ -62,7 +62,7 @@ def test_corrupted_entry_is_recomputed(service, tiny_dirs):
 
 def test_layer_out_of_range(service, tiny_dirs):
     spec = ModelSpec(str(tiny_dirs["gpt2"]), device="cpu")
-    with pytest.raises(InputError, match="between 1 and 2"):
+    with pytest.raises(InputError, match="from 1 to the number of layers 2"):
         service.jacobian(spec, PROMPT, layer=3)
 
 

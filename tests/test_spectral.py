@@ -198,3 +198,30 @@ def test_shared_phase_matches_the_exact_svd(tiny_dirs, family):
     assert mf.converged
     torch.testing.assert_close(mf.S, torch.linalg.svdvals(J)[:, :K], rtol=1e-8, atol=0)
     torch.testing.assert_close(mf.residual, _true_residual(J, mf.U, mf.S, mf.V), rtol=1e-3, atol=1e-14)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("k", [5, 6, 24])
+def test_rank_deficient_blocks_give_k_true_triplets(shared, k):
+    """Blocks of rank 3..5 in d = 24 with k up to the width: k triplets, the missing ones s = 0 with unit
+    vectors in the null spaces (a top-k equal to the width once came back one column short, and was cached)."""
+    values = [[4.0, 2.0, 1.0, 0.5, 0.25], [3.0, 3.0, 1.0], [2.0, 1.0, 0.5, 0.1]]
+    op, A = _constructed(values)
+    mf = topk_svd(op, k, tol=1e-10, shared=shared)
+    assert mf.S.shape == (3, k) and mf.U.shape == (3, 24, k) and mf.V.shape == (3, 24, k)
+    torch.testing.assert_close(mf.S, torch.linalg.svdvals(A)[:, :k], rtol=1e-8, atol=1e-12)
+    eye = torch.eye(k, dtype=torch.float64).expand(3, k, k)
+    torch.testing.assert_close(mf.V.mT @ mf.V, eye, rtol=0, atol=1e-8)
+    torch.testing.assert_close(mf.U.mT @ mf.U, eye, rtol=0, atol=1e-8)
+    assert mf.converged
+    torch.testing.assert_close(mf.residual, _true_residual(A, mf.U, mf.S, mf.V), rtol=1e-3, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_matrix_free_top_k_equal_to_the_width(tiny_dirs, family):
+    """GPT-2's final LayerNorm removes the mean: rank d - 1, so the last triplet is s = 0."""
+    op, J = _op_and_J(tiny_dirs, family)
+    d = op.d_out
+    mf = topk_svd(op, d, tol=1e-8)
+    assert mf.S.shape == (op.n_tokens, d) and mf.converged
+    torch.testing.assert_close(mf.S, torch.linalg.svdvals(J), rtol=1e-6, atol=1e-10)

@@ -71,8 +71,8 @@ def test_spectrum_is_cached_and_checks_its_input(service, tiny_dirs):
     assert not first.cache_hit and service.spectrum(spec, PROMPT, k=3).cache_hit
     assert not service.spectrum(spec, PROMPT, k=3, n_decode=4).cache_hit
     assert first.result.method == "full"  # auto: d = 32 is far cheaper to form in full
-    for kw, msg in [({"k": 0}, "between 1"), ({"k": 10_000}, "hidden size"), ({"n_decode": 0}, "decoded"),
-                    ({"method": "magic"}, "Unknown method"), ({"layer": 99}, "Layer")]:
+    for kw, msg in [({"k": 0}, "from 1 to the hidden size"), ({"k": 10_000}, "hidden size"), ({"n_decode": 0}, "decoded"),
+                    ({"method": "magic"}, "Unknown method"), ({"layer": 99}, "layer")]:
         with pytest.raises(InputError, match=msg):
             service.spectrum(spec, PROMPT, **kw)
 

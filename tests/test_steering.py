@@ -57,7 +57,7 @@ def test_zero_strength_is_unsteered_and_hooks_are_removed(steer_env):
         assert _texts(handle, PROMPTS[:1], plan.interventions) == plain, plan.params
     strong = [plan_steering(handle, "additive", setup=setup, layers=[1], strength=50.0),
               plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="blend"),
-              plan_steering(handle, "lqr", setup=setup, A=A, q=10.0, r=0.1, qf=10.0, lam=20.0)]
+              plan_steering(handle, "lqr", setup=setup, A=A, q=10.0, r=0.1, qf=10.0, lam=10.0)]
     for plan in strong:
         assert _texts(handle, PROMPTS[:1], plan.interventions) != plain, plan.params
         assert _texts(handle, PROMPTS[:1]) == plain  # the model generates exactly as before

@@ -82,8 +82,9 @@ class DemoInfo:
 def demo_dir() -> Path:
     """Where demo models live: ``$LLDD_DEMO_DIR``, else ``demo/`` inside the result cache folder."""
     from ..cache import cache_dir
+    from ..env import env_folder
 
-    return Path(os.environ.get("LLDD_DEMO_DIR") or cache_dir() / "demo").expanduser()
+    return env_folder("LLDD_DEMO_DIR", cache_dir() / "demo")
 
 
 def demo_path(name: str) -> Path:
