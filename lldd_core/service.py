@@ -469,7 +469,8 @@ class Service:
                   "lqr": ("layers", "strength", "positions", "dy", "order", "steer_text", "variant")}
         for name in unused.get(method, ()):
             params[name] = None
-
+        if method == "jacobian":
+            params["operator"] = "affine"  # it adds the phrase's bias channel now: new entries, not old ones
         def compute(h: ModelHandle) -> SteeringResult:
             setup = self._concept_setup(h, data, sizes, seed, progress) if data is not None else None
             A = J = None
@@ -477,8 +478,9 @@ class Service:
             if method == "lqr" and setup is not None:
                 A = torch.as_tensor(self.mean_jacobians(spec, data, sizes=sizes, seed=seed, progress=progress).result.A)
             if method == "jacobian":
-                found = self.steering_jacobian(spec, steer_text, layers[0] if layers else None, progress=progress).result
-                J, chosen = torch.as_tensor(found.J), [found.layer]
+                J = self.steering_jacobian(spec, steer_text, layers[0] if layers else None, variant=variant,
+                                           progress=progress).result
+                chosen = [J.layer]
             plan = plan_steering(h, method, setup=setup, layers=chosen, strength=strength, positions=positions, dy=dy,
                                  order=order, steer_text=steer_text, lam=lam, variant=variant, q=q, r=r, qf=qf, A=A,
                                  J=J, seed=seed)
@@ -493,14 +495,17 @@ class Service:
 
         return self._cached("steer", spec, info, info.encode(prompt), params, compute, progress)
 
-    def steering_jacobian(self, spec: ModelSpec, steer_text: str, layer: int | None = None,
+    def steering_jacobian(self, spec: ModelSpec, steer_text: str, layer: int | None = None, variant: str = "blend",
                           progress: ProgressFn | None = None) -> Computed[SteeringJacobian]:
-        """The steering phrase's detached Jacobians at ``x_layer`` (default: two thirds of the depth), cached."""
+        """The steering phrase's detached Jacobians and bias channel at ``x_layer`` (default: two thirds of the
+        depth), with the final norm applied for the ``reference`` variant; cached."""
         info = self.info(spec, progress)
-        layer = default_jacobian_layer(info.n_layers) if layer is None else ranges.JACOBIAN_LAYER.check(layer, hi=info.n_layers)
+        layer = (default_jacobian_layer(info.n_layers, variant) if layer is None
+                 else ranges.JACOBIAN_LAYER.check(layer, hi=info.n_layers))
+        final_norm = variant == "reference"
         ids = info.encode(steer_text) if steer_text.strip() else []
-        return self._cached("steer-jacobian", spec, info, ids, {"layer": layer},
-                            lambda h: analyze_steering_jacobian(h, steer_text, layer), progress)
+        return self._cached("steer-jacobian", spec, info, ids, {"layer": layer, "final_norm": final_norm},
+                            lambda h: analyze_steering_jacobian(h, steer_text, layer, final_norm), progress)
 
     def mean_jacobians(self, spec: ModelSpec, dataset: str | ConceptData, *, n_prompts: int = 50, max_tokens: int = 24,
                        sizes: tuple[int, int, int] = (400, 200, 200), seed: int = 0,

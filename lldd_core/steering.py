@@ -239,8 +239,18 @@ def default_layer(n_layers: int) -> int:
     return max(0, min(n_layers - 1, round(2 * n_layers / 3)))
 
 
-def default_jacobian_layer(n_layers: int) -> int:
-    """The Jacobian operator's default ``x_layer`` (``1..L``): two thirds of the depth."""
+#: The reference implementation's default strength of its norm-matched addition (``lambda_w``).
+REFERENCE_LAMBDA = 1.028045295795
+#: λ when none is given, per Jacobian variant (λ = 1 / 0 / 0 would leave the text unsteered).
+DEFAULT_LAMBDA = {"blend": 0.5, "additive": 0.5, "reference": REFERENCE_LAMBDA}
+
+
+def default_jacobian_layer(n_layers: int, variant: str = "blend") -> int:
+    """The Jacobian operator's default ``x_layer`` (``1..L``): two thirds of the depth, ``2L//3`` for
+    ``reference`` (the reference's ``lsplit``: its Jacobian maps to ``norm(x_lsplit)``, its vector is
+    added at ``x_{lsplit-1}``)."""
+    if variant == "reference":
+        return max(1, 2 * n_layers // 3)
     return max(1, default_layer(n_layers))
 
 
@@ -305,12 +315,13 @@ def plan_steering(
     r: float = 10.0,
     qf: float = 1.0,
     A: torch.Tensor | None = None,
-    J: torch.Tensor | None = None,
+    J: SteeringJacobian | None = None,
     seed: int = 0,
 ) -> SteeringPlan:
     """Build one method's interventions (module doc). ``setup`` (a concept dataset) is needed except for ``jacobian``.
 
-    ``A`` (LQR's mean Jacobians) and ``J`` (the steering phrase's Jacobians) may come from a cache.
+    ``A`` (LQR's mean Jacobians) and ``J`` (the steering phrase's Jacobians, with the final norm for
+    the ``reference`` variant) may come from a cache.
     Every setting is checked first (:func:`check_steering`).
     """
     checked = check_steering(method, handle.n_layers, handle.info.d_model, layers=layers, strength=strength,
@@ -340,10 +351,17 @@ def plan_steering(
         u = schedules(h, setup.layers, L, dy, seed)["llv"]
         return SteeringPlan(method, [llv_schedule(setup.directions, u)], readout, u, {"dy": float(dy), "order": order})
     if method == "jacobian":
-        layer = default_jacobian_layer(L) if layers is None else layers[0]
-        lam = 0.5 if lam is None else lam
-        J = torch.as_tensor(analyze_steering_jacobian(handle, steer_text, layer).J) if J is None else J
-        return SteeringPlan(method, [JacobianSteering(J, layer, lam, variant)], readout, np.zeros(0),
+        layer = default_jacobian_layer(L, variant) if layers is None else layers[0]
+        lam = DEFAULT_LAMBDA[variant] if lam is None else lam
+        reference = variant == "reference"
+        if J is None:
+            J = analyze_steering_jacobian(handle, steer_text, layer, final_norm=reference)
+        if J.layer != layer or J.final_norm != reference:
+            raise ValueError(f"the steering Jacobian is of x_{J.layer} (final norm {J.final_norm}); "
+                             f"{variant} at layer {layer} needs final norm {reference}")
+        op = JacobianSteering(torch.as_tensor(J.J), layer, lam, variant,
+                              b=None if reference else torch.as_tensor(J.b))
+        return SteeringPlan(method, [op], readout, np.zeros(0),
                             {"steer_text": steer_text, "layer": layer, "lam": lam, "variant": variant})
     # lqr
     if A is None:
@@ -403,23 +421,27 @@ class SteeringJacobian:
     tokens: list
     input_ids: list
     layer: int
-    reconstruction_error: float  # ||x_layer - Σ_i J_i x_{0,i} - b|| / ||x_layer||
+    final_norm: bool  # J maps to norm(x_layer) (the reference variant) instead of x_layer
+    reconstruction_error: float  # ||y - Σ_i J_i x_{0,i} - b|| / ||y||, y = x_layer or norm(x_layer)
     J: np.ndarray  # [T_s, d, d]
+    b: np.ndarray  # [d] the bias channel (zero for bias-free families)
 
 
-def analyze_steering_jacobian(handle: ModelHandle, steer_text: str, layer: int) -> SteeringJacobian:
-    """The detached Jacobian of ``steer_text`` at ``x_layer`` (no final norm), checked by reconstruction."""
+def analyze_steering_jacobian(handle: ModelHandle, steer_text: str, layer: int,
+                              final_norm: bool = False) -> SteeringJacobian:
+    """The detached Jacobian and bias channel of ``steer_text`` at ``x_layer`` (or ``norm(x_layer)``),
+    checked by reconstruction."""
     from .jacobian import reconstruct, relative_error
 
     if not steer_text.strip():
         raise InputError("The Jacobian method needs a steering phrase (e.g. 'The Golden Gate').")
     layer = R.JACOBIAN_LAYER.check(layer, hi=handle.n_layers)
     ids = handle.info.encode(steer_text)
-    op = jacobian_operator(handle.model, handle.adapter, torch.tensor(ids), layer=layer, final_norm=False)
+    op = jacobian_operator(handle.model, handle.adapter, torch.tensor(ids), layer=layer, final_norm=final_norm)
     full = op.full()
     err = relative_error(op.y, reconstruct(full.J, op.x0, full.b))
-    return SteeringJacobian(**handle.result_fields(ids), layer=int(layer), reconstruction_error=err,
-                            J=full.J.detach().cpu().numpy())
+    return SteeringJacobian(**handle.result_fields(ids), layer=int(layer), final_norm=bool(final_norm),
+                            reconstruction_error=err, J=full.J.detach().cpu().numpy(), b=full.b.detach().cpu().numpy())
 
 
 @result_type

@@ -118,3 +118,26 @@ def test_blend_at_zero_on_the_phrase_itself_reproduces_its_state_with_the_bias_c
     # 1e-6, not 1e-10: the stock model's norms round through float32 even in a float64 model
     assert float((with_b - plain).abs().max() / plain.abs().max()) < 1e-6
     assert float((without_b - plain).abs().max() / plain.abs().max()) > 1e-4
+
+
+def test_service_reference_variant_defaults_and_caching(tiny_dirs, cache_dir, monkeypatch):
+    """Through the service: λ ≈ 1.028 and x_{2L//3} by default, the recipe's text, the Jacobian cached with its norm."""
+    from lldd_core import service as service_module
+    from lldd_core.steering import REFERENCE_LAMBDA
+
+    monkeypatch.setattr(service_module, "_SERVICE", None)
+    svc = service_module.get_service()
+    spec = ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu")
+    settings = GenerationSettings(max_new_tokens=8)
+    got = svc.steer(spec, PROMPTS[0], "jacobian", steer_text=PHRASE, variant="reference", settings=settings)
+    L = svc.info(spec).n_layers
+    assert got.result.params["lam"] == REFERENCE_LAMBDA and got.result.params["layer"] == 2 * L // 3
+    handle = svc.handle(spec)
+    J = svc.steering_jacobian(spec, PHRASE, 2 * L // 3, variant="reference")
+    assert J.cache_hit and J.result.final_norm and J.result.reconstruction_error < 1e-10
+    prompt = handle.info.encode(PROMPTS[0])
+    theirs = reference_recipe(handle.model, prompt, torch.as_tensor(J.result.J), 2 * L // 3, REFERENCE_LAMBDA, 8)
+    assert got.result.steered_tokens == [handle.info.tokenizer.decode([t]) for t in theirs][: len(got.result.steered_tokens)]
+    blend = svc.steering_jacobian(spec, PHRASE, 2 * L // 3, variant="blend")
+    assert not blend.cache_hit and not blend.result.final_norm  # a different map, its own entry
+    svc.cache.close()
