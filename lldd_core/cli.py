@@ -34,12 +34,13 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import ranges as R
 
@@ -638,8 +639,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
     with _first_use_build(spec, args.quiet):
         service.ensure_demo(spec)
     limit = service.info(spec).max_positions
-    R.TOKENS.check(args.tokens, hi=limit)  # an estimate for more tokens than the model has positions means nothing
-    estimate = service.memory(spec, tokens=args.tokens)
+    if args.tokens is None:
+        tokens = 128 if limit is None else min(128, limit)
+    else:  # an estimate for more tokens than the model has positions means nothing
+        tokens = R.TOKENS.check(args.tokens, hi=limit)
+    estimate = service.memory(spec, tokens=tokens)
     if estimate is None:
         raise LLDDError(f"No memory estimate for {spec.model}: its config could not be built on the meta device.")
     if args.json:
@@ -855,8 +859,23 @@ def _sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=R.sizes_argtype, default="400,200,200", help=f"{R.sizes_help()} (default 400,200,200)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals as one ``error:`` line (no usage block), like every other user error.
+
+    Values that start with a minus (``--sizes -1,2,3``, ``--strength -inf``, ``--dy -1e3``) are read as values,
+    so that their range check explains them, rather than as unknown options.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\.?\d[\d.,eE+\-_]*|inf(inity)?|nan)$", re.IGNORECASE)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lldd_core", description="Locally linear analysis of causal LMs.")
+    parser = _Parser(prog="python -m lldd_core", description="Locally linear analysis of causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("jacobian", help="detached vs ordinary Jacobian of the last token's output embedding")
@@ -1000,7 +1019,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("memory", help="memory the model will need (weights, KV cache, Jacobians) before loading it")
     _add_model_args(p)
-    _num(p, R.TOKENS, 128, "prompt length for the KV cache and Jacobian sizes")
+    _num(p, R.TOKENS, None, "prompt length for the KV cache and Jacobian sizes",
+         default_text="128, or the model's context if shorter")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("datasets", help="the concept datasets lldd can use: built-in, paper (hub), and whether offline")

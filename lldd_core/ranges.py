@@ -78,15 +78,22 @@ class Range:
     @property
     def title(self) -> str:
         """``The reduced order d (--order)``: how messages name the setting, for pages and the CLI alike."""
-        return f"{self.label[:1].upper()}{self.label[1:]} ({self.option})"
+        first = self.label[:1]
+        return f"{first.upper() if first.isascii() else first}{self.label[1:]} ({self.option})"  # λ stays λ
 
     # --- words ------------------------------------------------------------------------------------
+    def top(self, hi: Number | None = None) -> Number | None:
+        """The upper bound in force: the declared one, tightened by ``hi`` (the model's) when given."""
+        if hi is None or self.hi is None:
+            return self.hi if hi is None else hi
+        return min(self.hi, hi)
+
     def describe(self, hi: Number | None = None) -> str:
         """The accepted values in words: ``an integer from 1 to the hidden size 32``, ``a number in (0, 10]``."""
         nonzero = "non-zero " if self.nonzero else ""
         if self.kind is int:
             return self._describe_int(hi, f"a {nonzero}integer" if nonzero else "an integer")
-        top = self.hi if hi is None else hi
+        top = self.top(hi)
         if self.hi_name is not None:
             top_text = self.hi_name if hi is None else f"{self.hi_name} {_fmt(hi)}"
         else:
@@ -105,7 +112,7 @@ class Range:
         """Integers read as closed ranges: ``from 0 to the number of layers - 1 (3)``."""
         lo = None if self.lo is None else int(self.lo) + (1 if self.lo_open else 0)
         minus = " - 1" if self.hi_open else ""
-        top = self.hi if hi is None else hi
+        top = self.top(hi)
         if self.hi_name is not None and hi is None:
             upper = f"{self.hi_name}{minus}"
         elif self.hi_name is not None:
@@ -137,7 +144,7 @@ class Range:
 
     def contains(self, value: Number, hi: Number | None = None) -> bool:
         """Whether the number ``value`` (already of this kind) lies in the range."""
-        top = self.hi if hi is None else hi
+        top = self.top(hi)
         if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
             return False
         if top is not None and (value >= top if self.hi_open else value > top):
@@ -181,7 +188,7 @@ class Range:
 
     def widget(self, hi: Number | None = None) -> dict[str, Number | None]:
         """``min_value`` / ``max_value`` for ``st.number_input`` (of this range's kind)."""
-        top = self.hi if hi is None else hi
+        top = self.top(hi)
         lo = self.widget_lo if self.lo_open and self.widget_lo is not None else self.lo
         top = self.widget_hi if self.hi_open and self.widget_hi is not None else top
         if self.kind is int:
@@ -290,7 +297,8 @@ GPUS_PER_TASK = Range("gpus_per_task", "the GPUs per task", float, 0, 1024)
 DEMO_STEPS = Range("steps", "the training steps", int, 1, 10**7)
 
 #: ``LLDD_MAX_JACOBIAN_GB``: the largest full Jacobian an analysis forms (GiB).
-MAX_JACOBIAN_GB = Range("max_jacobian_gb", "the full-Jacobian memory limit in GiB", float, 0, 1e6, lo_open=True)
+MAX_JACOBIAN_GB = Range("max_jacobian_gb", "the full-Jacobian memory limit in GiB", float, 0, 1e6, lo_open=True,
+                        widget_lo=0.01)
 
 
 def lam_range(method: str, variant: str = "blend") -> Range:

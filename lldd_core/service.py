@@ -339,7 +339,10 @@ class Service:
         if self.needs_build(spec):
             return None
         info = self.info(spec)
-        order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
+        try:
+            order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
+        except InputError:  # gains() refuses these settings (when asked to compute), so nothing was stored
+            return None
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
         key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[], params=params)

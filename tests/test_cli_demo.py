@@ -98,8 +98,8 @@ def test_size_and_arch_select_models(size, arch, names):
 
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "llama", "--size", "large"], "There is no llama demo model of size large: llama comes in small"),
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--steps", "0"], "argument --steps: must be an integer from 1"),
+    (["--seed", "-1"], "argument --seed: must be an integer from 0"),
 ])
 def test_bad_build_options_are_one_line(capsys, argv, message):
     line = _one_error_line(*_run(capsys, "demo", "build", *argv))
