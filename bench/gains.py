@@ -24,6 +24,9 @@ prompt without gradients).
 
     python bench/gains.py                        # 12 layers, d = 768, 32 tokens, r = 32 (~1-2 min on 2 cores)
     python bench/gains.py --layers 4 --hidden 256 --tokens 16
+
+``--device cuda`` runs both paths on the GPU and synchronizes around every timed call
+(``bench/gpu.sh`` runs it at real size); ``--summary FILE`` appends the result row of its table.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lldd_core.arch import adapter_for
@@ -64,12 +68,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the fast path (the naive one runs once)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--summary", metavar="FILE", default=None, help="append the result row for bench/gpu.sh's table")
     return p.parse_args(argv)
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so wall times include it (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return time.perf_counter() - t0, out
 
 
@@ -134,7 +148,7 @@ def naive_gains(model, adapter, ids: torch.Tensor, V: torch.Tensor, order: int, 
             predicted = predicted_gains([bases[l + 1].T @ J[l] @ bases[l] for l in range(L)])
             # exact: v_L^T J_{L-1} ... J_{k+1} J_k v_k
             row = V[L].clone()
-            exact = torch.empty(L, dtype=V.dtype)
+            exact = torch.empty(L, dtype=V.dtype, device=V.device)
             for k in range(L - 1, -1, -1):
                 exact[k] = row @ J[k] @ V[k]
                 row = J[k].T @ row
@@ -165,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(0, args.vocab, (args.tokens,))
     L, d = args.layers, args.hidden
     V = torch.nn.functional.normalize(torch.randn(L + 1, d, dtype=dtype), dim=-1)
+    model, ids, V = model.to(args.device), ids.to(args.device), V.to(args.device)  # the same numbers on any device
     print(f"random GPT-2: {L} layers, d = {d}, {args.tokens}-token prompt, order {args.order}, ε = {args.eps}, "
-          f"{args.dtype}, {torch.get_num_threads()} threads")
+          f"{args.dtype}, {args.device}, {torch.get_num_threads()} threads")
 
     with torch.no_grad():
         model(input_ids=ids[None], use_cache=False)  # warm up
@@ -191,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<10} {float((a - b).abs().max() / b.abs().max()):.2e}")
     print(f"  predicted vs exact (fast): {float((fast['predicted'] - fast['exact']).abs().max() / fast['exact'].abs().max()):.2e}"
           f"  (order {args.order} > {L} layers: the prompt's own Krylov basis is exact up to rounding)")
+    diffs = {key: float((fast[key].double() - naive[key].double()).abs().max() / naive[key].double().abs().max())
+             for key in ("predicted", "measured", "exact")}
+    add_row(args.summary, "gains", f"one prompt's gain analysis ({args.tokens} tokens, order {args.order}, "
+            f"{L} layers)", f"random GPT-2 d={d}, {L} layers, {args.heads} heads", args.device,
+            f"{seconds(t_fast)} = {t_fast / fwd:.0f} forwards", f"{seconds(t_naive)} = {t_naive / fwd:.0f} forwards "
+            "(full-sequence Jacobians + a forward per layer)", t_naive / t_fast,
+            f"within {diffs['predicted']:.1e} ({diffs['measured']:.1e} measured, {diffs['exact']:.1e} exact)")
     return 0
 
 

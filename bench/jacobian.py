@@ -13,6 +13,8 @@ For Llama ``x_0`` is ``inputs_embeds``, so the two Jacobians are directly compar
 prints the median (and minimum) time of each method, the speed ratio, the largest difference between the two
 Jacobians and our reconstruction error, and exits non-zero when the Jacobians disagree by more
 than the dtype's tolerance. Run from the repository root: ``python bench/jacobian.py --help``.
+``--device cuda`` builds the model on the GPU and synchronizes around every timed call
+(``bench/gpu.sh`` runs it at real size); ``--summary FILE`` appends the result row of its table.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from lldd_core.arch import adapter_for  # noqa: E402
-from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error  # noqa: E402
-from lldd_core.linearize import detached_mode  # noqa: E402
+from lldd_core.arch import adapter_for
+from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
+from lldd_core.linearize import detached_mode
 
 #: Largest accepted max|J_ours - J_ref| / max|J_ref| per dtype.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
@@ -46,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate", type=int, default=None,
                    help="MLP size; None: round(2.6875 * hidden), 1376 for 512")
     p.add_argument("--layers", type=int, default=4, help="number of decoder blocks")
-    p.add_argument("--heads", type=int, default=8, help="attention heads (KV heads: half of them)")
+    p.add_argument("--heads", type=int, default=8, help="attention heads")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads; None: half the heads")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
     p.add_argument("--tokens", type=int, default=16, help="prompt length T (random ids)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (after one warm-up each)")
@@ -55,25 +59,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=None,
                    help="cotangents per batched VJP for ours; None: JacobianOperator.chunk_size()")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the model is built on it)")
+    p.add_argument("--summary", metavar="FILE", default=None, help="append the result row for bench/gpu.sh's table")
     return p.parse_args(argv)
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so wall times include it (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def build_model(args: argparse.Namespace, dtype: torch.dtype) -> LlamaForCausalLM:
-    intermediate = args.intermediate or int(round(args.hidden * 2.6875))
+    intermediate = args.intermediate or round(args.hidden * 2.6875)
     config = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
         intermediate_size=intermediate,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
-        num_key_value_heads=max(1, args.heads // 2),
+        num_key_value_heads=args.kv_heads or max(1, args.heads // 2),
         max_position_embeddings=max(2048, args.tokens),
         initializer_range=0.02,
         tie_word_embeddings=False,
         attn_implementation="eager",
     )
     torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(config)
+    with torch.device(args.device):  # initialized where it runs: a real-size model never passes through the CPU
+        model = LlamaForCausalLM(config)
     with torch.no_grad():  # norm weights are all ones after init: make them generic
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args, dtype)
     adapter = adapter_for(model.config.model_type)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    ids = torch.randint(3, args.vocab, (1, args.tokens), generator=gen)
+    ids = torch.randint(3, args.vocab, (1, args.tokens), generator=gen).to(args.device)
     embeds = model.get_input_embeddings()(ids).detach()  # [1, T, d]
 
     tied = final_normed_is_tied(model, ids)
@@ -134,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     J_ref_raw = run_ref()
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike
+        sync()
         t0 = time.perf_counter()
         run_ours()
+        sync()
         times["ours"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         run_ref()
+        sync()
         times["reference"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
 
@@ -159,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: random Llama, d={args.hidden}, intermediate={model.config.intermediate_size}, "
           f"layers={args.layers}, heads={args.heads}/{model.config.num_key_value_heads} kv, vocab={args.vocab}, "
-          f"{n_params / 1e6:.1f}M params, {args.dtype}")
+          f"{n_params / 1e6:.1f}M params, {args.dtype}, {args.device}")
     print(f"prompt: {args.tokens} random tokens; torch {torch.__version__}, threads={torch.get_num_threads()}; "
           f"repeats={args.repeats} (+1 warm-up)")
     print(f"ours: chunk={args.chunk or op.chunk_size()} cotangents per batched VJP (d_out={op.d_out}); "
@@ -179,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reconstruction ||y - sum_i J_i x_i - b|| / ||y||: ours {rec_ours:.3e}, reference {rec_ref:.3e}")
 
     ok = rel_max <= TOLERANCE[dtype] and x0_same
+    add_row(args.summary, "jacobian", f"full detached Jacobian, {args.tokens} tokens, {args.dtype}",
+            f"random Llama d={args.hidden}, {args.layers} layers, MLP {model.config.intermediate_size}, "
+            f"{args.heads}/{model.config.num_key_value_heads} heads", args.device, seconds(med["ours"]),
+            f"{seconds(med['reference'])} (autograd.functional.jacobian)", med["reference"] / med["ours"],
+            f"max rel. diff {rel_max:.1e}" + ("" if ok else " FAIL"))
     print("OK" if ok else "FAIL: the Jacobians disagree")
     return 0 if ok else 1
 

@@ -31,6 +31,12 @@ the norm weights a heavy tail, and the script prints the decay it got (``σ8/σ1
     python bench/spectral.py --hidden 1024 --layers 4
     python bench/spectral.py --demo gpt2-large    # the largest demo model instead (built if missing)
     python bench/spectral.py --parts 3            # memory scaling only
+
+``--device cuda`` builds the models on the GPU, synchronizes around every timed call and measures
+part 3 with the CUDA allocator's peak; ``--shaping qr`` gives the weights their decaying spectra
+from QR-orthonormal random factors instead of an SVD of each weight (the same distribution of
+singular vectors, a fraction of the cost: what makes ``--decay`` affordable at real size).
+``--summary FILE`` appends the result rows of ``bench/gpu.sh``'s table.
 """
 
 from __future__ import annotations
@@ -47,15 +53,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from lldd_core.arch import adapter_for  # noqa: E402
-from lldd_core.jacobian import jacobian_operator  # noqa: E402
-from lldd_core.linearize import detached_mode  # noqa: E402
-from lldd_core.residual import run_to_layer  # noqa: E402
-from lldd_core.spectral import choose_method, svd_full, topk_svd  # noqa: E402
-from lldd_core.spectrum_analysis import run_svd  # noqa: E402
-from lldd_core.views import record_views  # noqa: E402
+from lldd_core.arch import adapter_for
+from lldd_core.jacobian import jacobian_operator
+from lldd_core.linearize import detached_mode
+from lldd_core.residual import run_to_layer
+from lldd_core.spectral import choose_method, svd_full, topk_svd
+from lldd_core.spectrum_analysis import run_svd
+from lldd_core.views import record_views
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--hidden", type=int, default=2048, help="hidden size d of the random Llama-style model")
     p.add_argument("--layers", type=int, default=2, help="decoder blocks")
-    p.add_argument("--heads", type=int, default=16, help="attention heads (KV heads: half)")
+    p.add_argument("--heads", type=int, default=16, help="attention heads")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads; None: half the heads")
+    p.add_argument("--intermediate", type=int, default=None,
+                   help="MLP size; None: 2.6875 * hidden rounded to a multiple of 64")
     p.add_argument("--vocab", type=int, default=8000, help="vocabulary size (does not enter the Jacobian)")
     p.add_argument("--demo", default=None, help="use this demo model (e.g. gpt2-large) instead of a random one")
     p.add_argument("--tokens", type=int, default=8, help="prompt length T")
@@ -73,26 +83,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="looser tolerance of the second matrix-free row (with --fast-oversample)")
     p.add_argument("--fast-oversample", type=int, default=4)
     p.add_argument("--decay", type=float, default=1.0, help="weight spectrum exponent (0: raw random init)")
+    p.add_argument("--shaping", choices=("svd", "qr"), default="svd",
+                   help="how --decay reshapes the weights: SVD of each weight, or QR-orthonormal random factors")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per method")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per method before timing")
     p.add_argument("--parts", default="1,2,3", help="which parts to run (comma-separated)")
     p.add_argument("--mem-hidden", default="512,1024,2048", help="hidden sizes of the memory part")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the models are built on it)")
+    p.add_argument("--summary", metavar="FILE", default=None, help="append the result rows for bench/gpu.sh's table")
     return p.parse_args(argv)
 
 
 # --- models ----------------------------------------------------------------------------------
 
 
-def random_model(hidden: int, layers: int, heads: int, vocab: int, decay: float, seed: int) -> LlamaForCausalLM:
+def _haar_columns(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    """``cols`` orthonormal columns distributed like a Gaussian matrix's singular vectors (QR, signs fixed)."""
+    Q, R = torch.linalg.qr(torch.randn(rows, cols, generator=gen, device=gen.device))
+    return Q * torch.sign(torch.diagonal(R))
+
+
+def random_model(hidden: int, layers: int, heads: int, vocab: int, decay: float, seed: int, *,
+                 intermediate: int | None = None, kv_heads: int | None = None, device: str = "cpu",
+                 shaping: str = "svd") -> LlamaForCausalLM:
     """A random Llama-style model; with ``decay > 0`` its weight spectra decay like a trained model's."""
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(round(hidden * 2.6875 / 64)) * 64,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden,
+                         intermediate_size=intermediate or round(hidden * 2.6875 / 64) * 64,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads or max(1, heads // 2),
                          max_position_embeddings=2048, initializer_range=0.02, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    with torch.device(device):  # initialized where it runs: a real-size model never passes through the CPU
+        model = LlamaForCausalLM(config).eval()
     gen = torch.Generator().manual_seed(seed)
+    factors = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -100,19 +126,25 @@ def random_model(hidden: int, layers: int, heads: int, vocab: int, decay: float,
                 tail = torch.randn(param.shape, generator=gen).abs() ** 3 if decay > 0 else torch.zeros(param.shape)
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen) + decay * tail)
             elif decay > 0 and param.ndim == 2 and ".layers." in name:
-                U, S, Vh = torch.linalg.svd(param, full_matrices=False)
-                shaped = (torch.arange(S.numel(), dtype=S.dtype) + 1) ** -decay
-                shaped *= S.norm() / shaped.norm()
+                if shaping == "svd":
+                    U, S, Vh = torch.linalg.svd(param, full_matrices=False)
+                    norm = S.norm()
+                else:
+                    r = min(param.shape)
+                    U, Vh = _haar_columns(param.shape[0], r, factors), _haar_columns(param.shape[1], r, factors).T
+                    norm = param.norm()  # Frobenius = the norm of the singular values
+                shaped = (torch.arange(Vh.shape[0], dtype=param.dtype, device=param.device) + 1) ** -decay
+                shaped *= norm / shaped.norm()
                 param.copy_((U * shaped) @ Vh)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def demo_model(name: str):
+def demo_model(name: str, device: str = "cpu"):
     from lldd_core.models import ModelSpec, load_model, resolve_model
 
-    handle = load_model(resolve_model(ModelSpec(f"demo:{name}", device="cpu")))
+    handle = load_model(resolve_model(ModelSpec(f"demo:{name}", device=device)))
     for p in handle.model.parameters():
         p.requires_grad_(False)
     return handle.model
@@ -121,14 +153,22 @@ def demo_model(name: str):
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so wall times include it (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, object]:
     """Median wall time of ``repeats`` calls after ``warmup`` untimed ones (first-call costs)."""
     for _ in range(warmup):
         fn()
     times, out = [], None
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         out = fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
 
@@ -174,12 +214,20 @@ def _status_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def peak_mib_during(fn: Callable[[], object]) -> float:
-    """Peak resident memory above the level before ``fn`` (MiB)."""
+def peak_mib_during(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Peak memory above the level before ``fn`` (MiB): resident memory on a CPU, the CUDA allocator's on a GPU."""
     import ctypes
     import gc
 
     gc.collect()
+    if torch.device(device).type == "cuda":
+        sync()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        sync()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     try:  # hand freed heap back to the OS, so the peak counts every byte fn allocates
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
@@ -226,6 +274,12 @@ def part_topk(model, adapter, ids, args) -> None:
     print(f"    {'method':<52} {'time s':>8} {'ratio':>7} {'max rel err':>12} {'products':>9}")
     for label, t, err, n, note in rows:
         print(f"    {label:<52} {t:8.2f} {t_ref / t:6.2f}x {err:12.1e} {n:9d}  {note}")
+    short = [f"matrix-free, the analyses' default (tol {args.fast_tol:g})", "matrix-free, forward-mode JVP products",
+             "full Jacobian + exact top-k"]
+    for label, (_, t, err, n, _) in zip(short, rows[2:]):
+        add_row(args.summary, "spectral", f"top-{k} spectra of {T} tokens: {label}", args.model_label,
+                args.device, f"{seconds(t)}, {n} products", f"{seconds(t_ref)}, {d} products (autograd + randomized SVD)",
+                t_ref / t, f"σ within {err:.1e} (reference {rows[0][2]:.1e})")
 
 
 def part_layers(model, adapter, ids, args) -> None:
@@ -247,26 +301,36 @@ def part_layers(model, adapter, ids, args) -> None:
     print(f"    reference (recompute every layer): {t_ref:.2f} s, max rel err of singular values {err_ref:.1e}")
     method = choose_method(d, T, k)
     for tol, oversample in [(args.tol, 8), (args.fast_tol, args.fast_oversample)]:
-        t_ours, S_ours = timed(lambda: ours(tol, oversample), args.repeats, args.warmup)
+        t_ours, S_ours = timed(lambda tol=tol, oversample=oversample: ours(tol, oversample), args.repeats, args.warmup)
         err = max(rel_errors(S, ex) for S, ex in zip(S_ours, exact))
         print(f"    ours (one forward, {method}, tol {tol:g}, oversample {oversample}): {t_ours:.2f} s, ratio "
               f"{t_ref / t_ours:.2f}x, max rel err {err:.1e}")
+    add_row(args.summary, "spectral", f"all-layer cumulative top-{k} spectra, {T} tokens (tol {tol:g}: the default)",
+            args.model_label, args.device, seconds(t_ours), f"{seconds(t_ref)} (every layer from scratch)",
+            t_ref / t_ours, f"σ within {err:.1e} (reference {err_ref:.1e})")
 
 
 def part_memory(args) -> None:
     print(f"\n[3] peak memory above the model (MiB), T={args.tokens}; matrix-free grows ~ T·d·k, full ~ T·d²")
     print(f"    {'d':>6} {'k':>4} {'matrix-free':>12} {'full':>10} {'T·d² floats (MiB)':>18}")
+    largest, reported = int(args.mem_hidden.split(",")[-1]), False
     for hidden in [int(h) for h in args.mem_hidden.split(",")]:
-        model = random_model(hidden, 1, max(1, hidden // 128), 1000, args.decay, args.seed)
+        model = random_model(hidden, 1, max(1, hidden // 128), 1000, args.decay, args.seed, device=args.device,
+                             shaping=args.shaping)
         adapter = adapter_for("llama")
-        ids = torch.randint(0, 1000, (args.tokens,), generator=torch.Generator().manual_seed(args.seed))
-        for k in (4, args.k, 2 * args.k) if hidden == int(args.mem_hidden.split(",")[-1]) else (args.k,):
+        ids = torch.randint(0, 1000, (args.tokens,), generator=torch.Generator().manual_seed(args.seed)).to(args.device)
+        for k in (4, args.k, 2 * args.k) if hidden == largest else (args.k,):
             op = jacobian_operator(model, adapter, ids)
-            mf = peak_mib_during(lambda: topk_svd(op, k, tol=args.tol, iters=2))
+            mf = peak_mib_during(lambda op=op, k=k: topk_svd(op, k, tol=args.tol, iters=2), args.device)
             op = jacobian_operator(model, adapter, ids)
-            full = peak_mib_during(lambda: svd_full(op.full().J, k))
+            full = peak_mib_during(lambda op=op, k=k: svd_full(op.full().J, k), args.device)
             dense = args.tokens * hidden * hidden * 4 / 2**20
             print(f"    {hidden:>6} {k:>4} {mf:12.1f} {full:10.1f} {dense:18.1f}")
+            if hidden == largest and k == args.k and not reported:
+                reported = True
+                add_row(args.summary, "spectral", f"peak memory of top-{k} spectra, {args.tokens} tokens",
+                        f"random Llama d={hidden}, 1 layer", args.device, f"{mf:.3g} MiB (matrix-free)",
+                        f"{full:.3g} MiB (full Jacobian)", full / mf if mf > 0 else None, ratio_kind="full / ours")
         del model
 
 
@@ -274,20 +338,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = {int(p) for p in args.parts.split(",")}
-    print(f"torch {torch.__version__}, {args.threads} threads, float32")
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, {args.device}")
     if parts & {1, 2}:
         if args.demo:
-            model = demo_model(args.demo)
+            model = demo_model(args.demo, args.device)
             adapter = adapter_for(model.config.model_type)
             print(f"model: demo:{args.demo} (d={model.config.hidden_size}, {len(adapter.layers(model))} blocks, trained)")
+            args.model_label = f"demo:{args.demo} (trained)"
         else:
             t0 = time.perf_counter()
-            model = random_model(args.hidden, args.layers, args.heads, args.vocab, args.decay, args.seed)
+            model = random_model(args.hidden, args.layers, args.heads, args.vocab, args.decay, args.seed,
+                                 intermediate=args.intermediate, kv_heads=args.kv_heads, device=args.device,
+                                 shaping=args.shaping)
             adapter = adapter_for("llama")
-            print(f"model: random Llama-style d={args.hidden}, {args.layers} blocks, decay {args.decay} "
-                  f"(built in {time.perf_counter() - t0:.0f} s)")
+            c = model.config
+            print(f"model: random Llama-style d={args.hidden}, {args.layers} blocks, MLP {c.intermediate_size}, "
+                  f"{c.num_attention_heads}/{c.num_key_value_heads} heads, decay {args.decay} ({args.shaping}), "
+                  f"{args.device} (built in {time.perf_counter() - t0:.0f} s)")
+            args.model_label = (f"random Llama d={args.hidden}, {args.layers} layers, MLP {c.intermediate_size}, "
+                                f"{c.num_attention_heads}/{c.num_key_value_heads} heads, decay {args.decay:g}")
         vocab = model.config.vocab_size
-        ids = torch.randint(0, vocab, (args.tokens,), generator=torch.Generator().manual_seed(args.seed))
+        ids = torch.randint(0, vocab, (args.tokens,), generator=torch.Generator().manual_seed(args.seed)).to(args.device)
         if 1 in parts:
             part_topk(model, adapter, ids, args)
         if 2 in parts:

@@ -15,6 +15,8 @@ Each configuration is timed ``--repeats`` times in alternation (medians reported
 
     python bench/steering.py
     python bench/steering.py --layers 4 --hidden 256 --tokens 32
+
+``--summary FILE`` appends the result rows of ``bench/gpu.sh``'s table.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lldd_core.arch import adapter_for
@@ -49,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--summary", metavar="FILE", default=None, help="append the result rows for bench/gpu.sh's table")
     return p.parse_args(argv)
 
 
@@ -123,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     overhead = per_token["lqr (all layers)"] - base
     print(f"LQR overhead per token {overhead * 1e3:.3f} ms; {L} d x d matrix-vector products {matvecs * 1e3:.3f} ms "
           f"-> overhead / matvecs = {overhead / matvecs:.2f}")
+    model_label = f"random GPT-2 d={d}, {L} layers, {args.heads} heads"
+    checks = {"additive (1 layer)": "bound 1.5x", "llv schedule (all layers)": "bound 1.5x",
+              "lqr (all layers)": f"overhead {overhead / matvecs:.2f} of {L} d x d mat-vecs (bound 1)"}
+    for name, check in checks.items():
+        add_row(args.summary, "steering", f"steered generation per token: {name}, {args.tokens} new tokens",
+                model_label, args.device, f"{seconds(per_token[name])} / token", f"{seconds(base)} / token unsteered",
+                per_token[name] / base, check, ratio_kind="steered / unsteered")
     return 0
 
 
