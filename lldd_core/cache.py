@@ -40,7 +40,15 @@ from . import __version__
 from .errors import InputError, LLDDError, NumericalError
 from .results import from_bytes, to_bytes
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cache"
+def _default_dir(root: Path = Path(__file__).resolve().parent.parent) -> Path:
+    """``cache/`` of the checkout when lldd runs from one (the quick start), else the user's cache folder
+    (``$XDG_CACHE_HOME/lldd`` or ``~/.cache/lldd``): an installed package never writes into site-packages."""
+    if (root / "app.py").is_file() and (root / "cache").is_dir():
+        return root / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lldd"
+
+
+DEFAULT_DIR = _default_dir()
 DEFAULT_SIZE_GB = 4.0
 #: Largest accepted LLDD_CACHE_SIZE_GB (a petabyte; SQLite stores the limit as a 64-bit integer).
 MAX_SIZE_GB = 1e6

@@ -875,7 +875,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m lldd_core", description="Locally linear analysis of causal LMs.")
+    # the console script says `lldd`, `python -m lldd_core` says so
+    prog = "lldd" if os.path.basename(sys.argv[0] or "") == "lldd" else "python -m lldd_core"
+    parser = _Parser(prog=prog, description="Locally linear analysis of causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("jacobian", help="detached vs ordinary Jacobian of the last token's output embedding")
