@@ -40,7 +40,10 @@ from . import __version__
 from .errors import InputError, LLDDError, NumericalError
 from .results import from_bytes, to_bytes
 
-def _default_dir(root: Path = Path(__file__).resolve().parent.parent) -> Path:
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
+def _default_dir(root: Path = _PACKAGE_PARENT) -> Path:
     """``cache/`` of the checkout when lldd runs from one (the quick start), else the user's cache folder
     (``$XDG_CACHE_HOME/lldd`` or ``~/.cache/lldd``): an installed package never writes into site-packages."""
     if (root / "app.py").is_file() and (root / "cache").is_dir():
