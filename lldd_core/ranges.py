@@ -125,6 +125,11 @@ class Range:
             return f"{noun} of at least {lo}"
         return f"{noun} of at most {upper}" if upper is not None else noun
 
+    def sentence(self, hi: Number | None = None) -> str:
+        """:meth:`describe` as a sentence, for widget help: ``A number in (0, 1].``"""
+        words = self.describe(hi)
+        return f"{words[0].upper()}{words[1:]}."
+
     def refusal(self, value: Any, hi: Number | None = None) -> InputError:
         """The error for ``value``: ``The reduced order d (--order) must be ...; got 0.``"""
         return InputError(f"{self.title} must be {self.describe(hi)}; got {_shown(value)}.")
@@ -265,7 +270,7 @@ TOKENS = Range("tokens", "the prompt length in tokens", int, 1, hi_name="the mod
 TARGET = Range("target", "the target readout shift Δy", float, -1e4, 1e4, nonzero=True)
 TOL = Range("tol", "the relative tolerance on Δy", float, 0, 1, lo_open=True, hi_open=True, widget_lo=1e-4,
             widget_hi=0.5)
-MAX_TARGETS = 32
+MAX_TARGETS = 16  # as many as the Control page takes (lldd_core.plots_control.MAX_TARGETS)
 
 #: Additive steering: block inputs ``x_l``, ``l = 0..L-1``.
 STEER_LAYER = Range("layer", "the additive steering layer", int, 0, hi_name="the number of layers", hi_open=True)

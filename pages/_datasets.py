@@ -14,7 +14,6 @@ import streamlit as st
 from lldd_core.concepts import (
     MAX_FILE_BYTES,
     MIN_PER_CLASS,
-    MIN_PER_SPLIT,
     PAPER_PER_CLASS,
     ConceptData,
     DatasetListing,
@@ -22,6 +21,7 @@ from lldd_core.concepts import (
     load_user_file,
 )
 from lldd_core.errors import LLDDError
+from lldd_core.ranges import SIZES
 
 #: The two ways of choosing a dataset (the radio's options).
 REGISTRY = "Registered dataset"
@@ -113,7 +113,7 @@ def split_size_inputs(prefix: str) -> tuple[int, int, int]:
     st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
     cols = st.columns(3)
     return tuple(  # type: ignore[return-value]
-        int(cols[i].number_input(name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name],
-                                 step=50, key=f"{prefix}_{name}", help=help_text))
-        for i, (name, help_text) in enumerate(SPLIT_HELP.items())
+        int(cols[i].number_input(name.capitalize(), **rng.widget(), value=PAPER_PER_CLASS[name],
+                                 step=50, key=f"{prefix}_{name}", help=f"{help_text} {rng.sentence()}"))
+        for i, ((name, help_text), rng) in enumerate(zip(SPLIT_HELP.items(), SIZES))
     )

@@ -30,6 +30,7 @@ from lldd_core.plots_control import (
 )
 from lldd_core.plots_gains import splits_line
 from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.ranges import MAX_TARGETS, N_EVAL, ORDER, SEED, TARGET, TOL
 from lldd_core.service import get_service
 from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
 from pages._datasets import dataset_picker, split_size_inputs
@@ -59,13 +60,13 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
     with st.form("control_form", border=True):
         targets = st.text_input(
             "Target shifts Δy", value=DEFAULT_TARGETS, key="ct_targets",
-            help="One or more readout changes to reach, separated by commas (e.g. 0.5, 1, 2; negative values "
-            "push towards the other class).",
+            help=f"Up to {MAX_TARGETS} readout changes to reach, separated by commas (e.g. 0.5, 1, 2; negative values "
+            f"push towards the other class), each {TARGET.describe()}.",
         )
         sizes = list(split_size_inputs("ct"))
         c1, c2, c3, c4, c5 = st.columns(5)
         order = c1.number_input(
-            "Reduced order d", min_value=1, max_value=d, value=min(DEFAULT_ORDER, d), step=1, key=f"ct_order_of_{d}",
+            "Reduced order d", **ORDER.widget(hi=d), value=min(DEFAULT_ORDER, d), step=1, key=f"ct_order_of_{d}",
             help=f"Columns of each layer's basis P_l (1..hidden size {d}).",
         )
         complement = c2.selectbox(
@@ -73,14 +74,14 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
             help="How each basis P_l is completed after v_l: depth-Krylov (default), random or PCA.",
         )
         n_eval = c3.number_input(
-            "Evaluation prompts", min_value=1, value=DEFAULT_N_EVAL, step=1, key="ct_n_eval",
+            "Evaluation prompts", **N_EVAL.widget(), value=DEFAULT_N_EVAL, step=1, key="ct_n_eval",
             help="The full-model readout change is the mean over this many evaluation prompts.",
         )
         tol = c4.number_input(
-            "Tolerance", min_value=1e-4, max_value=0.5, value=DEFAULT_TOL, step=1e-3, format="%.4g", key="ct_tol",
+            "Tolerance", **TOL.widget(), value=DEFAULT_TOL, step=1e-3, format="%.4g", key="ct_tol",
             help="A schedule reaches Δy when the mean readout change is within tolerance × |Δy| of it.",
         )
-        seed = c5.number_input("Seed", min_value=0, value=0, step=1, key="ct_seed",
+        seed = c5.number_input("Seed", **SEED.widget(), value=0, step=1, key="ct_seed",
                                help="Seed of the splits, of random bases and of the random schedule's layer.")
         submitted = st.form_submit_button("Compute schedules", type="primary", key="ct_compute", disabled=not ready)
     settings = {"order": int(order), "complement": str(complement), "n_eval": int(n_eval),

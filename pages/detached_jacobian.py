@@ -34,8 +34,9 @@ from lldd_core.plots_spectra import (
     spectrum_table,
     token_spectrum_table,
 )
+from lldd_core.ranges import DECODE, LAYER, TOP_K
 from lldd_core.results import to_jsonable
-from lldd_core.service import MAX_DECODE, METHODS, get_service
+from lldd_core.service import METHODS, get_service
 from lldd_core.spectrum_analysis import SpectrumResult
 from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, plural, run_with_status
 
@@ -82,8 +83,7 @@ def request_form(n_layers: int) -> tuple[bool, str, int, bool]:
         c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
         layer = c1.number_input(
             f"Layer (1–{n_layers})",
-            min_value=1,
-            max_value=n_layers,
+            **LAYER.widget(hi=n_layers),
             value=n_layers,
             step=1,
             key=f"dj_layer_of_{n_layers}",  # a model with another depth gets a fresh widget, never an out-of-range value
@@ -231,16 +231,17 @@ def same_request(spectrum: Shown, shown: Shown) -> bool:
     return (spectrum.spec, spectrum.prompt, s.layer, s.final_norm) == (shown.spec, shown.prompt, r.layer, r.final_norm)
 
 
-def spectra_form() -> tuple[bool, int, int, str]:
-    """The spectra settings; returns (submitted, k, decoded tokens per vector, method)."""
+def spectra_form(d: int) -> tuple[bool, int, int, str]:
+    """The spectra settings (``d``: the hidden size); returns (submitted, k, decoded tokens per vector, method)."""
     with st.form("dj_spectra_form", border=True):
         c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
         k = c1.number_input(
-            "Top-k singular values", min_value=1, value=8, step=1, key="dj_spec_k",
-            help="Singular triplets per token (at most the hidden size).",
+            "Top-k singular values", **TOP_K.widget(hi=d), value=min(8, d), step=1, key=f"dj_spec_k_of_{d}",
+            help=f"Singular triplets per token: {TOP_K.describe(hi=d)}.",
         )
         n_decode = c2.number_input(
-            "Decoded tokens per vector", min_value=1, max_value=MAX_DECODE, value=8, step=1, key="dj_spec_n",
+            "Decoded tokens per vector", **DECODE.widget(), value=8, step=1, key="dj_spec_n",
+            help=DECODE.sentence(),
         )
         method = c3.selectbox(
             "Method", METHODS, key="dj_spec_method",
@@ -336,7 +337,7 @@ def spectra_section(shown: Shown, fmt: str) -> None:
         f"The top singular vectors of every J_i for the request above (layer {r.layer}, final norm "
         f"{'on' if r.final_norm else 'off'}), decoded to tokens."
     )
-    submitted, k, n_decode, method = spectra_form()
+    submitted, k, n_decode, method = spectra_form(int(r.singular_values.shape[1]))  # min(d_out, d_in) = d
     if submitted:
         spectrum = compute_spectra(shown, k, n_decode, method)
         if spectrum is not None:

@@ -34,6 +34,7 @@ from lldd_core.plots_gains import (
     splits_line,
 )
 from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.ranges import EPS, N_EVAL, ORDER, SEED
 from lldd_core.service import get_service
 from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
 from pages._datasets import dataset_picker, split_size_inputs
@@ -83,7 +84,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
         sizes = list(split_size_inputs("gn"))
         c1, c2, c3, c4 = st.columns(4)
         order = c1.number_input(
-            "Reduced order d", min_value=1, max_value=d, value=min(DEFAULT_ORDER, d), step=1, key=f"gn_order_of_{d}",
+            "Reduced order d", **ORDER.widget(hi=d), value=min(DEFAULT_ORDER, d), step=1, key=f"gn_order_of_{d}",
             help=f"Columns of each layer's basis P_l (1..hidden size {d}); at the hidden size the prediction is exact.",
         )
         complement = c2.selectbox(
@@ -92,11 +93,11 @@ def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
             "mean Jacobians; random and pca (the operating states' principal directions) are ablations.",
         )
         eps = c3.number_input(
-            "ε (injection size)", min_value=1e-4, max_value=10.0, value=0.1, step=0.01, format="%.4g", key="gn_eps",
-            help="Size of the injection for the measured gains; 0.01..0.5 is the useful range.",
+            "ε (injection size)", **EPS.widget(), value=0.1, step=0.01, format="%.4g", key="gn_eps",
+            help=f"Size of the injection for the measured gains: {EPS.describe()}; 0.01..0.5 is the useful range.",
         )
         n_eval = c4.number_input(
-            "Evaluation prompts", min_value=1, value=32, step=1, key="gn_n_eval",
+            "Evaluation prompts", **N_EVAL.widget(), value=32, step=1, key="gn_n_eval",
             help="How many prompts of the evaluation split get curves (it holds 2 × the evaluation size per class).",
         )
         c1, c2 = st.columns(2)
@@ -105,7 +106,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
             help="prompt: each prompt's predicted curve from its own Jacobians on the shared bases. population: "
             "one curve from the operating prompts' mean reduced model.",
         )
-        seed = c2.number_input("Seed", min_value=0, value=0, step=1, key="gn_seed",
+        seed = c2.number_input("Seed", **SEED.widget(), value=0, step=1, key="gn_seed",
                                help="Seed of the splits and of random bases.")
         submitted = st.form_submit_button("Compute gain curves", type="primary", key="gn_compute", disabled=not ready)
     settings = {"order": int(order), "eps": float(eps), "complement": str(complement), "n_eval": int(n_eval),

@@ -35,7 +35,8 @@ from lldd_core.plots_spectra import (
     stable_rank_figure,
     stable_rank_table,
 )
-from lldd_core.service import MAX_DECODE, METHODS, get_service
+from lldd_core.ranges import DECODE, TOP_K
+from lldd_core.service import METHODS, get_service
 from lldd_core.views import SITE_LABELS, SITES
 from pages._common import Shown, current_spec, ensure_model_ready, format_sci, plural, run_with_status
 
@@ -71,27 +72,29 @@ space) by the unembedding's logits, `V` (input space) by cosine similarity to th
 """
 
 
-def model_layers(spec: ModelSpec) -> int | None:
-    """The model's number of blocks, or ``None`` after showing why it could not be resolved."""
+def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
+    """The model's (number of blocks, hidden size), or ``None`` after showing why it could not be resolved."""
     try:
-        return get_service().info(spec).n_layers
+        info = get_service().info(spec)
     except LLDDError as err:
         st.error(str(err))
         return None
+    return info.n_layers, info.d_model
 
 
-def request_form() -> tuple[bool, str, int, int, list[str], bool, str]:
-    """The prompt form; returns (submitted, prompt, k, decoded tokens, sites, lens, method)."""
+def request_form(d: int) -> tuple[bool, str, int, int, list[str], bool, str]:
+    """The prompt form (``d``: the hidden size); returns (submitted, prompt, k, decoded tokens, sites, lens, method)."""
     with st.form("layers_form", border=True):
         prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="ly_prompt", height=90)
         c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
         k = c1.number_input(
-            "Top-k singular values", min_value=1, value=8, step=1, key="ly_k",
-            help="Singular triplets per view, layer and token (at most the hidden size). The emergence measure "
+            "Top-k singular values", **TOP_K.widget(hi=d), value=min(8, d), step=1, key=f"ly_k_of_{d}",
+            help=f"Singular triplets per view, layer and token: {TOP_K.describe(hi=d)}. The emergence measure "
             "uses the final layer's top-k.",
         )
         n_decode = c2.number_input(
-            "Decoded tokens per vector", min_value=1, max_value=MAX_DECODE, value=5, step=1, key="ly_n"
+            "Decoded tokens per vector", **DECODE.widget(), value=5, step=1, key="ly_n",
+            help=DECODE.sentence(),
         )
         method = c3.selectbox(
             "Method", METHODS, key="ly_method",
@@ -234,10 +237,11 @@ def main() -> None:
     st.title("Layers")
     st.caption("How the local linear map of one prompt builds up over depth, view by view.")
     spec = current_spec()
-    n_layers = model_layers(spec) if ensure_model_ready(spec) else None
-    if n_layers is not None:
+    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    n_layers = shape[0] if shape is not None else None
+    if shape is not None:
         st.caption(f"`{spec.model}` has {plural(n_layers, 'layer')}; every view is analysed at each of them.")
-        submitted, prompt, k, n_decode, sites, lens, method = request_form()
+        submitted, prompt, k, n_decode, sites, lens, method = request_form(shape[1])
         if submitted:
             shown = compute(spec, prompt, k, n_decode, sites, lens, method)
             if shown is not None:

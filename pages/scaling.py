@@ -17,7 +17,7 @@ import streamlit as st
 # Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_common.py).
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
+from lldd_core.concepts import PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
 from lldd_core.errors import LLDDError
 from lldd_core.export import csv_text
 from lldd_core.gains import MODES
@@ -25,6 +25,7 @@ from lldd_core.llv import COMPLEMENTS
 from lldd_core.models import ModelSpec
 from lldd_core.plots_scaling import cells_table, scaling_figure
 from lldd_core.plots_spectra import FIGURE_FORMATS, download_config
+from lldd_core.ranges import EPS, N_EVAL, ORDER, SIZES
 from lldd_core.service import Computed, get_service
 from lldd_core.sweep import (
     FAMILIES,
@@ -110,11 +111,11 @@ def choose_settings() -> GainSettings:
     """The gain settings (the defaults of the Gain curves page and the ``gains`` command)."""
     defaults = GainSettings()
     c1, c2, c3, c4, c5 = st.columns(5)
-    order = c1.number_input("Reduced order d", min_value=1, value=defaults.order, step=1, key="sc_order",
+    order = c1.number_input("Reduced order d", **ORDER.widget(), value=defaults.order, step=1, key="sc_order",
                             help="Columns of each layer's basis P_l (at most every model's hidden size).")
-    eps = c2.number_input("ε (injection size)", min_value=1e-4, max_value=10.0, value=defaults.eps, step=0.01,
+    eps = c2.number_input("ε (injection size)", **EPS.widget(), value=defaults.eps, step=0.01,
                           format="%.4g", key="sc_eps", help="Size of the injection for the measured gains.")
-    n_eval = c3.number_input("Evaluation prompts", min_value=1, value=defaults.n_eval, step=1, key="sc_n_eval")
+    n_eval = c3.number_input("Evaluation prompts", **N_EVAL.widget(), value=defaults.n_eval, step=1, key="sc_n_eval")
     complement = c4.selectbox("Complement", COMPLEMENTS, key="sc_complement",
                               help="How each basis is completed after v_l: krylov (default); random and pca are "
                               "ablations.")
@@ -122,9 +123,9 @@ def choose_settings() -> GainSettings:
                         help="prompt: each prompt's own Jacobians; population: the operating prompts' mean model.")
     cols = st.columns(3)
     sizes = [
-        cols[i].number_input(f"{name.capitalize()} examples per class", min_value=MIN_PER_SPLIT[name],
+        cols[i].number_input(f"{name.capitalize()} examples per class", **rng.widget(),
                              value=PAPER_PER_CLASS[name], step=50, key=f"sc_{name}")
-        for i, name in enumerate(("concept", "operating", "evaluation"))
+        for i, (name, rng) in enumerate(zip(("concept", "operating", "evaluation"), SIZES))
     ]
     return GainSettings(order=int(order), eps=float(eps), n_eval=int(n_eval), complement=str(complement),
                         mode=str(mode), sizes=tuple(int(n) for n in sizes))

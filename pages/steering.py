@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from lldd_core.concepts import MIN_PER_SPLIT, PAPER_PER_CLASS, ConceptData
+from lldd_core import ranges
+from lldd_core.concepts import PAPER_PER_CLASS, ConceptData
 from lldd_core.export import csv_text
 from lldd_core.interventions import JACOBIAN_VARIANTS, POSITIONS
 from lldd_core.models import ModelSpec
@@ -66,20 +67,32 @@ READOUT_NOTE = (
 )
 
 
-def generation_settings() -> GenerationSettings:
-    """Max new tokens and decoding (greedy, or sampling with a seed, temperature and top-p)."""
+def max_new_limit(context: int | None) -> int:
+    """The most new tokens the page offers: :data:`~lldd_core.ranges.MAX_NEW_TOKENS`, fewer when the model's
+    context is shorter (at least one prompt token must fit beside them)."""
+    return ranges.MAX_NEW_TOKENS if context is None else max(1, min(ranges.MAX_NEW_TOKENS, context - 1))
+
+
+def generation_settings(context: int | None) -> GenerationSettings:
+    """Max new tokens (bounded by the model's ``context``) and decoding (greedy, or sampling with a seed,
+    temperature and top-p)."""
     c1, c2, c3, c4, c5 = st.columns([1, 1.5, 1, 1, 1])
-    max_new = c1.number_input("Max new tokens", min_value=1, max_value=1024, value=DEFAULT_MAX_NEW, step=1,
-                              key="st_max_new")
+    top = max_new_limit(context)
+    max_new = c1.number_input(
+        "Max new tokens", **ranges.MAX_NEW.widget(hi=top), value=min(DEFAULT_MAX_NEW, top), step=1,
+        key=f"st_max_new_of_{top}",  # another model's context gets a fresh widget, never an out-of-range value
+        help=ranges.MAX_NEW.sentence(hi=top)
+        + (f" The prompt plus these must fit the model's {context} positions." if context else ""))
     decoding = c2.radio("Decoding", list(DECODINGS), format_func=DECODINGS.get, horizontal=True, key="st_decoding",
                         help="greedy: always the most likely token. sampling: seeded, so a run is reproducible.")
     if decoding == "greedy":
         return GenerationSettings(max_new_tokens=int(max_new))
-    temperature = c3.number_input("Temperature", min_value=0.01, max_value=10.0, value=1.0, step=0.1,
-                                  key="st_temperature")
-    top_p = c4.number_input("Top-p", min_value=0.01, max_value=1.0, value=1.0, step=0.05, key="st_top_p",
-                            help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
-    seed = c5.number_input("Seed", min_value=0, value=0, step=1, key="st_sample_seed")
+    temperature = c3.number_input("Temperature", **ranges.TEMPERATURE.widget(), value=1.0, step=0.1,
+                                  key="st_temperature", help=f"{ranges.TEMPERATURE.describe()}.")
+    top_p = c4.number_input("Top-p", **ranges.TOP_P.widget(), value=1.0, step=0.05, key="st_top_p",
+                            help="Nucleus sampling: keep the most likely tokens up to this probability mass "
+                            f"({ranges.TOP_P.describe()}).")
+    seed = c5.number_input("Seed", **ranges.SEED.widget(), value=0, step=1, key="st_sample_seed")
     return GenerationSettings(max_new_tokens=int(max_new), do_sample=True, temperature=float(temperature),
                               top_p=float(top_p), seed=int(seed))
 
@@ -92,9 +105,10 @@ def additive_controls(n_layers: int) -> dict | str:
         help=f"Block inputs x_l (0..{n_layers - 1}) that get α·v_l. Default: two thirds of the depth.",
     )
     strength = c2.number_input(
-        "Strength α", value=None, step=0.5, format="%.4g", key="st_add_strength", placeholder="default: ‖E_l‖",
-        help="Amount along the unit direction v_l. Empty: one class-mean distance ‖E_l‖ at each layer "
-        "(the concept's own scale); negative values push towards the other class.",
+        "Strength α", **ranges.STRENGTH.widget(), value=None, step=0.5, format="%.4g", key="st_add_strength",
+        placeholder="default: ‖E_l‖",
+        help=f"Amount along the unit direction v_l, {ranges.STRENGTH.describe()}. Empty: one class-mean distance "
+        "‖E_l‖ at each layer (the concept's own scale); negative values push towards the other class.",
     )
     positions = c3.radio("Positions", POSITIONS, horizontal=True, key="st_add_positions",
                          help="last: only the newest token of every forward; all: every position.")
@@ -106,10 +120,12 @@ def additive_controls(n_layers: int) -> dict | str:
 
 def llv_controls(d: int) -> dict:
     c1, c2 = st.columns(2)
-    dy = c1.number_input("Target shift Δy", value=1.0, step=0.5, format="%.4g", key="st_llv_dy",
-                         help="Readout change the surrogate's least-energy schedule aims for.")
-    order = c2.number_input("Reduced order d", min_value=1, max_value=d, value=min(32, d), step=1,
-                            key=f"st_llv_order_of_{d}", help=f"Order of the LLV surrogate (1..hidden size {d}).")
+    dy = c1.number_input("Target shift Δy", **ranges.DY.widget(), value=1.0, step=0.5, format="%.4g",
+                         key="st_llv_dy", help="Readout change the surrogate's least-energy schedule aims for "
+                         f"({ranges.DY.describe()}).")
+    order = c2.number_input("Reduced order d", **ranges.ORDER.widget(hi=d), value=min(32, d), step=1,
+                            key=f"st_llv_order_of_{d}",
+                            help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.")
     return {"dy": float(dy), "order": int(order)}
 
 
@@ -117,24 +133,30 @@ def jacobian_controls(n_layers: int) -> dict:
     c1, c2, c3, c4 = st.columns([3, 1, 1, 2])
     text = c1.text_input("Steering phrase", value=DEFAULT_STEER_TEXT, key="st_jac_text",
                          help="Its detached Jacobian at the chosen layer is applied to the new text's inputs.")
-    layer = c2.number_input("Layer", min_value=1, max_value=n_layers, value=default_jacobian_layer(n_layers), step=1,
-                            key=f"st_jac_layer_of_{n_layers}",
+    layer = c2.number_input("Layer", **ranges.JACOBIAN_LAYER.widget(hi=n_layers), value=default_jacobian_layer(n_layers),
+                            step=1, key=f"st_jac_layer_of_{n_layers}",
                             help=f"x_layer, the output of that many blocks (1..{n_layers}).")
-    lam = c3.number_input("λ", value=0.5, step=0.1, format="%.4g", key="st_jac_lam")
+    # the variant first (drawn in the last column): λ's range depends on it
     variant = c4.radio("Variant", JACOBIAN_VARIANTS, horizontal=True, key="st_jac_variant",
                        help="blend: h ← λh + (1−λ)a (the paper). additive: h ← h + λ·a·‖h‖/(2‖a‖) (the reference "
                        "implementation).")
+    lam_range = ranges.lam_range("jacobian", str(variant))
+    lam = c3.number_input("λ", **lam_range.widget(), value=0.5, step=0.1, format="%.4g", key=f"st_jac_lam_{variant}",
+                          help=lam_range.sentence())
     st.caption("λ = 1 with blend, or λ = 0 with additive, leaves the text unsteered.")
     return {"steer_text": str(text), "layers": [int(layer)], "lam": float(lam), "variant": str(variant)}
 
 
 def lqr_controls() -> dict:
     c1, c2, c3, c4 = st.columns(4)
-    q = c1.number_input("q (state cost)", min_value=0.0, value=10.0, step=1.0, format="%.4g", key="st_lqr_q")
-    r = c2.number_input("r (control cost)", min_value=1e-6, value=10.0, step=1.0, format="%.4g", key="st_lqr_r")
-    qf = c3.number_input("q_f (final cost)", min_value=0.0, value=1.0, step=1.0, format="%.4g", key="st_lqr_qf")
-    lam = c4.number_input("λ (setpoint scale)", value=1.0, step=0.5, format="%.4g", key="st_lqr_lam",
-                          help="Setpoints β_k = λ‖E_k‖ along v_k.")
+    q = c1.number_input("q (state cost)", **ranges.Q.widget(), value=10.0, step=1.0, format="%.4g", key="st_lqr_q",
+                        help=ranges.Q.sentence())
+    r = c2.number_input("r (control cost)", **ranges.R.widget(), value=10.0, step=1.0, format="%.4g", key="st_lqr_r",
+                        help=ranges.R.sentence())
+    qf = c3.number_input("q_f (final cost)", **ranges.QF.widget(), value=1.0, step=1.0, format="%.4g",
+                         key="st_lqr_qf", help=ranges.QF.sentence())
+    lam = c4.number_input("λ (setpoint scale)", **ranges.LAM_LQR.widget(), value=1.0, step=0.5, format="%.4g",
+                          key="st_lqr_lam", help=f"Setpoints β_k = λ‖E_k‖ along v_k; {ranges.LAM_LQR.describe()}.")
     return {"q": float(q), "r": float(r), "qf": float(qf), "lam": float(lam)}
 
 
@@ -156,11 +178,12 @@ def split_settings() -> dict:
     with st.expander("Concept splits"):
         cols = st.columns(4)
         sizes = [
-            cols[i].number_input(name.capitalize(), min_value=MIN_PER_SPLIT[name], value=PAPER_PER_CLASS[name],
+            cols[i].number_input(name.capitalize(), **rng.widget(), value=PAPER_PER_CLASS[name],
                                  step=50, key=f"st_{name}")
-            for i, name in enumerate(("concept", "operating", "evaluation"))
+            for i, (name, rng) in enumerate(zip(("concept", "operating", "evaluation"), ranges.SIZES))
         ]
-        seed = cols[3].number_input("Seed", min_value=0, value=0, step=1, key="st_seed", help="Seed of the splits.")
+        seed = cols[3].number_input("Seed", **ranges.SEED.widget(), value=0, step=1, key="st_seed",
+                                    help="Seed of the splits.")
     return {"sizes": tuple(int(n) for n in sizes), "seed": int(seed)}
 
 
@@ -269,10 +292,10 @@ def show_details(shown: list[Shown], fmt: str) -> None:
     )
 
 
-def inputs(n_layers: int, d: int) -> tuple[str, dict[str, dict], dict, list[str]]:
+def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, dict], dict, list[str]]:
     """Every input widget; (prompt, per-method keyword arguments, common keyword arguments, problems)."""
     prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, height=80, key="st_prompt")
-    settings = generation_settings()
+    settings = generation_settings(context)
     methods = st.multiselect(
         "Methods", list(METHODS), default=["additive"], key="st_methods",
         help="Each selected method is generated beside the same unsteered text.",
@@ -313,8 +336,10 @@ def main() -> None:
     submitted, prompt, plan, common = False, "", {}, {}
     if shape is not None:
         n_layers, d = shape
-        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
-        prompt, plan, common, problems = inputs(n_layers, d)
+        context = get_service().info(spec).max_positions  # resolved already (model_shape): memoized
+        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}"
+                   + (f", {context} positions." if context else "."))
+        prompt, plan, common, problems = inputs(n_layers, d, context)
         for problem in problems:
             st.info(problem)
         submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems))

@@ -326,7 +326,7 @@ def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
     assert_clean(app)
     assert "Spectra and token decodings" in [h.value for h in app.subheader]
     assert app.info[-1].value.startswith("Press **Compute spectra**")
-    app.number_input(key="dj_spec_k").set_value(4)
+    app.number_input(key="dj_spec_k_of_32").set_value(4)
     app.number_input(key="dj_spec_n").set_value(3)
     app.selectbox(key="dj_spec_method").set_value("full")
     compute_spectra(app)
@@ -372,15 +372,19 @@ def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
     assert {c["toImageButtonOptions"]["format"] for c in configs} == {"svg"}
 
 
-def test_spectra_errors_and_stale_requests(app: AppTest) -> None:
+def test_spectra_errors_and_stale_requests(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     compute(app)
-    app.number_input(key="dj_spec_k").set_value(1000)  # more than the hidden size (32)
+    app.number_input(key="dj_spec_k_of_32").set_value(1000)  # the widget keeps k within the hidden size (32)
+    monkeypatch.setenv("LLDD_MAX_JACOBIAN_GB", "1e-9")  # no full Jacobian fits
+    app.selectbox(key="dj_spec_method").set_value("full")
     compute_spectra(app)
     assert not app.exception
-    assert len(app.error) == 1 and "hidden size 32" in app.error[0].value
+    assert len(app.error) == 1 and "LLDD_MAX_JACOBIAN_GB): shorten the prompt" in app.error[0].value
     assert app.status[-1].label == "Could not compute the spectra"
+    assert app.number_input(key="dj_spec_k_of_32").value <= 32
+    monkeypatch.delenv("LLDD_MAX_JACOBIAN_GB")
     assert metrics(app)["From cache"] == "no"  # the Jacobian result is still shown
-    app.number_input(key="dj_spec_k").set_value(3)
+    app.number_input(key="dj_spec_k_of_32").set_value(3)
     app.selectbox(key="dj_spec_method").set_value("matrix_free")
     compute_spectra(app)
     assert_clean(app)

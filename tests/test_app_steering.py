@@ -14,7 +14,7 @@ from lldd_core import plots_control
 from lldd_core.steering import METHOD_LINES, CallbackStreamer, GenerationSettings
 from tests.apptest import assert_clean, open_page
 
-SMALL = {"st_max_new": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}
+SMALL = {"st_max_new_of_63": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}
 PROMPT = "The food at this restaurant was"
 SIZES = (6, 4, 3)
 SETTINGS = GenerationSettings(max_new_tokens=6)
@@ -101,7 +101,7 @@ def test_additive_and_jacobian_side_by_side_and_jacobian_without_a_dataset(app: 
     assert app.number_input(key="st_jac_layer_of_2").value == 1
     app.number_input(key="st_add_strength").set_value(4.0)
     app.radio(key="st_add_positions").set_value("all")
-    app.number_input(key="st_jac_lam").set_value(0.3)
+    app.number_input(key="st_jac_lam_blend").set_value(0.3)
     generate(app)
     assert_clean(app)
     assert [s.split(" — ")[0] for s in statuses(app)] == ["Additive steering ready", "Jacobian steering ready"]

@@ -118,7 +118,7 @@ def test_widget_bounds_follow_the_range():
 def test_lists():
     assert R.parse_list("0.5, 1,2", R.TARGET) == [0.5, 1.0, 2.0]
     for text, match in [("", "takes comma-separated"), ("1,,2", "empty entry"), ("1,nan", "got 'nan'"),
-                        (",".join(["1"] * 40), "at most 32"), ("1,0", "non-zero")]:
+                        (",".join(["1"] * 40), "at most 16"), ("1,0", "non-zero")]:
         with pytest.raises(InputError, match=match):
             R.parse_list(text, R.TARGET, max_len=R.MAX_TARGETS)
     assert R.check_list((1, 2.0), R.TARGET) == [1.0, 2.0]
