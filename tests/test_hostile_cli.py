@@ -317,3 +317,66 @@ def test_help_of_every_subcommand_states_the_range_of_each_numeric_option():
             assert words in text, (parser.prog, action.option_strings, words)
             checked += 1
     assert checked >= 40  # every numeric option of jacobian, spectrum, layers, gains, sweep, control, steer, ...
+
+
+# --- the same ranges hold for a Python caller of the core --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def handle(tiny_dirs):
+    from tests.helpers import load
+
+    return load(tiny_dirs["gpt2"])
+
+
+def test_core_generate_refuses_past_the_context(handle):
+    from lldd_core.errors import InputError
+    from lldd_core.steering import GenerationSettings, generate
+
+    ids = handle.info.encode(PROMPT)
+    with pytest.raises(InputError, match=f"The prompt has {len(ids)} tokens and 60 new tokens were asked for"):
+        generate(handle, [ids], (), GenerationSettings(max_new_tokens=60))
+    assert len(generate(handle, [ids], (), GenerationSettings(max_new_tokens=64 - len(ids)))[0].new_ids) >= 1
+
+
+@pytest.mark.parametrize("method, kwargs, message", [
+    ("lqr", {"r": 0.0}, "control weight r"),
+    ("lqr", {"q": float("nan")}, "state weight q"),
+    ("lqr", {"qf": -1.0}, "terminal weight"),
+    ("lqr", {"lam": 11.0}, "setpoint scale"),
+    ("additive", {"strength": float("inf")}, "strength α"),
+    ("additive", {"layers": [2]}, "additive steering layer"),
+    ("llv", {"dy": float("nan")}, "target shift Δy"),
+    ("llv", {"order": 0}, "reduced order"),
+    ("jacobian", {"steer_text": "Paris", "lam": -0.5}, "blend variant"),
+    ("jacobian", {"steer_text": "Paris", "variant": "additive", "lam": 4.5}, "additive variant"),
+    ("jacobian", {"steer_text": "Paris", "layers": [0]}, "Jacobian steering layer"),
+    ("magic", {}, "Unknown method"),
+])
+def test_plan_steering_checks_its_settings(handle, method, kwargs, message):
+    from lldd_core.errors import InputError
+    from lldd_core.steering import plan_steering
+
+    with pytest.raises(InputError, match=message):
+        plan_steering(handle, method, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"k": 0}, "singular triplets"), ({"k": 33}, "hidden size 32"),
+                                             ({"n_decode": 51}, "decoded tokens"), ({"layer": 0}, "output layer")])
+def test_analyze_spectrum_checks_its_settings(handle, kwargs, message):
+    from lldd_core.errors import InputError
+    from lldd_core.spectrum_analysis import analyze_spectrum
+
+    with pytest.raises(InputError, match=message):
+        analyze_spectrum(handle, handle.info.encode(PROMPT), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"sizes": (6, 0, 3)}, "operating split"), ({"seed": -1}, "seed"),
+                                             ({"n_eval": 0}, "evaluation prompts"), ({"eps": float("nan")}, "ε")])
+def test_analyze_gains_checks_its_settings(handle, kwargs, message):
+    from lldd_core.concepts import load
+    from lldd_core.errors import InputError
+    from lldd_core.gains import analyze_gains
+
+    with pytest.raises(InputError, match=message):
+        analyze_gains(handle, load("sentiment"), **{"order": 4, "sizes": (6, 4, 3), **kwargs})
