@@ -42,6 +42,8 @@ class FamilyAdapter:
             the bias channel itself is derived from the parameters named ``*bias``).
         attention_output / mlp_output: names of the block children whose outputs are the attention
             and MLP terms added to the residual stream (after any post-norm, before the add).
+        mlp_down: dotted path, inside a block, of the MLP's output projection; its input is the MLP's
+            hidden vector (``act(gate) * up`` or ``act(z)``), one value per neuron (attribution graphs).
     """
 
     name: str = "?"
@@ -51,6 +53,7 @@ class FamilyAdapter:
     biases: bool = False
     attention_output: str = "self_attn"
     mlp_output: str = "mlp"
+    mlp_down: str = "mlp.down_proj"
 
     # --- where things live -------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:

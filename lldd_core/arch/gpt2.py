@@ -10,6 +10,7 @@ class GPT2Adapter(FamilyAdapter):
     model_types = ("gpt2",)
     attention_output = "attn"
     mlp_output = "mlp"
+    mlp_down = "mlp.c_proj"
     gated_mlp = False
     biases = True
 

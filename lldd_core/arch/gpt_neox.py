@@ -10,6 +10,7 @@ class GPTNeoXAdapter(FamilyAdapter):
     model_types = ("gpt_neox",)
     attention_output = "attention"
     mlp_output = "mlp"
+    mlp_down = "mlp.dense_4h_to_h"
     gated_mlp = False
     biases = True
 
