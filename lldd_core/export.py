@@ -35,7 +35,7 @@ def neutralize(table: pd.DataFrame) -> pd.DataFrame:
     and datetime columns are returned as they are.
     """
     out = table.copy()
-    for i, column in enumerate(out.columns):
+    for i in range(out.shape[1]):
         series = out.iloc[:, i]
         if isinstance(series.dtype, pd.CategoricalDtype):
             series = series.astype(object)

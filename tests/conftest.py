@@ -9,6 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from tests.hostile import survivor  # noqa: F401  (the hostile-input suites' shared fixture)
 from tests.tiny import FAMILIES, save_tiny
 
 
@@ -56,6 +57,3 @@ def fresh_service(cache_dir, monkeypatch):
     yield
     if service_module._SERVICE is not None:
         service_module._SERVICE.cache.close()
-
-
-from tests.hostile import survivor  # noqa: F401  (the hostile-input suites' shared fixture)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lldd_core.depth import prompt_context
-from lldd_core.llv import (_orthonormal_with_first, krylov_bases, pca_bases, predicted_gains, random_bases,
-                           reduced_model)
+from lldd_core.llv import _orthonormal_with_first, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
 from tests.helpers import load
 
 PROMPTS = ["The cat says meow and the dog", "Paris is the capital of France", "Please could you pass the salt"]

@@ -43,7 +43,7 @@ def test_riccati_gains_equal_the_direct_least_squares_solution(q, r, qf):
     A = [torch.randn(d, d, generator=gen, dtype=torch.float64) / d ** 0.5 * 1.3 for _ in range(L)]
     K = riccati_gains(A, q, r, qf)
     assert K.shape == (L, d, d)
-    for trial in range(3):
+    for _ in range(3):
         z0 = torch.randn(d, generator=gen, dtype=torch.float64)
         _, u_loop = closed_loop(A, K, z0)
         u_direct = _direct_solution(A, q, r, qf, z0)
