@@ -43,8 +43,9 @@ class _Capture:
     """Pre-hooks on every block's MLP output projection: record ``h`` and swap in a leaf copy."""
 
     def __init__(self, modules: Sequence[nn.Module], scale: list[torch.Tensor | None] | None = None,
-                 inject: bool = True) -> None:
-        self.modules, self.scale, self.inject = modules, scale, inject
+                 inject: bool = True, given: Sequence[torch.Tensor] | None = None) -> None:
+        # given: tensors to inject instead of fresh leaf copies (a brute-force check differentiates them)
+        self.modules, self.scale, self.inject, self.given = modules, scale, inject, given
         self.live: list[torch.Tensor] = []
         self.leaves: list[torch.Tensor] = []
 
@@ -56,7 +57,7 @@ class _Capture:
             self.live.append(h)
             if not self.inject:
                 return (h, *args[1:])
-            leaf = h.detach().clone().requires_grad_(True)
+            leaf = h.detach().clone().requires_grad_(True) if self.given is None else self.given[layer]
             self.leaves.append(leaf)
             return (leaf, *args[1:])
 

@@ -79,6 +79,8 @@ def _cover(scores: np.ndarray, threshold: float) -> np.ndarray:
     """Mask of the smallest highest-first set whose sum reaches ``threshold`` of the total (ties by order)."""
     mask = np.zeros(scores.size, bool)
     total = scores.sum()
+    if threshold >= 1:  # everything that matters at all (a cumulative sum would lose the rounding tail)
+        return scores > 0
     if total <= 0:
         return mask
     order = np.argsort(-scores, kind="stable")
