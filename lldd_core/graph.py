@@ -108,13 +108,15 @@ def build_graph(
     top_k: int = 3,
     max_nodes: int | None = 1024,
     batch_size: int = 256,
+    batched: bool = True,
     progress: ProgressFn | None = None,
 ) -> GraphResult:
     """The unpruned exact graph of ``input_ids`` (``[T]``) for the target token ids (default: top ``top_k``).
 
     ``max_nodes`` caps the neurons visited as targets (``None``: all, for exact completeness of every
     neuron on small models); ``batch_size`` is the number
-    of target rows per batched backward pass. Memory: one dense row of length
+    of target rows per batched backward pass (``batched=False``: one backward per target instead,
+    the same rows, for benchmarks). Memory: one dense row of length
     ``T + n_bias + L*T*d_mlp`` per visited target, in the model's dtype.
     """
     ids = input_ids.reshape(1, -1).to(input_device(model))
@@ -150,11 +152,15 @@ def build_graph(
                 gl[b, targets[-1 - t]] = 1.0
             else:
                 gh.view(len(batch), -1)[b, t] = 1.0
-        outs = (logits, *capture.live)
+        outs, leaves = (logits, *capture.live), (run.x0, *scales, *capture.leaves)
         cots = (gl, *(gh[:, i].unsqueeze(1) for i in range(n_layers)))
-        grads = torch.autograd.grad(outs, (run.x0, *scales, *capture.leaves), grad_outputs=cots,
-                                    is_grads_batched=True, retain_graph=True, allow_unused=True,
-                                    materialize_grads=True)
+        if batched:
+            grads = torch.autograd.grad(outs, leaves, grad_outputs=cots, is_grads_batched=True, retain_graph=True,
+                                        allow_unused=True, materialize_grads=True)
+        else:  # the baseline of bench/graph.py: one backward pass per target
+            single = [torch.autograd.grad(outs, leaves, grad_outputs=tuple(c[b] for c in cots), retain_graph=True,
+                                          allow_unused=True, materialize_grads=True) for b in range(len(batch))]
+            grads = tuple(torch.stack(parts) for parts in zip(*single, strict=True))
         gx, gs, gn = grads[0], grads[1:1 + len(scales)], grads[1 + len(scales):]
         emb = (gx[:, 0] * x0).sum(-1)  # [B, T]
         bias = torch.stack([g.reshape(-1).expand(len(batch)) for g in gs], 1) if gs else emb[:, :0]
