@@ -301,6 +301,13 @@ CHUNK_SIZE = Range("chunk_size", "the chunk size (evaluation prompts per task)",
 GPUS_PER_TASK = Range("gpus_per_task", "the GPUs per task", float, 0, 1024)
 DEMO_STEPS = Range("steps", "the training steps", int, 1, 10**7)
 
+#: Attribution graphs (``graph``): the share of influence the kept neurons / edges cover, the neurons visited.
+NODE_THRESHOLD = Range("node_threshold", "the node threshold (share of influence kept)", float, 0, 1, lo_open=True,
+                       widget_lo=0.01)
+EDGE_THRESHOLD = Range("edge_threshold", "the edge threshold (share of edge influence kept)", float, 0, 1,
+                       lo_open=True, widget_lo=0.01)
+MAX_NODES = Range("max_nodes", "the number of neurons visited", int, 1, 1_000_000)
+
 #: ``LLDD_MAX_JACOBIAN_GB``: the largest full Jacobian an analysis forms (GiB).
 MAX_JACOBIAN_GB = Range("max_jacobian_gb", "the full-Jacobian memory limit in GiB", float, 0, 1e6, lo_open=True,
                         widget_lo=0.01)
