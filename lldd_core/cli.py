@@ -312,6 +312,33 @@ def _cell(tokens: list[str], n: int = 5) -> str:
     return " ".join(repr(t) for t in tokens[:n])
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Exact attribution graph (lldd_core.graph): lldd's JSON to --json, the Neuronpedia JSON to --neuronpedia."""
+    start = time.perf_counter()
+    node_threshold = None if args.no_prune else args.node_threshold
+    computed = _run_analysis(args, lambda svc, spec, progress: svc.graph(
+        spec, args.prompt, target=args.target, node_threshold=node_threshold, edge_threshold=args.edge_threshold,
+        max_nodes=args.max_nodes, progress=progress))
+    r, elapsed = computed.result, time.perf_counter() - start
+    _warn_not_cached(computed)
+    if args.neuronpedia:
+        _emit_json(r.to_neuronpedia(), args.neuronpedia, _stored_note(computed))
+    if args.json:
+        _emit_json({**r.to_json(), "elapsed_s": elapsed, "cache_hit": computed.cache_hit}, args.json,
+                   _stored_note(computed))
+        if args.json == "-":
+            return 0
+    s, out = r.summary(), sys.stdout
+    out.write(f"model      {r.model}; {s['n_tokens']} tokens\n")
+    out.write("targets    " + ", ".join(f"{t!r} (p={p:.3f})" for t, p in zip(r.target_tokens, r.target_probs,
+                                                                            strict=True)) + "\n")
+    out.write(f"graph      {s['nodes']} nodes, {s['edges']} edges, {s['visited']} visited; "
+              f"{'pruned' if r.pruned else 'unpruned'} (node {r.node_threshold}, edge {r.edge_threshold}); "
+              f"replacement score {r.replacement_score:.4f}\n")
+    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {elapsed:.2f} s\n")
+    return 0
+
+
 def cmd_spectrum(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     computed = _run_analysis(args, lambda svc, spec, progress: svc.spectrum(
@@ -887,6 +914,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
     _num(p, R.TOP_K, 5, "singular values per token to report")
     p.set_defaults(func=cmd_jacobian)
+
+    p = sub.add_parser("graph", help="exact attribution graph of the next-token logits (no transcoders, no error nodes)")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    p.add_argument("--target", default=None, help="one target token, e.g. ' Golden' (default: the top 3 next tokens)")
+    p.add_argument("--no-prune", action="store_true", help="keep every node and edge")
+    p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept neurons cover")
+    p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge influence the kept edges cover")
+    p.add_argument("--max-nodes", type=int, default=1024, help="neurons visited as targets, by influence")
+    p.add_argument("--neuronpedia", metavar="FILE", default=None, help="also write the Neuronpedia graph JSON")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("spectrum", help="top-k singular values of every token's J_i, decoded to tokens")
     _add_model_args(p)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .arch import FamilyAdapter
+from .errors import InputError, NumericalError
 from .graph_prune import influence, prune
 from .graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
 from .linearize import detached_mode, live_mode
@@ -262,3 +263,34 @@ def measure_intervention(model: nn.Module, adapter: FamilyAdapter, input_ids: to
             logits = raw_logits(model, adapter, run_to_layer(model, adapter, ids, n_layers).xk)
         outs.append(logits.double().cpu().numpy()[tgt])
     return outs[1] - outs[0]
+
+
+ANALYSIS = "graph"
+
+
+def target_id(info, token: str) -> int:
+    """The id of ``token`` (one token of the vocabulary, e.g. ``" Golden"``); :class:`InputError` otherwise."""
+    ids = list(info.tokenizer(token, add_special_tokens=False)["input_ids"]) if token else []
+    if len(ids) != 1:
+        raise InputError(f"The target {token!r} is {len(ids)} tokens; give exactly one token (mind the leading space).")
+    return int(ids[0])
+
+
+def analyze_graph(handle, input_ids: list[int], *, target: int | None = None, node_threshold: float | None = 0.8,
+                  edge_threshold: float = 0.98, max_nodes: int | None = 1024,
+                  progress: ProgressFn | None = None) -> GraphResult:
+    """The (pruned unless ``node_threshold`` is ``None``) graph of a loaded model, with token strings filled in."""
+    report = progress or (lambda frac, msg: None)
+    report(0.0, "Detached forward pass")
+    graph = build_graph(handle.model, handle.adapter, torch.tensor(input_ids), None if target is None else [target],
+                        max_nodes=max_nodes, progress=lambda f, m: report(0.05 + 0.85 * f, m))
+    if not np.all(np.isfinite(graph.edge_weight)):
+        raise NumericalError("The model produced NaN or Inf: use float32 or a shorter prompt.")
+    report(0.9, "Pruning")
+    if node_threshold is not None:
+        graph = prune(graph, node_threshold, edge_threshold)
+    graph.tokens = handle.info.token_strings(input_ids)
+    graph.target_tokens = handle.info.token_strings(graph.target_ids)
+    graph.model = handle.spec.model
+    report(1.0, "Done")
+    return graph

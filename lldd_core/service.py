@@ -36,6 +36,10 @@ from .gains import (
     prepare_gains,
 )
 from .gains import ANALYSIS as GAINS
+from .graph import ANALYSIS as GRAPH
+from .graph import analyze_graph
+from .graph import target_id as graph_target_id
+from .graph_result import GraphResult
 from .jacobian import ProgressFn
 from .jacobian_analysis import ANALYSIS as JACOBIAN
 from .jacobian_analysis import JacobianResult, analyze_jacobian
@@ -216,6 +220,35 @@ class Service:
             ids,
             params,
             lambda h: analyze_jacobian(h, ids, layer=layer, final_norm=final_norm, progress=progress),
+            progress,
+        )
+
+    def graph(
+        self,
+        spec: ModelSpec,
+        prompt: str,
+        *,
+        target: str | None = None,
+        node_threshold: float | None = 0.8,
+        edge_threshold: float = 0.98,
+        max_nodes: int | None = 1024,
+        progress: ProgressFn | None = None,
+    ) -> Computed[GraphResult]:
+        """Exact attribution graph of the next-token logits (:mod:`lldd_core.graph`); ``target``: one token."""
+        info = self.info(spec, progress)
+        ids = info.encode(prompt)
+        tid = None if target is None else graph_target_id(info, target)
+        for name, value in (("node threshold", node_threshold), ("edge threshold", edge_threshold)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise InputError(f"The {name} must be in (0, 1]: got {value!r}.")
+        if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
+            raise InputError(f"The node cap must be a positive whole number: got {max_nodes!r}.")
+        params = {"target": tid, "node_threshold": node_threshold, "edge_threshold": edge_threshold,
+                  "max_nodes": max_nodes}
+        return self._cached(
+            GRAPH, spec, info, ids, params,
+            lambda h: analyze_graph(h, ids, target=tid, node_threshold=node_threshold, edge_threshold=edge_threshold,
+                                    max_nodes=max_nodes, progress=progress),
             progress,
         )
 
