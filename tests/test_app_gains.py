@@ -85,7 +85,7 @@ def test_ablation_tab_sweeps_eps_with_the_submitted_settings(app: AppTest) -> No
     app.button(key="gn_ablate_eps").click().run()
     assert_clean(app)
     assert [s.label.split(" — ")[0] for s in app.status] == ["Ablation over ε ready"]
-    assert len(app.dataframe) == 2 and len(app.get("plotly_chart")) == 4  # the main result stays above
+    assert len(app.dataframe) == 2 and len(app.get("plotly_chart")) == 5  # the main result (4 charts) stays above the ablation
     table = app.dataframe[1].value
     assert table["ε"].tolist() == list(EPS_VALUES)
     assert table["main setting"].tolist() == [v == 0.1 for v in EPS_VALUES]
