@@ -205,3 +205,28 @@ def test_exports_and_cache_round_trip(tiny_dirs):
     assert sum(n["is_target_logit"] for n in npd["nodes"]) == 3
     back = from_bytes(to_bytes(p))
     assert back.to_json() == p.to_json()
+
+
+def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, capsys, tmp_path):
+    from lldd_core.cli import main
+
+    base = ["graph", "--model", str(tiny_dirs["qwen2"]), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
+            "--quiet", "--max-nodes", "200"]
+    npd = tmp_path / "np.json"
+    assert main([*base, "--json", "-", "--neuronpedia", str(npd)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert not data["cache_hit"] and data["pruned"] and 0 < data["replacement_score"]
+    assert {"id", "kind", "layer", "position", "index", "activation"} <= data["nodes"][0].keys()
+    assert {"source", "target", "weight"} == data["edges"][0].keys()
+    assert {n["kind"] for n in data["nodes"]} >= {"embedding", "bias", "neuron", "logit"}  # qwen2 has biases
+    assert json.loads(npd.read_text())["metadata"]["prompt_tokens"]
+    assert main([*base, "--json", "-"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["cache_hit"] and again["edges"] == data["edges"]
+    assert main([*base, "--target", " Golden", "--no-prune", "--json", "-"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert len(one["targets"]) == 1 and not one["pruned"] and one["replacement_score"] == 1.0
+    for bad in (["--target", "Golden Gate Bridge"], ["--node-threshold", "0"], ["--max-nodes", "0"]):
+        assert main([*base, *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
