@@ -920,9 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="input text")
     p.add_argument("--target", default=None, help="one target token, e.g. ' Golden' (default: the top 3 next tokens)")
     p.add_argument("--no-prune", action="store_true", help="keep every node and edge")
-    p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept neurons cover")
-    p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge influence the kept edges cover")
-    p.add_argument("--max-nodes", type=int, default=1024, help="neurons visited as targets, by influence")
+    _num(p, R.NODE_THRESHOLD, 0.8, "share of the neurons' influence the kept neurons cover")
+    _num(p, R.EDGE_THRESHOLD, 0.98, "share of the edges' influence the kept edges cover")
+    _num(p, R.MAX_NODES, 1024, "neurons visited as targets, most influential first")
     p.add_argument("--neuronpedia", metavar="FILE", default=None, help="also write the Neuronpedia graph JSON")
     p.set_defaults(func=cmd_graph)
 

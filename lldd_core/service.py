@@ -238,11 +238,9 @@ class Service:
         info = self.info(spec, progress)
         ids = info.encode(prompt)
         tid = None if target is None else graph_target_id(info, target)
-        for name, value in (("node threshold", node_threshold), ("edge threshold", edge_threshold)):
-            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
-                raise InputError(f"The {name} must be in (0, 1]: got {value!r}.")
-        if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
-            raise InputError(f"The node cap must be a positive whole number: got {max_nodes!r}.")
+        node_threshold = None if node_threshold is None else ranges.NODE_THRESHOLD.check(node_threshold)
+        edge_threshold = ranges.EDGE_THRESHOLD.check(edge_threshold)
+        max_nodes = None if max_nodes is None else ranges.MAX_NODES.check(max_nodes)
         params = {"target": tid, "node_threshold": node_threshold, "edge_threshold": edge_threshold,
                   "max_nodes": max_nodes}
         return self._cached(
