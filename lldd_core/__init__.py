@@ -16,10 +16,10 @@ Public API::
 Math conventions are in ``docs/ARCHITECTURE.md``. The core never imports streamlit.
 """
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import Any
+
+from ._version import __version__ as __version__  # re-exported: lldd_core.__version__
 
 #: Public name -> the submodule that defines it. Imported on first use (PEP 562), so that
 #: ``python -m lldd_core --help``, and Ctrl-C while torch is still importing, need no torch at package import.

@@ -116,6 +116,17 @@ def test_wheel_holds_every_module_data_file_and_the_command(wheel, sources):
     assert len(declared) == len(PROJECT["dependencies"]) >= 10
 
 
+def test_the_version_has_one_source(wheel):
+    """pyproject reads the version from lldd_core/_version.py (it is part of every cache key)."""
+    import lldd_core
+    from lldd_core import _version
+
+    assert "version" not in PROJECT and PROJECT["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lldd_core._version.__version__"}
+    assert lldd_core.__version__ == _version.__version__
+    assert wheel.name.startswith(f"lldd-{_version.__version__}-")
+
+
 def test_installed_wheel_runs_help_and_an_analysis_outside_the_checkout(wheel, tmp_path):
     venv = tmp_path / "venv"
     # --without-pip: the system's pip is visible through the system site-packages and installs into the venv
