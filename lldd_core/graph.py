@@ -170,21 +170,23 @@ def build_graph(
 
     cap = n_neuron if max_nodes is None else min(max_nodes, n_neuron)
     row_ids: list[int] = [-1 - j for j in range(len(targets))]
-    rows = [rows_for(row_ids)]
-    visited = torch.zeros(n_neuron, dtype=torch.bool)
-    weights = probs[targets] / probs[targets].sum()
-    while int(visited.sum()) < cap:
-        A = torch.cat(rows)
-        score = influence(A.cpu(), row_ids, neuron0, weights.cpu())[neuron0:]
+    # one preallocated row buffer on the model's device: influence is ranked there, nothing is copied per batch
+    A = torch.empty(len(targets) + cap, n_src, dtype=dtype, device=x0.device)
+    A[: len(targets)] = rows_for(row_ids)
+    visited = torch.zeros(n_neuron, dtype=torch.bool, device=x0.device)
+    weights = (probs[targets] / probs[targets].sum()).to(x0.device)
+    while len(row_ids) - len(targets) < cap:
+        score = influence(A[: len(row_ids)], row_ids, neuron0, weights)[neuron0:]
         score[visited] = -1.0
-        take = min(batch_size, cap - int(visited.sum()))
+        take = min(batch_size, cap - (len(row_ids) - len(targets)))
         batch = torch.topk(score, take).indices.tolist()
         visited[batch] = True
+        A[len(row_ids): len(row_ids) + take] = rows_for(batch)
         row_ids += batch
-        rows.append(rows_for(batch))
         if progress is not None:
-            progress(int(visited.sum()) / cap, f"attribution rows {int(visited.sum())}/{cap}")
-    A = torch.cat(rows).cpu().numpy()
+            done = len(row_ids) - len(targets)
+            progress(done / cap, f"attribution rows {done}/{cap}")
+    A = A.cpu().numpy()
     return _assemble(A, row_ids, x0, h, groups, targets, logits, probs, ids, n_layers, d_mlp, n_src)
 
 

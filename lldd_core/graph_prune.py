@@ -37,11 +37,11 @@ def influence(A: torch.Tensor, row_ids: list[int], neuron0: int, weights: torch.
     """
     An = A.abs()
     An = An / An.sum(1, keepdim=True).clamp_min(torch.finfo(An.dtype).tiny)
-    ids = torch.tensor(row_ids)
+    ids = torch.tensor(row_ids, device=A.device)
     is_neuron = ids >= 0
-    r = torch.zeros(len(row_ids), dtype=An.dtype)
-    r[~is_neuron] = weights.to(An.dtype)[-1 - ids[~is_neuron]]
-    total = torch.zeros(A.shape[1], dtype=An.dtype)
+    r = torch.zeros(len(row_ids), dtype=An.dtype, device=A.device)
+    r[~is_neuron] = weights.to(An.dtype).to(A.device)[-1 - ids[~is_neuron]]
+    total = torch.zeros(A.shape[1], dtype=An.dtype, device=A.device)
     for _ in range(len(row_ids) + 1):
         col = r @ An
         total += col
