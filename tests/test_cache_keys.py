@@ -80,6 +80,12 @@ CASES: dict[str, tuple[Any, str, bool, str]] = {
     "jacobian-layer": (
         lambda s, m: s.jacobian(m, PROMPT, layer=1, final_norm=False), "jacobian", True,
         '{"final_norm":false,"layer":1}'),
+    "graph": (
+        lambda s, m: s.graph(m, PROMPT), "graph", True,
+        '{"edge_threshold":0.98,"max_nodes":1024,"node_threshold":0.8,"target":null}'),
+    "graph-unpruned": (
+        lambda s, m: s.graph(m, PROMPT, node_threshold=None, edge_threshold=0.5, max_nodes=None), "graph", True,
+        '{"edge_threshold":0.5,"max_nodes":null,"node_threshold":null,"target":null}'),
     "spectrum": (
         lambda s, m: s.spectrum(m, PROMPT), "spectrum", True,
         '{"final_norm":true,"k":8,"layer":2,"method":"auto","n_decode":8}'),
@@ -227,6 +233,7 @@ _GEN40 = '"settings":{"do_sample":false,"max_new_tokens":40,"seed":0,"temperatur
 #: (``@FP``: the fingerprint of the built-in dataset, not pinned here; ``@SERVICE:<case>``: as that service case).
 CLI_CASES: dict[str, tuple[list[str], str, str]] = {
     "jacobian": (["jacobian", "--prompt", PROMPT], "jacobian", "@SERVICE:jacobian"),
+    "graph": (["graph", "--prompt", PROMPT], "graph", "@SERVICE:graph"),
     "spectrum": (["spectrum", "--prompt", PROMPT], "spectrum", "@SERVICE:spectrum"),
     "layers": (["layers", "--prompt", PROMPT], "layers", "@SERVICE:layers"),
     "gains": (["gains", "--dataset", "sentiment"], "gains",
