@@ -30,8 +30,8 @@ from . import ranges
 from .concepts import ConceptData
 from .depth import PromptContext
 from .gains import GainsSetup, check_settings, prepare_gains
-from .jacobian import ProgressFn
 from .models import ModelHandle
+from .progress import ProgressFn
 from .results import result_type
 
 ANALYSIS = "control"

@@ -37,6 +37,7 @@ from .arch import FamilyAdapter
 from .jvp import columns
 from .linearize import live_mode
 from .placement import input_device, model_dtype
+from .progress import ProgressFn
 from .residual import _StopForward
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -128,7 +129,7 @@ def last_token_states(
     pad_id: int = 0,
     side: str = "left",
     batch_size: int = 16,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """``x_0 .. x_L`` of each sequence's last token, ``[N, L + 1, d]`` (float64).
 

@@ -35,10 +35,10 @@ from . import ranges
 from .concepts import ConceptData, Splits, class_directions, split
 from .depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from .errors import InputError, NumericalError
-from .jacobian import ProgressFn
 from .llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
 from .models import ModelHandle
 from .placement import model_dtype
+from .progress import ProgressFn
 from .results import result_type
 
 ANALYSIS = "gains"

@@ -27,9 +27,9 @@ import torch
 
 from .concepts import ConceptData, split
 from .gains import GainsResult, GainsSetup, check_finite, check_settings, common_fields, gains_result, prepare_gains
-from .jacobian import ProgressFn
 from .models import ModelHandle
 from .placement import model_dtype
+from .progress import ProgressFn
 from .results import result_type
 
 BASIS = "gains-basis"

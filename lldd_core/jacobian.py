@@ -28,9 +28,8 @@ from torch import nn
 from .arch import FamilyAdapter
 from .linearize import detached_mode, live_mode
 from .placement import input_device, model_dtype, scaled_biases
+from .progress import ProgressFn
 from .residual import run_to_layer
-
-ProgressFn = Callable[[float, str], None]
 
 #: Budget for the activations that one chunk of batched VJPs keeps alive (accelerators).
 DEFAULT_CHUNK_BYTES = 1 << 30

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .errors import NumericalError, ResourceError
-from .jacobian import ProgressFn, jacobian_operator, reconstruct, relative_error
+from .jacobian import jacobian_operator, reconstruct, relative_error
 from .models import ModelHandle
+from .progress import ProgressFn
 from .results import result_type
 from .spectral import singular_values, stable_rank
 

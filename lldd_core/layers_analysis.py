@@ -29,9 +29,9 @@ import torch
 
 from .decoding import decode_input, decode_output
 from .errors import InputError, NumericalError
-from .jacobian import ProgressFn
 from .jacobian_analysis import check_size
 from .models import ModelHandle
+from .progress import ProgressFn
 from .results import result_type
 from .spectral import choose_method
 from .spectrum_analysis import DEFAULT_OVERSAMPLE, DEFAULT_TOL, METHODS, _np, embedding_matrices, run_svd

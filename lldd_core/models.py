@@ -19,9 +19,9 @@ from torch import nn
 
 from .arch import FamilyAdapter, adapter_for
 from .demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_demo
-from .demo.build import ProgressFn
 from .errors import InputError, LLDDError, ModelLoadError, ResourceError
 from .placement import input_device
+from .progress import ProgressFn
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

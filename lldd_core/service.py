@@ -40,13 +40,13 @@ from .graph import ANALYSIS as GRAPH
 from .graph import analyze_graph
 from .graph import target_id as graph_target_id
 from .graph_result import GraphResult
-from .jacobian import ProgressFn
 from .jacobian_analysis import ANALYSIS as JACOBIAN
 from .jacobian_analysis import JacobianResult, analyze_jacobian
 from .layers_analysis import ANALYSIS as LAYERS
 from .layers_analysis import LayersResult, analyze_layers
 from .memory import MemoryEstimate, estimate_memory, weight_bytes
 from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
+from .progress import ProgressFn
 from .spectrum_analysis import ANALYSIS as SPECTRUM
 from .spectrum_analysis import METHODS, SpectrumResult, analyze_spectrum
 from .steering import (

@@ -27,10 +27,11 @@ import torch
 from . import ranges
 from .decoding import decode_input, decode_output
 from .errors import InputError, NumericalError
-from .jacobian import JacobianOperator, ProgressFn, jacobian_operator
+from .jacobian import JacobianOperator, jacobian_operator
 from .jacobian_analysis import check_size
 from .models import ModelHandle
 from .placement import tensor_of
+from .progress import ProgressFn
 from .results import result_type
 from .spectral import TopKSVD, choose_method, fix_signs, svd_full, topk_svd
 

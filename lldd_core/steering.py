@@ -45,6 +45,7 @@ from .jacobian import jacobian_operator
 from .lqr import riccati_gains, setpoints
 from .models import ModelHandle
 from .placement import model_dtype
+from .progress import ProgressFn
 from .residual import _StopForward
 from .results import result_type
 
@@ -169,7 +170,7 @@ def llv_schedule(directions: torch.Tensor, u: np.ndarray) -> AddVectors:
 
 
 def mean_jacobians(handle: ModelHandle, prompts: Sequence[Sequence[int]], *, pad_id: int = 0,
-                   chunk: int = 64, progress: Callable[[float, str], None] | None = None) -> torch.Tensor:
+                   chunk: int = 64, progress: ProgressFn | None = None) -> torch.Tensor:
     """``A_k`` ``[L, d, d]``: last-token block Jacobians with the context frozen, averaged over ``prompts``."""
     L, d = handle.n_layers, handle.info.d_model
     dtype, device = model_dtype(handle.model), handle.device
@@ -459,7 +460,7 @@ class MeanJacobians:
 
 
 def analyze_mean_jacobians(handle: ModelHandle, setup: GainsSetup, *, n_prompts: int = 50, max_tokens: int = 24,
-                           progress: Callable[[float, str], None] | None = None) -> MeanJacobians:
+                           progress: ProgressFn | None = None) -> MeanJacobians:
     """``A_k`` averaged over up to ``n_prompts`` operating prompts cut to their last ``max_tokens`` tokens.
 
     (The LQR reference averages over 50 prompts with the context cut to 24 tokens.)

@@ -34,7 +34,7 @@ from .models import ModelSpec
 
 if TYPE_CHECKING:  # types only
     from .gains import GainsResult
-    from .jacobian import ProgressFn
+    from .progress import ProgressFn
     from .service import Service
 
 #: The model families of the study, smallest first. ``demo`` needs nothing downloaded (lldd trains
