@@ -231,6 +231,9 @@ def measure_intervention(model: nn.Module, adapter: FamilyAdapter, input_ids: to
     """Change of the raw target logits when neurons ``(layer, position, index)`` are scaled by the factors.
 
     ``linear=False``: measured in the full model (live mode), intervened forward minus clean forward.
+    It differs from the graph's prediction wherever a recomputed norm scale, softmax or gate lies on a
+    path (even to first order: the detached derivative is not the ordinary one); the gap is the
+    model's nonlinearity, shown beside the prediction as lldd's predicted-vs-measured check.
     ``linear=True``: the detached map's exact linear response, ``d logit / d alpha`` at ``alpha = 1``
     times ``alpha - 1`` (downstream neurons respond through the frozen paths; the graph's
     :meth:`GraphResult.predict_intervention` must match it exactly when every neuron was visited).
