@@ -335,6 +335,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
     out.write(f"graph      {s['nodes']} nodes, {s['edges']} edges, {s['visited']} visited; "
               f"{'pruned' if r.pruned else 'unpruned'} (node {r.node_threshold}, edge {r.edge_threshold}); "
               f"replacement score {r.replacement_score:.4f}\n")
+    logits = [i for i, kind in enumerate(r.node_kind) if kind == 3]
+    for tok, node in zip(r.target_tokens, logits, strict=True):
+        path, score = r.top_path(node)
+        out.write(f"top path   into {tok!r}: {' -> '.join(r.node_id(n) for n in path)} (share {score:.3f})\n")
     out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {elapsed:.2f} s\n")
     return 0
 

@@ -91,6 +91,32 @@ class GraphResult:
         """lldd's graph JSON: the summary plus ``nodes`` and ``edges``."""
         return {**self.summary(), "nodes": self.nodes(), "edges": self.edges()}
 
+    def top_path(self, target: int) -> tuple[list[int], float]:
+        """The strongest path into node ``target`` (node numbers, source first) and its score.
+
+        An edge's share is ``|w| / sum |w|`` over its target's incoming edges; a path's score is the
+        product of its edges' shares (the fraction of the target's attribution that flows along it
+        under proportional splitting), maximized exactly by dynamic programming in layer order.
+        """
+        share = np.abs(self.edge_weight) / np.maximum(
+            np.bincount(self.edge_target, np.abs(self.edge_weight), len(self.node_kind))[self.edge_target],
+            np.finfo(float).tiny)
+        best = np.where(np.isin(self.node_kind, (KIND_EMBEDDING, KIND_BIAS)), 1.0, 0.0)
+        came = np.full(len(self.node_kind), -1)
+        rank = np.where(self.node_kind == KIND_LOGIT, self.n_layers + 1, self.node_layer)
+        for layer in sorted(set(rank[(self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT)].tolist())):
+            sel = np.nonzero(((self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT))[self.edge_target]
+                             & (rank[self.edge_target] == layer))[0]
+            cand, t = best[self.edge_source[sel]] * share[sel], self.edge_target[sel]
+            order = np.lexsort((cand, t))  # by target, then score: each target's best edge comes last
+            win = order[np.r_[t[order][1:] != t[order][:-1], True]] if order.size else order
+            up = cand[win] > best[t[win]]
+            best[t[win[up]]], came[t[win[up]]] = cand[win[up]], self.edge_source[sel[win[up]]]
+        path = [int(target)]
+        while came[path[-1]] >= 0:
+            path.append(int(came[path[-1]]))
+        return path[::-1], float(best[target])
+
     # --- interventions -----------------------------------------------------------------------
     def predict_intervention(self, factors: dict[int, float]) -> np.ndarray:
         """The graph's linear prediction of the target logits' change when neurons (node numbers) are scaled.

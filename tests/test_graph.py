@@ -246,6 +246,9 @@ def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, c
     assert main([*base, "--json", "-"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["cache_hit"] and again["edges"] == data["edges"]
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert text.count("top path   into") == 3 and "replacement score" in text
     assert main([*base, "--target", " Golden", "--no-prune", "--json", "-"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert len(one["targets"]) == 1 and not one["pruned"] and one["replacement_score"] == 1.0
@@ -253,3 +256,25 @@ def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, c
         assert main([*base, *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_top_path_is_the_best_path_by_exhaustive_search(tiny_dirs):
+    _, _, _, g = _full(tiny_dirs, "gpt2")
+    p = prune(g, 0.5, 0.9)
+    into: dict[int, list[tuple[int, float]]] = {}
+    for s, t, w in zip(p.edge_source, p.edge_target, p.edge_weight, strict=True):
+        into.setdefault(int(t), []).append((int(s), abs(float(w))))
+
+    def best(n: int) -> tuple[float, list[int]]:  # every path, recursively (the pruned graph is small)
+        edges = into.get(n, [])
+        if not edges:
+            return (1.0 if p.node_kind[n] in (0, 1) else 0.0), [n]
+        total = sum(w for _, w in edges)
+        options = [(score * w / total, path + [n]) for s, w in edges for score, path in [best(s)]]
+        return max(options, key=lambda o: o[0])
+
+    for logit in np.nonzero(p.node_kind == KIND_LOGIT)[0]:
+        path, score = p.top_path(int(logit))
+        want_score, want_path = best(int(logit))
+        assert score == pytest.approx(want_score, rel=1e-12) and score > 0
+        assert path == want_path and p.node_kind[path[0]] in (0, 1) and path[-1] == logit
