@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tests.hostile import survivor  # noqa: F401  (the hostile-input suites' shared fixture)
+from tests.hostile import _survivor_template, survivor  # noqa: F401  (the hostile-input suites' shared fixtures)
 from tests.tiny import FAMILIES, save_tiny
 
 

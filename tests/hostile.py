@@ -6,7 +6,11 @@ saying what to do, no traceback, and leave a result cached before it a hit with 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,14 +48,20 @@ def assert_one_line_error(at) -> str:
 
 
 class Survivor:
-    """A result cached before the hostile inputs; :meth:`check` asserts it is still a hit, unchanged."""
+    """A result cached before the hostile inputs; :meth:`check` asserts it is still a hit, unchanged.
 
-    def __init__(self, model: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    The result is computed once per session into a template folder; each test gets a copy of that
+    cache folder (so every test starts from a cache that already holds it) at the cost of a file copy.
+    """
+
+    def __init__(self, model: Path, cache: Path, capsys: pytest.CaptureFixture[str], first: dict | None = None) -> None:
         self.model, self.cache, self.capsys = model, cache, capsys
         self.argv = ["jacobian", "--model", str(model), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
                      "--top-k", "3", "--json", "-", "--quiet"]
-        self.first = self._run()
-        assert self.first["cache_hit"] is False
+        if first is None:
+            first = self._run()
+            assert first["cache_hit"] is False
+        self.first = first
 
     def _run(self) -> dict:
         service_module._SERVICE = None
@@ -68,10 +78,41 @@ class Survivor:
             assert again[key] == self.first[key], key
 
 
+@pytest.fixture(scope="session")
+def _survivor_template(tiny_dirs, tmp_path_factory) -> tuple[Path, dict]:
+    """A cache folder holding the survivor's result, and that result's JSON (computed once per session)."""
+    folder = tmp_path_factory.mktemp("survivor-cache")
+    previous, saved = os.environ.get("LLDD_CACHE_DIR"), service_module._SERVICE
+    os.environ["LLDD_CACHE_DIR"] = str(folder)
+    try:
+        service_module._SERVICE = None
+        argv = Survivor(tiny_dirs["gpt2"], folder, _NullCapture(), first={}).argv
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+            assert main(argv) == 0
+        if service_module._SERVICE is not None:
+            service_module._SERVICE.cache.close()
+    finally:
+        service_module._SERVICE = saved
+        if previous is None:
+            os.environ.pop("LLDD_CACHE_DIR", None)
+        else:
+            os.environ["LLDD_CACHE_DIR"] = previous
+    first = json.loads(out.getvalue())
+    assert first["cache_hit"] is False
+    return folder, first
+
+
+class _NullCapture:
+    def readouterr(self):  # pragma: no cover - only for building the argv
+        return "", ""
+
+
 @pytest.fixture()
-def survivor(tiny_dirs, cache_dir, capsys, monkeypatch):
-    """A jacobian result cached in this test's cache; checked again after the test body."""
+def survivor(tiny_dirs, cache_dir, capsys, monkeypatch, _survivor_template):
+    """A jacobian result cached in this test's cache (a copy of the session's); checked again after the test."""
     monkeypatch.setattr(service_module, "_SERVICE", None)
-    keeper = Survivor(tiny_dirs["gpt2"], cache_dir, capsys)
+    template, first = _survivor_template
+    shutil.copytree(template, cache_dir, dirs_exist_ok=True)
+    keeper = Survivor(tiny_dirs["gpt2"], cache_dir, capsys, first=first)
     yield keeper
     keeper.check()
