@@ -47,7 +47,8 @@ def test_demo_model_sentiment_krylov_predicts_the_measured_curve(demo_default):
     Measured (2 cores, float32): Krylov Spearman 0.906 / Pearson 0.878; random 0.837 / 0.822.
     The demo model has 4 layers, so a curve has 4 points and Spearman moves in coarse steps.
     """
-    from lldd_core.models import ModelSpec, load_model as load_spec
+    from lldd_core.models import ModelSpec
+    from lldd_core.models import load_model as load_spec
 
     handle = load_spec(ModelSpec(str(demo_default), device="cpu"))
     data = load("sentiment")
