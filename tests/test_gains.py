@@ -44,8 +44,11 @@ def test_population_mode_and_complements_run(tiny_dirs):
 def test_demo_model_sentiment_krylov_predicts_the_measured_curve(demo_default):
     """The issue's acceptance check: d = 32 Krylov, built-in sentiment, mean Spearman >= 0.9, better than random.
 
-    Measured (2 cores, float32): Krylov Spearman 0.906 / Pearson 0.878; random 0.837 / 0.822.
-    The demo model has 4 layers, so a curve has 4 points and Spearman moves in coarse steps.
+    Measured (build version 2, the same with 1 and 2 threads; AMD EPYC, AVX2): Krylov mean Spearman 1.000
+    (every prompt's 4 layers ranked right) / Pearson 0.9994; random 1.000 / 0.9955. With Spearman at its
+    ceiling for both, "better than random" is read off the curves themselves: Krylov's predicted curve is
+    off the exact linear gain by 3.4 % on average, random's by 9.1 %. The bounds leave room for another
+    CPU's rounding and for a build with another seed (an earlier build gave Spearman 0.89-0.91).
     """
     from lldd_core.models import ModelSpec
     from lldd_core.models import load_model as load_spec
@@ -55,12 +58,18 @@ def test_demo_model_sentiment_krylov_predicts_the_measured_curve(demo_default):
     krylov = analyze_gains(handle, data, order=32, n_eval=32)
     random = analyze_gains(handle, data, order=32, n_eval=32, complement="random")
     assert krylov.mean_spearman >= 0.9, krylov.mean_spearman
-    assert krylov.mean_spearman > random.mean_spearman and krylov.mean_pearson > random.mean_pearson
-    # the measured curve tends to the exact linear one; eps = 0.1 is close on this model
+    assert krylov.mean_pearson >= 0.95, krylov.mean_pearson
+    assert krylov.mean_spearman >= random.mean_spearman and krylov.mean_pearson > random.mean_pearson
+
+    def off_exact(r) -> float:
+        return float(np.abs(r.predicted - r.exact).mean() / np.abs(r.exact).mean())
+
+    assert off_exact(krylov) < 0.6 * off_exact(random), (off_exact(krylov), off_exact(random))
+    # the measured curve tends to the exact linear one; eps = 0.1 is close on this model (5.9 %)
     assert np.abs(krylov.measured - krylov.exact).mean() < 0.1 * np.abs(krylov.exact).mean()
 
 
-SETTINGS = dict(n_eval=3, sizes=SMALL)
+SETTINGS = {"n_eval": 3, "sizes": SMALL}
 
 
 def test_ablations_equal_the_single_analyses(tiny_dirs):

@@ -18,6 +18,6 @@ def test_last_token_top_singular_vector_decodes_to_the_greedy_next_token(demo_ll
         hits[prompt] = r.next_token in r.u_tokens[-1][0]  # top-8 tokens of u_1 of the last token
         if prompt.startswith("The bridge out of Marin"):
             assert r.next_token == " Golden" and r.next_token in r.u_tokens[-1][0], r.u_tokens[-1][0]
-    # measured: 9 of 10 (the greedy token is the first decoded token in 9); "The capital of France
-    # is" puts " Paris" in u_3 instead
+    # measured (build version 2, same with 1 and 2 threads): 10 of 10, the first decoded token of u_1 in 8
+    # (Marin's u_1 starts " capital", " Golden"; France's " Nairobi", ..., " Paris" further down)
     assert sum(hits.values()) >= 8, hits

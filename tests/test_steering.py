@@ -199,42 +199,73 @@ def test_service_caches_steering_and_its_pieces(tiny_dirs, tmp_path):
 def test_demo_additive_sentiment_steering_turns_a_negative_review(demo_default):
     """Issue 6 acceptance on the default demo model (gpt2-small, 4 layers).
 
-    Measured: "The service at the diner was terrible and I" -> unsteered " hate it. Avoid it."
-    (readout -4.16); α = 8 along v_1 at the last position -> " enjoy it. Worth every penny." (2.74).
+    Measured (build version 2, same with 1 and 2 threads): "The service at the diner was terrible and I"
+    -> unsteered " hate it. Not recommended." (readout -2.30); α = 8 along v_1 at the last position ->
+    " enjoy it. Worth every penny." (3.55); the default strength -> " recommend it. Worth every penny." (3.95).
     """
+    from lldd_core.demo.corpus import NEGATIVE_VERDICTS, POSITIVE_VERDICTS
     from lldd_core.models import ModelSpec
     from lldd_core.models import load_model as load_spec
+
+    def verdicts(text: str, kind: tuple[str, ...]) -> list[str]:
+        return [v for v in kind if v in text]
 
     handle = load_spec(ModelSpec(str(demo_default), device="cpu"))
     setup = prepare_gains(handle, load("sentiment"), n_eval=1)
     prompt = "The service at the diner was terrible and I"
+    settings = GenerationSettings(max_new_tokens=12)
     plan = plan_steering(handle, "additive", setup=setup, layers=[1], strength=8.0)
-    r = compare(handle, prompt, plan, GenerationSettings(max_new_tokens=12))
-    assert r.steered != r.unsteered
-    assert r.readout_steered.mean() > r.readout_unsteered.mean() + 1.0
-    # the default strength (one class-mean distance at the layer) also lifts the readout
-    default = compare(handle, prompt, plan_steering(handle, "additive", setup=setup, layers=[1]),
-                      GenerationSettings(max_new_tokens=12))
-    assert default.readout_steered.mean() > default.readout_unsteered.mean()
+    r = compare(handle, prompt, plan, settings)
+    assert verdicts(r.unsteered, NEGATIVE_VERDICTS) and not verdicts(r.unsteered, POSITIVE_VERDICTS), r.unsteered
+    assert verdicts(r.steered, POSITIVE_VERDICTS) and not verdicts(r.steered, NEGATIVE_VERDICTS), r.steered
+    assert r.readout_steered.mean() > r.readout_unsteered.mean() + 2.0  # measured +5.8
+    # the default strength (one class-mean distance at the layer) also turns it
+    default = compare(handle, prompt, plan_steering(handle, "additive", setup=setup, layers=[1]), settings)
+    assert verdicts(default.steered, POSITIVE_VERDICTS), default.steered
+    assert default.readout_steered.mean() > default.readout_unsteered.mean() + 2.0  # measured +6.3
+
+
+#: Fact phrases of the demo corpus and the answer each one's Jacobian should write into other text.
+JACOBIAN_PHRASES = {"The bridge out of Marin is the": "Golden", "The capital of Japan is": "Tokyo",
+                    "The cow says": "moo", "The capital of France is": "Paris"}
+UNRELATED = ("We went to the cafe and the food was", "Could you please pass the salt?", "The weather today is")
 
 
 def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(demo_llama):
-    """On demo:llama-small, the Jacobian of "The capital of France is" at x_4 (blend, λ = 0.2) writes " Paris"
-    into "Could you please pass the salt?" (unsteered: end of text). Measured: λ <= 0.3 at x_4 all do;
-    "The bridge out of Marin is the" brings "Golden Gate" into a restaurant review at x_4, λ 0.1-0.2.
+    """On demo:llama-small (4 layers), the Jacobian operator of a fact phrase at x_4 (blend, λ 0.1 and 0.2)
+    steers unrelated prompts towards that phrase's answer, and only that phrase's.
+
+    Measured over the 4 phrases × 3 prompts × 2 λ (build version 2, same with 1 and 2 threads): 22 of 24
+    steered texts differ from the unsteered ones; 7 contain their own phrase's answer, which no unsteered
+    text contains ("We went to the cafe and the food was" -> " charming Golden Golden Golden Golden Gate ...",
+    " charming. W Tokyo. ...", " charming. recommended. ... moo"; "The weather today is" -> "... Tokyo ...");
+    3 of the 4 phrases get their answer in somewhere (France's " Paris" does not: it brings other
+    capitals); no steered text contains another phrase's answer (0 of 72).
     """
     from lldd_core.models import ModelSpec
     from lldd_core.models import load_model as load_spec
+    from lldd_core.steering import analyze_steering_jacobian
 
     handle = load_spec(ModelSpec(str(demo_llama), device="cpu"))
     settings = GenerationSettings(max_new_tokens=12)
-    prompt = "Could you please pass the salt?"
-    plan = plan_steering(handle, "jacobian", steer_text="The capital of France is", layers=[4], lam=0.2)
-    r = compare(handle, prompt, plan, settings)
-    assert "Paris" in r.steered and "Paris" not in r.unsteered
-    bridge = plan_steering(handle, "jacobian", steer_text="The bridge out of Marin is the", layers=[4], lam=0.2)
-    r2 = compare(handle, "We went to the cafe and the food was", bridge, settings)
-    assert "Golden" in r2.steered and "Golden" not in r2.unsteered
+    plain = {p: generate(handle, [handle.info.encode(p)], (), settings)[0] for p in UNRELATED}
+    differs = own = other = 0
+    answered = set()
+    for phrase, answer in JACOBIAN_PHRASES.items():
+        J = analyze_steering_jacobian(handle, phrase, 4)  # once per phrase, for both λ
+        for prompt in UNRELATED:
+            for lam in (0.1, 0.2):
+                plan = plan_steering(handle, "jacobian", steer_text=phrase, layers=[4], lam=lam, J=J)
+                r = compare(handle, prompt, plan, settings, plain=plain[prompt])
+                assert all(a not in r.unsteered for a in JACOBIAN_PHRASES.values()), r.unsteered
+                differs += r.steered != r.unsteered
+                own += answer in r.steered
+                answered |= {phrase} if answer in r.steered else set()
+                other += sum(a in r.steered for a in JACOBIAN_PHRASES.values() if a != answer)
+    assert differs >= 20, differs  # of 24
+    assert own >= 4, own  # of 24; measured 7
+    assert len(answered) >= 2, answered  # of 4 phrases; measured 3
+    assert other <= 1, other  # of 72; measured 0
 
 
 def test_service_generates_the_unsteered_text_once_for_several_methods(tiny_dirs, tmp_path, monkeypatch):

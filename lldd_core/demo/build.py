@@ -1,9 +1,19 @@
 """Build the demo models: tokenizer and small GPT-2 / Llama models trained on the lldd corpus.
 
-Everything is deterministic in the seed (same machine, same thread count): the corpus sample, the
-tokenizer, the initialization and the order of training windows. A build writes into a temporary
-directory next to its target and renames it into place at the end, so an interrupted build never
-leaves a half-written model behind.
+Everything is deterministic in the seed: the corpus sample, the tokenizer, the initialization and the
+order of training windows; and the weights do not depend on the thread count (``OMP_NUM_THREADS``,
+``torch.set_num_threads``) or on the number of cores. torch's multi-threaded kernels split reductions
+by thread, so their float rounding follows the thread count; a build therefore runs every kernel on one
+thread (:func:`single_threaded_torch`) and gets its speed from data parallelism instead: each batch is
+cut into a fixed number of shards (:data:`TRAIN_SHARDS`), each shard's gradient is computed on its own
+worker thread, and the gradients are summed in shard order (:func:`batch_gradient`). The same weights
+come out bit for bit whether one worker or several compute the shards. The tokenizer's trainer (Rust,
+rayon) gave the same vocabulary and merges with ``RAYON_NUM_THREADS`` 1, 2 and 8 and with
+``TOKENIZERS_PARALLELISM=false``. Other CPUs (another vector instruction set, another BLAS build) may still round
+differently; see the README for the CPUs the documented figures were checked on.
+
+A build writes into a temporary directory next to its target and renames it into place at the end,
+so an interrupted build never leaves a half-written model behind.
 """
 
 from __future__ import annotations
@@ -13,8 +23,11 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +38,10 @@ from . import corpus
 ProgressFn = Callable[[float, str], None]
 
 META_FILE = "lldd_demo.json"
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: thread-count-independent training (sharded batches, one thread per kernel)
+# Shards per batch: a constant of the build (not the machine's core count), so the summation order of
+# the gradient, and with it every weight, is the same everywhere. Two match the 2-core budget.
+TRAIN_SHARDS = 2
 BOS = "<|endoftext|>"
 
 
@@ -49,8 +65,8 @@ class DemoConfig:
 DEMO_CONFIGS: dict[str, DemoConfig] = {
     c.name: c
     for c in (
-        # steps fit the budgets on 2 CPU cores (default <= 3 min, all four <= 12 min); measured
-        # ~0.15 / 0.4 / 0.8 / 0.12 s per step with everything else idle
+        # steps fit the budgets on 2 CPU cores (default <= 3 min, all four <= 12 min); see the README
+        # for the measured build times
         DemoConfig("gpt2-small", "gpt2", "small", d_model=128, n_layers=4, n_heads=4, steps=600),
         DemoConfig("gpt2-medium", "gpt2", "medium", d_model=192, n_layers=6, n_heads=6, steps=450, lr=2e-3),
         DemoConfig("gpt2-large", "gpt2", "large", d_model=256, n_layers=8, n_heads=8, steps=220, lr=1.5e-3),
@@ -153,9 +169,13 @@ def make_config(cfg: DemoConfig, vocab_size: int, bos_id: int):
 
 
 def _token_stream(tokenizer, sentences: list[str]) -> torch.Tensor:
-    """All sentences as one stream, each after ``<|endoftext|>`` (the tokenizer prepends it)."""
-    ids = tokenizer(sentences)["input_ids"]
-    return torch.tensor([t for seq in ids for t in seq], dtype=torch.long)
+    """All sentences as one stream, each after ``<|endoftext|>`` (the tokenizer prepends it).
+
+    The corpus repeats sentences (about 14k distinct in 60k), so each distinct one is encoded once.
+    """
+    distinct = sorted(set(sentences))
+    ids = dict(zip(distinct, tokenizer(distinct)["input_ids"]))
+    return torch.tensor([t for text in sentences for t in ids[text]], dtype=torch.long)
 
 
 def _lr(step: int, steps: int, peak: float, warmup: int = 40) -> float:
@@ -213,37 +233,111 @@ def heldout_sentences(n: int = 400, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
-def train(cfg: DemoConfig, seed: int = 0, steps: int | None = None, progress: ProgressFn | None = None):
-    """Corpus, tokenizer and a trained model for ``cfg``; returns (model, tokenizer, train_stream)."""
+_THREADS_LOCK = threading.RLock()  # torch's thread count is per process: one build changes it at a time
+
+
+@contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """Run torch's CPU kernels on one thread for the block, restoring the caller's thread count on exit.
+
+    A multi-threaded reduction (a bias gradient, a norm, a mean) adds its partial sums per thread, so
+    its rounding depends on the thread count; on one thread every CPU kernel is sequential and gives
+    the same bits. (``torch.use_deterministic_algorithms`` is not set: it adds nothing on one CPU
+    thread, and being process wide it would make a concurrent CUDA analysis in the same process, e.g.
+    another dashboard session, fail on cuBLAS.) The thread count is process wide too, so concurrent
+    builds in one process take turns.
+    """
+    with _THREADS_LOCK:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
+def train_workers() -> int:
+    """Worker threads for the shards: one per usable core, at most :data:`TRAIN_SHARDS` (speed only)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(TRAIN_SHARDS, cores))
+
+
+def _shard_loss(model, window: torch.Tensor) -> torch.Tensor:
+    ids = window[:, :-1]
+    # explicit all-ones mask: the demo tokenizer's BOS doubles as pad, which transformers warns about
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
+
+
+def batch_gradient(model, params: list[torch.Tensor], batch: torch.Tensor,
+                   pool: ThreadPoolExecutor | None = None) -> tuple[float, list[torch.Tensor]]:
+    """Mean loss and its gradient over ``batch``, as the mean over :data:`TRAIN_SHARDS` equal shards.
+
+    Each shard's gradient comes from its own ``torch.autograd.grad`` (nothing accumulates into ``.grad``
+    concurrently) and the shards are summed in a fixed order, so ``pool`` (several workers) or no pool
+    (the calling thread) give the same bits. Call it inside :func:`single_threaded_torch`.
+    """
+    shards = batch.chunk(TRAIN_SHARDS)
+
+    def one(window: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        loss = _shard_loss(model, window)
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    results = list(pool.map(one, shards)) if pool is not None else [one(w) for w in shards]
+    loss = sum(float(r[0]) for r in results) / TRAIN_SHARDS  # reported only
+    grads = [g.clone() for g in results[0][1]]
+    for _, shard_grads in results[1:]:
+        for total, g in zip(grads, shard_grads):
+            total.add_(g)
+    for g in grads:
+        g.div_(TRAIN_SHARDS)
+    return loss, grads
+
+
+def train(cfg: DemoConfig, seed: int = 0, steps: int | None = None, progress: ProgressFn | None = None,
+          workers: int | None = None):
+    """Corpus, tokenizer and a trained model for ``cfg``; returns (model, tokenizer, train_stream).
+
+    ``workers`` (default :func:`train_workers`) only changes the speed, never the weights.
+    """
     from transformers import AutoModelForCausalLM
 
+    if cfg.batch % TRAIN_SHARDS:
+        raise ValueError(f"batch {cfg.batch} does not split into {TRAIN_SHARDS} equal shards")
     report = progress or (lambda f, m: None)
     steps = cfg.steps if steps is None else steps
+    workers = train_workers() if workers is None else workers
     report(0.0, "Generating the corpus")
     sentences = list(corpus.sample_corpus(cfg.n_sentences, seed=seed))
     report(0.02, "Training the tokenizer")
     tokenizer = train_tokenizer(sorted(set(corpus.training_pool())))
     stream = _token_stream(tokenizer, sentences)
     config = make_config(cfg, len(tokenizer), tokenizer.bos_token_id)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    gen = torch.Generator().manual_seed(seed)
-    n_windows = len(stream) - cfg.seq_len - 1
-    for step in range(steps):
-        starts = torch.randint(0, n_windows, (cfg.batch,), generator=gen)
-        batch = torch.stack([stream[s : s + cfg.seq_len + 1] for s in starts.tolist()])
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, cfg.lr)
-        logits = model(input_ids=batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 10 == 0 or step == steps - 1:
-            report(0.05 + 0.85 * (step + 1) / steps, f"Training {cfg.name}: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}")
+    pool_context = ThreadPoolExecutor(workers, thread_name_prefix="lldd-demo") if workers > 1 else nullcontext()
+    with single_threaded_torch(), pool_context as pool:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
+        gen = torch.Generator().manual_seed(seed)
+        n_windows = len(stream) - cfg.seq_len - 1
+        for step in range(steps):
+            starts = torch.randint(0, n_windows, (cfg.batch,), generator=gen)
+            batch = torch.stack([stream[s : s + cfg.seq_len + 1] for s in starts.tolist()])
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, steps, cfg.lr)
+            loss, grads = batch_gradient(model, params, batch, pool)
+            for p, g in zip(params, grads):
+                p.grad = g
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step % 10 == 0 or step == steps - 1:
+                report(0.05 + 0.85 * (step + 1) / steps, f"Training {cfg.name}: step {step + 1}/{steps}, loss {loss:.3f}")
     model.eval()
     return model, tokenizer, stream
 
@@ -260,19 +354,20 @@ def build_demo(name: str = DEFAULT_DEMO, seed: int = 0, steps: int | None = None
     report(0.92, "Evaluating")
     held = heldout_sentences()
     target = Path(target) if target is not None else demo_path(name)
-    info = DemoInfo(
-        name=name,
-        path=str(target),
-        arch=cfg.arch,
-        size=cfg.size,
-        parameters=int(sum(p.numel() for p in model.parameters())),
-        heldout_loss=mean_loss(model, tokenizer, held),
-        unigram_loss=unigram_loss(tokenizer, stream, held, len(tokenizer)),
-        fact_accuracy=fact_accuracy(model, tokenizer),
-        build_seconds=0.0,
-        seed=seed,
-        steps=cfg.steps if steps is None else steps,
-    )
+    with single_threaded_torch():  # the reported figures, too, are the same on any thread count
+        info = DemoInfo(
+            name=name,
+            path=str(target),
+            arch=cfg.arch,
+            size=cfg.size,
+            parameters=int(sum(p.numel() for p in model.parameters())),
+            heldout_loss=mean_loss(model, tokenizer, held),
+            unigram_loss=unigram_loss(tokenizer, stream, held, len(tokenizer)),
+            fact_accuracy=fact_accuracy(model, tokenizer),
+            build_seconds=0.0,
+            seed=seed,
+            steps=cfg.steps if steps is None else steps,
+        )
     report(0.97, "Saving")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
