@@ -237,7 +237,7 @@ def test_gain_curves_page_in_a_real_browser(server: str) -> None:
                 field.press("Tab")
             page.get_by_role("button", name="Compute gain curves").click()
             expect(page.locator('[data-testid="stMetric"]', has_text="Mean Spearman")).to_be_visible()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)  # mean curves, direction strength, one prompt, histogram
             expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
             expect(page.get_by_text("Split sizes: 6/4/3 per class")).to_be_visible()
             expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
@@ -246,7 +246,7 @@ def test_gain_curves_page_in_a_real_browser(server: str) -> None:
 
             page.get_by_role("tab", name="Complement").click()
             page.get_by_role("button", name="Run ablation over the complement").click()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(5)
             expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)
             expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
             height = page.evaluate(
