@@ -84,6 +84,7 @@ class GainsResult:
     directions: np.ndarray  # [L + 1, d]
     direction_norms: list  # [L + 1] ‖E_l‖, the class-mean difference at each layer
     direction_noise: list  # [L + 1] its sampling noise (the ‖E_l‖ expected with no class difference)
+    direction_strength: list  # [L + 1] ‖E_l‖ / rms state norm at l (the flag's measure)
     flagged_layers: list  # layers whose direction is too small to trust (see direction_reliability)
     agreement_all_layers: dict  # mean_spearman, mean_pearson, spearman_of_means, pearson_of_means with flagged in
 
@@ -92,7 +93,8 @@ class GainsResult:
         keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "order",
                 "complement", "eps", "mode", "n_layers", "layers", "split_sizes", "mean_spearman", "mean_pearson",
                 "spearman_of_means", "pearson_of_means", "best_layer_predicted", "best_layer_measured",
-                "best_layer_exact", "direction_norms", "direction_noise", "flagged_layers", "agreement_all_layers",
+                "best_layer_exact", "direction_norms", "direction_noise", "direction_strength", "flagged_layers",
+                "agreement_all_layers",
                 "elapsed_s")
         prompts = [
             {"text": t, "predicted": self.predicted[i].tolist(), "measured": self.measured[i].tolist(),
@@ -130,6 +132,7 @@ class GainsAblation:
     prompts: list
     direction_norms: list  # [L + 1], as in GainsResult
     direction_noise: list
+    direction_strength: list
     flagged_layers: list  # left out of the agreement figures
     elapsed_s: float
     mean_spearman: np.ndarray  # [V]
@@ -146,7 +149,7 @@ class GainsAblation:
         """JSON: the swept values with their aggregated agreement."""
         keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "vary", "order",
                 "eps", "complement", "mode", "n_layers", "layers", "split_sizes", "direction_norms", "direction_noise",
-                "flagged_layers", "elapsed_s")
+                "direction_strength", "flagged_layers", "elapsed_s")
         rows = [
             {"value": v, "mean_spearman": float(self.mean_spearman[i]), "mean_pearson": float(self.mean_pearson[i]),
              "spearman_of_means": float(self.spearman_of_means[i]), "pearson_of_means": float(self.pearson_of_means[i])}
@@ -196,19 +199,22 @@ def agreement(predicted: np.ndarray, measured: np.ndarray, keep: np.ndarray | No
     return Agreement(sp, pe, _nanmean(sp), _nanmean(pe), _corr(stats.spearmanr, mp, mm), _corr(stats.pearsonr, mp, mm))
 
 
-#: A direction is flagged when its expected cosine to the population's direction is below this.
-MIN_DIRECTION_COSINE = 0.9
+#: A layer is flagged when its relative direction strength is below this share of the concept's strongest layer's.
+MIN_RELATIVE_STRENGTH = 0.05
 
 
-def direction_reliability(states: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Class-mean difference norms ``‖E_l‖``, their sampling noise, and the layers too small to trust.
+def direction_reliability(states: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Class-mean difference norms ``‖E_l‖``, their sampling noise, their relative strength, and the flagged layers.
 
-    ``E_l = μ_{1,l} − μ_{0,l}`` over ``states`` ``[N, L + 1, d]``. With no class difference at all,
-    ``E[‖E_l‖²] = tr Σ_{1,l} / N_1 + tr Σ_{0,l} / N_0 =: σ_l²`` (the noise). Since the observed
-    ``‖E_l‖² ≈ ‖E_l^pop‖² + σ_l²``, the estimated direction's cosine to the population's is about
-    ``sqrt(1 − σ_l² / ‖E_l‖²)``; a layer is flagged when that is below :data:`MIN_DIRECTION_COSINE`
-    (``‖E_l‖ < 2.29 σ_l``) — its ``v_l`` is mostly sampling noise, or, like GPT-2's layer 0 when every
-    text ends with the same token, only position embeddings. Layers with ``E_l = 0`` are flagged too.
+    ``E_l = μ_{1,l} − μ_{0,l}`` over ``states`` ``[N, L + 1, d]``. The relative strength is
+    ``s_l = ‖E_l‖ / rms_l`` with ``rms_l`` the root-mean-square state norm at layer ``l`` (so layers
+    whose residual stream is larger are not favoured). A layer is flagged when
+    ``s_l < MIN_RELATIVE_STRENGTH · max_k s_k`` (or ``E_l = 0``): its concept direction is a
+    twentieth as strong as at the concept's strongest layer, e.g. GPT-2's layer 0 when every text
+    ends with the same token and only position embeddings differ (``‖E_0‖ = 0.008`` against 13 at
+    layer 1). The noise ``σ_l = sqrt(tr Σ_{1,l} / N_1 + tr Σ_{0,l} / N_0)`` — the ``‖E_l‖``
+    expected with no class difference at all — is reported beside it, not used for the flag: summed
+    over all ``d`` dimensions it can exceed ``‖E_l‖`` even where the classes separate along ``v_l``.
     """
     X = np.asarray(states, dtype=np.float64)
     y = np.asarray(labels) == 1
@@ -216,10 +222,11 @@ def direction_reliability(states: np.ndarray, labels: Sequence[int]) -> tuple[np
     norms = np.linalg.norm(pos.mean(0) - neg.mean(0), axis=-1)
     noise = np.sqrt(pos.var(0, ddof=1).sum(-1) / len(pos) + neg.var(0, ddof=1).sum(-1) / len(neg)) if min(
         len(pos), len(neg)) > 1 else np.zeros_like(norms)
-    # cos² < c²  ⇔  σ² > (1 − c²) ‖E‖², written without a division (‖E‖ may be 0)
-    weak = noise**2 > (1.0 - MIN_DIRECTION_COSINE**2) * norms**2
+    rms = np.sqrt((X**2).sum(-1).mean(0))
+    strength = np.where(rms > 0, norms / np.where(rms > 0, rms, 1.0), 0.0)
+    weak = strength < MIN_RELATIVE_STRENGTH * strength.max()
     flagged = [int(layer) for layer in np.flatnonzero((norms == 0) | weak)]
-    return norms, noise, flagged
+    return norms, noise, strength, flagged
 
 
 def kept_layers(layers: Sequence[int], flagged: Sequence[int]) -> np.ndarray:
@@ -257,6 +264,7 @@ class GainsSetup:
     differences: torch.Tensor  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
     direction_norms: np.ndarray | None = None  # [L + 1] ‖E_l‖ (direction_reliability)
     direction_noise: np.ndarray | None = None  # [L + 1]
+    direction_strength: np.ndarray | None = None  # [L + 1]
     flagged_layers: list[int] = field(default_factory=list)
 
     def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
@@ -342,7 +350,7 @@ def prepare_gains(
     V = V.to(dtype=model_dtype(model), device=handle.device)
     positive = np.asarray(splits.concept.labels) == 1
     E = torch.as_tensor(states[positive].mean(0) - states[~positive].mean(0)).to(V)
-    norms, noise, flagged = direction_reliability(states, splits.concept.labels)
+    norms, noise, strength, flagged = direction_reliability(states, splits.concept.labels)
     layers = list(range(L))
     if float(V[0].norm()) == 0.0:
         # every concept text ends with the same token and x_0 carries no position: no direction at
@@ -355,7 +363,7 @@ def prepare_gains(
     texts = list(splits.evaluation.texts[:n_eval])
     return GainsSetup(handle, data, splits, V, layers, [encode(t) for t in splits.operating.texts],
                       [encode(t) for t in texts], texts, pad, differences=E, direction_norms=norms,
-                      direction_noise=noise, flagged_layers=flagged)
+                      direction_noise=noise, direction_strength=strength, flagged_layers=flagged)
 
 
 def check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
@@ -370,6 +378,7 @@ def common_fields(setup: GainsSetup) -> dict:
                 split_sizes=dict(setup.splits.per_class), prompts=setup.texts,
                 direction_norms=[float(x) for x in setup.direction_norms],
                 direction_noise=[float(x) for x in setup.direction_noise],
+                direction_strength=[float(x) for x in setup.direction_strength],
                 flagged_layers=list(setup.flagged_layers))
 
 

@@ -117,6 +117,7 @@ def setup_from_basis(handle: ModelHandle, data: ConceptData, basis: GainsBasis) 
         differences=torch.as_tensor(basis.differences).to(dtype=dtype, device=device),
         direction_norms=np.asarray(basis.common["direction_norms"]),
         direction_noise=np.asarray(basis.common["direction_noise"]),
+        direction_strength=np.asarray(basis.common["direction_strength"]),
         flagged_layers=list(basis.common["flagged_layers"]),
     )
 

@@ -124,30 +124,26 @@ def _shade_flagged(fig: go.Figure, result: GainsResult) -> None:
 
 
 def direction_norms_figure(result: GainsResult) -> go.Figure:
-    """``‖E_l‖`` per layer (bars; flagged layers grey) against its sampling noise ``σ_l`` and the flag line.
+    """Relative direction strength ``‖E_l‖ / rms_l`` per layer (bars; flagged layers grey) and the flag line
+    ``MIN_RELATIVE_STRENGTH · max_k`` (:func:`lldd_core.gains.direction_reliability`)."""
+    from .gains import MIN_RELATIVE_STRENGTH
 
-    A layer is flagged when ``‖E_l‖ < σ_l / sqrt(1 − c²)`` with ``c`` = ``MIN_DIRECTION_COSINE``
-    (:func:`lldd_core.gains.direction_reliability`).
-    """
-    from .gains import MIN_DIRECTION_COSINE
-
-    layers = list(range(len(result.direction_norms)))
+    strength = np.asarray(result.direction_strength, dtype=float)
+    layers = list(range(len(strength)))
     flagged = set(result.flagged_layers)
-    noise = np.asarray(result.direction_noise, dtype=float)
     colors = ["#9e9e9e" if k in flagged else CURVE_COLORS["measured"] for k in layers]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=layers, y=result.direction_norms, marker_color=colors, name="‖E_l‖ class-mean difference",
-                         hovertemplate="layer %{x}<br>‖E_l‖ %{y:.4g}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=layers, y=noise, mode="lines+markers", name="σ_l sampling noise",
-                             line={"color": "#555555", "dash": "dot"},
-                             hovertemplate="layer %{x}<br>σ_l %{y:.3g}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=layers, y=noise / np.sqrt(1 - MIN_DIRECTION_COSINE**2), mode="lines",
-                             name=f"flag below (cos < {MIN_DIRECTION_COSINE})", line={"color": "#c62828", "dash": "dash"},
-                             hovertemplate="layer %{x}<br>threshold %{y:.3g}<extra></extra>"))
+    fig.add_trace(go.Bar(x=layers, y=strength, marker_color=colors, name="‖E_l‖ / rms state norm",
+                         customdata=np.asarray(result.direction_norms, dtype=float),
+                         hovertemplate="layer %{x}<br>relative %{y:.4g}<br>‖E_l‖ %{customdata:.4g}<extra></extra>"))
+    line = MIN_RELATIVE_STRENGTH * float(strength.max()) if strength.size else 0.0
+    fig.add_trace(go.Scatter(x=layers, y=[line] * len(layers), mode="lines",
+                             name=f"flag below ({MIN_RELATIVE_STRENGTH:g} × the strongest layer)",
+                             line={"color": "#c62828", "dash": "dash"}, hoverinfo="skip"))
     fig.update_layout(
         title={"text": "Concept direction strength per layer (grey: flagged, left out of the agreement)"},
         xaxis={"title": {"text": "layer l (residual stream x_l, entering block l)"}, "dtick": 1},
-        yaxis={"title": {"text": "norm"}, "type": "log"}, height=340, margin=_MARGIN, barmode="overlay",
+        yaxis={"title": {"text": "‖E_l‖ / rms ‖x_l‖"}}, height=340, margin=_MARGIN,
     )
     return fig
 

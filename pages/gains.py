@@ -197,11 +197,11 @@ def show_result(shown: Shown, settings: dict | None, fmt: str) -> None:
     include = False
     if flagged:
         include = st.toggle("Include flagged layers in the agreement", value=False, key="gn_include_flagged",
-                            help="Flagged layers' concept directions are mostly sampling noise; by default they are "
+                            help="Flagged layers' concept directions are too weak to trust; by default they are "
                                  "left out of every agreement figure (the curves still show them, shaded).")
         st.caption(f"Flagged {plural(len(flagged), 'layer')} {', '.join(map(str, flagged))}: the class-mean "
-                   "difference there is within sampling noise (expected cosine to the population direction "
-                   f"below 0.9), so its direction is not trusted; agreement figures "
+                   "difference there, relative to the state's size, is under 5% of the concept's strongest "
+                   "layer's, so its direction is not trusted; agreement figures "
                    f"{'include' if include else 'leave out'} {'it' if len(flagged) == 1 else 'them'}.")
     show_metrics(shown, include)
     with st.expander("What are predicted, measured and exact gains?"):

@@ -15,19 +15,22 @@ from lldd_core.models import ModelSpec, load_model
 from tests.apptest import open_page
 
 
-def test_noise_only_and_identical_layers_are_flagged_a_real_difference_is_not():
+def test_weak_and_identical_layers_are_flagged_a_real_difference_is_not():
     rng = np.random.default_rng(0)
     n, d = 200, 16
     labels = np.repeat([1, 0], n // 2)
-    states = rng.normal(size=(n, 3, d))
+    states = rng.normal(size=(n, 4, d))
+    states[:, 0] *= 0.01  # layer 0: tiny states around a large common offset: no class difference
+    states[:, 0] += 10.0
     states[:, 1, 0] += np.where(labels == 1, 2.0, -2.0)  # layer 1: a clear class difference along e_0
     states[:, 2] = 1.5  # layer 2: every state identical, E = 0 exactly
-    norms, noise, flagged = direction_reliability(states, labels)
+    states[:, 3, 0] += np.where(labels == 1, 1.0, -1.0)  # layer 3: half as strong, still trusted
+    norms, noise, strength, flagged = direction_reliability(states, labels)
     assert flagged == [0, 2]
     assert norms[1] == pytest.approx(4.0, rel=0.1) and norms[2] == 0.0
-    # with no class difference ‖E‖ is about the noise (here sqrt(d (1/100 + 1/100)) ≈ 0.57)
-    assert noise[0] == pytest.approx(np.sqrt(d * 2 / (n // 2)), rel=0.15)
-    assert 0.5 * noise[0] < norms[0] < 2 * noise[0]
+    assert strength[3] > 0.05 * strength.max() > strength[0]
+    # with no class difference ‖E‖ is about the noise (layer 0: sqrt(d (1/100 + 1/100)) · 0.01)
+    assert noise[0] == pytest.approx(0.01 * np.sqrt(d * 2 / (n // 2)), rel=0.15)
 
 
 def test_kept_layers_mask():
@@ -42,7 +45,7 @@ def result(tiny_dirs):
 
 def test_gains_result_reports_norms_and_leaves_flagged_layers_out_of_the_agreement(result):
     L = result.n_layers
-    assert len(result.direction_norms) == len(result.direction_noise) == L + 1
+    assert len(result.direction_norms) == len(result.direction_noise) == len(result.direction_strength) == L + 1
     assert all(0 <= k <= L for k in result.flagged_layers)
     keep = kept_layers(result.layers, result.flagged_layers)
     out = agreement(result.predicted, result.measured, keep)
@@ -76,6 +79,9 @@ def test_cli_gains_json_has_direction_norms_and_flagged_layers(tiny_dirs, cache_
 
 
 def test_page_shows_the_direction_norms_and_the_flagged_caption(tiny_dirs, fresh_service, monkeypatch):
+    import lldd_core.gains as gains
+
+    monkeypatch.setattr(gains, "MIN_RELATIVE_STRENGTH", 0.999)  # flags every layer but the strongest
     at = open_page("pages/gains.py", tiny_dirs["gpt2"], monkeypatch)
     for key, value in {"gn_concept": 6, "gn_operating": 4, "gn_evaluation": 3, "gn_order_of_32": 4,
                        "gn_n_eval": 3}.items():
@@ -86,7 +92,6 @@ def test_page_shows_the_direction_norms_and_the_flagged_caption(tiny_dirs, fresh
     assert any(t.startswith("Concept direction strength per layer") for t in titles)
     flagged_caption = [c.value for c in at.caption if c.value.startswith("Flagged ")]
     toggles = [t for t in at.toggle if t.key == "gn_include_flagged"]
-    # with 6 texts per class the tiny random model's direction is noise at some layer
     assert flagged_caption and "leave out" in flagged_caption[0] and len(toggles) == 1
     before = {m.label: m.value for m in at.metric}
     toggles[0].set_value(True).run()

@@ -68,6 +68,7 @@ def handmade() -> GainsResult:
         best_layer_measured=2, best_layer_exact=2, elapsed_s=0.0, predicted=predicted, measured=measured,
         exact=exact, spearman=np.array([0.5, 1.0, 1.0, np.nan]), pearson=np.array([0.2, 0.9, 0.95, np.nan]),
         directions=np.zeros((5, 2)), direction_norms=[0.0, 1.0, 2.0, 3.0, 4.0], direction_noise=[0.1] * 5,
+        direction_strength=[0.0, 0.1, 0.2, 0.3, 0.4],
         flagged_layers=[0], agreement_all_layers={"mean_spearman": 0.1, "mean_pearson": 0.2, "spearman_of_means": 0.3,
                                                   "pearson_of_means": 0.4},
     )
