@@ -47,6 +47,12 @@ def assert_one_line_error(at) -> str:
     return message
 
 
+def survivor_argv(model: Path) -> list[str]:
+    """The CLI call whose cached result must survive the hostile inputs."""
+    return ["jacobian", "--model", str(model), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
+            "--top-k", "3", "--json", "-", "--quiet"]
+
+
 class Survivor:
     """A result cached before the hostile inputs; :meth:`check` asserts it is still a hit, unchanged.
 
@@ -56,8 +62,7 @@ class Survivor:
 
     def __init__(self, model: Path, cache: Path, capsys: pytest.CaptureFixture[str], first: dict | None = None) -> None:
         self.model, self.cache, self.capsys = model, cache, capsys
-        self.argv = ["jacobian", "--model", str(model), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
-                     "--top-k", "3", "--json", "-", "--quiet"]
+        self.argv = survivor_argv(model)
         if first is None:
             first = self._run()
             assert first["cache_hit"] is False
@@ -86,7 +91,7 @@ def _survivor_template(tiny_dirs, tmp_path_factory) -> tuple[Path, dict]:
     os.environ["LLDD_CACHE_DIR"] = str(folder)
     try:
         service_module._SERVICE = None
-        argv = Survivor(tiny_dirs["gpt2"], folder, _NullCapture(), first={}).argv
+        argv = survivor_argv(tiny_dirs["gpt2"])
         with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
             assert main(argv) == 0
         if service_module._SERVICE is not None:
@@ -100,11 +105,6 @@ def _survivor_template(tiny_dirs, tmp_path_factory) -> tuple[Path, dict]:
     first = json.loads(out.getvalue())
     assert first["cache_hit"] is False
     return folder, first
-
-
-class _NullCapture:
-    def readouterr(self):  # pragma: no cover - only for building the argv
-        return "", ""
 
 
 @pytest.fixture()
