@@ -1,7 +1,7 @@
 """lldd dashboard entry point: ``streamlit run app.py``.
 
 Sets the page config, draws the model settings in the sidebar (stored in ``st.session_state`` as a
-:class:`~lldd_core.models.ModelSpec` for the pages) and runs the selected page. UI only: every
+:class:`~lldd_core.models.loading.ModelSpec` for the pages) and runs the selected page. UI only: every
 computation goes through :func:`lldd_core.service.get_service`.
 """
 

@@ -8,7 +8,7 @@ Both paths compute, for one prompt and given concept directions ``v_0 .. v_L`` (
 * the **measured** gains ``(v_L^T x_L(ε v_k) - v_L^T x_L) / ε``,
 * the **exact** linear gains ``∂(v_L^T x_L)/∂x_k · v_k``.
 
-Fast path (what the product runs, :func:`lldd_core.gains.prompt_gains`): the prefix runs once and
+Fast path (what the product runs, :func:`lldd_core.analysis.gains.prompt_gains`): the prefix runs once and
 keeps its KV cache; the last token alone is re-run for everything else: ``A_l P_l`` by vmapped
 JVPs (``r`` per layer, each action also growing the next basis), all ``L`` injections in one
 batched pass, the exact gains from one backward pass.
@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lldd_core.arch import adapter_for
-from lldd_core.depth import _block_hooks, prompt_context
-from lldd_core.gains import prompt_gains
-from lldd_core.linearize import live_mode
-from lldd_core.llv import _orthonormal_with_first, predicted_gains
-from lldd_core.residual import _StopForward
+from lldd_core.analysis.gains import prompt_gains
+from lldd_core.forward.depth import _block_hooks, prompt_context
+from lldd_core.forward.linearize import live_mode
+from lldd_core.forward.residual import _StopForward
+from lldd_core.linalg.llv import _orthonormal_with_first, predicted_gains
+from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,7 +137,7 @@ def naive_gains(model, adapter, ids: torch.Tensor, V: torch.Tensor, order: int, 
 
             J.append(torch.autograd.functional.jacobian(f, states[layer], vectorize=True).detach())
         with torch.no_grad():
-            # depth-Krylov basis from the full matrices (same rule as lldd_core.llv.krylov_bases)
+            # depth-Krylov basis from the full matrices (same rule as lldd_core.linalg.llv.krylov_bases)
             seq = [V[0]]
             for _ in range(order - 1):
                 seq.append(J[0] @ seq[-1])

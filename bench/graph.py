@@ -1,7 +1,7 @@
 """Benchmark: attribution-graph rows by batched backward passes against one backward pass per target.
 
 Both run in one process on the same random Llama-style model and the same random prompt, through
-:func:`lldd_core.graph.build_graph`: ``batched=True`` (``torch.autograd.grad(is_grads_batched=True)``
+:func:`lldd_core.analysis.graph.build_graph`: ``batched=True`` (``torch.autograd.grad(is_grads_batched=True)``
 over ``--batch-size`` target cotangents at once) and ``batched=False`` (the same visiting order and
 cap, one ``torch.autograd.grad`` per target row). The script prints each method's time, the speed
 ratio, how many visited targets the two share and the largest difference between their edge weights
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jacobian import DTYPES, TOLERANCE, build_model, sync  # bench/jacobian.py: the same random Llama
 from summary import add_row, seconds
 
-from lldd_core.arch import adapter_for
-from lldd_core.graph import build_graph
-from lldd_core.graph_result import GraphResult
+from lldd_core.analysis.graph import build_graph
+from lldd_core.analysis.graph_result import GraphResult
+from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

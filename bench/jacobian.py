@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lldd_core.arch import adapter_for
-from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
-from lldd_core.linearize import detached_mode
+from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
+from lldd_core.forward.linearize import detached_mode
+from lldd_core.models.arch import adapter_for
 
 #: Largest accepted max|J_ours - J_ref| / max|J_ref| per dtype.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}

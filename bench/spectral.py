@@ -7,7 +7,7 @@ Three parts, all in one process on the same model and prompt:
      strategy="reverse-mode")`` through the linearized model, then a randomized SVD per token
      (``torch.svd_lowrank`` with ``k + 10`` columns and 7 power iterations, like scikit-learn's
      ``randomized_svd`` defaults that the public reference uses);
-   * ours, matrix-free: :func:`lldd_core.spectral.topk_svd` on the operator of one recorded
+   * ours, matrix-free: :func:`lldd_core.linalg.spectral.topk_svd` on the operator of one recorded
      forward (shared sketch, batched products, residual-checked), reverse-over-reverse products and,
      separately, forward-mode (vmapped JVP) products;
    * ours, full: the chunked batched-VJP Jacobian and an exact SVD.
@@ -15,7 +15,7 @@ Three parts, all in one process on the same model and prompt:
    each of the top ``k``).
 2. **All-layer cumulative spectra** (``x_0 -> x_k`` through the final norm, every ``k``): the
    reference recomputes each layer from scratch (forward to layer ``k``, full Jacobian, randomized
-   SVD); ours records one forward (:func:`lldd_core.views.record_views`) and runs the automatic
+   SVD); ours records one forward (:func:`lldd_core.forward.views.record_views`) and runs the automatic
    method per layer.
 3. **Peak memory** of the matrix-free path against the full one for growing ``d`` (and ``k``):
    peak resident memory above the level before the call (Linux ``VmHWM`` reset through
@@ -56,13 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lldd_core.arch import adapter_for
-from lldd_core.jacobian import jacobian_operator
-from lldd_core.linearize import detached_mode
-from lldd_core.residual import run_to_layer
-from lldd_core.spectral import choose_method, svd_full, topk_svd
-from lldd_core.spectrum_analysis import run_svd
-from lldd_core.views import record_views
+from lldd_core.analysis.spectrum import run_svd
+from lldd_core.forward.jacobian import jacobian_operator
+from lldd_core.forward.linearize import detached_mode
+from lldd_core.forward.residual import run_to_layer
+from lldd_core.forward.views import record_views
+from lldd_core.linalg.spectral import choose_method, svd_full, topk_svd
+from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,7 +142,7 @@ def random_model(hidden: int, layers: int, heads: int, vocab: int, decay: float,
 
 
 def demo_model(name: str, device: str = "cpu"):
-    from lldd_core.models import ModelSpec, load_model, resolve_model
+    from lldd_core.models.loading import ModelSpec, load_model, resolve_model
 
     handle = load_model(resolve_model(ModelSpec(f"demo:{name}", device=device)))
     for p in handle.model.parameters():

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lldd_core.arch import adapter_for
-from lldd_core.interventions import AddVectors, LQRFeedback, intervene
-from lldd_core.lqr import riccati_gains
+from lldd_core.forward.interventions import AddVectors, LQRFeedback, intervene
+from lldd_core.linalg.lqr import riccati_gains
+from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,9 +1,9 @@
-"""``python -m lldd_core``: the command line (:mod:`lldd_core.cli`); Ctrl-C at any point is one line, status 130."""
+"""``python -m lldd_core``: the command line (:mod:`lldd_core.cli.main`); Ctrl-C at any point is one line, status 130."""
 
 import sys
 
 try:
-    from .cli import main
+    from .cli.main import main
 
     status = main()
 except KeyboardInterrupt:  # before cli.main could catch it (e.g. while this module's imports ran)

@@ -16,7 +16,7 @@ class ModelLoadError(LLDDError):
 
 
 class UnsupportedFamilyError(LLDDError):
-    """The model's architecture has no adapter in :mod:`lldd_core.arch`."""
+    """The model's architecture has no adapter in :mod:`lldd_core.models.arch`."""
 
 
 class InputError(LLDDError):

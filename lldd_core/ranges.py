@@ -246,7 +246,7 @@ def list_argtype(rng: Range, *, max_len: int = 64) -> Callable[[str], list]:
 
 # --- the settings ----------------------------------------------------------------------------------
 
-#: Most examples a dataset file may hold (``lldd_core.concepts.MAX_ROWS``); no split can be larger.
+#: Most examples a dataset file may hold (``lldd_core.concepts.core.MAX_ROWS``); no split can be larger.
 MAX_EXAMPLES = 200_000
 #: Most new tokens one generation may ask for (the context of the model may allow fewer).
 MAX_NEW_TOKENS = 1024
@@ -270,7 +270,7 @@ TOKENS = Range("tokens", "the prompt length in tokens", int, 1, hi_name="the mod
 TARGET = Range("target", "the target readout shift Δy", float, -1e4, 1e4, nonzero=True)
 TOL = Range("tol", "the relative tolerance on Δy", float, 0, 1, lo_open=True, hi_open=True, widget_lo=1e-4,
             widget_hi=0.5)
-MAX_TARGETS = 16  # as many as the Control page takes (lldd_core.plots_control.MAX_TARGETS)
+MAX_TARGETS = 16  # as many as the Control page takes (lldd_core.plots.control.MAX_TARGETS)
 
 #: Additive steering: block inputs ``x_l``, ``l = 0..L-1``.
 STEER_LAYER = Range("layer", "the additive steering layer", int, 0, hi_name="the number of layers", hi_open=True)

@@ -18,14 +18,9 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from . import ranges
-from .cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
-from .concepts import ConceptData
-from .concepts import load as load_dataset
-from .control import ANALYSIS as CONTROL
-from .control import ControlResult, analyze_control
-from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
-from .errors import InputError, LLDDError, ResourceError
-from .gains import (
+from .analysis.control import ANALYSIS as CONTROL
+from .analysis.control import ControlResult, analyze_control
+from .analysis.gains import (
     ABLATION,
     GainsAblation,
     GainsResult,
@@ -35,21 +30,26 @@ from .gains import (
     analyze_gains,
     prepare_gains,
 )
-from .gains import ANALYSIS as GAINS
-from .graph import ANALYSIS as GRAPH
-from .graph import analyze_graph
-from .graph import target_id as graph_target_id
-from .graph_result import GraphResult
-from .jacobian_analysis import ANALYSIS as JACOBIAN
-from .jacobian_analysis import JacobianResult, analyze_jacobian
-from .layers_analysis import ANALYSIS as LAYERS
-from .layers_analysis import LayersResult, analyze_layers
-from .memory import MemoryEstimate, estimate_memory, weight_bytes
-from .models import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
+from .analysis.gains import ANALYSIS as GAINS
+from .analysis.graph import ANALYSIS as GRAPH
+from .analysis.graph import analyze_graph
+from .analysis.graph import target_id as graph_target_id
+from .analysis.graph_result import GraphResult
+from .analysis.jacobian import ANALYSIS as JACOBIAN
+from .analysis.jacobian import JacobianResult, analyze_jacobian
+from .analysis.layers import ANALYSIS as LAYERS
+from .analysis.layers import LayersResult, analyze_layers
+from .analysis.spectrum import ANALYSIS as SPECTRUM
+from .analysis.spectrum import METHODS, SpectrumResult, analyze_spectrum
+from .concepts.core import ConceptData
+from .concepts.core import load as load_dataset
+from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
+from .errors import InputError, LLDDError, ResourceError
+from .forward.views import SITES
+from .models.loading import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
+from .models.memory import MemoryEstimate, estimate_memory, weight_bytes
 from .progress import ProgressFn
-from .spectrum_analysis import ANALYSIS as SPECTRUM
-from .spectrum_analysis import METHODS, SpectrumResult, analyze_spectrum
-from .steering import (
+from .steering.core import (
     Generated,
     GenerationSettings,
     MeanJacobians,
@@ -64,7 +64,7 @@ from .steering import (
     generate,
     plan_steering,
 )
-from .views import SITES
+from .store.cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
 
 R = TypeVar("R")
 _log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class Service:
             return self._handle
 
     def memory(self, spec: ModelSpec, tokens: int = 128) -> MemoryEstimate | None:
-        """What ``spec`` will need and what its device has (:mod:`lldd_core.memory`), before loading;
+        """What ``spec`` will need and what its device has (:mod:`lldd_core.models.memory`), before loading;
         ``None`` for a demo model that is not built yet. Resolving errors raise as in :meth:`info`."""
         if self.needs_build(spec):
             return None
@@ -208,7 +208,7 @@ class Service:
         final_norm: bool = True,
         progress: ProgressFn | None = None,
     ) -> Computed[JacobianResult]:
-        """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.jacobian_analysis`)."""
+        """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.analysis.jacobian`)."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
         layer = info.n_layers if layer is None else ranges.LAYER.check(layer, hi=info.n_layers)
@@ -234,7 +234,7 @@ class Service:
         max_nodes: int | None = 1024,
         progress: ProgressFn | None = None,
     ) -> Computed[GraphResult]:
-        """Exact attribution graph of the next-token logits (:mod:`lldd_core.graph`); ``target``: one token."""
+        """Exact attribution graph of the next-token logits (:mod:`lldd_core.analysis.graph`); ``target``: one token."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
         tid = None if target is None else graph_target_id(info, target)
@@ -262,7 +262,7 @@ class Service:
         method: str = "auto",
         progress: ProgressFn | None = None,
     ) -> Computed[SpectrumResult]:
-        """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.spectrum_analysis`)."""
+        """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.analysis.spectrum`)."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
         layer = info.n_layers if layer is None else ranges.LAYER.check(layer, hi=info.n_layers)
@@ -332,10 +332,10 @@ class Service:
         seed: int = 0,
         progress: ProgressFn | None = None,
     ) -> Computed[GainsResult]:
-        """Predicted, measured and exact gain curves of a concept (:mod:`lldd_core.gains`), cached.
+        """Predicted, measured and exact gain curves of a concept (:mod:`lldd_core.analysis.gains`), cached.
 
-        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.list_datasets`) or
-        loaded :class:`~lldd_core.concepts.ConceptData` (e.g. a user's file); the cache key holds
+        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.core.list_datasets`) or
+        loaded :class:`~lldd_core.concepts.core.ConceptData` (e.g. a user's file); the cache key holds
         the data's fingerprint, so an edited file is a miss.
         """
         info = self.info(spec, progress)
@@ -395,7 +395,7 @@ class Service:
         seed: int = 0,
         progress: ProgressFn | None = None,
     ) -> Computed[GainsAblation]:
-        """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.gains.ablate_gains`), cached."""
+        """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.analysis.gains.ablate_gains`), cached."""
         info = self.info(spec, progress)
         order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
@@ -425,7 +425,7 @@ class Service:
         tol: float = 1e-2,
         progress: ProgressFn | None = None,
     ) -> Computed[ControlResult]:
-        """LLV and heuristic schedules for each target ``Δy``, validated in the full model (:mod:`lldd_core.control`), cached."""
+        """LLV and heuristic schedules for each target ``Δy``, validated in the full model (:mod:`lldd_core.analysis.control`), cached."""
         info = self.info(spec, progress)
         order, _, n_eval, sizes, seed = _gain_numbers(info, order, 0.1, n_eval, sizes, seed)
         targets = ranges.check_list(targets, ranges.TARGET, max_len=ranges.MAX_TARGETS)
@@ -472,10 +472,10 @@ class Service:
         streamers: tuple[object | None, object | None] = (None, None),
         progress: ProgressFn | None = None,
     ) -> Computed[SteeringResult]:
-        """Unsteered and steered continuations of ``prompt`` (:mod:`lldd_core.steering`), cached.
+        """Unsteered and steered continuations of ``prompt`` (:mod:`lldd_core.steering.core`), cached.
 
         The pieces are cached too: the steering phrase's Jacobians per phrase and layer, LQR's mean
-        Jacobians per dataset. ``streamers`` (see :class:`~lldd_core.steering.CallbackStreamer`)
+        Jacobians per dataset. ``streamers`` (see :class:`~lldd_core.steering.core.CallbackStreamer`)
         receive the tokens as they are generated; a cache hit returns at once without streaming.
         """
         info = self.info(spec, progress)

@@ -23,8 +23,8 @@ from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlExcepti
 
 from lldd_core.demo import DEMO_CONFIGS, DEMO_PREFIX, demo_dir, demo_name, is_demo, read_info
 from lldd_core.errors import LLDDError
-from lldd_core.memory import format_bytes
-from lldd_core.models import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, ModelSpec, default_model
+from lldd_core.models.loading import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, ModelSpec, default_model
+from lldd_core.models.memory import format_bytes
 from lldd_core.service import get_service
 
 #: Where app.py leaves the sidebar's model choice for the pages.

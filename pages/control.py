@@ -1,7 +1,7 @@
 """Control view: how much energy each multi-layer schedule needs to move a concept readout by Δy.
 
 UI only: a concept dataset (:mod:`pages._datasets`), target shifts and settings ->
-``get_service().control(...)`` -> figures and tables from :mod:`lldd_core.plots_control`. The
+``get_service().control(...)`` -> figures and tables from :mod:`lldd_core.plots.control`. The
 least-energy LLV schedule against uniform and single-layer heuristics, each scaled by bisection until
 the full model's mean readout change reaches the target. Errors a user can cause show as
 ``st.error``; the last good result stays on screen.
@@ -12,13 +12,12 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lldd_core.concepts import ConceptData
-from lldd_core.control import MAX_SCALE, ControlResult
+from lldd_core.analysis.control import MAX_SCALE, ControlResult
+from lldd_core.concepts.core import ConceptData
 from lldd_core.errors import LLDDError
-from lldd_core.export import csv_text
-from lldd_core.llv import COMPLEMENTS
-from lldd_core.models import ModelSpec
-from lldd_core.plots_control import (
+from lldd_core.linalg.llv import COMPLEMENTS
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.control import (
     SCHEDULE_LINES,
     control_table,
     energy_figure,
@@ -28,10 +27,11 @@ from lldd_core.plots_control import (
     schedule_figure,
     schedules_table,
 )
-from lldd_core.plots_gains import splits_line
-from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.plots.gains import splits_line
+from lldd_core.plots.spectra import FIGURE_FORMATS, download_config, file_slug
 from lldd_core.ranges import MAX_TARGETS, N_EVAL, ORDER, SEED, TARGET, TOL
 from lldd_core.service import get_service
+from lldd_core.store.export import csv_text
 from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
 from pages._datasets import dataset_picker, split_size_inputs
 

@@ -1,8 +1,8 @@
 """Detached Jacobian view: one prompt, its exact local linear map, reconstruction and spectra.
 
-UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots`. Below
+UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots.common`. Below
 it, "Spectra and token decodings" runs ``get_service().spectrum(...)`` for the same request (its own
-form and progress) -> tables and figures from :mod:`lldd_core.plots_spectra`.
+form and progress) -> tables and figures from :mod:`lldd_core.plots.spectra`.
 A demo model that is not built yet is built first (:func:`pages._common.ensure_model_ready`).
 Errors a user can cause (:class:`~lldd_core.errors.LLDDError`) show as ``st.error``; the last
 good result stays in session state, so widget changes and reruns keep showing it.
@@ -16,12 +16,12 @@ import re
 import pandas as pd
 import streamlit as st
 
+from lldd_core.analysis.jacobian import JacobianResult
+from lldd_core.analysis.spectrum import SpectrumResult
 from lldd_core.errors import LLDDError
-from lldd_core.export import csv_text
-from lldd_core.jacobian_analysis import JacobianResult
-from lldd_core.models import ModelSpec
-from lldd_core.plots import reconstruction_scatter, spectrum_figure, token_contribution_figure
-from lldd_core.plots_spectra import (
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.common import reconstruction_scatter, spectrum_figure, token_contribution_figure
+from lldd_core.plots.spectra import (
     FIGURE_FORMATS,
     column_label,
     display_token,
@@ -35,9 +35,9 @@ from lldd_core.plots_spectra import (
     token_spectrum_table,
 )
 from lldd_core.ranges import DECODE, LAYER, TOP_K
-from lldd_core.results import to_jsonable
 from lldd_core.service import METHODS, get_service
-from lldd_core.spectrum_analysis import SpectrumResult
+from lldd_core.store.export import csv_text
+from lldd_core.store.results import to_jsonable
 from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"

@@ -2,7 +2,7 @@
 
 UI only: a concept dataset (registered or uploaded, :mod:`pages._datasets`) and settings ->
 ``get_service().gains(...)`` / ``gains_ablation(...)`` -> figures and tables from
-:mod:`lldd_core.plots_gains`. Predicted (LLV surrogate), measured (injection) and exact linear gain
+:mod:`lldd_core.plots.gains`. Predicted (LLV surrogate), measured (injection) and exact linear gain
 curves per evaluation prompt, their agreement, and ablations over the order, ``ε`` and the basis
 complement. Errors a user can cause show as ``st.error``; the last good results stay on screen.
 """
@@ -12,12 +12,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lldd_core.concepts import ConceptData
-from lldd_core.export import csv_text
-from lldd_core.gains import MODES, GainsAblation, GainsResult, ablation_values
-from lldd_core.llv import COMPLEMENTS
-from lldd_core.models import ModelSpec
-from lldd_core.plots_gains import (
+from lldd_core.analysis.gains import MODES, GainsAblation, GainsResult, ablation_values
+from lldd_core.concepts.core import ConceptData
+from lldd_core.linalg.llv import COMPLEMENTS
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.gains import (
     CURVES,
     SPREAD_LABEL,
     VARY_LABELS,
@@ -33,9 +32,10 @@ from lldd_core.plots_gains import (
     prompt_table,
     splits_line,
 )
-from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.plots.spectra import FIGURE_FORMATS, download_config, file_slug
 from lldd_core.ranges import EPS, N_EVAL, ORDER, SEED
 from lldd_core.service import get_service
+from lldd_core.store.export import csv_text
 from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
 from pages._datasets import dataset_picker, split_size_inputs
 

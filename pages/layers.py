@@ -1,7 +1,7 @@
 """Layers view: how one prompt's computation unfolds over depth.
 
 UI only: widgets -> ``get_service().layers(...)`` -> figures and tables from
-:mod:`lldd_core.plots_spectra`: singular values and stable ranks of every layer's views, the
+:mod:`lldd_core.plots.spectra`: singular values and stable ranks of every layer's views, the
 emergence of the final top directions, and the emergence table of decoded tokens (layers x input
 tokens, as in the paper's tables) with highlighted words. A demo model that is not built yet is
 built first; errors a user can cause show as ``st.error`` and the last good result stays on screen.
@@ -14,11 +14,11 @@ import html
 import plotly.graph_objects as go
 import streamlit as st
 
+from lldd_core.analysis.layers import LayersResult
 from lldd_core.errors import LLDDError
-from lldd_core.export import csv_text
-from lldd_core.layers_analysis import LayersResult
-from lldd_core.models import ModelSpec
-from lldd_core.plots_spectra import (
+from lldd_core.forward.views import SITE_LABELS, SITES
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.spectra import (
     FIGURE_FORMATS,
     HIGHLIGHT_TEXT,
     SPACES,
@@ -37,7 +37,7 @@ from lldd_core.plots_spectra import (
 )
 from lldd_core.ranges import DECODE, TOP_K
 from lldd_core.service import METHODS, get_service
-from lldd_core.views import SITE_LABELS, SITES
+from lldd_core.store.export import csv_text
 from pages._common import Shown, current_spec, ensure_model_ready, format_sci, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"

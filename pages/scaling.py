@@ -1,9 +1,9 @@
 """Scaling view: how well the LLV surrogate predicts gain curves as models grow.
 
 UI only: a model family (or a list of models), datasets and the gain settings ->
-:func:`lldd_core.sweep.sweep_status` (the result cache alone: instant, loads no weights) -> the status
-table and the agreement-vs-size figure of :mod:`lldd_core.plots_scaling`; the "Compute missing" button
-runs :func:`lldd_core.sweep.run_sweep` (the same ``gains`` analysis and cache as the Gain curves page
+:func:`lldd_core.sweep.study.sweep_status` (the result cache alone: instant, loads no weights) -> the status
+table and the agreement-vs-size figure of :mod:`lldd_core.plots.scaling`; the "Compute missing" button
+runs :func:`lldd_core.sweep.study.run_sweep` (the same ``gains`` analysis and cache as the Gain curves page
 and ``python -m lldd_core gains`` / ``sweep``). Models or datasets that cannot be used here (e.g. a
 hub model not downloaded, offline) show as *unavailable* with the reason; errors never end the session.
 """
@@ -17,17 +17,17 @@ import streamlit as st
 # Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_common.py).
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from lldd_core.concepts import PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
+from lldd_core.analysis.gains import MODES
+from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
 from lldd_core.errors import LLDDError
-from lldd_core.export import csv_text
-from lldd_core.gains import MODES
-from lldd_core.llv import COMPLEMENTS
-from lldd_core.models import ModelSpec
-from lldd_core.plots_scaling import cells_table, scaling_figure
-from lldd_core.plots_spectra import FIGURE_FORMATS, download_config
+from lldd_core.linalg.llv import COMPLEMENTS
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.scaling import cells_table, scaling_figure
+from lldd_core.plots.spectra import FIGURE_FORMATS, download_config
 from lldd_core.ranges import EPS, N_EVAL, ORDER, SIZES
 from lldd_core.service import Computed, get_service
-from lldd_core.sweep import (
+from lldd_core.store.export import csv_text
+from lldd_core.sweep.study import (
     FAMILIES,
     GainSettings,
     SweepCell,

@@ -3,7 +3,7 @@
 UI only: a prompt, generation settings, methods with their controls and a concept dataset
 (:mod:`pages._datasets`) -> one ``get_service().steer(...)`` per method, tokens streamed into the page
 as they are generated -> texts side by side with the differences highlighted, the concept readout
-along the generated tokens, the schedules and parameters from :mod:`lldd_core.plots_control`.
+along the generated tokens, the schedules and parameters from :mod:`lldd_core.plots.control`.
 Errors a user can cause show as ``st.error``; the last good result stays on screen.
 """
 
@@ -17,11 +17,10 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core import ranges
-from lldd_core.concepts import PAPER_PER_CLASS, ConceptData
-from lldd_core.export import csv_text
-from lldd_core.interventions import JACOBIAN_VARIANTS, POSITIONS
-from lldd_core.models import ModelSpec
-from lldd_core.plots_control import (
+from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData
+from lldd_core.forward.interventions import JACOBIAN_VARIANTS, POSITIONS
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.control import (
     diff_marks,
     differing,
     has_readout,
@@ -35,9 +34,9 @@ from lldd_core.plots_control import (
     text_html,
     tokens_html,
 )
-from lldd_core.plots_spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.plots.spectra import FIGURE_FORMATS, download_config, file_slug
 from lldd_core.service import get_service
-from lldd_core.steering import (
+from lldd_core.steering.core import (
     METHOD_LINES,
     METHODS,
     CallbackStreamer,
@@ -46,6 +45,7 @@ from lldd_core.steering import (
     default_jacobian_layer,
     default_layer,
 )
+from lldd_core.store.export import csv_text
 from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
 from pages._datasets import dataset_picker
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lldd_core.models import ModelHandle, ModelSpec, load_model
+from lldd_core.models.loading import ModelHandle, ModelSpec, load_model
 from tests.tiny import PROMPT
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lldd_core import service as service_module
-from lldd_core.cli import main
+from lldd_core.cli.main import main
 from tests.tiny import PROMPT
 
 

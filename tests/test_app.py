@@ -17,11 +17,11 @@ from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
-from lldd_core import plots_spectra
 from lldd_core.demo import DEMO_CONFIGS, build_demo
 from lldd_core.demo import build as build_module
-from lldd_core.models import ModelSpec
-from lldd_core.views import SITES
+from lldd_core.forward.views import SITES
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots import spectra as plots_spectra
 from pages import _common
 from pages._common import OTHER, BuildProgress, DemoBuild, follow_build
 from tests.apptest import APP, assert_clean, metrics, open_page

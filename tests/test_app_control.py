@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
-from lldd_core import plots_control
-from lldd_core.control import SCHEDULES
+from lldd_core.analysis.control import SCHEDULES
+from lldd_core.plots import control as plots_control
 from tests.apptest import assert_clean, metrics, open_page
 
 SMALL = {"ct_concept": 6, "ct_operating": 4, "ct_evaluation": 3, "ct_order_of_32": 4, "ct_n_eval": 2}

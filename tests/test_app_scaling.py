@@ -9,8 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
-from lldd_core.models import ModelSpec
-from lldd_core.sweep import GainSettings
+from lldd_core.models.loading import ModelSpec
+from lldd_core.sweep.study import GainSettings
 from tests.apptest import APP, assert_clean
 from tests.test_sweep import save_family
 

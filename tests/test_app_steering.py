@@ -10,8 +10,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
-from lldd_core import plots_control
-from lldd_core.steering import METHOD_LINES, CallbackStreamer, GenerationSettings
+from lldd_core.plots import control as plots_control
+from lldd_core.steering.core import METHOD_LINES, CallbackStreamer, GenerationSettings
 from tests.apptest import assert_clean, open_page
 
 SMALL = {"st_max_new_of_63": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 import lldd_core
-from lldd_core import cache as cache_module
 from lldd_core import service as service_module
-from lldd_core.concepts import ConceptData
-from lldd_core.models import ModelSpec
+from lldd_core.concepts.core import ConceptData
+from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
-from lldd_core.steering import GenerationSettings
+from lldd_core.steering.core import GenerationSettings
+from lldd_core.store import cache as cache_module
 from tests.tiny import PROMPT, save_tiny
 
 #: A fixed concept (its fingerprint is part of the gains, control, steering and LQR keys).
@@ -203,8 +203,8 @@ def test_make_key_hashing_is_pinned():
 def test_the_ray_sweep_keys_are_pinned(recorded, monkeypatch):
     """The distributed sweep builds its own keys (result, basis, chunks): the same names and params."""
     pytest.importorskip("ray")
-    from lldd_core import sweep_ray
-    from lldd_core.sweep import GainSettings
+    from lldd_core.sweep import ray as sweep_ray
+    from lldd_core.sweep.study import GainSettings
 
     _, service, spec = recorded
     seen: list[tuple[str, str, list]] = []
@@ -269,7 +269,7 @@ CLI_CASES: dict[str, tuple[list[str], str, str]] = {
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_every_cli_command_with_its_defaults_keys_as_pinned(recorded, fresh_service, case):
     """The CLI's defaults are part of the keys too: a default command line must stay a hit."""
-    from lldd_core.cli import main
+    from lldd_core.cli.main import main
 
     call, _, spec = recorded
     argv, analysis, params = CLI_CASES[case]

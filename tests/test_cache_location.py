@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lldd_core import cache
+from lldd_core.store import cache
 
 
 def test_checkout_uses_its_cache_folder():
-    root = Path(cache.__file__).resolve().parent.parent
+    root = Path(cache.__file__).resolve().parents[2]
     assert cache._default_dir(root) == root / "cache"
 
 

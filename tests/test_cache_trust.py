@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lldd_core import cache as cache_module
 from lldd_core import service as service_module
-from lldd_core.cache import (
+from lldd_core.analysis.jacobian import JacobianResult
+from lldd_core.cli.main import main
+from lldd_core.errors import NumericalError
+from lldd_core.models.loading import ModelSpec
+from lldd_core.store import cache as cache_module
+from lldd_core.store.cache import (
     BytesDisk,
     CacheDamagedError,
     CacheError,
@@ -29,11 +33,7 @@ from lldd_core.cache import (
     UnavailableCache,
     size_limit_bytes,
 )
-from lldd_core.cli import main
-from lldd_core.errors import NumericalError
-from lldd_core.jacobian_analysis import JacobianResult
-from lldd_core.models import ModelSpec
-from lldd_core.results import to_bytes
+from lldd_core.store.results import to_bytes
 from tests.apptest import APP, open_page
 from tests.hostile import refuse
 from tests.test_results import Toy

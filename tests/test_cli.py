@@ -12,7 +12,7 @@ import pytest
 from transformers import OPTConfig
 
 from lldd_core import service as service_module
-from lldd_core.cli import main
+from lldd_core.cli.main import main
 from tests.tiny import PROMPT
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from lldd_core import concepts
-from lldd_core.concepts import (
+from lldd_core.concepts import core as concepts
+from lldd_core.concepts.core import (
     MIN_PER_CLASS,
     ConceptData,
     DatasetUnavailableError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lldd_core.concepts import load
-from lldd_core.control import SCHEDULES, analyze_control, schedules
+from lldd_core.analysis.control import SCHEDULES, analyze_control, schedules
+from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
 from tests.helpers import load as load_model
 
@@ -50,8 +50,8 @@ def test_full_model_validation_reaches_the_target_or_says_so(tiny_dirs):
 def test_unreachable_target_is_reported_not_faked(tiny_dirs):
     handle = load_model(tiny_dirs["gpt2"])
     # with the amplitude capped at the surrogate's own schedule, a target the model saturates below cannot close
-    from lldd_core import control
-    from lldd_core.gains import prepare_gains
+    from lldd_core.analysis import control
+    from lldd_core.analysis.gains import prepare_gains
 
     setup = prepare_gains(handle, load("sentiment"), n_eval=2, sizes=(6, 4, 3))
     ctxs = [setup.context(i) for i in range(2)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lldd_core.decoding import decode_input, decode_output
+from lldd_core.linalg.decoding import decode_input, decode_output
 from tests.helpers import load
 
 
@@ -33,7 +33,7 @@ def test_unembedding_rows_of_a_trained_model(demo_default):
 
     Not every row does: rows of tokens the corpus never or rarely uses stay near their random init.
     """
-    from lldd_core.models import ModelSpec, load_model
+    from lldd_core.models.loading import ModelSpec, load_model
 
     handle = load_model(ModelSpec(str(demo_default), device="cpu"))
     W_U = handle.model.get_output_embeddings().weight

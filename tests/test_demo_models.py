@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lldd_core.demo import DEMO_CONFIGS, build_demo, corpus, datasets
 from lldd_core.demo.build import META_FILE, greedy_completion
-from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
-from lldd_core.models import ModelSpec, load_model
+from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
+from lldd_core.models.loading import ModelSpec, load_model
 
 
 def _load(path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.depth import last_token_actions, last_token_states, pad_batch, prompt_context
+from lldd_core.forward.depth import last_token_actions, last_token_states, pad_batch, prompt_context
 from tests.helpers import load
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma3_text", "olmo2", "phi3", "mistral"]

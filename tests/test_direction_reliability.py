@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lldd_core import service as service_module
-from lldd_core.cli import main
-from lldd_core.concepts import load as load_dataset
-from lldd_core.gains import agreement, analyze_gains, direction_reliability, kept_layers
-from lldd_core.models import ModelSpec, load_model
+from lldd_core.analysis.gains import agreement, analyze_gains, direction_reliability, kept_layers
+from lldd_core.cli.main import main
+from lldd_core.concepts.core import load as load_dataset
+from lldd_core.models.loading import ModelSpec, load_model
 from tests.apptest import open_page
 
 
@@ -79,7 +79,7 @@ def test_cli_gains_json_has_direction_norms_and_flagged_layers(tiny_dirs, cache_
 
 
 def test_page_shows_the_direction_norms_and_the_flagged_caption(tiny_dirs, fresh_service, monkeypatch):
-    import lldd_core.gains as gains
+    import lldd_core.analysis.gains as gains
 
     monkeypatch.setattr(gains, "MIN_RELATIVE_STRENGTH", 0.999)  # flags every layer but the strongest
     at = open_page("pages/gains.py", tiny_dirs["gpt2"], monkeypatch)

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lldd_core.concepts import ConceptData
-from lldd_core.export import csv_text, neutralize, neutralize_cell
-from lldd_core.models import ModelSpec
-from lldd_core.plots_gains import curves_table, prompt_table
-from lldd_core.plots_scaling import cells_table
+from lldd_core.concepts.core import ConceptData
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.gains import curves_table, prompt_table
+from lldd_core.plots.scaling import cells_table
 from lldd_core.service import get_service
-from lldd_core.sweep import SweepCell
+from lldd_core.store.export import csv_text, neutralize, neutralize_cell
+from lldd_core.sweep.study import SweepCell
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What a spreadsheet would run (or what hides a formula), and what it is once neutralized.
@@ -110,7 +110,7 @@ def _calls(tree: ast.AST):
 
 
 def test_every_csv_download_and_writer_goes_through_the_helper() -> None:
-    """No ``to_csv`` or ``csv.writer`` outside lldd_core/export.py; every CSV download button uses csv_text."""
+    """No ``to_csv`` or ``csv.writer`` outside lldd_core/store/export.py; every CSV download button uses csv_text."""
     sources = [*sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "lldd_core").rglob("*.py")), ROOT / "app.py"]
     csv_buttons = 0
     for path in sources:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lldd_core.concepts import load
+from lldd_core.analysis.gains import analyze_gains
+from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
-from lldd_core.gains import analyze_gains
 from tests.helpers import load as load_model
 
 SMALL = (6, 4, 3)
@@ -50,8 +50,8 @@ def test_demo_model_sentiment_krylov_predicts_the_measured_curve(demo_default):
     off the exact linear gain by 3.4 % on average, random's by 9.1 %. The bounds leave room for another
     CPU's rounding and for a build with another seed (an earlier build gave Spearman 0.89-0.91).
     """
-    from lldd_core.models import ModelSpec
-    from lldd_core.models import load_model as load_spec
+    from lldd_core.models.loading import ModelSpec
+    from lldd_core.models.loading import load_model as load_spec
 
     handle = load_spec(ModelSpec(str(demo_default), device="cpu"))
     data = load("sentiment")
@@ -74,7 +74,7 @@ SETTINGS = {"n_eval": 3, "sizes": SMALL}
 
 def test_ablations_equal_the_single_analyses(tiny_dirs):
     """Each ablation row is the analysis with that value; what the value does not touch is shared."""
-    from lldd_core.gains import ablate_gains
+    from lldd_core.analysis.gains import ablate_gains
 
     handle = load_model(tiny_dirs["gpt2"])
     data = load("sentiment")
@@ -108,7 +108,7 @@ def test_ablations_equal_the_single_analyses(tiny_dirs):
 
 
 def test_ablation_values_are_checked(tiny_dirs):
-    from lldd_core.gains import ORDER_VALUES, ablate_gains, ablation_values
+    from lldd_core.analysis.gains import ORDER_VALUES, ablate_gains, ablation_values
 
     assert ablation_values("order", 16) == [v for v in ORDER_VALUES if v <= 16]
     assert ablation_values("eps", 16, [0.5, 0.1, 0.1]) == [0.1, 0.5]
@@ -123,7 +123,7 @@ def test_ablation_values_are_checked(tiny_dirs):
 def test_aggregated_agreement_is_the_correlation_of_the_mean_curves():
     from scipy import stats
 
-    from lldd_core.gains import agreement
+    from lldd_core.analysis.gains import agreement
 
     rng = np.random.default_rng(0)
     P = rng.normal(size=(5, 6))

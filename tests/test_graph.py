@@ -1,4 +1,4 @@
-"""Exact attribution graphs (lldd_core.graph): completeness, stock values, brute-force edges, pruning, interventions."""
+"""Exact attribution graphs (lldd_core.analysis.graph): completeness, stock values, brute-force edges, pruning, interventions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lldd_core.arch import adapter_for
-from lldd_core.graph import (
+from lldd_core.analysis.graph import (
     _bias_groups,
     _Capture,
     build_graph,
@@ -19,12 +18,13 @@ from lldd_core.graph import (
     mlp_down_modules,
     raw_logits,
 )
-from lldd_core.graph_prune import prune
-from lldd_core.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
-from lldd_core.linearize import detached_mode
-from lldd_core.placement import scaled_biases
-from lldd_core.residual import run_to_layer
-from lldd_core.results import from_bytes, to_bytes
+from lldd_core.analysis.graph_prune import prune
+from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
+from lldd_core.forward.linearize import detached_mode
+from lldd_core.forward.residual import run_to_layer
+from lldd_core.models.arch import adapter_for
+from lldd_core.models.placement import scaled_biases
+from lldd_core.store.results import from_bytes, to_bytes
 from tests.tiny import BIASED, FAMILIES, PROMPT
 
 TOKENS = 8  # short prompts keep every family's full graph (all neurons visited) to about a second
@@ -231,7 +231,7 @@ def test_exports_and_cache_round_trip(tiny_dirs):
 
 
 def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, capsys, tmp_path):
-    from lldd_core.cli import main
+    from lldd_core.cli.main import main
 
     base = ["graph", "--model", str(tiny_dirs["qwen2"]), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
             "--quiet", "--max-nodes", "200"]

@@ -20,7 +20,7 @@ import pytest
 
 from lldd_core import ranges as R
 from lldd_core import service as service_module
-from lldd_core.cli import build_parser, main
+from lldd_core.cli.main import build_parser, main
 from tests.hostile import refuse
 from tests.tiny import PROMPT
 
@@ -232,7 +232,7 @@ def test_a_demo_folder_that_is_a_file_is_one_line(capsys, monkeypatch, tmp_path)
 
 def test_an_offload_folder_that_is_a_file_is_one_line(monkeypatch, tmp_path):
     from lldd_core.errors import InputError
-    from lldd_core.models import offload_dir
+    from lldd_core.models.loading import offload_dir
 
     afile = tmp_path / "a-file"
     afile.write_text("x")
@@ -242,7 +242,7 @@ def test_an_offload_folder_that_is_a_file_is_one_line(monkeypatch, tmp_path):
 
 
 def test_a_blank_default_model_means_the_built_in_one(monkeypatch):
-    from lldd_core.models import BUILTIN_DEFAULT_MODEL, default_model
+    from lldd_core.models.loading import BUILTIN_DEFAULT_MODEL, default_model
 
     monkeypatch.setenv("LLDD_DEFAULT_MODEL", "  \t ")
     assert default_model() == BUILTIN_DEFAULT_MODEL
@@ -331,7 +331,7 @@ def handle(tiny_dirs):
 
 def test_core_generate_refuses_past_the_context(handle):
     from lldd_core.errors import InputError
-    from lldd_core.steering import GenerationSettings, generate
+    from lldd_core.steering.core import GenerationSettings, generate
 
     ids = handle.info.encode(PROMPT)
     with pytest.raises(InputError, match=f"The prompt has {len(ids)} tokens and 60 new tokens were asked for"):
@@ -355,7 +355,7 @@ def test_core_generate_refuses_past_the_context(handle):
 ])
 def test_plan_steering_checks_its_settings(handle, method, kwargs, message):
     from lldd_core.errors import InputError
-    from lldd_core.steering import plan_steering
+    from lldd_core.steering.core import plan_steering
 
     with pytest.raises(InputError, match=message):
         plan_steering(handle, method, **kwargs)
@@ -364,8 +364,8 @@ def test_plan_steering_checks_its_settings(handle, method, kwargs, message):
 @pytest.mark.parametrize("kwargs, message", [({"k": 0}, "singular triplets"), ({"k": 33}, "hidden size 32"),
                                              ({"n_decode": 51}, "decoded tokens"), ({"layer": 0}, "output layer")])
 def test_analyze_spectrum_checks_its_settings(handle, kwargs, message):
+    from lldd_core.analysis.spectrum import analyze_spectrum
     from lldd_core.errors import InputError
-    from lldd_core.spectrum_analysis import analyze_spectrum
 
     with pytest.raises(InputError, match=message):
         analyze_spectrum(handle, handle.info.encode(PROMPT), **kwargs)
@@ -374,9 +374,9 @@ def test_analyze_spectrum_checks_its_settings(handle, kwargs, message):
 @pytest.mark.parametrize("kwargs, message", [({"sizes": (6, 0, 3)}, "operating split"), ({"seed": -1}, "seed"),
                                              ({"n_eval": 0}, "evaluation prompts"), ({"eps": float("nan")}, "ε")])
 def test_analyze_gains_checks_its_settings(handle, kwargs, message):
-    from lldd_core.concepts import load
+    from lldd_core.analysis.gains import analyze_gains
+    from lldd_core.concepts.core import load
     from lldd_core.errors import InputError
-    from lldd_core.gains import analyze_gains
 
     with pytest.raises(InputError, match=message):
         analyze_gains(handle, load("sentiment"), **{"order": 4, "sizes": (6, 4, 3), **kwargs})

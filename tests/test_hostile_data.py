@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lldd_core import concepts
-from lldd_core.concepts import InputError, load_user_file
+from lldd_core.concepts import core as concepts
+from lldd_core.concepts.core import InputError, load_user_file
 from tests.hostile import assert_one_line_error, refuse
 
 SECRET = "SECRET-7f3a-do-not-print"

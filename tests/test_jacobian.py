@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
-from lldd_core.linearize import detached_mode
-from lldd_core.residual import run_to_layer
+from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
+from lldd_core.forward.linearize import detached_mode
+from lldd_core.forward.residual import run_to_layer
 from tests.helpers import load, normal_output, prompt_ids
 from tests.tiny import BIASED, FAMILIES
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from lldd_core.depth import last_token_actions
-from lldd_core.jvp import MODES, columns, jvp_columns, model_mode, notice
+from lldd_core.forward.depth import last_token_actions
+from lldd_core.forward.jvp import MODES, columns, jvp_columns, model_mode, notice
 from tests.helpers import load
 
 PROMPTS = [[5, 9, 11, 40], [7, 3, 60], [12, 13, 14, 15, 16]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.jacobian import relative_error
-from lldd_core.linearize import DETACHED_ATTENTION, detached_mode, live_mode
+from lldd_core.forward.jacobian import relative_error
+from lldd_core.forward.linearize import DETACHED_ATTENTION, detached_mode, live_mode
 from tests.helpers import load, normal_output, prompt_ids
 from tests.tiny import FAMILIES
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.depth import prompt_context
-from lldd_core.llv import _orthonormal_with_first, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
+from lldd_core.forward.depth import prompt_context
+from lldd_core.linalg.llv import (
+    _orthonormal_with_first,
+    krylov_bases,
+    pca_bases,
+    predicted_gains,
+    random_bases,
+    reduced_model,
+)
 from tests.helpers import load
 
 PROMPTS = ["The cat says meow and the dog", "Paris is the capital of France", "Please could you pass the salt"]
@@ -75,7 +82,7 @@ def test_predicted_gains_of_a_known_chain():
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_prompt_gains_reuses_the_krylov_actions_and_is_exact_past_depth(tiny_dirs, family):
-    from lldd_core.gains import prompt_gains
+    from lldd_core.analysis.gains import prompt_gains
 
     _, ctxs, V = _setup(tiny_dirs, family)
     ctx = ctxs[0]

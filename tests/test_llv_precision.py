@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lldd_core.concepts import load as load_dataset
-from lldd_core.gains import prepare_gains
-from lldd_core.llv import arnoldi
-from lldd_core.models import ModelSpec, load_model
+from lldd_core.analysis.gains import prepare_gains
+from lldd_core.concepts.core import load as load_dataset
+from lldd_core.linalg.llv import arnoldi
+from lldd_core.models.loading import ModelSpec, load_model
 from tests.tiny import build_tokenizer
 
 BOUND = 1e-4  # of max |predicted| (float64)

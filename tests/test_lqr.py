@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.lqr import closed_loop, riccati_gains, setpoints
+from lldd_core.linalg.lqr import closed_loop, riccati_gains, setpoints
 
 
 def _direct_solution(A, q, r, qf, z0):

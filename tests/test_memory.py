@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from lldd_core import memory
-from lldd_core.cli import main
-from lldd_core.memory import MemoryEstimate, estimate_memory, format_bytes, weight_bytes
-from lldd_core.models import ModelSpec, load_model, resolve_model
+from lldd_core.cli.main import main
+from lldd_core.models import memory
+from lldd_core.models.loading import ModelSpec, load_model, resolve_model
+from lldd_core.models.memory import MemoryEstimate, estimate_memory, format_bytes, weight_bytes
 from lldd_core.service import Service
 
 

@@ -12,7 +12,7 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 from transformers import OPTConfig
 
 from lldd_core.errors import InputError, ModelLoadError, ResourceError, UnsupportedFamilyError
-from lldd_core.models import ModelSpec, explain_load_error, load_model, local_revision, resolve_model
+from lldd_core.models.loading import ModelSpec, explain_load_error, load_model, local_revision, resolve_model
 from tests.tiny import build_model, build_tokenizer
 
 
@@ -116,7 +116,7 @@ def test_prompt_validation(tiny_dirs):
 
 def test_device_map_loading_matches_plain(tiny_dirs):
     """``device='map'`` goes through accelerate's device_map="auto" (all on CPU here)."""
-    from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
+    from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
 
     plain = load_model(ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu"))
     mapped = load_model(ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="map"))

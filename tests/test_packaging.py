@@ -108,7 +108,7 @@ def test_wheel_holds_every_module_data_file_and_the_command(wheel, sources):
     assert not any(n.startswith(("tests/", "bench/", "pages/")) for n in names)
     info = wheel.name.split("-py3")[0]  # lldd-0.1.0
     entry_points = zipfile.ZipFile(wheel).read(f"{info}.dist-info/entry_points.txt").decode()
-    assert "lldd = lldd_core.cli:main" in entry_points
+    assert "lldd = lldd_core.cli.main:main" in entry_points
     metadata = zipfile.ZipFile(wheel).read(f"{info}.dist-info/METADATA").decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert f"{info}.dist-info/licenses/LICENSE" in names
@@ -234,5 +234,5 @@ def test_lower_bounds_admit_the_pinned_versions():
         assert all(spec.operator == ">=" for spec in req.specifier), f"{text}: lower bounds only"
         if name in pins:
             assert req.specifier.contains(pins[name]), f"{text} refuses the pinned {pins[name]}"
-    assert PROJECT["scripts"] == {"lldd": "lldd_core.cli:main"}
+    assert PROJECT["scripts"] == {"lldd": "lldd_core.cli.main:main"}
     assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["lldd_core*"]

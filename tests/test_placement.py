@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from lldd_core.concepts import load
+from lldd_core.analysis.gains import analyze_gains, prepare_gains
+from lldd_core.analysis.spectrum import embedding_matrices
+from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
-from lldd_core.gains import analyze_gains, prepare_gains
-from lldd_core.jacobian import jacobian_operator, reconstruct, relative_error
-from lldd_core.linearize import detached_mode
-from lldd_core.models import ModelSpec, load_model, parse_max_memory
-from lldd_core.placement import forward_attribute, input_device, offloaded, tensor_of
-from lldd_core.spectrum_analysis import embedding_matrices
-from lldd_core.steering import GenerationSettings, compare, plan_steering
+from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
+from lldd_core.forward.linearize import detached_mode
+from lldd_core.models.loading import ModelSpec, load_model, parse_max_memory
+from lldd_core.models.placement import forward_attribute, input_device, offloaded, tensor_of
+from lldd_core.steering.core import GenerationSettings, compare, plan_steering
 from tests.helpers import load as load_plain
 from tests.helpers import prompt_ids
 from tests.tiny import FAMILIES
@@ -104,7 +104,7 @@ def test_max_memory_is_parsed_and_checked(tiny_dirs):
     for bad in ("gpu0=1GiB", "cpu", "cpu=lots"):
         with pytest.raises(InputError, match="max-memory|amount"):
             parse_max_memory(bad)
-    from lldd_core.models import resolve_model
+    from lldd_core.models.loading import resolve_model
 
     with pytest.raises(InputError, match="device 'map'"):
         resolve_model(ModelSpec(str(tiny_dirs["gpt2"]), device="cpu", max_memory="cpu=1GiB"))
@@ -113,7 +113,7 @@ def test_max_memory_is_parsed_and_checked(tiny_dirs):
 def test_quantized_loading_explains_what_is_missing(tiny_dirs, monkeypatch, capsys):
     import importlib.util
 
-    from lldd_core.cli import main
+    from lldd_core.cli.main import main
 
     spec = ModelSpec(str(tiny_dirs["llama"]), quantization="4bit")
     if importlib.util.find_spec("bitsandbytes") is None:  # the CPU path: no optional extras installed
@@ -134,8 +134,8 @@ def test_quantized_loading_explains_what_is_missing(tiny_dirs, monkeypatch, caps
 
 @pytest.mark.parametrize("method", ["full", "matrix_free"])
 def test_offloaded_spectra_and_layer_views_equal_plain(tiny_dirs, tmp_path, monkeypatch, method):
-    from lldd_core.layers_analysis import analyze_layers
-    from lldd_core.spectrum_analysis import analyze_spectrum
+    from lldd_core.analysis.layers import analyze_layers
+    from lldd_core.analysis.spectrum import analyze_spectrum
 
     plain = load_plain(tiny_dirs["gpt2"])
     mapped = load_offloaded(tiny_dirs["gpt2"], plain, tmp_path, monkeypatch)

@@ -10,9 +10,9 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from lldd_core import plots
-from lldd_core.jacobian_analysis import JacobianResult, analyze_jacobian
-from lldd_core.models import ModelSpec, load_model
+from lldd_core.analysis.jacobian import JacobianResult, analyze_jacobian
+from lldd_core.models.loading import ModelSpec, load_model
+from lldd_core.plots import common as plots
 from tests.tiny import PROMPT
 
 

@@ -10,11 +10,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from lldd_core import plots_control as pc
-from lldd_core.concepts import load
-from lldd_core.control import SCHEDULES, ControlResult, analyze_control
+from lldd_core.analysis.control import SCHEDULES, ControlResult, analyze_control
+from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
-from lldd_core.steering import SteeringResult
+from lldd_core.plots import control as pc
+from lldd_core.steering.core import SteeringResult
 from tests.helpers import load as load_model
 
 

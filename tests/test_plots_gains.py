@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from lldd_core import plots_gains as pg
-from lldd_core.concepts import load
-from lldd_core.gains import GainsAblation, GainsResult, ablate_gains, analyze_gains
+from lldd_core.analysis.gains import GainsAblation, GainsResult, ablate_gains, analyze_gains
+from lldd_core.concepts.core import load
+from lldd_core.plots import gains as pg
 from tests.helpers import load as load_model
 
 SMALL = (6, 4, 3)

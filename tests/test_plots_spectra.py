@@ -10,14 +10,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from lldd_core import plots_spectra as ps
-from lldd_core.cache import ResultCache
-from lldd_core.layers_analysis import LayersResult
-from lldd_core.models import ModelSpec
-from lldd_core.plots import token_labels
+from lldd_core.analysis.layers import LayersResult
+from lldd_core.analysis.spectrum import SpectrumResult
+from lldd_core.forward.views import SITE_LABELS, SITES
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots import spectra as ps
+from lldd_core.plots.common import token_labels
 from lldd_core.service import Service
-from lldd_core.spectrum_analysis import SpectrumResult
-from lldd_core.views import SITE_LABELS, SITES
+from lldd_core.store.cache import ResultCache
 from tests.tiny import PROMPT
 
 

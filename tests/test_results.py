@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lldd_core.results import from_bytes, result_type, to_bytes, to_jsonable
+from lldd_core.store.results import from_bytes, result_type, to_bytes, to_jsonable
 
 
 @result_type

@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from lldd_core.cache import ResultCache
 from lldd_core.errors import InputError
-from lldd_core.models import ModelSpec
+from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
+from lldd_core.store.cache import ResultCache
 from tests.tiny import PROMPT
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.jacobian import jacobian_operator
-from lldd_core.spectral import choose_method, fix_signs, svd_full, top_singular, topk_svd
+from lldd_core.forward.jacobian import jacobian_operator
+from lldd_core.linalg.spectral import choose_method, fix_signs, svd_full, top_singular, topk_svd
 from tests.helpers import load, prompt_ids
 
 K = 4
@@ -113,7 +113,7 @@ def test_fix_signs(tiny_dirs):
 
 def _constructed(sv: list[list[float]], d: int = 24, seed: int = 0):
     """A linear operator ``y = sum_i A_i x_i`` whose blocks have the given singular values."""
-    from lldd_core.jacobian import JacobianOperator
+    from lldd_core.forward.jacobian import JacobianOperator
 
     gen = torch.Generator().manual_seed(seed)
     blocks = []
@@ -167,7 +167,7 @@ def test_forward_mode_products_give_the_same_svd(tiny_dirs, family):
 
 
 def test_wide_full_path_uses_krylov_on_the_formed_matrix(tiny_dirs, monkeypatch):
-    import lldd_core.spectral as spectral
+    import lldd_core.linalg.spectral as spectral
 
     op, J = _op_and_J(tiny_dirs, "gpt2")
     exact = svd_full(J, K, tol=1e-9)

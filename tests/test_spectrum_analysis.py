@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lldd_core.cache import ResultCache
 from lldd_core.errors import InputError
-from lldd_core.jacobian import jacobian_operator
-from lldd_core.models import ModelSpec
+from lldd_core.forward.jacobian import jacobian_operator
+from lldd_core.forward.views import SITES
+from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
-from lldd_core.views import SITES
+from lldd_core.store.cache import ResultCache
 from tests.helpers import prompt_ids
 from tests.tiny import PROMPT
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from lldd_core.cache import ResultCache
 from lldd_core.demo.corpus import FACT_PROMPTS
-from lldd_core.models import ModelSpec
+from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
+from lldd_core.store.cache import ResultCache
 
 
 def test_last_token_top_singular_vector_decodes_to_the_greedy_next_token(demo_llama, tmp_path):

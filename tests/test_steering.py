@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lldd_core.concepts import load
+from lldd_core.analysis.gains import prepare_gains
+from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
-from lldd_core.gains import prepare_gains
-from lldd_core.interventions import AddVectors, JacobianSteering, intervene
-from lldd_core.steering import (
+from lldd_core.forward.interventions import AddVectors, JacobianSteering, intervene
+from lldd_core.steering.core import (
     GenerationSettings,
     compare,
     generate,
@@ -158,7 +158,7 @@ def test_compare_reports_texts_and_readouts(steer_env):
     assert set(r.summary()) >= {"unsteered", "steered", "readout_unsteered", "readout_steered"}
     # the readout is the unsteered model reading the text: reading the unsteered text gives the same numbers
     ids = handle.info.encode(PROMPTS[0])
-    from lldd_core.steering import Generated
+    from lldd_core.steering.core import Generated
 
     plain = generate(handle, [ids], (), GREEDY)[0]
     np.testing.assert_allclose(readout_along(handle, Generated(ids, plain.new_ids), plan.readout), r.readout_unsteered)
@@ -171,10 +171,10 @@ def test_compare_reports_texts_and_readouts(steer_env):
 
 
 def test_service_caches_steering_and_its_pieces(tiny_dirs, tmp_path):
-    from lldd_core.cache import ResultCache
-    from lldd_core.models import ModelSpec
+    from lldd_core.models.loading import ModelSpec
     from lldd_core.service import Service
-    from lldd_core.steering import CallbackStreamer
+    from lldd_core.steering.core import CallbackStreamer
+    from lldd_core.store.cache import ResultCache
 
     svc = Service(ResultCache(tmp_path / "cache"))
     spec = ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")
@@ -204,8 +204,8 @@ def test_demo_additive_sentiment_steering_turns_a_negative_review(demo_default):
     " enjoy it. Worth every penny." (3.55); the default strength -> " recommend it. Worth every penny." (3.95).
     """
     from lldd_core.demo.corpus import NEGATIVE_VERDICTS, POSITIVE_VERDICTS
-    from lldd_core.models import ModelSpec
-    from lldd_core.models import load_model as load_spec
+    from lldd_core.models.loading import ModelSpec
+    from lldd_core.models.loading import load_model as load_spec
 
     def verdicts(text: str, kind: tuple[str, ...]) -> list[str]:
         return [v for v in kind if v in text]
@@ -242,9 +242,9 @@ def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(dem
     3 of the 4 phrases get their answer in somewhere (France's " Paris" does not: it brings other
     capitals); no steered text contains another phrase's answer (0 of 72).
     """
-    from lldd_core.models import ModelSpec
-    from lldd_core.models import load_model as load_spec
-    from lldd_core.steering import analyze_steering_jacobian
+    from lldd_core.models.loading import ModelSpec
+    from lldd_core.models.loading import load_model as load_spec
+    from lldd_core.steering.core import analyze_steering_jacobian
 
     handle = load_spec(ModelSpec(str(demo_llama), device="cpu"))
     settings = GenerationSettings(max_new_tokens=12)
@@ -270,9 +270,9 @@ def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(dem
 
 def test_service_generates_the_unsteered_text_once_for_several_methods(tiny_dirs, tmp_path, monkeypatch):
     import lldd_core.service as service_module
-    from lldd_core.cache import ResultCache
-    from lldd_core.models import ModelSpec
+    from lldd_core.models.loading import ModelSpec
     from lldd_core.service import Service
+    from lldd_core.store.cache import ResultCache
 
     calls: list[int] = []
     real = service_module.generate

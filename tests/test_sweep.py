@@ -1,4 +1,4 @@
-"""The scaling sweep (:mod:`lldd_core.sweep`), its CLI command and its figures, on a tiny GPT-2 family.
+"""The scaling sweep (:mod:`lldd_core.sweep.study`), its CLI command and its figures, on a tiny GPT-2 family.
 
 Three saved GPT-2 models of growing size stand in for a family (local paths are model names); tiny
 settings keep every cell well under a second.
@@ -16,11 +16,11 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from lldd_core import service as service_module
-from lldd_core.cli import main
-from lldd_core.models import ModelSpec
-from lldd_core.plots_scaling import PAPER_GPT2, TABLE_COLUMNS, cells_table, scaling_figure
+from lldd_core.cli.main import main
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.scaling import PAPER_GPT2, TABLE_COLUMNS, cells_table, scaling_figure
 from lldd_core.service import Service
-from lldd_core.sweep import (
+from lldd_core.sweep.study import (
     FAMILIES,
     GainSettings,
     SweepCell,
@@ -185,7 +185,7 @@ def test_unavailable_and_failed_cells_do_not_stop_the_sweep(service: Service, fa
 
 def test_a_demo_model_to_build_is_missing_and_a_failed_build_is_recorded(
         service: Service, family: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import lldd_core.models as models_module
+    import lldd_core.models.loading as models_module
 
     monkeypatch.setenv("LLDD_DEMO_DIR", str(tmp_path / "demo"))  # no demo model built there
     models = ["demo:gpt2-small", family[0]]

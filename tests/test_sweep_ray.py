@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lldd_core.cache import ResultCache
-from lldd_core.cli import main
-from lldd_core.concepts import load
+from lldd_core.cli.main import main
+from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
-from lldd_core.models import ModelSpec
+from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
-from lldd_core.sweep import GainSettings, run_sweep
-from lldd_core.sweep_ray import _keys, connect, import_ray, run_ray_sweep
+from lldd_core.store.cache import ResultCache
+from lldd_core.sweep.ray import _keys, connect, import_ray, run_ray_sweep
+from lldd_core.sweep.study import GainSettings, run_sweep
 
 SETTINGS = GainSettings(order=4, n_eval=5, sizes=(6, 4, 5))
 DATASETS = ["sentiment", "politeness"]

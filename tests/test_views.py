@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.jacobian import jacobian_operator
-from lldd_core.linearize import detached_mode
-from lldd_core.views import SITES, record_views
+from lldd_core.forward.jacobian import jacobian_operator
+from lldd_core.forward.linearize import detached_mode
+from lldd_core.forward.views import SITES, record_views
 from tests.helpers import load, prompt_ids
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma3_text", "olmo2", "phi3"]

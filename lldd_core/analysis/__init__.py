@@ -1,0 +1,1 @@
+"""Analyses: settings in, one result out, one module per analysis."""

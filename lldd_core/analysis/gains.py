@@ -1,0 +1,553 @@
+"""Gain curves of a concept injection: predicted by the LLV surrogate, measured, and exact linear.
+
+For a concept dataset (:mod:`lldd_core.concepts.core`): directions ``v_l`` are the class-mean
+differences of the last token's states on the *concept* split; the basis ``P_l``
+(:mod:`lldd_core.linalg.llv`) uses the *operating* split; every curve is evaluated on the *evaluation*
+prompts. Per evaluation prompt ``p`` and layer ``k`` (injection ``x_k <- x_k + u v_k`` at the last
+token, readout ``v_L^T x_L`` before the final norm):
+
+* ``predicted[p, k]`` = ``e_1^T Ā_{L-1}(p) ... Ā_{k+1}(p) B̄_k(p)`` with the prompt's own Jacobians
+  on the shared basis (``mode="prompt"``), or the operating prompts' mean reduced model
+  (``mode="population"``, the same curve for every prompt);
+* ``measured[p, k]`` = the readout change over ``ε`` in the full model (one batched pass);
+* ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k`` (one backward pass): the limit of ``measured`` as
+  ``ε -> 0`` and of ``predicted`` as the order reaches ``d``.
+
+Agreement per prompt: Spearman and Pearson correlation of ``predicted`` and ``measured`` over
+layers; aggregated as their means over prompts and as the correlation of the mean curves.
+
+:func:`prepare_gains` does the work every variant shares (splits, states, directions) once;
+:func:`analyze_gains` is one configuration, :func:`ablate_gains` sweeps the order, ``ε`` or the
+complement on the same directions and prompts (only what the swept parameter changes is recomputed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .. import ranges
+from ..concepts.core import ConceptData, Splits, class_directions, split
+from ..errors import InputError, NumericalError
+from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
+from ..linalg.llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
+from ..models.loading import ModelHandle
+from ..models.placement import model_dtype
+from ..progress import ProgressFn
+from ..store.results import result_type
+
+ANALYSIS = "gains"
+ABLATION = "gains-ablation"
+MODES = ("prompt", "population")
+#: What an ablation can sweep, and the values it sweeps by default.
+ABLATIONS = ("order", "eps", "complement")
+ORDER_VALUES = (1, 2, 4, 8, 16, 32, 64)
+EPS_VALUES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+@result_type
+class GainsResult:
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    n_params: int
+    dataset: str
+    source: str
+    classes: list
+    order: int
+    complement: str
+    eps: float
+    mode: str
+    n_layers: int
+    layers: list  # injection layers k
+    split_sizes: dict  # per class: concept / operating / evaluation
+    prompts: list  # evaluation texts
+    mean_spearman: float  # mean over prompts of the per-prompt correlation
+    mean_pearson: float
+    spearman_of_means: float  # correlation of the mean predicted and mean measured curves
+    pearson_of_means: float
+    best_layer_predicted: int  # argmax of the mean curve
+    best_layer_measured: int
+    best_layer_exact: int
+    elapsed_s: float
+    predicted: np.ndarray  # [P, K]
+    measured: np.ndarray  # [P, K]
+    exact: np.ndarray  # [P, K]
+    spearman: np.ndarray  # [P] over the unflagged layers
+    pearson: np.ndarray  # [P]
+    directions: np.ndarray  # [L + 1, d]
+    direction_norms: list  # [L + 1] ‖E_l‖, the class-mean difference at each layer
+    direction_noise: list  # [L + 1] its sampling noise (the ‖E_l‖ expected with no class difference)
+    direction_strength: list  # [L + 1] ‖E_l‖ / rms state norm at l (the flag's measure)
+    flagged_layers: list  # layers whose direction is too small to trust (see direction_reliability)
+    agreement_all_layers: dict  # mean_spearman, mean_pearson, spearman_of_means, pearson_of_means with flagged in
+
+    def summary(self) -> dict:
+        """The CLI's JSON: ``layers``, ``prompts`` (each with its curves and agreement) and the means."""
+        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "order",
+                "complement", "eps", "mode", "n_layers", "layers", "split_sizes", "mean_spearman", "mean_pearson",
+                "spearman_of_means", "pearson_of_means", "best_layer_predicted", "best_layer_measured",
+                "best_layer_exact", "direction_norms", "direction_noise", "direction_strength", "flagged_layers",
+                "agreement_all_layers",
+                "elapsed_s")
+        prompts = [
+            {"text": t, "predicted": self.predicted[i].tolist(), "measured": self.measured[i].tolist(),
+             "exact": self.exact[i].tolist(), "spearman": float(self.spearman[i]), "pearson": float(self.pearson[i])}
+            for i, t in enumerate(self.prompts)
+        ]
+        return {**{k: getattr(self, k) for k in keys}, "prompts": prompts}
+
+
+@result_type
+class GainsAblation:
+    """Agreement of predicted and measured gains as one parameter (``vary``) takes ``values``.
+
+    Row ``i`` of every array belongs to ``values[i]``; the other parameters are the recorded
+    ``order``, ``eps`` and ``complement``. ``exact`` does not depend on any of them.
+    """
+
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    n_params: int
+    dataset: str
+    source: str
+    classes: list
+    vary: str
+    values: list
+    order: int
+    eps: float
+    complement: str
+    mode: str
+    n_layers: int
+    layers: list
+    split_sizes: dict
+    prompts: list
+    direction_norms: list  # [L + 1], as in GainsResult
+    direction_noise: list
+    direction_strength: list
+    flagged_layers: list  # left out of the agreement figures
+    elapsed_s: float
+    mean_spearman: np.ndarray  # [V]
+    mean_pearson: np.ndarray  # [V]
+    spearman_of_means: np.ndarray  # [V]
+    pearson_of_means: np.ndarray  # [V]
+    spearman: np.ndarray  # [V, P]
+    pearson: np.ndarray  # [V, P]
+    predicted: np.ndarray  # [V, P, K]
+    measured: np.ndarray  # [V, P, K]
+    exact: np.ndarray  # [P, K]
+
+    def summary(self) -> dict:
+        """JSON: the swept values with their aggregated agreement."""
+        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "vary", "order",
+                "eps", "complement", "mode", "n_layers", "layers", "split_sizes", "direction_norms", "direction_noise",
+                "direction_strength", "flagged_layers", "elapsed_s")
+        rows = [
+            {"value": v, "mean_spearman": float(self.mean_spearman[i]), "mean_pearson": float(self.mean_pearson[i]),
+             "spearman_of_means": float(self.spearman_of_means[i]), "pearson_of_means": float(self.pearson_of_means[i])}
+            for i, v in enumerate(self.values)
+        ]
+        return {**{k: getattr(self, k) for k in keys}, "values": rows}
+
+
+# --- agreement -----------------------------------------------------------------------------------
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean over the finite entries; NaN (without a warning) when there are none (one layer)."""
+    finite = x[np.isfinite(x)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _corr(fn, a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation over layers; NaN when a curve is constant (or has one point)."""
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(fn(a, b)[0])
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Spearman / Pearson of predicted against measured curves, per prompt and aggregated."""
+
+    spearman: np.ndarray  # [P]
+    pearson: np.ndarray  # [P]
+    mean_spearman: float
+    mean_pearson: float
+    spearman_of_means: float
+    pearson_of_means: float
+
+
+def agreement(predicted: np.ndarray, measured: np.ndarray, keep: np.ndarray | None = None) -> Agreement:
+    """Correlations over layers of each prompt's curves ``[P, K]``, their means, and those of the mean curves.
+
+    ``keep`` (``[K]`` bool) restricts the correlations to those layers (flagged layers left out).
+    """
+    if keep is not None:
+        predicted, measured = predicted[:, keep], measured[:, keep]
+    sp = np.array([_corr(stats.spearmanr, p, m) for p, m in zip(predicted, measured)])
+    pe = np.array([_corr(stats.pearsonr, p, m) for p, m in zip(predicted, measured)])
+    mp, mm = predicted.mean(0), measured.mean(0)
+    return Agreement(sp, pe, _nanmean(sp), _nanmean(pe), _corr(stats.spearmanr, mp, mm), _corr(stats.pearsonr, mp, mm))
+
+
+#: A layer is flagged when its relative direction strength is below this share of the concept's strongest layer's.
+MIN_RELATIVE_STRENGTH = 0.05
+
+
+def direction_reliability(states: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Class-mean difference norms ``‖E_l‖``, their sampling noise, their relative strength, and the flagged layers.
+
+    ``E_l = μ_{1,l} − μ_{0,l}`` over ``states`` ``[N, L + 1, d]``. The relative strength is
+    ``s_l = ‖E_l‖ / rms_l`` with ``rms_l`` the root-mean-square state norm at layer ``l`` (so layers
+    whose residual stream is larger are not favoured). A layer is flagged when
+    ``s_l < MIN_RELATIVE_STRENGTH · max_k s_k`` (or ``E_l = 0``): its concept direction is a
+    twentieth as strong as at the concept's strongest layer, e.g. GPT-2's layer 0 when every text
+    ends with the same token and only position embeddings differ (``‖E_0‖ = 0.008`` against 13 at
+    layer 1). The noise ``σ_l = sqrt(tr Σ_{1,l} / N_1 + tr Σ_{0,l} / N_0)`` — the ``‖E_l‖``
+    expected with no class difference at all — is reported beside it, not used for the flag: summed
+    over all ``d`` dimensions it can exceed ``‖E_l‖`` even where the classes separate along ``v_l``.
+    """
+    X = np.asarray(states, dtype=np.float64)
+    y = np.asarray(labels) == 1
+    pos, neg = X[y], X[~y]
+    norms = np.linalg.norm(pos.mean(0) - neg.mean(0), axis=-1)
+    noise = np.sqrt(pos.var(0, ddof=1).sum(-1) / len(pos) + neg.var(0, ddof=1).sum(-1) / len(neg)) if min(
+        len(pos), len(neg)) > 1 else np.zeros_like(norms)
+    rms = np.sqrt((X**2).sum(-1).mean(0))
+    strength = np.where(rms > 0, norms / np.where(rms > 0, rms, 1.0), 0.0)
+    weak = strength < MIN_RELATIVE_STRENGTH * strength.max()
+    flagged = [int(layer) for layer in np.flatnonzero((norms == 0) | weak)]
+    return norms, noise, strength, flagged
+
+
+def kept_layers(layers: Sequence[int], flagged: Sequence[int]) -> np.ndarray:
+    """``[K]`` bool: which injection layers enter the agreement figures (flagged ones do not)."""
+    return np.array([k not in set(flagged) for k in layers], dtype=bool)
+
+
+# --- shared preparation --------------------------------------------------------------------------
+
+
+def check_settings(handle: ModelHandle, *, order: int, eps: float, complement: str, mode: str, n_eval: int) -> None:
+    """Raise :class:`InputError` for settings no analysis can run with (numbers: :mod:`lldd_core.ranges`)."""
+    ranges.ORDER.check(order, hi=handle.info.d_model)
+    ranges.EPS.check(eps)
+    ranges.N_EVAL.check(n_eval)
+    if complement not in COMPLEMENTS:
+        raise InputError(f"Unknown complement {complement!r}: choose one of {', '.join(COMPLEMENTS)}.")
+    if mode not in MODES:
+        raise InputError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+
+
+@dataclass
+class GainsSetup:
+    """What every gain analysis of one dataset shares: splits, directions, tokenized prompts."""
+
+    handle: ModelHandle
+    data: ConceptData
+    splits: Splits
+    directions: torch.Tensor  # [L + 1, d] unit v_l, model dtype and device
+    layers: list[int]  # the injection layers with a direction (k = 0 may be left out)
+    operating: list[list[int]]
+    evaluation: list[list[int]]
+    texts: list[str]
+    pad: int
+    differences: torch.Tensor  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
+    direction_norms: np.ndarray | None = None  # [L + 1] ‖E_l‖ (direction_reliability)
+    direction_noise: np.ndarray | None = None  # [L + 1]
+    direction_strength: np.ndarray | None = None  # [L + 1]
+    flagged_layers: list[int] = field(default_factory=list)
+
+    def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
+        """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""
+        h = self.handle
+        return last_token_actions(h.model, h.adapter, self.operating, layer, P, pad_id=self.pad).mean(0)
+
+    def bases(self, complement: str, order: int, seed: int = 0) -> list[torch.Tensor]:
+        """``P_0 .. P_L`` of the given complement and order (:mod:`lldd_core.linalg.llv`)."""
+        if complement == "krylov":
+            return krylov_bases(self.directions, self.mean_action, order)
+        if complement == "random":
+            return random_bases(self.directions, order, seed)
+        h = self.handle
+        states = torch.as_tensor(last_token_states(h.model, h.adapter, self.operating, pad_id=self.pad))
+        return pca_bases(self.directions, states.to(self.directions), order)
+
+    def population_curve(self, bases: list[torch.Tensor]) -> np.ndarray:
+        """The operating prompts' mean reduced model's predicted gains ``[K]`` (population mode)."""
+        L = self.handle.n_layers
+        Abar = [bases[l + 1].T @ self.mean_action(l, bases[l]) for l in range(L)]
+        return predicted_gains(Abar)[self.layers].detach().double().cpu().numpy()
+
+    def predicted(self, bases: list[torch.Tensor], mode: str, rows: slice = slice(None)) -> np.ndarray:
+        """Predicted gains ``[P, K]`` of the evaluation prompts ``rows`` (prompt mode) or the mean model's curve."""
+        evaluation = self.evaluation[rows]
+        if mode == "population":
+            return np.repeat(self.population_curve(bases)[None], len(evaluation), axis=0)
+        return self.prompt_predictions(bases, evaluation)
+
+    def prompt_predictions(self, bases: list[torch.Tensor], evaluation: list[list[int]]) -> np.ndarray:
+        """Each prompt's own reduced model on the shared ``bases``: predicted gains ``[P, K]``."""
+        h = self.handle
+        actions = [last_token_actions(h.model, h.adapter, evaluation, l, bases[l], pad_id=self.pad)
+                   for l in range(h.n_layers)]  # [P, d, r] per layer
+        out = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
+               for i in range(len(evaluation))]
+        return torch.stack(out).detach().double().cpu().numpy()
+
+    def context(self, i: int) -> PromptContext:
+        """Evaluation prompt ``i`` with its prefix run once."""
+        return prompt_context(self.handle.model, self.handle.adapter, self.evaluation[i])
+
+    def curves(self, eps_values: Sequence[float], progress: ProgressFn | None = None,
+               rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Measured gains ``[E, P, K]`` for each ``ε`` and exact gains ``[P, K]`` of the evaluation prompts
+        ``rows``, one prefix run per prompt."""
+        V, L = self.directions, self.handle.n_layers
+        meas, exact = [], []
+        which = range(len(self.evaluation))[rows]
+        for n, i in enumerate(which):
+            if progress is not None:
+                progress(n / len(which), f"Measured and exact gains, prompt {n + 1}/{len(which)}")
+            ctx = self.context(i)
+            meas.append(torch.stack([ctx.measured_gains(V, V[L], e, self.layers) for e in eps_values]))
+            exact.append(ctx.exact_gains(V, V[L])[self.layers])
+        M = torch.stack(meas, dim=1).detach().double().cpu().numpy()
+        E = torch.stack(exact).detach().double().cpu().numpy()
+        return M, E
+
+
+def prepare_gains(
+    handle: ModelHandle,
+    data: ConceptData,
+    *,
+    n_eval: int = 32,
+    sizes: tuple[int, int, int] = (400, 200, 200),
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> GainsSetup:
+    """Split ``data``, take the concept split's last-token states and their class-mean directions."""
+    n_eval, sizes, seed = ranges.N_EVAL.check(n_eval), ranges.check_sizes(sizes), ranges.SEED.check(seed)
+    report = progress or (lambda frac, msg: None)
+    splits = split(data, n_concept=sizes[0], n_operating=sizes[1], n_eval=sizes[2], seed=seed)
+    tok = handle.info.tokenizer
+    encode = handle.info.encode
+    model, adapter = handle.model, handle.adapter
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    L = handle.n_layers
+    states = last_token_states(model, adapter, [encode(t) for t in splits.concept.texts], pad_id=pad,
+                               progress=lambda f, m: report(f, f"Concept states: {m}"))
+    V = torch.as_tensor(class_directions(states, splits.concept.labels, allow_zero=True))
+    V = V.to(dtype=model_dtype(model), device=handle.device)
+    positive = np.asarray(splits.concept.labels) == 1
+    E = torch.as_tensor(states[positive].mean(0) - states[~positive].mean(0)).to(V)
+    norms, noise, strength, flagged = direction_reliability(states, splits.concept.labels)
+    layers = list(range(L))
+    if float(V[0].norm()) == 0.0:
+        # every concept text ends with the same token and x_0 carries no position: no direction at
+        # layer 0; keep a placeholder unit vector for the basis and leave k = 0 out of the curves
+        layers = layers[1:]
+        V[0] = torch.nn.functional.normalize(torch.ones_like(V[0]), dim=0)
+    zero = [k for k in range(1, L + 1) if float(V[k].norm()) == 0.0]
+    if zero:
+        raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
+    texts = list(splits.evaluation.texts[:n_eval])
+    return GainsSetup(handle, data, splits, V, layers, [encode(t) for t in splits.operating.texts],
+                      [encode(t) for t in texts], texts, pad, differences=E, direction_norms=norms,
+                      direction_noise=noise, direction_strength=strength, flagged_layers=flagged)
+
+
+def check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise NumericalError(f"NaN or Inf in the gains ({handle.spec.dtype}): use float32 or float64.")
+
+
+def common_fields(setup: GainsSetup) -> dict:
+    h, data = setup.handle, setup.data
+    return dict(**h.result_fields(), n_params=sum(p.numel() for p in h.model.parameters()), dataset=data.name,
+                source=data.source, classes=list(data.classes), n_layers=h.n_layers, layers=setup.layers,
+                split_sizes=dict(setup.splits.per_class), prompts=setup.texts,
+                direction_norms=[float(x) for x in setup.direction_norms],
+                direction_noise=[float(x) for x in setup.direction_noise],
+                direction_strength=[float(x) for x in setup.direction_strength],
+                flagged_layers=list(setup.flagged_layers))
+
+
+# --- one configuration ---------------------------------------------------------------------------
+
+
+def analyze_gains(
+    handle: ModelHandle,
+    data: ConceptData,
+    *,
+    order: int = 32,
+    eps: float = 0.1,
+    complement: str = "krylov",
+    n_eval: int = 32,
+    mode: str = "prompt",
+    sizes: tuple[int, int, int] = (400, 200, 200),
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> GainsResult:
+    """Predicted, measured and exact gain curves of ``data``'s concept (module doc)."""
+    check_settings(handle, order=order, eps=eps, complement=complement, mode=mode, n_eval=n_eval)
+    report = progress or (lambda frac, msg: None)
+    t0 = time.perf_counter()
+    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed,
+                          progress=lambda f, m: report(0.15 * f, m))
+    report(0.15, f"{complement} basis of order {order}")
+    bases = setup.bases(complement, order, seed)
+    report(0.5, "Reduced models")
+    P = setup.predicted(bases, mode)
+    M, E = setup.curves([eps], lambda f, m: report(0.6 + 0.4 * f, m))
+    check_finite(handle, P, M[0])
+    result = gains_result(common_fields(setup), order=order, complement=complement, eps=eps, mode=mode,
+                          predicted=P, measured=M[0], exact=E, directions=setup.directions.detach().double().cpu().numpy(),
+                          elapsed_s=time.perf_counter() - t0)
+    report(1.0, "Done")
+    return result
+
+
+def gains_result(common: dict, *, order: int, complement: str, eps: float, mode: str, predicted: np.ndarray,
+                 measured: np.ndarray, exact: np.ndarray, directions: np.ndarray, elapsed_s: float) -> GainsResult:
+    """A :class:`GainsResult` from its curves: agreement (flagged layers out) and best layers computed here."""
+    layers = common["layers"]
+    agree = agreement(predicted, measured, kept_layers(layers, common["flagged_layers"]))
+    every = agreement(predicted, measured)
+    return GainsResult(
+        **common, order=int(order), complement=complement, eps=float(eps), mode=mode,
+        mean_spearman=agree.mean_spearman, mean_pearson=agree.mean_pearson,
+        spearman_of_means=agree.spearman_of_means, pearson_of_means=agree.pearson_of_means,
+        best_layer_predicted=int(layers[int(np.argmax(predicted.mean(0)))]),
+        best_layer_measured=int(layers[int(np.argmax(measured.mean(0)))]),
+        best_layer_exact=int(layers[int(np.argmax(exact.mean(0)))]),
+        elapsed_s=float(elapsed_s), predicted=predicted, measured=measured, exact=exact,
+        spearman=agree.spearman, pearson=agree.pearson, directions=directions,
+        agreement_all_layers={"mean_spearman": every.mean_spearman, "mean_pearson": every.mean_pearson,
+                              "spearman_of_means": every.spearman_of_means, "pearson_of_means": every.pearson_of_means},
+    )
+
+
+# --- ablations -----------------------------------------------------------------------------------
+
+
+def ablation_values(vary: str, d: int, values: Sequence | None = None) -> list:
+    """The values an ablation of ``vary`` sweeps: ``values`` checked, or the defaults (orders up to ``d``)."""
+    if vary not in ABLATIONS:
+        raise InputError(f"Unknown ablation {vary!r}: choose one of {', '.join(ABLATIONS)}.")
+    if vary == "order":
+        chosen = sorted({int(v) for v in values}) if values is not None else [v for v in ORDER_VALUES if v <= d]
+        bad = [v for v in chosen if not 1 <= v <= d]
+        if bad:
+            raise InputError(f"Orders must lie between 1 and the hidden size {d}; got {bad}.")
+    elif vary == "eps":
+        chosen = sorted({float(v) for v in values}) if values is not None else list(EPS_VALUES)
+        bad = [v for v in chosen if not 0 < v <= 10]
+        if bad:
+            raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {bad}.")
+    else:
+        chosen = list(dict.fromkeys(values)) if values is not None else list(COMPLEMENTS)
+        bad = [v for v in chosen if v not in COMPLEMENTS]
+        if bad:
+            raise InputError(f"Unknown complement(s) {bad}: choose from {', '.join(COMPLEMENTS)}.")
+    if not chosen:
+        raise InputError(f"Give at least one value of {vary} to sweep.")
+    return chosen
+
+
+def ablate_gains(
+    handle: ModelHandle,
+    data: ConceptData,
+    vary: str,
+    values: Sequence | None = None,
+    *,
+    order: int = 32,
+    eps: float = 0.1,
+    complement: str = "krylov",
+    n_eval: int = 32,
+    mode: str = "prompt",
+    sizes: tuple[int, int, int] = (400, 200, 200),
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> GainsAblation:
+    """Agreement as ``vary`` (``order``, ``eps`` or ``complement``) takes ``values``, the rest fixed.
+
+    Directions, splits and prompts are shared by every value; the measured and exact curves are
+    computed once when the order or complement varies, the bases and predictions once when ``ε`` does.
+    """
+    values = ablation_values(vary, handle.info.d_model, values)
+    fixed = {"order": order, "eps": eps, "complement": complement}
+    for v in values:  # every configuration must be valid before any work starts
+        check_settings(handle, n_eval=n_eval, mode=mode, **{**fixed, vary: v})
+    report = progress or (lambda frac, msg: None)
+    t0 = time.perf_counter()
+    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed,
+                          progress=lambda f, m: report(0.1 * f, m))
+    n = len(values)
+    if vary == "eps":
+        report(0.1, f"{complement} basis of order {order}")
+        P = [setup.predicted(setup.bases(complement, order, seed), mode)] * n
+        M, E = setup.curves(values, lambda f, m: report(0.5 + 0.5 * f, m))
+    else:
+        M1, E = setup.curves([eps], lambda f, m: report(0.1 + 0.1 * f, m))
+        M = np.repeat(M1, n, axis=0)
+        P = []
+        for i, v in enumerate(values):
+            setting = {**fixed, vary: v}
+            report(0.2 + 0.8 * i / n, f"{setting['complement']} basis of order {setting['order']} ({i + 1}/{n})")
+            P.append(setup.predicted(setup.bases(setting["complement"], setting["order"], seed), mode))
+    P = np.stack(P)
+    check_finite(handle, P, M)
+    keep = kept_layers(setup.layers, setup.flagged_layers)
+    agree = [agreement(p, m, keep) for p, m in zip(P, M)]
+    result = GainsAblation(
+        **common_fields(setup), vary=vary, values=list(values), order=int(order), eps=float(eps),
+        complement=complement, mode=mode, elapsed_s=time.perf_counter() - t0,
+        mean_spearman=np.array([a.mean_spearman for a in agree]), mean_pearson=np.array([a.mean_pearson for a in agree]),
+        spearman_of_means=np.array([a.spearman_of_means for a in agree]),
+        pearson_of_means=np.array([a.pearson_of_means for a in agree]),
+        spearman=np.stack([a.spearman for a in agree]), pearson=np.stack([a.pearson for a in agree]),
+        predicted=P, measured=M, exact=E,
+    )
+    report(1.0, "Done")
+    return result
+
+
+# --- one prompt on its own -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptGains:
+    """One prompt's curves over all layers ``k = 0..L-1`` with the prompt as its own operating set."""
+
+    predicted: torch.Tensor  # [L]
+    measured: torch.Tensor  # [L]
+    exact: torch.Tensor  # [L]
+    bases: list[torch.Tensor]  # P_0 .. P_L, [d, r] each
+
+
+def prompt_gains(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32, eps: float = 0.1) -> PromptGains:
+    """Predicted (order ``r`` Krylov basis of this prompt's own Jacobians), measured and exact gains.
+
+    Everything reuses the prefix cache of ``ctx``: the Jacobian actions ``A_l P_l`` are vmapped JVPs
+    of the last token alone (``r`` per layer, ``r - 1`` more at layer 0 for the Krylov sequence of
+    ``A_0``), and each action that grows ``P_{l+1}`` is also the reduced model's ``A_l P_l``; the
+    measured gains are one batched last-token pass, the exact ones one backward pass. With the
+    prompt's own Jacobians the basis holds every earlier injection as propagated, so the predicted
+    curve equals the exact one once ``r`` exceeds the number of layers (and at ``r = d`` always).
+    """
+    L = ctx.n_layers
+    V = directions.to(ctx.states)
+    actions: list[torch.Tensor] = []
+    bases = krylov_bases(V, ctx.jacobian_actions, order, actions)
+    predicted = predicted_gains(reduced_model(bases, actions))
+    return PromptGains(predicted, ctx.measured_gains(V, V[L], eps), ctx.exact_gains(V, V[L]), bases)

@@ -1,0 +1,188 @@
+"""The attribution graph result: nodes and edges as arrays, lldd's JSON, the Neuronpedia JSON, predictions.
+
+Node ``i`` has a kind (embedding / bias / neuron / logit), a layer (block index from 0; ``-1`` for
+embeddings; ``n_layers`` for logits and the final norm's bias), a position (``-1`` for biases), an
+index (neuron index; token id for embeddings and logits) and an activation (the neuron value, the
+raw logit, ``|x_0|`` at the position for embeddings, 1 for a bias). Edge ``k`` runs from
+``edge_source[k]`` to ``edge_target[k]`` with weight ``edge_weight[k]`` (``value * derivative``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..store.results import result_type
+
+KIND_EMBEDDING, KIND_BIAS, KIND_NEURON, KIND_LOGIT = 0, 1, 2, 3
+KIND_NAMES = ("embedding", "bias", "neuron", "logit")
+
+
+@result_type
+class GraphResult:
+    node_kind: np.ndarray  # [N] int8, KIND_*
+    node_layer: np.ndarray  # [N]
+    node_position: np.ndarray  # [N]
+    node_index: np.ndarray  # [N]
+    node_activation: np.ndarray  # [N] float64
+    node_influence: np.ndarray  # [N] influence on the targets (filled by pruning; 0 when unpruned)
+    node_visited: np.ndarray  # [N] bool: the node's incoming edges were computed
+    edge_source: np.ndarray  # [E]
+    edge_target: np.ndarray  # [E]
+    edge_weight: np.ndarray  # [E] float64
+    token_ids: list[int]
+    target_ids: list[int]
+    target_probs: list[float]
+    n_layers: int
+    d_mlp: int
+    pruned: bool
+    node_threshold: float
+    edge_threshold: float
+    replacement_score: float
+    kept_logits: list[float] = dataclasses.field(default_factory=list)
+    node_influence_kept: float = 1.0
+    edge_score_kept: float = 1.0
+    tokens: list[str] = dataclasses.field(default_factory=list)
+    target_tokens: list[str] = dataclasses.field(default_factory=list)
+    model: str = ""
+
+    # --- ids and plain lists -----------------------------------------------------------------
+    def node_id(self, i: int) -> str:
+        kind, layer, pos, idx = (int(self.node_kind[i]), int(self.node_layer[i]), int(self.node_position[i]),
+                                 int(self.node_index[i]))
+        return {KIND_EMBEDDING: f"E_{pos}", KIND_BIAS: f"B_{layer}", KIND_NEURON: f"N_{layer}_{pos}_{idx}",
+                KIND_LOGIT: f"L_{idx}"}[kind]
+
+    def find(self, kind: int, layer: int, position: int, index: int) -> int:
+        """The node number of a node given by its fields (``ValueError`` when absent)."""
+        hit = np.nonzero((self.node_kind == kind) & (self.node_layer == layer) & (self.node_position == position)
+                         & (self.node_index == index))[0]
+        if hit.size == 0:
+            raise ValueError("no such node in the graph")
+        return int(hit[0])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"id": self.node_id(i), "kind": KIND_NAMES[int(self.node_kind[i])], "layer": int(self.node_layer[i]),
+                 "position": int(self.node_position[i]), "index": int(self.node_index[i]),
+                 "activation": float(self.node_activation[i]), "influence": float(self.node_influence[i])}
+                for i in range(len(self.node_kind))]
+
+    def edges(self) -> list[dict[str, Any]]:
+        ids = [self.node_id(i) for i in range(len(self.node_kind))]
+        return [{"source": ids[s], "target": ids[t], "weight": float(w)}
+                for s, t, w in zip(self.edge_source, self.edge_target, self.edge_weight, strict=True)]
+
+    def incoming_sums(self) -> np.ndarray:
+        """For every node, the sum of its incoming edges (equals its activation for visited nodes)."""
+        return np.bincount(self.edge_target, weights=self.edge_weight, minlength=len(self.node_kind))
+
+    def summary(self) -> dict[str, Any]:
+        """Small JSON-able facts for the CLI."""
+        counts = {name: int((self.node_kind == k).sum()) for k, name in enumerate(KIND_NAMES)}
+        return {"model": self.model, "n_tokens": len(self.token_ids), "targets": self.target_ids,
+                "target_tokens": self.target_tokens, "target_probs": self.target_probs, "nodes": counts,
+                "edges": int(self.edge_weight.size), "visited": int(self.node_visited.sum()), "pruned": self.pruned,
+                "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
+                "replacement_score": self.replacement_score}
+
+    def to_json(self) -> dict[str, Any]:
+        """lldd's graph JSON: the summary plus ``nodes`` and ``edges``."""
+        return {**self.summary(), "nodes": self.nodes(), "edges": self.edges()}
+
+    def top_path(self, target: int) -> tuple[list[int], float]:
+        """The strongest path into node ``target`` (node numbers, source first) and its score.
+
+        An edge's share is ``|w| / sum |w|`` over its target's incoming edges; a path's score is the
+        product of its edges' shares (the fraction of the target's attribution that flows along it
+        under proportional splitting), maximized exactly by dynamic programming in layer order.
+        """
+        share = np.abs(self.edge_weight) / np.maximum(
+            np.bincount(self.edge_target, np.abs(self.edge_weight), len(self.node_kind))[self.edge_target],
+            np.finfo(float).tiny)
+        best = np.where(np.isin(self.node_kind, (KIND_EMBEDDING, KIND_BIAS)), 1.0, 0.0)
+        came = np.full(len(self.node_kind), -1)
+        rank = np.where(self.node_kind == KIND_LOGIT, self.n_layers + 1, self.node_layer)
+        for layer in sorted(set(rank[(self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT)].tolist())):
+            sel = np.nonzero(((self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT))[self.edge_target]
+                             & (rank[self.edge_target] == layer))[0]
+            cand, t = best[self.edge_source[sel]] * share[sel], self.edge_target[sel]
+            order = np.lexsort((cand, t))  # by target, then score: each target's best edge comes last
+            win = order[np.r_[t[order][1:] != t[order][:-1], True]] if order.size else order
+            up = cand[win] > best[t[win]]
+            best[t[win[up]]], came[t[win[up]]] = cand[win[up]], self.edge_source[sel[win[up]]]
+        path = [int(target)]
+        while came[path[-1]] >= 0:
+            path.append(int(came[path[-1]]))
+        return path[::-1], float(best[target])
+
+    # --- interventions -----------------------------------------------------------------------
+    def predict_intervention(self, factors: dict[int, float]) -> np.ndarray:
+        """The graph's linear prediction of the target logits' change when neurons (node numbers) are scaled.
+
+        A scaled neuron becomes ``alpha * (v + delta_in)``; every visited neuron and logit changes by
+        ``sum_e w_e * delta_src / v_src`` over its incoming neuron edges (the detached map is linear
+        and ``w_e / v_src`` is the derivative), in layer order. Exact for the detached map when every
+        neuron on a path was visited and kept; unvisited neurons are held fixed.
+        """
+        delta = np.zeros(len(self.node_kind))
+        value = self.node_activation
+        safe = np.where(value != 0, value, 1.0)
+        neuron_src = self.node_kind[self.edge_source] == KIND_NEURON
+        for layer in range(self.n_layers + 1):  # neurons only read lower layers
+            at = (self.node_layer == layer) & ((self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT))
+            sel = neuron_src & at[self.edge_target] & self.node_visited[self.edge_target]
+            inc = np.bincount(self.edge_target[sel], minlength=len(delta),
+                              weights=self.edge_weight[sel] * delta[self.edge_source[sel]] / safe[self.edge_source[sel]])
+            delta = np.where(at, inc, delta)
+            for i, a in factors.items():
+                if int(self.node_layer[i]) == layer:
+                    delta[i] = a * (value[i] + delta[i]) - value[i]
+        logits = np.nonzero(self.node_kind == KIND_LOGIT)[0]
+        return delta[logits]
+
+    # --- Neuronpedia / circuit-tracer format ---------------------------------------------------
+    def to_neuronpedia(self, slug: str = "lldd-graph") -> dict[str, Any]:
+        """The graph in the circuit-tracer / Neuronpedia graph JSON schema (metadata, qParams, nodes, links).
+
+        Neurons are written as that viewer's feature nodes (``{layer}_{neuron}_{pos}``), embeddings as
+        ``E_{token}_{pos}``, logits as ``{n_layers+1}_{token}_{pos}``; a bias node, a constant like
+        their error nodes, is written as one (``{layer}_-1_0``) with a clerp saying it is a bias.
+        """
+        T = len(self.token_ids)
+        tokens = self.tokens or [str(t) for t in self.token_ids]
+        ids, out = [], []
+        for i in range(len(self.node_kind)):
+            kind, layer, pos, idx = (int(self.node_kind[i]), int(self.node_layer[i]), int(self.node_position[i]),
+                                     int(self.node_index[i]))
+            act, infl = float(self.node_activation[i]), float(self.node_influence[i])
+            if kind == KIND_NEURON:
+                nid, js = f"{layer}_{idx}_{pos}", f"{layer}_{idx}-0"
+                node = {"feature": (layer + idx) * (layer + idx + 1) // 2 + idx, "layer": str(layer), "ctx_idx": pos,
+                        "feature_type": "cross layer transcoder", "clerp": f"MLP neuron {layer}/{idx}"}
+            elif kind == KIND_EMBEDDING:
+                nid, js = f"E_{idx}_{pos}", f"E_{idx}-{pos}"
+                node = {"feature": pos, "layer": "E", "ctx_idx": pos, "feature_type": "embedding", "clerp": ""}
+            elif kind == KIND_BIAS:
+                nid, js = f"{layer}_-1_0", f"{layer}_-1-0"
+                node = {"feature": -1, "layer": str(layer), "ctx_idx": 0, "feature_type": "mlp reconstruction error",
+                        "clerp": f"bias (constant) of block {layer}" if layer < self.n_layers else "final bias"}
+            else:
+                j = self.target_ids.index(idx)
+                name = self.target_tokens[j] if self.target_tokens else str(idx)
+                p = self.target_probs[j]
+                nid, js = f"{self.n_layers + 1}_{idx}_{T - 1}", f"L_{idx}-{T - 1}"
+                node = {"feature": idx, "layer": str(self.n_layers + 1), "ctx_idx": T - 1, "feature_type": "logit",
+                        "token_prob": p, "is_target_logit": True, "clerp": f'Output "{name}" (p={p:.3f})'}
+            ids.append(nid)
+            out.append({"node_id": nid, "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
+                        **node, "jsNodeId": js, "influence": infl, "activation": act})
+        links = [{"source": ids[s], "target": ids[t], "weight": float(w)}
+                 for s, t, w in zip(self.edge_source, self.edge_target, self.edge_weight, strict=True)]
+        metadata = {"slug": slug, "scan": self.model or "lldd", "transcoder_list": [], "prompt_tokens": tokens,
+                    "prompt": "".join(tokens), "node_threshold": self.node_threshold, "schema_version": 1,
+                    "info": {"creator_name": "lldd", "generator": {"name": "lldd exact attribution graph"},
+                             "replacement_score": self.replacement_score}}
+        qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+        return {"metadata": metadata, "qParams": qparams, "nodes": out, "links": links}

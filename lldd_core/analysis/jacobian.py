@@ -1,0 +1,152 @@
+"""The detached-Jacobian analysis of one prompt: reconstruction, bias channel, spectra.
+
+Given ``x_0`` (``[T, d]``) and the output ``y`` (see :mod:`lldd_core.forward.jacobian`), it reports
+
+* ``reconstruction_error = ||y - (sum_i J_i x_{0,i} + b)|| / ||y||`` for the detached Jacobian,
+* ``plain_reconstruction_error``, the same with the ordinary Jacobian (large: the model is
+  nonlinear; only the detached one reproduces ``y``),
+* ``detached_vs_normal = ||y_detached - y_normal|| / ||y_normal||`` (detached mode must not change
+  the output; float32 norm rounding of stock transformers leaves ~1e-7),
+* the bias channel ``b = dy/ds`` and each token's share ``||J_i x_{0,i}||``,
+* every token's singular values of ``J_i``, descending.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..errors import NumericalError, ResourceError
+from ..forward.jacobian import jacobian_operator, reconstruct, relative_error
+from ..linalg.spectral import singular_values, stable_rank
+from ..models.loading import ModelHandle
+from ..progress import ProgressFn
+from ..store.results import result_type
+
+ANALYSIS = "jacobian"
+
+
+@result_type
+class JacobianResult:
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    tokens: list
+    input_ids: list
+    layer: int
+    n_layers: int
+    final_norm: bool
+    reconstruction_error: float
+    plain_reconstruction_error: float
+    detached_vs_normal: float
+    output_norm: float
+    bias_norm: float
+    plain_bias_norm: float
+    elapsed_s: float
+    y: np.ndarray  # [d] output embedding
+    reconstruction: np.ndarray  # [d] sum_i J_i x_i + b, detached
+    plain_reconstruction: np.ndarray  # [d] the same with the ordinary Jacobian
+    bias: np.ndarray  # [d] b = dy/ds
+    token_contributions: np.ndarray  # [T] ||J_i x_{0,i}||
+    singular_values: np.ndarray  # [T, min(d_out, d_in)] descending
+    stable_rank: np.ndarray  # [T]
+
+    def top_singular_values(self, k: int) -> list[list[float]]:
+        return [row[:k].tolist() for row in self.singular_values]
+
+    def validate(self) -> None:
+        """Shapes agree with the tokens and the singular values are finite (the cache checks before storing)."""
+        T = len(self.tokens)
+        if self.singular_values.ndim != 2 or self.singular_values.shape[0] != T:
+            raise ValueError(f"singular_values has shape {self.singular_values.shape} for {T} tokens")
+        if self.token_contributions.shape != (T,) or self.stable_rank.shape != (T,):
+            raise ValueError(f"per-token arrays do not have {T} entries")
+        if not np.isfinite(self.singular_values).all():
+            raise ValueError("non-finite singular values")
+
+
+def max_jacobian_bytes() -> int:
+    """``$LLDD_MAX_JACOBIAN_GB`` (default 8) in bytes; garbage there is refused in one line."""
+    from ..env import env_number
+    from ..ranges import MAX_JACOBIAN_GB
+
+    return int(env_number("LLDD_MAX_JACOBIAN_GB", MAX_JACOBIAN_GB, 8) * (1 << 30))
+
+
+def check_size(n_tokens: int, d: int, dtype: torch.dtype) -> None:
+    """Refuse a full Jacobian that would not fit (``T d^2`` entries), with what to do instead."""
+    need = n_tokens * d * d * torch.empty((), dtype=dtype).element_size()
+    if need > max_jacobian_bytes():
+        raise ResourceError(
+            f"The full Jacobian for {n_tokens} tokens at width {d} needs {need / 2**30:.1f} GiB "
+            f"(limit {max_jacobian_bytes() / 2**30:.1f} GiB, LLDD_MAX_JACOBIAN_GB): shorten the prompt."
+        )
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def analyze_jacobian(
+    handle: ModelHandle,
+    input_ids: list[int],
+    *,
+    layer: int | None = None,
+    final_norm: bool = True,
+    progress: ProgressFn | None = None,
+) -> JacobianResult:
+    """Detached and ordinary Jacobians of the last token's output for ``input_ids``."""
+    report = progress or (lambda frac, msg: None)
+    layer = handle.n_layers if layer is None else layer
+    t0 = time.perf_counter()
+    ids = torch.tensor(input_ids, dtype=torch.long)
+    check_size(len(input_ids), handle.info.d_model, handle.dtype)
+
+    report(0.0, "Detached forward pass")
+    op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
+    full = op.full(progress=lambda f, m: report(0.05 + 0.5 * f, "Detached " + m))
+    recon = reconstruct(full.J, op.x0, full.b)
+
+    report(0.55, "Ordinary forward pass")
+    plain = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm, detached=False)
+    plain_full = plain.full(progress=lambda f, m: report(0.6 + 0.3 * f, "Ordinary " + m))
+    plain_recon = reconstruct(plain_full.J, plain.x0, plain_full.b)
+    if not _finite(op.y, full.J, full.b, plain.y):
+        raise NumericalError(
+            f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
+            "(float16 overflows easily), or a shorter prompt."
+        )
+
+    report(0.9, "Singular values")
+    sv = singular_values(full.J)
+    contributions = torch.linalg.vector_norm(torch.einsum("tod,td->to", full.J, op.x0.to(full.J.dtype)), dim=-1)
+    result = JacobianResult(
+        **handle.result_fields(input_ids),
+        layer=int(layer),
+        n_layers=handle.n_layers,
+        final_norm=bool(final_norm),
+        reconstruction_error=relative_error(op.y, recon),
+        plain_reconstruction_error=relative_error(plain.y, plain_recon),
+        detached_vs_normal=relative_error(plain.y, op.y),
+        output_norm=float(op.y.detach().double().norm()),
+        bias_norm=float(full.b.detach().double().norm()),
+        plain_bias_norm=float(plain_full.b.detach().double().norm()),
+        elapsed_s=time.perf_counter() - t0,
+        y=_np(op.y),
+        reconstruction=_np(recon),
+        plain_reconstruction=_np(plain_recon),
+        bias=_np(full.b),
+        token_contributions=_np(contributions),
+        singular_values=_np(sv),
+        stable_rank=_np(stable_rank(sv)),
+    )
+    report(1.0, "Done")
+    return result
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """float64 numpy copy (half-precision values widen exactly)."""
+    return t.detach().to("cpu", torch.float64).numpy()

@@ -1,0 +1,256 @@
+"""Spectra of one prompt's detached Jacobian, decoded to tokens.
+
+For every input token ``i`` the top-``k`` triplets ``J_i ~= sum_j s_j u_j v_j^T`` of the detached
+Jacobian of the output ``y`` (layer ``K``, final norm applied by default), with
+
+* ``u_j`` (output space) decoded by the unembedding's logits ``W_U u_j``,
+* ``v_j`` (input space) decoded by cosine similarity to the input embedding rows,
+* signs by the reference's convention: each pair ``(u_j, v_j)`` is flipped so that
+  ``u_j . y >= 0`` (``y`` = the reconstruction ``sum_i J_i x_i + b``), the same rule for every
+  token; the decodings of the opposite sign are kept too (``*_neg``),
+* the stable rank ``||J_i||_F^2 / s_1^2`` (exact on the full path, estimated with a standard error
+  on the matrix-free path),
+* on the full path, the rows (input space, decoded by cosine) and columns (output space, decoded
+  by logits) of largest norm, and every row's and column's norm.
+
+Method: ``"full"`` forms every ``J_i`` (``d_out`` products), ``"matrix_free"`` runs
+:func:`~lldd_core.linalg.spectral.topk_svd`; ``"auto"`` picks by :func:`~lldd_core.linalg.spectral.choose_method`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .. import ranges
+from ..errors import InputError, NumericalError
+from ..forward.jacobian import JacobianOperator, jacobian_operator
+from ..linalg.decoding import decode_input, decode_output
+from ..linalg.spectral import TopKSVD, choose_method, fix_signs, svd_full, topk_svd
+from ..models.loading import ModelHandle
+from ..models.placement import tensor_of
+from ..progress import ProgressFn
+from ..store.results import result_type
+from .jacobian import check_size
+
+ANALYSIS = "spectrum"
+METHODS = ("auto", "full", "matrix_free")
+#: Residual tolerance (relative to each token's s_1) of the analyses. Singular values are then
+#: accurate to about tol^2 / gap (Rayleigh-Ritz; bench/spectral.py measured 1e-5..2e-5 relative at
+#: d = 2048), vectors to about tol / gap, below what a plot or a top-token list resolves. The
+#: achieved residual is reported with every result.
+DEFAULT_TOL = 1e-2
+#: Oversampling of the matrix-free path (l = k + this); with the loose tolerance above, 4 needed
+#: the fewest products at d = 2048 (bench/spectral.py).
+DEFAULT_OVERSAMPLE = 4
+#: Power steps at most on the matrix-free path (decaying spectra converge in a few).
+DEFAULT_MAX_ITERS = 30
+#: Rows and columns of largest norm decoded per token.
+N_ROWS = 8
+
+
+@result_type
+class SpectrumResult:
+    model: str
+    revision: str
+    dtype: str
+    family: str
+    tokens: list
+    input_ids: list
+    layer: int
+    n_layers: int
+    final_norm: bool
+    k: int
+    n_decode: int
+    method: str  # "full" or "matrix_free"
+    converged: bool
+    max_residual: float
+    n_products: int
+    elapsed_s: float
+    next_token: str  # argmax of W_U y: the greedy next token (logit lens when layer < L)
+    u_tokens: list  # [T][k][n] top tokens of +u_j by logits
+    u_tokens_neg: list  # the same for -u_j
+    v_tokens: list  # [T][k][n] nearest input embeddings to +v_j (cosine)
+    v_tokens_neg: list
+    row_tokens: list  # [T][r][n] rows of largest norm (input space, cosine); [] when matrix-free
+    col_tokens: list  # [T][r][n] columns of largest norm (output space, logits); [] when matrix-free
+    singular_values: np.ndarray  # [T, k]
+    residual: np.ndarray  # [T, k] relative to s_1
+    stable_rank: np.ndarray  # [T]
+    stable_rank_se: np.ndarray  # [T] (0 where exact)
+    U: np.ndarray  # [T, d_out, k] signs fixed
+    V: np.ndarray  # [T, d_in, k]
+    u_scores: np.ndarray  # [T, k, n] logits of the decoded tokens
+    v_scores: np.ndarray  # [T, k, n] cosines
+    row_norms: np.ndarray  # [T, d_out] (empty when matrix-free)
+    col_norms: np.ndarray  # [T, d_in]
+    top_rows: np.ndarray  # [T, r] row indices, largest norm first
+    top_cols: np.ndarray  # [T, r]
+
+    @property
+    def has_rows(self) -> bool:
+        return self.row_norms.size > 0
+
+    def validate(self) -> None:
+        """``k`` triplets per token, finite singular values (the cache checks before storing)."""
+        T, k = len(self.tokens), self.k
+        if self.singular_values.shape != (T, k) or self.residual.shape != (T, k):
+            raise ValueError(f"singular_values has shape {self.singular_values.shape}, expected ({T}, {k})")
+        for name in ("U", "V"):
+            m = getattr(self, name)
+            if m.ndim != 3 or m.shape[0] != T or m.shape[2] != k:
+                raise ValueError(f"{name} has shape {m.shape}, expected ({T}, ·, {k})")
+        if not np.isfinite(self.singular_values).all():
+            raise ValueError("non-finite singular values")
+
+    def summary(self) -> dict:
+        """Per-token JSON for the CLI: singular values, decoded tokens of U and V, stable rank."""
+        per_token = []
+        for i, tok in enumerate(self.tokens):
+            entry = {
+                "position": i,
+                "token": tok,
+                "singular_values": self.singular_values[i].tolist(),
+                "stable_rank": float(self.stable_rank[i]),
+                "u_tokens": self.u_tokens[i],
+                "v_tokens": self.v_tokens[i],
+                "residual": self.residual[i].tolist(),
+            }
+            if self.method == "matrix_free":
+                entry["stable_rank_se"] = float(self.stable_rank_se[i])
+            if self.has_rows:
+                entry["row_tokens"] = self.row_tokens[i]
+                entry["col_tokens"] = self.col_tokens[i]
+            per_token.append(entry)
+        keys = ("model", "revision", "dtype", "family", "layer", "n_layers", "final_norm", "k", "n_decode", "method",
+                "converged", "max_residual", "n_products", "elapsed_s", "next_token")
+        return {**{key: getattr(self, key) for key in keys}, "tokens": self.tokens, "per_token": per_token}
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_TOL, iters: int = DEFAULT_MAX_ITERS,
+            oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None) -> TopKSVD:
+    """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"`` picks by cost), signs fixed by ``y``."""
+    if method == "auto":
+        method = choose_method(op.d_out, op.n_tokens, k, oversample=oversample)
+    if method == "full":
+        J = op.full().J if full_J is None else full_J
+        svd = svd_full(J, k, tol=tol)
+        svd.n_products = op.d_out
+    elif method == "matrix_free":
+        svd = topk_svd(op, k, tol=tol, iters=iters, oversample=oversample)
+    else:
+        raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    y = op.y.detach()
+    return fix_signs(svd, y.expand(op.n_tokens, -1))
+
+
+def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int, tokenizer) -> dict:
+    """Decoded tokens of ``±u`` (logits) and ``±v`` (cosine), ``[T][k][n]`` lists, and their scores."""
+    U = svd.U.mT  # [T, k, d]
+    V = svd.V.mT
+    up, un = decode_output(U, W_U, n), decode_output(-U, W_U, n)
+    vp, vn = decode_input(V, W_E, n), decode_input(-V, W_E, n)
+    return {
+        "u_tokens": up.strings(tokenizer), "u_tokens_neg": un.strings(tokenizer),
+        "v_tokens": vp.strings(tokenizer), "v_tokens_neg": vn.strings(tokenizer),
+        "u_scores": _np(up.scores), "v_scores": _np(vp.scores),
+    }
+
+
+def embedding_matrices(handle: ModelHandle) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_U, W_E)``: unembedding and input embedding weights, ``[V, d]`` each."""
+    # tensor_of: an offloaded embedding is on the meta device outside its call
+    W_U = tensor_of(handle.adapter.unembedding(handle.model)).detach()
+    W_E = tensor_of(handle.adapter.input_embedding(handle.model)).detach()
+    return W_U, W_E
+
+
+def analyze_spectrum(
+    handle: ModelHandle,
+    input_ids: list[int],
+    *,
+    layer: int | None = None,
+    final_norm: bool = True,
+    k: int = 8,
+    n_decode: int = 8,
+    method: str = "auto",
+    tol: float = DEFAULT_TOL,
+    progress: ProgressFn | None = None,
+) -> SpectrumResult:
+    """Top-``k`` spectra and token decodings of every ``J_i`` for ``input_ids`` (see the module doc)."""
+    report = progress or (lambda frac, msg: None)
+    layer = handle.n_layers if layer is None else ranges.LAYER.check(layer, hi=handle.n_layers)
+    d = handle.info.d_model
+    k, n_decode = ranges.TOP_K.check(k, hi=d), ranges.DECODE.check(n_decode)
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method
+    if chosen == "full":
+        check_size(len(input_ids), d, handle.dtype)
+    t0 = time.perf_counter()
+    report(0.0, "Detached forward pass")
+    ids = torch.tensor(input_ids, dtype=torch.long)
+    op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
+    J = None
+    if chosen == "full":
+        J = op.full(progress=lambda f, m: report(0.05 + 0.6 * f, m)).J
+    report(0.65, "Top singular vectors" if chosen == "full" else "Matrix-free top-k SVD")
+    svd = run_svd(op, k, chosen, tol=tol, full_J=J)
+    if not (bool(torch.isfinite(svd.S).all()) and bool(torch.isfinite(op.y).all())):
+        raise NumericalError(
+            f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
+            "(float16 overflows easily), or a shorter prompt."
+        )
+    report(0.85, "Decoding singular vectors")
+    W_U, W_E = embedding_matrices(handle)
+    tok = handle.info.tokenizer
+    dec = decode_triplets(svd, W_U, W_E, n_decode, tok)
+    next_id = int(torch.argmax(W_U.to(op.y.dtype) @ op.y.detach()))
+    rows: dict = {"row_tokens": [], "col_tokens": [], "row_norms": np.zeros((0,)), "col_norms": np.zeros((0,)),
+                  "top_rows": np.zeros((0,), dtype=np.int64), "top_cols": np.zeros((0,), dtype=np.int64)}
+    if J is not None:
+        work = J.detach()
+        row_norms = torch.linalg.vector_norm(work, dim=2)  # [T, d_out]: rows J_i[r, :] live in input space
+        col_norms = torch.linalg.vector_norm(work, dim=1)  # [T, d_in]: columns J_i[:, c] live in output space
+        r = min(N_ROWS, work.shape[1], work.shape[2])
+        top_rows = torch.topk(row_norms, r, dim=1).indices
+        top_cols = torch.topk(col_norms, r, dim=1).indices
+        T = work.shape[0]
+        row_vecs = work[torch.arange(T)[:, None], top_rows]  # [T, r, d_in]
+        col_vecs = work.transpose(1, 2)[torch.arange(T)[:, None], top_cols]  # [T, r, d_out]
+        rows = {
+            "row_tokens": decode_input(row_vecs, W_E, n_decode).strings(tok),
+            "col_tokens": decode_output(col_vecs, W_U, n_decode).strings(tok),
+            "row_norms": _np(row_norms), "col_norms": _np(col_norms),
+            "top_rows": top_rows.cpu().numpy(), "top_cols": top_cols.cpu().numpy(),
+        }
+    result = SpectrumResult(
+        **handle.result_fields(input_ids),
+        layer=int(layer),
+        n_layers=handle.n_layers,
+        final_norm=bool(final_norm),
+        k=int(k),
+        n_decode=int(n_decode),
+        method=svd.method,
+        converged=bool(svd.converged),
+        max_residual=float(svd.residual.max()),
+        n_products=int(svd.n_products),
+        elapsed_s=time.perf_counter() - t0,
+        next_token=tok.decode([next_id]),
+        singular_values=_np(svd.S),
+        residual=_np(svd.residual),
+        stable_rank=_np(svd.stable_rank),
+        stable_rank_se=_np(svd.stable_rank_se),
+        U=_np(svd.U),
+        V=_np(svd.V),
+        **dec,
+        **rows,
+    )
+    report(1.0, "Done")
+    return result

@@ -1,0 +1,1 @@
+"""The command line: ``python -m lldd_core`` / ``lldd``."""

@@ -1,0 +1,1 @@
+"""Concept datasets: built-ins, hub and user files, splits, class-mean directions."""

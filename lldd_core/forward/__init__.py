@@ -1,0 +1,1 @@
+"""Forward passes: detached mode, hooks, Jacobian operators, layer views, depth dynamics, interventions."""

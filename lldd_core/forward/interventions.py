@@ -1,0 +1,274 @@
+"""Interventions on the residual stream during a forward pass or a whole generation, by hooks.
+
+Conventions (DESIGN.md, "depth is time"): ``x_l`` enters block ``l``; ``x_{l+1}`` leaves it.
+
+* :class:`AddVectors` adds ``w_l`` to ``x_l`` (block ``l``'s input) at the last position or at
+  every real position: additive concept steering ``α v_l`` (ActAdd/CAA style) and LLV schedules
+  ``u_l v_l``.
+* :class:`LQRFeedback` adds ``u_k = K_k e_k`` to block ``k``'s output at the last position, with
+  ``e_k = (β_k - v_k^T x_k) v_k`` read from block ``k``'s input: since ``e_k`` is a multiple of
+  ``v_k``, ``u_k = (β_k - v_k^T x_k) (K_k v_k)`` — one dot product and one scaled vector per layer
+  and token, no Jacobian in the loop.
+* :class:`JacobianSteering` applies a steering phrase's detached Jacobian ``J_i`` (``x_0`` of its
+  token ``i`` to its last token's state) to the new text's inputs, ``a_k = Σ_{j≤k} J_{j mod T_s}
+  x_{0,j}`` (running sum over the positions ``k`` of the new text), in one of three variants:
+
+  ============  ==========================================  ===========================  ==============
+  variant       ``J`` maps ``x_0`` to                        update at every position k   unsteered at
+  ============  ==========================================  ===========================  ==============
+  ``blend``     ``x_ℓ`` (no final norm); ``a_k += b``        ``x_ℓ ← λ x_ℓ + (1-λ) a_k``    ``λ = 1``
+  ``additive``  ``x_ℓ`` (no final norm); ``a_k += b``        ``x_ℓ ← x_ℓ + λ a_k ‖x_ℓ‖/(2‖a_k‖)``  ``λ = 0``
+  ``reference`` ``norm(x_ℓ)`` (final norm applied), no b     ``x_{ℓ-1} ← x_{ℓ-1} + λ a_k ‖x_{ℓ-1}‖/(2‖a_k‖)``  ``λ = 0``
+  ============  ==========================================  ===========================  ==============
+
+  ``blend`` is the paper's eq. 16; ``reference`` is the public reference implementation's recipe
+  exactly (its ``apply_steering_operator``: ``ℓ = 2L//3``, λ ≈ 1.028, the vector added at the
+  input of block ``ℓ - 1``, one block before the state its Jacobian maps to; it has no bias
+  term); ``additive`` is that norm-matched addition at the state ``J`` maps to. ``b`` is the
+  phrase's bias channel (``x_ℓ = Σ_i J_i x_{0,i} + b``; zero for bias-free families), so ``a_k``
+  is the phrase's own affine map applied to the new text.
+
+:func:`intervene` registers the hooks of any set of interventions and always removes them. It
+also tracks positions across the forwards of one generation (the prompt, then one token at a
+time with the KV cache), so left-padded batches steer the same real positions as single prompts:
+padding never counts as a position and is never modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.arch import FamilyAdapter
+
+#: Where additive steering writes: ``last`` — the last position of *every* forward pass (the
+#: prompt's last token, then each generated token as it is fed back); ``all`` — every real position
+#: of every forward; ``prompt`` — the prompt's last token only (the first forward), generated tokens
+#: are left alone.
+POSITIONS = ("last", "all", "prompt")
+
+
+@dataclass
+class Positions:
+    """The real-token positions of the tokens in the current forward, ``[B, t]`` (``-1`` for padding)."""
+
+    pad: torch.Tensor | None = None  # [B] left-padding lengths of the prompt batch
+    seen: torch.Tensor | None = None  # [B] real tokens processed so far
+    current: torch.Tensor | None = None  # [B, t]
+    forwards: int = 0  # forwards started so far (1 while the prompt runs)
+
+    def start_forward(self, t: int, device: torch.device) -> None:
+        """Called at block 0's input of every forward: the first one holds the (padded) prompt."""
+        self.forwards += 1
+        steps = torch.arange(t, device=device)
+        if self.seen is None:
+            pad = self.pad.to(device) if self.pad is not None else torch.zeros(1, dtype=torch.long, device=device)
+            self.current = steps[None, :] - pad[:, None]
+        else:
+            self.current = self.seen.to(device)[:, None] + steps[None, :]
+        self.current = torch.where(self.current >= 0, self.current, torch.full_like(self.current, -1))
+        self.seen = self.current.max(dim=1).values + 1
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.current >= 0
+
+
+class Intervention:
+    """Base class: hooks to register on the blocks; ``positions`` is shared by all interventions of a run."""
+
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[torch.utils.hooks.RemovableHandle]:
+        raise NotImplementedError
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, new: torch.Tensor):
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+def _input(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_input(args, kwargs, new: torch.Tensor):
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def _position_mask(h: torch.Tensor, positions: Positions, where: str) -> torch.Tensor:
+    """``[B, t, 1]`` mask of the positions to modify (:data:`POSITIONS`)."""
+    if where in ("last", "prompt"):
+        mask = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+        mask[:, -1] = where == "last" or positions.forwards == 1
+    else:
+        mask = positions.valid.to(h.device)
+    return mask[..., None]
+
+
+@dataclass
+class AddVectors(Intervention):
+    """``x_l <- x_l + w_l`` at block ``l``'s input for each ``l`` in ``vectors`` (``[d]`` each)."""
+
+    vectors: dict[int, torch.Tensor]
+    positions: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
+        handles = []
+        for layer, w in self.vectors.items():
+            def pre(module, args, kwargs, w=w):
+                h = _input(args, kwargs)
+                mask = _position_mask(h, positions, self.positions)
+                return _with_input(args, kwargs, h + mask.to(h.dtype) * w.to(h))
+
+            handles.append(blocks[layer].register_forward_pre_hook(pre, with_kwargs=True))
+        return handles
+
+
+@dataclass
+class LQRFeedback(Intervention):
+    """``x_{k+1} <- f_k(x_k) + (β_k - v_k^T x_k) K_k v_k`` at the last position, every layer ``k``.
+
+    ``directions``: ``[L, d]`` unit ``v_k``; ``beta``: ``[L]`` setpoints; ``gain_dirs``: ``[L, d]``
+    the products ``K_k v_k``. Layers whose ``K_k v_k`` is zero are skipped.
+    """
+
+    directions: torch.Tensor
+    beta: torch.Tensor
+    gain_dirs: torch.Tensor
+
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
+        handles = []
+        state: dict[int, torch.Tensor] = {}
+        for k in range(self.directions.shape[0]):
+            if not bool(self.gain_dirs[k].abs().max() > 0):
+                continue
+
+            def pre(module, args, kwargs, k=k):
+                state[k] = _input(args, kwargs)[:, -1].detach()
+
+            def post(module, args, kwargs, output, k=k):
+                h = _first(output)
+                x = state.pop(k)
+                v, Kv = self.directions[k].to(h), self.gain_dirs[k].to(h)
+                u = (self.beta[k].to(h) - x.to(h) @ v)[:, None] * Kv  # [B, d]
+                h = h.clone()
+                h[:, -1] = h[:, -1] + u
+                return _replace_first(output, h)
+
+            handles.append(blocks[k].register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(blocks[k].register_forward_hook(post, with_kwargs=True))
+        return handles
+
+
+JACOBIAN_VARIANTS = ("blend", "additive", "reference")
+
+
+@dataclass
+class JacobianSteering(Intervention):
+    """The detached-Jacobian steering operator of a steering phrase (module doc, one of three variants).
+
+    ``J``: ``[T_s, d, d]`` with ``J[i] = ∂x_layer(last token)/∂x_{0,i}`` of the phrase (detached
+    model; with the final norm applied for ``reference``); ``layer`` in ``1..L``; ``b`` ``[d]`` the
+    phrase's bias channel (added to ``a_k`` by ``blend`` and ``additive``; ``None``: zero).
+    """
+
+    J: torch.Tensor
+    layer: int
+    lam: float
+    variant: str = "blend"
+    b: torch.Tensor | None = None
+    running: torch.Tensor | None = None  # [B, d] Σ_j J_{j mod T_s} x_{0,j} over the positions seen so far
+
+    def __post_init__(self) -> None:
+        if self.variant not in JACOBIAN_VARIANTS:
+            raise ValueError(f"variant must be one of {JACOBIAN_VARIANTS}, got {self.variant!r}")
+
+    def _update(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if self.variant == "blend":
+            return self.lam * h + (1.0 - self.lam) * a
+        scale = h.norm(dim=-1, keepdim=True) / (2 * a.norm(dim=-1, keepdim=True).clamp_min(1e-30))
+        return h + self.lam * a * scale
+
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
+        added: dict[str, torch.Tensor] = {}
+        T_s = self.J.shape[0]
+
+        def pre0(module, args, kwargs):
+            x0 = _input(args, kwargs)  # [B, t, d]
+            pos = positions.current.to(x0.device)
+            every = torch.einsum("sod,btd->btso", self.J.to(x0), x0)  # each phrase token's J_s x_0 (no [B,t,d,d] gather)
+            index = (pos.clamp_min(0) % T_s)[..., None, None].expand(-1, -1, 1, x0.shape[-1])
+            terms = every.gather(2, index)[:, :, 0]
+            terms = terms * positions.valid.to(x0.device)[..., None].to(x0.dtype)
+            start = self.running if self.running is not None else torch.zeros_like(x0[:, 0])
+            cum = start[:, None] + terms.cumsum(dim=1)
+            self.running = cum[:, -1]
+            if self.b is not None and self.variant != "reference":
+                cum = cum + self.b.to(cum)
+            added["a"] = cum
+
+        def steer(h: torch.Tensor) -> torch.Tensor:
+            a = added.pop("a").to(h)
+            valid = positions.valid.to(h.device)[..., None]
+            return torch.where(valid, self._update(h, a), h)
+
+        def post(module, args, kwargs, output):
+            return _replace_first(output, steer(_first(output)))
+
+        def pre(module, args, kwargs):  # reference: the input of block layer - 1
+            if args:
+                return (steer(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": steer(kwargs["hidden_states"])}
+
+        first = blocks[0].register_forward_pre_hook(pre0, with_kwargs=True)  # before `pre` when layer - 1 == 0
+        site = (blocks[self.layer - 1].register_forward_pre_hook(pre, with_kwargs=True) if self.variant == "reference"
+                else blocks[self.layer - 1].register_forward_hook(post, with_kwargs=True))
+        return [first, site]
+
+
+@contextlib.contextmanager
+def intervene(
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    interventions: Sequence[Intervention],
+    *,
+    attention_mask: torch.Tensor | None = None,
+) -> Iterator[Positions]:
+    """Apply ``interventions`` to every forward inside the block; hooks are always removed.
+
+    ``attention_mask``: the (left-padded) prompt batch's mask, so positions count real tokens
+    only. One ``with`` block is one generation: the first forward is the prompt, later ones continue
+    its positions (KV cache).
+    """
+    blocks = adapter.layers(model)
+    pad = None
+    if attention_mask is not None:
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("steering needs left padding (the last column must be real tokens)")
+        pad = (attention_mask == 0).sum(dim=1)
+    positions = Positions(pad=pad)
+
+    def track(module, args, kwargs):
+        h = _input(args, kwargs)
+        positions.start_forward(h.shape[1], h.device)
+
+    handles = [blocks[0].register_forward_pre_hook(track, with_kwargs=True)]  # first: the others read positions
+    try:
+        for item in interventions:
+            handles.extend(item.hooks(blocks, positions))
+        yield positions
+    finally:
+        for handle in handles:
+            handle.remove()

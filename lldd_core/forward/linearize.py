@@ -1,0 +1,258 @@
+"""Detached mode: the model's forward with its nonlinear factors frozen (stop-gradient).
+
+Inside :func:`detached_mode` the forward computes exactly the same values, but autograd sees a
+function that is linear in the residual stream ``x_0`` (and in the bias scale ``s``, see
+:mod:`lldd_core.forward.jacobian`):
+
+* norms: ``RMSNorm(x) = x * sg(rsqrt(mean(x^2) + eps)) * (offset + w)`` and
+  ``LayerNorm(x) = (x - mean(x)) * sg(rsqrt(var(x) + eps)) * w + b``, computed in the input's
+  dtype (stock transformers upcasts to float32, whose rounding is not linear and stalls a float64
+  reconstruction near 1e-7);
+* gated MLPs: the whole activated gate ``sg(act(gate(x)))`` is frozen, ``up(x)`` stays live;
+* plain MLPs: ``act(z) = z * sg(act(z) / z)``;
+* attention: ``Q`` and ``K`` are frozen after their rotary embedding and norms, so the softmax
+  weights are constants and the path through ``V`` is linear.
+
+``sg`` is ``Tensor.detach``. Nothing in the installed packages is edited: norm and activation
+modules get an instance-level ``forward`` and the attention goes through a function registered in
+transformers' attention registry (with a matching mask function, without which the registry passes
+no causal mask at all). Everything is restored on exit, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from types import MethodType
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from ..errors import UnsupportedFamilyError
+from ..models.arch import FamilyAdapter
+from ..models.placement import model_dtype, replaced_forwards
+
+DETACHED_ATTENTION = "lldd_detached"
+LIVE_ATTENTION = "lldd_eager"
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _family_eager_attention(module: nn.Module) -> Callable:
+    """The eager attention function defined next to the module's class (scaling, GQA, soft-capping)."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise UnsupportedFamilyError(f"{type(module).__name__} has no eager attention function to linearize.")
+    return fn
+
+
+def _detached_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The family's eager attention with ``Q`` and ``K`` frozen: softmax weights become constants."""
+    eager = _family_eager_attention(module)
+    return eager(module, query.detach(), key.detach(), value, attention_mask, **kwargs)
+
+
+def _float64_attention(module: nn.Module, query, key, value, attention_mask, *, scaling=None, softcap=None,
+                       dropout=0.0, **kwargs):
+    """Eager attention computed in float64 throughout (GQA, scaling, soft-capping, additive mask).
+
+    The families' eager functions compute the softmax in float32 even for a float64 model; that
+    rounding is invisible in a forward pass but makes float64 finite differences and derivatives
+    disagree at ~1e-6. Same formula as theirs, without the down-cast (dropout: eval mode only).
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _live_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The family's eager attention (batched reverse mode and forward AD work through it).
+
+    Float64 models whose eager function takes ``scaling`` (every family but GPT-2, whose own
+    eager path stays in the input dtype) get the same formula without its float32 softmax.
+    """
+    if query.dtype == torch.float64 and "scaling" in kwargs and not module.training:
+        return _float64_attention(module, query, key, value, attention_mask, **kwargs)
+    eager = _family_eager_attention(module)
+    return eager(module, query, key, value, attention_mask, **kwargs)
+
+
+def _padding_safe_eager_mask(*args, **kwargs):
+    """``eager_mask``, but a query row with every key masked (a left-padding position) sees all keys.
+
+    Such a row's softmax is NaN in some families' eager attention (GPT-NeoX measured); its output
+    is never read, but at the next layer ``0 * NaN`` in ``weights @ V`` spreads the NaN to real
+    tokens. Opening the fully masked rows keeps every value finite and changes nothing else.
+    """
+    mask = eager_mask(*args, **kwargs)
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    return mask.masked_fill(blocked.all(-1, keepdim=True), 0.0)
+
+
+def _register_attention() -> None:
+    # Registering the mask function too is essential: without it the model builds no mask for
+    # these names and attention silently becomes bidirectional.
+    for name, fn in ((DETACHED_ATTENTION, _detached_attention), (LIVE_ATTENTION, _live_attention)):
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, _padding_safe_eager_mask)
+
+
+_register_attention()
+
+
+# --- detached replacements -------------------------------------------------------------------
+
+
+def _norm_eps(module: nn.Module) -> float:
+    for attr in ("variance_epsilon", "eps", "epsilon"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    raise AttributeError(f"cannot find eps of {type(module).__name__}")
+
+
+def _scale(sq_mean: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """``sg(rsqrt(sq_mean + eps))``; in half precision the (frozen) scale is computed in float32."""
+    if dtype in _HALF:
+        sq_mean = sq_mean.float()
+    return torch.rsqrt(sq_mean + eps).detach().to(dtype)
+
+
+def _detached_rms_norm(offset: float) -> Callable:
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        sq_mean = (x.float() if x.dtype in _HALF else x).pow(2).mean(-1, keepdim=True)
+        y = x * _scale(sq_mean, _norm_eps(self), x.dtype)
+        weight = getattr(self, "weight", None)
+        if weight is not None:
+            y = y * (weight.to(x.dtype) + offset) if offset else y * weight.to(x.dtype)
+        bias = getattr(self, "bias", None)
+        return y + bias.to(x.dtype) if isinstance(bias, torch.Tensor) else y
+
+    return forward
+
+
+def _float64_rms_norm(offset: float) -> Callable:
+    """RMSNorm in float64 throughout (stock transformers computes it in float32 even for float64)."""
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _norm_eps(self))
+        weight = getattr(self, "weight", None)
+        if weight is not None:
+            y = y * (weight.to(x.dtype) + offset) if offset else y * weight.to(x.dtype)
+        bias = getattr(self, "bias", None)
+        return y + bias.to(x.dtype) if isinstance(bias, torch.Tensor) else y
+
+    return forward
+
+
+def _detached_layer_norm(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    centred = x - x.mean(-1, keepdim=True)
+    sq_mean = (centred.float() if x.dtype in _HALF else centred).pow(2).mean(-1, keepdim=True)
+    y = centred * _scale(sq_mean, _norm_eps(self), x.dtype)
+    if getattr(self, "weight", None) is not None:
+        y = y * self.weight.to(x.dtype)
+    if getattr(self, "bias", None) is not None:
+        y = y + self.bias.to(x.dtype)
+    return y
+
+
+def _detached_gate(original: Callable) -> Callable:
+    def forward(self: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        return original(z).detach()
+
+    return forward
+
+
+def _detached_plain_activation(original: Callable) -> Callable:
+    def forward(self: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        # detach, not no_grad: no_grad stops reverse mode only, forward AD would still see the ratio
+        zc = z.detach()
+        ratio = original(zc) / torch.where(zc == 0, torch.ones_like(zc), zc)
+        return z * ratio
+
+    return forward
+
+
+# --- context managers ------------------------------------------------------------------------
+
+
+def _patched_forwards(patches: list[tuple[nn.Module, Callable]]) -> contextlib.AbstractContextManager:
+    """Each module's forward becomes ``fn`` bound to it (inside accelerate's hook, if any) until exit."""
+    return replaced_forwards([(module, MethodType(fn, module)) for module, fn in patches])
+
+
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+    """Switch the model to the registered attention function ``name``; restore it on exit."""
+    previous = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(name)
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _unique(modules: Iterator[nn.Module]) -> list[nn.Module]:
+    seen: dict[int, nn.Module] = {}
+    for m in modules:
+        seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def detached_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
+    """Linearize ``model`` in place (norms, activations, attention detached) for the ``with`` body.
+
+    The forward's values are unchanged up to rounding; the model's attention implementation, module
+    forwards and training flag are restored on exit.
+    """
+    patches: list[tuple[nn.Module, Callable]] = []
+    for norm in _unique(adapter.norms(model)):
+        if isinstance(norm, nn.LayerNorm) or type(norm).__name__.endswith("LayerNorm"):
+            patches.append((norm, _detached_layer_norm))
+        else:
+            patches.append((norm, _detached_rms_norm(adapter.norm_weight_offset)))
+    for act in _unique(adapter.activations(model)):
+        original = type(act).forward.__get__(act)
+        wrap = _detached_gate if adapter.gated_mlp else _detached_plain_activation
+        patches.append((act, wrap(original)))
+    with _eval_mode(model), attention_implementation(model, DETACHED_ATTENTION), _patched_forwards(patches):
+        yield model
+
+
+@contextlib.contextmanager
+def live_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
+    """The ordinary model with an eager attention path (for the ordinary Jacobian and forward AD).
+
+    A float64 model also gets float64 RMSNorms and softmax (stock transformers rounds both to
+    float32 inside; harmless in a forward pass, but finite differences and derivatives then
+    disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
+    """
+    patches: list[tuple[nn.Module, Callable]] = []
+    if model_dtype(model) == torch.float64:
+        patches = [(n, _float64_rms_norm(adapter.norm_weight_offset)) for n in _unique(adapter.norms(model))
+                   if not (isinstance(n, nn.LayerNorm) or type(n).__name__.endswith("LayerNorm"))]
+    with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION), _patched_forwards(patches):
+        yield model

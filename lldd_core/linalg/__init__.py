@@ -1,0 +1,1 @@
+"""Model-free numerics: spectra, the LLV surrogate, LQR, decoding vectors to tokens."""

@@ -1,0 +1,1 @@
+"""Models: what the user asks for, loading, placement of tensors, memory estimates, family adapters."""

@@ -1,0 +1,58 @@
+"""Family adapters, one small module per family, looked up by ``config.model_type``."""
+
+from __future__ import annotations
+
+from ...errors import UnsupportedFamilyError
+from .base import FamilyAdapter, is_activation, is_norm
+from .gemma import GemmaAdapter
+from .gpt2 import GPT2Adapter
+from .gpt_neox import GPTNeoXAdapter
+from .llama import LlamaAdapter
+from .mistral import MistralAdapter
+from .olmo2 import Olmo2Adapter
+from .phi3 import Phi3Adapter
+from .qwen2 import Qwen2Adapter
+from .qwen3 import Qwen3Adapter
+
+ADAPTERS: tuple[FamilyAdapter, ...] = (
+    GPT2Adapter(),
+    GPTNeoXAdapter(),
+    LlamaAdapter(),
+    MistralAdapter(),
+    Qwen2Adapter(),
+    Qwen3Adapter(),
+    GemmaAdapter(),
+    Phi3Adapter(),
+    Olmo2Adapter(),
+)
+
+_BY_TYPE = {t: a for a in ADAPTERS for t in a.model_types}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_TYPE)
+
+
+def supported_families_text() -> str:
+    return ", ".join(f"{a.name} ({'/'.join(a.model_types)})" for a in ADAPTERS)
+
+
+def adapter_for(model_type: str) -> FamilyAdapter:
+    """The adapter for ``config.model_type``; a clear error listing the supported families otherwise."""
+    try:
+        return _BY_TYPE[model_type]
+    except KeyError:
+        raise UnsupportedFamilyError(
+            f"Model type '{model_type}' is not supported. Supported families: {supported_families_text()}."
+        ) from None
+
+
+__all__ = [
+    "ADAPTERS",
+    "FamilyAdapter",
+    "adapter_for",
+    "is_activation",
+    "is_norm",
+    "supported_families_text",
+    "supported_model_types",
+]

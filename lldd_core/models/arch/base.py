@@ -1,0 +1,101 @@
+"""The family adapter: where a model family keeps its blocks, norms and activations.
+
+An adapter answers structural questions only; :mod:`lldd_core.forward.linearize` turns the answers into the
+detached (locally linear) forward. Most Hugging Face decoder-only families share one layout
+(``model.get_decoder().layers`` / ``.norm``), so a new family is usually a subclass that sets a few
+class attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+
+#: Modules defined in these Python modules are activation functions.
+_ACTIVATION_MODULES = ("transformers.activations", "torch.nn.modules.activation")
+
+
+def is_activation(module: nn.Module) -> bool:
+    """True for elementwise activation modules (``ACT2FN`` entries and ``torch.nn`` activations)."""
+    cls = type(module)
+    return cls.__module__ in _ACTIVATION_MODULES and "Attention" not in cls.__name__
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for LayerNorm and RMSNorm variants (matched by class, since each family defines its own)."""
+    name = type(module).__name__
+    return isinstance(module, nn.LayerNorm) or name.endswith("RMSNorm") or name.endswith("LayerNorm")
+
+
+class FamilyAdapter:
+    """Structural description of one model family.
+
+    Attributes:
+        name: human-readable family name shown to users.
+        model_types: the ``config.model_type`` values this adapter serves.
+        gated_mlp: True when the MLP is ``down(act(gate(x)) * up(x))``; the whole activated gate branch
+            ``act(gate(x))`` is then detached. False for plain MLPs ``fc2(act(fc1(x)))``, where the
+            pre-activation ``z`` is multiplied by the detached factor ``act(z)/z``.
+        norm_weight_offset: RMSNorm computes ``x / rms(x) * (offset + w)``; Gemma uses ``1 + w``.
+        biases: whether the family's linear layers or norms carry biases (documentation and tests;
+            the bias channel itself is derived from the parameters named ``*bias``).
+        attention_output / mlp_output: names of the block children whose outputs are the attention
+            and MLP terms added to the residual stream (after any post-norm, before the add).
+        mlp_down: dotted path, inside a block, of the MLP's output projection; its input is the MLP's
+            hidden vector (``act(gate) * up`` or ``act(z)``), one value per neuron (attribution graphs).
+    """
+
+    name: str = "?"
+    model_types: tuple[str, ...] = ()
+    gated_mlp: bool = True
+    norm_weight_offset: float = 0.0
+    biases: bool = False
+    attention_output: str = "self_attn"
+    mlp_output: str = "mlp"
+    mlp_down: str = "mlp.down_proj"
+
+    # --- where things live -------------------------------------------------------------------
+    def decoder(self, model: nn.Module) -> nn.Module:
+        """The module that owns the blocks and the final norm."""
+        return model.get_decoder()
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        """The transformer blocks, in depth order: block ``l`` maps ``x_l`` to ``x_{l+1}``."""
+        return self.decoder(model).layers
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The norm applied to ``x_L`` before the unembedding."""
+        return self.decoder(model).norm
+
+    def input_embedding(self, model: nn.Module) -> nn.Module:
+        return model.get_input_embeddings()
+
+    def unembedding(self, model: nn.Module) -> nn.Module:
+        return model.get_output_embeddings()
+
+    def sublayer(self, block: nn.Module, site: str) -> nn.Module:
+        """The child of ``block`` whose output is the ``site`` (``"attention"`` or ``"mlp"``) term of the residual."""
+        name = {"attention": self.attention_output, "mlp": self.mlp_output}[site]
+        return getattr(block, name)
+
+    # --- what to linearize ---------------------------------------------------------------------
+    def norms(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Every norm on the residual path, inside blocks (q/k norms too) and the final one."""
+        yield from (m for m in self.layers(model).modules() if is_norm(m))
+        yield self.final_norm(model)
+
+    def activations(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The MLP activation modules of every block."""
+        yield from (m for m in self.layers(model).modules() if is_activation(m))
+
+    def max_positions(self, config) -> int | None:
+        """Longest sequence the model was built for (``None`` when unbounded)."""
+        for attr in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,1 @@
+"""Figures: one module per result family, plotly only, no streamlit."""

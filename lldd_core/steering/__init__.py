@@ -1,0 +1,1 @@
+"""Steering: generation with interventions, the registered steering methods, side-by-side comparison."""

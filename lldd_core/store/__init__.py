@@ -1,0 +1,1 @@
+"""Storage: result dataclasses and their JSON/npz form, the bytes-only disk cache, exports."""

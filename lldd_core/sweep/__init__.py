@@ -1,0 +1,1 @@
+"""Studies over many models or datasets, locally or on Ray."""
