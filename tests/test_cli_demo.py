@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from lldd_core import service as service_module
-from lldd_core.cli.main import main, select_demos
+from lldd_core.cli.main import main
+from lldd_core.cli.resources import select_demos
 from lldd_core.demo import DEMO_CONFIGS, build_demo, is_built
 from lldd_core.demo import build as build_module
 

@@ -1,0 +1,95 @@
+"""Commands on a concept dataset: ``gains`` and ``control``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from .. import ranges as R
+from .common import add_model_args, dataset_arg, number_option, report, run_analysis, sizes_option
+
+
+def cmd_gains(args: argparse.Namespace) -> int:
+    from ..concepts.core import load_user_file
+
+    start = time.perf_counter()
+    dataset = load_user_file(args.dataset) if os.path.isfile(args.dataset) else args.dataset
+    sizes = args.sizes  # parsed and checked by ranges.sizes_argtype
+    computed = run_analysis(args, lambda svc, spec, progress: svc.gains(
+        spec, dataset, order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
+        mode=args.mode, sizes=sizes, seed=args.seed, progress=progress))
+
+    def body(r, out) -> None:
+        out.write(f"dataset    {r.dataset} ({r.source}): {r.classes[0]} vs {r.classes[1]}, per class "
+                  f"{r.split_sizes['concept']}/{r.split_sizes['operating']}/{r.split_sizes['evaluation']} "
+                  f"(concept/operating/evaluation)\n")
+        out.write(f"surrogate  order {r.order}, {r.complement} complement, {r.mode} mode; ε = {r.eps:g}; "
+                  f"{len(r.prompts)} evaluation prompts\n")
+        out.write(f"{'layer':>6} {'predicted':>10} {'measured':>10} {'exact':>10}   (means over prompts)\n")
+        for j, k in enumerate(r.layers):
+            out.write(f"{k:>6} {r.predicted[:, j].mean():10.4f} {r.measured[:, j].mean():10.4f} "
+                      f"{r.exact[:, j].mean():10.4f}\n")
+        out.write(f"agreement  mean Spearman {r.mean_spearman:.3f}, mean Pearson {r.mean_pearson:.3f}; best layer: "
+                  f"predicted {r.best_layer_predicted}, measured {r.best_layer_measured}, exact "
+                  f"{r.best_layer_exact}\n")
+
+    return report(args, computed, start, body)
+
+def cmd_control(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    start = time.perf_counter()
+    dataset = dataset_arg(args.dataset)
+    computed = run_analysis(args, lambda svc, spec, progress: svc.control(
+        spec, dataset, args.target, order=args.order, complement=args.complement, n_eval=args.n_eval, sizes=args.sizes,
+        seed=args.seed, tol=args.tol, progress=progress))
+
+    def body(r, out) -> None:
+        out.write(f"dataset    {r.dataset}: {r.classes[0]} vs {r.classes[1]}; surrogate order {r.order} "
+                  f"({r.complement}); {r.n_prompts} evaluation prompts; tolerance {r.tol:g} of Δy\n")
+        out.write("gains h    " + " ".join(f"{g:.3f}" for g in r.gains) + "\n")
+        for j, dy in enumerate(r.targets):
+            out.write(f"\nΔy = {dy:g}\n{'schedule':<9} {'reached':>8} {'achieved':>9} {'energy':>10} {'vs llv':>8}   u over layers\n")
+            ref = r.energy[r.names.index("llv"), j]
+            for s, name in enumerate(r.names):
+                e = r.energy[s, j]
+                ratio = f"{e / ref:7.2f}x" if r.reached[s, j] and np.isfinite(ref) and ref > 0 else "      -"
+                energy = f"{e:10.4g}" if r.reached[s, j] else "         -"
+                out.write(f"{name:<9} {'yes' if r.reached[s, j] else 'NO':>8} {r.achieved[s, j]:9.4f} {energy} "
+                          f"{ratio}   " + " ".join(f"{x:.3g}" for x in r.u[s, j]) + "\n")
+
+    return report(args, computed, start, body)
+
+
+def register(sub: Any) -> None:
+    """Add this group's commands to the subparsers ``sub``."""
+    p = sub.add_parser("gains", help="LLV-predicted, measured and exact gain curves of a concept over layers")
+    add_model_args(p)
+    p.add_argument("--dataset", required=True,
+                   help="a dataset name (see the datasets command) or a CSV/JSONL file with text and label columns")
+    number_option(p, R.ORDER, 32, "reduced order d of the surrogate")
+    number_option(p, R.EPS, 0.1, "injection size ε for the measured gains (0.01..0.5 is the useful range)")
+    number_option(p, R.N_EVAL, 32, "evaluation prompts")
+    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
+                   help="how the basis is completed beyond v_l (default krylov; random and pca are ablations)")
+    p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
+                   help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
+    sizes_option(p)
+    number_option(p, R.SEED, 0, "seed of the splits and the random complement")
+    p.set_defaults(func=cmd_gains)
+
+    p = sub.add_parser("control", help="least-energy (LLV) and heuristic multi-layer schedules, validated in the model")
+    add_model_args(p)
+    p.add_argument("--dataset", required=True, help="a dataset name or a CSV/JSONL file with text and label columns")
+    p.add_argument("--target", type=R.list_argtype(R.TARGET, max_len=R.MAX_TARGETS), default="1.0",
+                   help=f"target readout shift(s) Δy, comma-separated, at most {R.MAX_TARGETS}: each "
+                   f"{R.TARGET.describe()} (default 1.0)")
+    number_option(p, R.ORDER, 32, "reduced order of the surrogate")
+    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov")
+    number_option(p, R.N_EVAL, 16, "evaluation prompts the shift is averaged over")
+    number_option(p, R.TOL, 0.01, "relative tolerance on Δy of the bisection")
+    sizes_option(p)
+    number_option(p, R.SEED, 0, "seed of the splits and of the random-layer schedule")
+    p.set_defaults(func=cmd_control)

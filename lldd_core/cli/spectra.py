@@ -1,0 +1,204 @@
+"""Commands on one prompt: ``jacobian``, ``graph``, ``spectrum``, ``layers``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from .. import ranges as R
+from .common import (
+    Progress,
+    add_model_args,
+    cell_text,
+    emit_json,
+    first_use_build,
+    model_spec,
+    number_option,
+    report,
+    run_analysis,
+    stored_note,
+    warn_not_cached,
+)
+
+
+def cmd_jacobian(args: argparse.Namespace) -> int:
+    from ..service import get_service
+
+    start = time.perf_counter()
+    spec = model_spec(args)
+    progress = Progress(not args.quiet)
+    try:
+        with first_use_build(spec, args.quiet):
+            service = get_service()
+            R.TOP_K.check(args.top_k, hi=service.info(spec, progress).d_model)  # before any work
+            computed = service.jacobian(
+                spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, progress=progress
+            )
+    finally:
+        progress.close()
+    r = computed.result
+    payload = {
+        "model": r.model,
+        "revision": r.revision,
+        "dtype": r.dtype,
+        "family": r.family,
+        "tokens": r.tokens,
+        "input_ids": r.input_ids,
+        "layer": r.layer,
+        "n_layers": r.n_layers,
+        "final_norm": r.final_norm,
+        "reconstruction_error": r.reconstruction_error,
+        "plain_reconstruction_error": r.plain_reconstruction_error,
+        "detached_vs_normal": r.detached_vs_normal,
+        "bias_norm": r.bias_norm,
+        "plain_bias_norm": r.plain_bias_norm,
+        "output_norm": r.output_norm,
+        "token_contributions": r.token_contributions.tolist(),
+        "singular_values": r.top_singular_values(args.top_k),
+        "stable_rank": r.stable_rank.tolist(),
+        "compute_s": r.elapsed_s,
+        "elapsed_s": time.perf_counter() - start,
+        "cache_hit": computed.cache_hit,
+    }
+    warn_not_cached(computed)
+    if args.json:
+        emit_json(payload, args.json, stored_note(computed))
+        if args.json == "-":
+            return 0
+    _print_jacobian(payload, args.top_k)
+    return 0
+
+
+def _print_jacobian(p: dict[str, Any], k: int) -> None:
+    out = sys.stdout
+    out.write(f"model      {p['model']} ({p['family']}) @ {p['revision']}  dtype {p['dtype']}\n")
+    out.write(f"output     layer {p['layer']}/{p['n_layers']}{' + final norm' if p['final_norm'] else ''}, last token\n")
+    out.write(f"tokens     {len(p['tokens'])}: {' | '.join(repr(t) for t in p['tokens'])}\n")
+    out.write(f"reconstruction error  detached {p['reconstruction_error']:.3e}   ordinary {p['plain_reconstruction_error']:.3e}\n")
+    out.write(f"detached vs normal output  {p['detached_vs_normal']:.3e}\n")
+    out.write(f"||y|| {p['output_norm']:.4g}   bias channel ||b|| {p['bias_norm']:.4g} (ordinary {p['plain_bias_norm']:.4g})\n")
+    out.write(f"top-{k} singular values per token:\n")
+    width = max(len(repr(t)) for t in p["tokens"])
+    for i, (tok, sv) in enumerate(zip(p["tokens"], p["singular_values"])):
+        out.write(f"  {i:>3} {tok!r:<{width}}  " + " ".join(f"{v:.3e}" for v in sv) + "\n")
+    out.write(f"{'cache hit' if p['cache_hit'] else 'computed'} in {p['elapsed_s']:.2f} s\n")
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Exact attribution graph (lldd_core.analysis.graph): lldd's JSON to --json, the Neuronpedia JSON to --neuronpedia."""
+    start = time.perf_counter()
+    node_threshold = None if args.no_prune else args.node_threshold
+    computed = run_analysis(args, lambda svc, spec, progress: svc.graph(
+        spec, args.prompt, target=args.target, node_threshold=node_threshold, edge_threshold=args.edge_threshold,
+        max_nodes=args.max_nodes, progress=progress))
+    r, elapsed = computed.result, time.perf_counter() - start
+    warn_not_cached(computed)
+    if args.neuronpedia:
+        emit_json(r.to_neuronpedia(), args.neuronpedia, stored_note(computed))
+    if args.json:
+        emit_json({**r.to_json(), "elapsed_s": elapsed, "cache_hit": computed.cache_hit}, args.json,
+                   stored_note(computed))
+        if args.json == "-":
+            return 0
+    s, out = r.summary(), sys.stdout
+    out.write(f"model      {r.model}; {s['n_tokens']} tokens\n")
+    out.write("targets    " + ", ".join(f"{t!r} (p={p:.3f})" for t, p in zip(r.target_tokens, r.target_probs,
+                                                                            strict=True)) + "\n")
+    out.write(f"graph      {s['nodes']} nodes, {s['edges']} edges, {s['visited']} visited; "
+              f"{'pruned' if r.pruned else 'unpruned'} (node {r.node_threshold}, edge {r.edge_threshold}); "
+              f"replacement score {r.replacement_score:.4f}\n")
+    logits = [i for i, kind in enumerate(r.node_kind) if kind == 3]
+    for tok, node in zip(r.target_tokens, logits, strict=True):
+        path, score = r.top_path(node)
+        out.write(f"top path   into {tok!r}: {' -> '.join(r.node_id(n) for n in path)} (share {score:.3f})\n")
+    out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {elapsed:.2f} s\n")
+    return 0
+
+
+def cmd_spectrum(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    computed = run_analysis(args, lambda svc, spec, progress: svc.spectrum(
+        spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, k=args.top_k, n_decode=args.decode,
+        method=args.method, progress=progress))
+
+    def body(r, out) -> None:
+        out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
+                  f"next token {r.next_token!r}\n")
+        out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
+                  f"{'' if r.converged else ' (NOT converged)'}\n")
+        for i, tok in enumerate(r.tokens):
+            se = f" ± {r.stable_rank_se[i]:.2f}" if r.method == "matrix_free" else ""
+            out.write(f"[{i}] {tok!r}  stable rank {r.stable_rank[i]:.2f}{se}\n")
+            for j in range(r.k):
+                out.write(f"    s{j + 1} {r.singular_values[i, j]:9.3e}  U: {cell_text(r.u_tokens[i][j])}\n"
+                          f"    {'':13} V: {cell_text(r.v_tokens[i][j])}\n")
+
+    return report(args, computed, start, body)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from ..forward.views import SITES
+
+    start = time.perf_counter()
+    sites = tuple(args.sites.split(",")) if args.sites else SITES
+    computed = run_analysis(args, lambda svc, spec, progress: svc.layers(
+        spec, args.prompt, k=args.top_k, n_decode=args.decode, lens=not args.no_lens, method=args.method,
+        sites=sites, progress=progress))
+
+    def body(r, out) -> None:
+        out.write(f"tokens     {' | '.join(repr(t) for t in r.tokens)}\n")
+        out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
+                  f"method {r.method}, max residual {r.max_residual:.1e}\n")
+        for si, site in enumerate(r.sites):
+            out.write(f"{site}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
+            for li in range(r.n_layers):
+                out.write(f"  layer {li + 1:>3}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
+                          f"s1 {r.singular_values[si, li, -1, 0]:9.3e}  {cell_text(r.u_tokens[si][li][-1][0])}\n")
+
+    return report(args, computed, start, body)
+
+
+def register(sub: Any) -> None:
+    """Add this group's commands to the subparsers ``sub``."""
+    p = sub.add_parser("jacobian", help="detached vs ordinary Jacobian of the last token's output embedding")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    number_option(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
+    p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
+    number_option(p, R.TOP_K, 5, "singular values per token to report")
+    p.set_defaults(func=cmd_jacobian)
+
+    p = sub.add_parser("graph", help="exact attribution graph of the next-token logits (no transcoders, no error nodes)")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    p.add_argument("--target", default=None, help="one target token, e.g. ' Golden' (default: the top 3 next tokens)")
+    p.add_argument("--no-prune", action="store_true", help="keep every node and edge")
+    number_option(p, R.NODE_THRESHOLD, 0.8, "share of the neurons' influence the kept neurons cover")
+    number_option(p, R.EDGE_THRESHOLD, 0.98, "share of the edges' influence the kept edges cover")
+    number_option(p, R.MAX_NODES, 1024, "neurons visited as targets, most influential first")
+    p.add_argument("--neuronpedia", metavar="FILE", default=None, help="also write the Neuronpedia graph JSON")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("spectrum", help="top-k singular values of every token's J_i, decoded to tokens")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    number_option(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
+    p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
+    number_option(p, R.TOP_K, 8, "singular triplets per token")
+    number_option(p, R.DECODE, 8, "decoded tokens per singular vector")
+    p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
+                   help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+    p.set_defaults(func=cmd_spectrum)
+
+    p = sub.add_parser("layers", help="every layer's cumulative, single-block, attention and MLP spectra")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="input text")
+    number_option(p, R.TOP_K, 8, "singular triplets per view and token")
+    number_option(p, R.DECODE, 5, "decoded tokens per singular vector")
+    p.add_argument("--no-lens", action="store_true",
+                   help="analyse the raw stream (default: through the final norm, logit-lens style)")
+    p.add_argument("--sites", default=None, help="comma-separated subset of cumulative,block,attention,mlp")
+    p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
+                   help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+    p.set_defaults(func=cmd_layers)
