@@ -39,13 +39,20 @@ from .analysis.jacobian import ANALYSIS as JACOBIAN
 from .analysis.jacobian import JacobianResult, analyze_jacobian
 from .analysis.layers import ANALYSIS as LAYERS
 from .analysis.layers import LayersResult, analyze_layers
+from .analysis.settings import (
+    ControlSettings,
+    GainsSettings,
+    GraphSettings,
+    JacobianSettings,
+    LayersSettings,
+    SpectrumSettings,
+)
 from .analysis.spectrum import ANALYSIS as SPECTRUM
-from .analysis.spectrum import METHODS, SpectrumResult, analyze_spectrum
+from .analysis.spectrum import SpectrumResult, analyze_spectrum
 from .concepts.core import ConceptData
 from .concepts.core import load as load_dataset
 from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
-from .forward.views import SITES
 from .models.loading import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 from .models.memory import MemoryEstimate, estimate_memory, weight_bytes
 from .progress import ProgressFn
@@ -199,139 +206,51 @@ class Service:
             return Computed(result, False)
 
     # --- analyses -------------------------------------------------------------------------------
-    def jacobian(
-        self,
-        spec: ModelSpec,
-        prompt: str,
-        *,
-        layer: int | None = None,
-        final_norm: bool = True,
-        progress: ProgressFn | None = None,
-    ) -> Computed[JacobianResult]:
+    # Each takes its settings object (or its fields as keywords, for scripts), checks it against the
+    # model's config before the key is built, and keys the cache with the settings' cache_params().
+    def jacobian(self, spec: ModelSpec, prompt: str, settings: JacobianSettings | None = None, *,
+                 progress: ProgressFn | None = None, **overrides: Any) -> Computed[JacobianResult]:
         """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.analysis.jacobian`)."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        layer = info.n_layers if layer is None else ranges.LAYER.check(layer, hi=info.n_layers)
-        params = {"layer": layer, "final_norm": bool(final_norm)}
-        return self._cached(
-            JACOBIAN,
-            spec,
-            info,
-            ids,
-            params,
-            lambda h: analyze_jacobian(h, ids, layer=layer, final_norm=final_norm, progress=progress),
-            progress,
-        )
+        s = JacobianSettings.resolve(settings, overrides).check(info.n_layers)
+        return self._cached(JACOBIAN, spec, info, ids, s.cache_params(), lambda h: analyze_jacobian(
+            h, ids, layer=s.layer, final_norm=s.final_norm, progress=progress), progress)
 
-    def graph(
-        self,
-        spec: ModelSpec,
-        prompt: str,
-        *,
-        target: str | None = None,
-        node_threshold: float | None = 0.8,
-        edge_threshold: float = 0.98,
-        max_nodes: int | None = 1024,
-        progress: ProgressFn | None = None,
-    ) -> Computed[GraphResult]:
+    def graph(self, spec: ModelSpec, prompt: str, settings: GraphSettings | None = None, *,
+              progress: ProgressFn | None = None, **overrides: Any) -> Computed[GraphResult]:
         """Exact attribution graph of the next-token logits (:mod:`lldd_core.analysis.graph`); ``target``: one token."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        tid = None if target is None else graph_target_id(info, target)
-        node_threshold = None if node_threshold is None else ranges.NODE_THRESHOLD.check(node_threshold)
-        edge_threshold = ranges.EDGE_THRESHOLD.check(edge_threshold)
-        max_nodes = None if max_nodes is None else ranges.MAX_NODES.check(max_nodes)
-        params = {"target": tid, "node_threshold": node_threshold, "edge_threshold": edge_threshold,
-                  "max_nodes": max_nodes}
-        return self._cached(
-            GRAPH, spec, info, ids, params,
-            lambda h: analyze_graph(h, ids, target=tid, node_threshold=node_threshold, edge_threshold=edge_threshold,
-                                    max_nodes=max_nodes, progress=progress),
-            progress,
-        )
+        s = GraphSettings.resolve(settings, overrides)
+        tid = None if s.target is None else graph_target_id(info, s.target)
+        s = s.check()
+        return self._cached(GRAPH, spec, info, ids, s.cache_params(tid), lambda h: analyze_graph(
+            h, ids, target=tid, node_threshold=s.node_threshold, edge_threshold=s.edge_threshold,
+            max_nodes=s.max_nodes, progress=progress), progress)
 
-    def spectrum(
-        self,
-        spec: ModelSpec,
-        prompt: str,
-        *,
-        layer: int | None = None,
-        final_norm: bool = True,
-        k: int = 8,
-        n_decode: int = 8,
-        method: str = "auto",
-        progress: ProgressFn | None = None,
-    ) -> Computed[SpectrumResult]:
+    def spectrum(self, spec: ModelSpec, prompt: str, settings: SpectrumSettings | None = None, *,
+                 progress: ProgressFn | None = None, **overrides: Any) -> Computed[SpectrumResult]:
         """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.analysis.spectrum`)."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        layer = info.n_layers if layer is None else ranges.LAYER.check(layer, hi=info.n_layers)
-        k, n_decode = ranges.TOP_K.check(k, hi=info.d_model), ranges.DECODE.check(n_decode)
-        if method not in METHODS:
-            raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-        params = {"layer": layer, "final_norm": bool(final_norm), "k": k, "n_decode": n_decode, "method": method}
-        return self._cached(
-            SPECTRUM, spec, info, ids, params,
-            lambda h: analyze_spectrum(h, ids, layer=layer, final_norm=final_norm, k=k, n_decode=n_decode,
-                                       method=method, progress=progress),
-            progress,
-        )
+        s = SpectrumSettings.resolve(settings, overrides).check(info.n_layers, info.d_model)
+        return self._cached(SPECTRUM, spec, info, ids, s.cache_params(), lambda h: analyze_spectrum(
+            h, ids, layer=s.layer, final_norm=s.final_norm, k=s.k, n_decode=s.n_decode, method=s.method,
+            progress=progress), progress)
 
-    def layers(
-        self,
-        spec: ModelSpec,
-        prompt: str,
-        *,
-        k: int = 8,
-        n_decode: int = 5,
-        lens: bool = True,
-        method: str = "auto",
-        sites: tuple[str, ...] = SITES,
-        progress: ProgressFn | None = None,
-    ) -> Computed[LayersResult]:
+    def layers(self, spec: ModelSpec, prompt: str, settings: LayersSettings | None = None, *,
+               progress: ProgressFn | None = None, **overrides: Any) -> Computed[LayersResult]:
         """Every layer's views of one prompt: spectra, stable ranks, decodings, emergence."""
         info = self.info(spec, progress)
         ids = info.encode(prompt)
-        k, n_decode = ranges.TOP_K.check(k, hi=info.d_model), ranges.DECODE.check(n_decode)
-        if method not in METHODS:
-            raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-        if isinstance(sites, str):
-            sites = tuple(part.strip() for part in sites.split(","))
-        unknown = [s for s in sites if s not in SITES]
-        if unknown:
-            raise InputError(f"Unknown site(s) {', '.join(map(repr, unknown))}: choose from {', '.join(SITES)}.")
-        sites = tuple(s for s in SITES if s in set(sites))  # canonical order: one cache entry per set
-        if not sites:
-            raise InputError(f"Choose at least one site of {', '.join(SITES)}.")
-        params = {"k": k, "n_decode": n_decode, "lens": bool(lens), "method": method, "sites": list(sites)}
-        return self._cached(
-            LAYERS, spec, info, ids, params,
-            lambda h: analyze_layers(h, ids, sites=sites, k=k, n_decode=n_decode, lens=lens, method=method,
-                                     progress=progress),
-            progress,
-        )
+        s = LayersSettings.resolve(settings, overrides).check(info.d_model)
+        return self._cached(LAYERS, spec, info, ids, s.cache_params(), lambda h: analyze_layers(
+            h, ids, sites=s.sites, k=s.k, n_decode=s.n_decode, lens=s.lens, method=s.method, progress=progress),
+            progress)
 
-    @staticmethod
-    def gains_params(data: ConceptData, order: int, eps: float, n_eval: int, complement: str, mode: str,
-                      sizes: tuple[int, int, int], seed: int) -> dict[str, Any]:
-        return {"dataset": data.name, "fingerprint": data.fingerprint(), "order": int(order), "eps": float(eps),
-                "n_eval": int(n_eval), "complement": complement, "mode": mode, "sizes": [int(n) for n in sizes],
-                "seed": int(seed)}
-
-    def gains(
-        self,
-        spec: ModelSpec,
-        dataset: str | ConceptData,
-        *,
-        order: int = 32,
-        eps: float = 0.1,
-        n_eval: int = 32,
-        complement: str = "krylov",
-        mode: str = "prompt",
-        sizes: tuple[int, int, int] = (400, 200, 200),
-        seed: int = 0,
-        progress: ProgressFn | None = None,
-    ) -> Computed[GainsResult]:
+    def gains(self, spec: ModelSpec, dataset: str | ConceptData, settings: GainsSettings | None = None, *,
+              progress: ProgressFn | None = None, **overrides: Any) -> Computed[GainsResult]:
         """Predicted, measured and exact gain curves of a concept (:mod:`lldd_core.analysis.gains`), cached.
 
         ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.core.list_datasets`) or
@@ -339,29 +258,13 @@ class Service:
         the data's fingerprint, so an edited file is a miss.
         """
         info = self.info(spec, progress)
-        order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
+        s = GainsSettings.resolve(settings, overrides).check(info.d_model)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
-        return self._cached(
-            GAINS, spec, info, [], params,
-            lambda h: analyze_gains(h, data, order=order, eps=eps, n_eval=n_eval, complement=complement, mode=mode,
-                                    sizes=sizes, seed=seed, progress=progress),
-            progress,
-        )
+        return self._cached(GAINS, spec, info, [], s.cache_params(data),
+                            lambda h: analyze_gains(h, data, s, progress=progress), progress)
 
-    def cached_gains(
-        self,
-        spec: ModelSpec,
-        dataset: str | ConceptData,
-        *,
-        order: int = 32,
-        eps: float = 0.1,
-        n_eval: int = 32,
-        complement: str = "krylov",
-        mode: str = "prompt",
-        sizes: tuple[int, int, int] = (400, 200, 200),
-        seed: int = 0,
-    ) -> GainsResult | None:
+    def cached_gains(self, spec: ModelSpec, dataset: str | ConceptData, settings: GainsSettings | None = None,
+                     **overrides: Any) -> GainsResult | None:
         """The stored result of :meth:`gains` with these settings, or ``None``; never loads weights or builds.
 
         Resolving a hub model needs its config (from the Hugging Face cache offline); that failing
@@ -371,74 +274,38 @@ class Service:
             return None
         info = self.info(spec)
         try:
-            order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
+            s = GainsSettings.resolve(settings, overrides).check(info.d_model)
         except InputError:  # gains() refuses these settings (when asked to compute), so nothing was stored
             return None
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed)
-        key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[], params=params)
+        key = make_key(GAINS, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[],
+                       params=s.cache_params(data))
         return self.cache.get(key)
 
-    def gains_ablation(
-        self,
-        spec: ModelSpec,
-        dataset: str | ConceptData,
-        vary: str,
-        values: list | tuple | None = None,
-        *,
-        order: int = 32,
-        eps: float = 0.1,
-        n_eval: int = 32,
-        complement: str = "krylov",
-        mode: str = "prompt",
-        sizes: tuple[int, int, int] = (400, 200, 200),
-        seed: int = 0,
-        progress: ProgressFn | None = None,
-    ) -> Computed[GainsAblation]:
+    def gains_ablation(self, spec: ModelSpec, dataset: str | ConceptData, vary: str, values: list | tuple | None = None,
+                       settings: GainsSettings | None = None, *, progress: ProgressFn | None = None,
+                       **overrides: Any) -> Computed[GainsAblation]:
         """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.analysis.gains.ablate_gains`), cached."""
         info = self.info(spec, progress)
-        order, eps, n_eval, sizes, seed = _gain_numbers(info, order, eps, n_eval, sizes, seed)
+        s = GainsSettings.resolve(settings, overrides).check(info.d_model)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
         values = ablation_values(vary, info.d_model, values)
-        params = {**self.gains_params(data, order, eps, n_eval, complement, mode, sizes, seed),
-                  "vary": vary, "values": values}
-        return self._cached(
-            ABLATION, spec, info, [], params,
-            lambda h: ablate_gains(h, data, vary, values, order=order, eps=eps, n_eval=n_eval, complement=complement,
-                                   mode=mode, sizes=sizes, seed=seed, progress=progress),
-            progress,
-        )
-
+        params = {**s.cache_params(data), "vary": vary, "values": values}
+        return self._cached(ABLATION, spec, info, [], params,
+                            lambda h: ablate_gains(h, data, vary, values, s, progress=progress), progress)
 
     # --- control and steering ---------------------------------------------------------------------
-    def control(
-        self,
-        spec: ModelSpec,
-        dataset: str | ConceptData,
-        targets: list[float] | tuple[float, ...],
-        *,
-        order: int = 32,
-        complement: str = "krylov",
-        n_eval: int = 16,
-        sizes: tuple[int, int, int] = (400, 200, 200),
-        seed: int = 0,
-        tol: float = 1e-2,
-        progress: ProgressFn | None = None,
-    ) -> Computed[ControlResult]:
+    def control(self, spec: ModelSpec, dataset: str | ConceptData, targets: list[float] | tuple[float, ...] | None = None,
+                settings: ControlSettings | None = None, *, progress: ProgressFn | None = None,
+                **overrides: Any) -> Computed[ControlResult]:
         """LLV and heuristic schedules for each target ``Δy``, validated in the full model (:mod:`lldd_core.analysis.control`), cached."""
         info = self.info(spec, progress)
-        order, _, n_eval, sizes, seed = _gain_numbers(info, order, 0.1, n_eval, sizes, seed)
-        targets = ranges.check_list(targets, ranges.TARGET, max_len=ranges.MAX_TARGETS)
-        tol = ranges.TOL.check(tol)
+        if targets is not None:
+            overrides["targets"] = targets
+        s = ControlSettings.resolve(settings, overrides).check(info.d_model)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = {**self.gains_params(data, order, 0.0, n_eval, complement, "population", sizes, seed),
-                  "targets": targets, "tol": float(tol)}
-        return self._cached(
-            CONTROL, spec, info, [], params,
-            lambda h: analyze_control(h, data, targets, order=order, complement=complement, n_eval=n_eval, sizes=sizes,
-                                      seed=seed, tol=tol, progress=progress),
-            progress,
-        )
+        return self._cached(CONTROL, spec, info, [], s.cache_params(data),
+                            lambda h: analyze_control(h, data, settings=s, progress=progress), progress)
 
     def _concept_setup(self, handle: ModelHandle, data: ConceptData, sizes: tuple[int, int, int], seed: int,
                        progress: ProgressFn | None) -> GainsSetup:
@@ -555,14 +422,6 @@ class Service:
                                              n_prompts=n_prompts, max_tokens=max_tokens, progress=progress),
             progress,
         )
-
-
-def _gain_numbers(info: ModelInfo, order: int, eps: float, n_eval: int, sizes: tuple[int, int, int],
-                  seed: int) -> tuple[int, float, int, tuple[int, int, int], int]:
-    """The numeric gains settings checked by their :mod:`~lldd_core.ranges` ranges (the order against the
-    model's hidden size), before they key the cache."""
-    return (ranges.ORDER.check(order, hi=info.d_model), ranges.EPS.check(eps), ranges.N_EVAL.check(n_eval), ranges.check_sizes(sizes),
-            ranges.SEED.check(seed))
 
 
 _SERVICE: Service | None = None

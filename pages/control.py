@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.analysis.control import MAX_SCALE, ControlResult
+from lldd_core.analysis.settings import COMPLEMENTS, ControlSettings, SplitSizes
 from lldd_core.concepts.core import ConceptData
 from lldd_core.errors import LLDDError
-from lldd_core.linalg.llv import COMPLEMENTS
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (
     SCHEDULE_LINES,
@@ -38,10 +38,7 @@ from pages._datasets import dataset_picker, split_size_inputs
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
 SIZES_KEY = "control.last_sizes"
-DEFAULT_ORDER = 32
 DEFAULT_TARGETS = "0.5, 1, 2"
-DEFAULT_N_EVAL = 16
-DEFAULT_TOL = 1e-2
 SCHEDULE_VIEWS = {"validated": "validated (full model)", "surrogate": "surrogate"}
 
 EXPLANATION = f"""
@@ -55,8 +52,10 @@ tolerance of `Δy`. Its **energy** is `‖u‖²` of the scaled schedule. A sche
 """
 
 
-def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
-    """The settings form; returns (submitted, the targets' text, the other keyword arguments of ``control``)."""
+def settings_form(d: int, ready: bool) -> tuple[bool, str, ControlSettings]:
+    """The settings form (defaults: :class:`~lldd_core.analysis.settings.ControlSettings`'s, but several targets
+    to compare); returns (submitted, the targets' text, the other settings)."""
+    C = ControlSettings
     with st.form("control_form", border=True):
         targets = st.text_input(
             "Target shifts Δy", value=DEFAULT_TARGETS, key="ct_targets",
@@ -66,7 +65,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
         sizes = list(split_size_inputs("ct"))
         c1, c2, c3, c4, c5 = st.columns(5)
         order = c1.number_input(
-            "Reduced order d", **ORDER.widget(hi=d), value=min(DEFAULT_ORDER, d), step=1, key=f"ct_order_of_{d}",
+            "Reduced order d", **ORDER.widget(hi=d), value=min(C.default("order"), d), step=1, key=f"ct_order_of_{d}",
             help=f"Columns of each layer's basis P_l (1..hidden size {d}).",
         )
         complement = c2.selectbox(
@@ -74,22 +73,22 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, dict]:
             help="How each basis P_l is completed after v_l: depth-Krylov (default), random or PCA.",
         )
         n_eval = c3.number_input(
-            "Evaluation prompts", **N_EVAL.widget(), value=DEFAULT_N_EVAL, step=1, key="ct_n_eval",
+            "Evaluation prompts", **N_EVAL.widget(), value=C.default("n_eval"), step=1, key="ct_n_eval",
             help="The full-model readout change is the mean over this many evaluation prompts.",
         )
         tol = c4.number_input(
-            "Tolerance", **TOL.widget(), value=DEFAULT_TOL, step=1e-3, format="%.4g", key="ct_tol",
+            "Tolerance", **TOL.widget(), value=C.default("tol"), step=1e-3, format="%.4g", key="ct_tol",
             help="A schedule reaches Δy when the mean readout change is within tolerance × |Δy| of it.",
         )
-        seed = c5.number_input("Seed", **SEED.widget(), value=0, step=1, key="ct_seed",
+        seed = c5.number_input("Seed", **SEED.widget(), value=C.default("seed"), step=1, key="ct_seed",
                                help="Seed of the splits, of random bases and of the random schedule's layer.")
         submitted = st.form_submit_button("Compute schedules", type="primary", key="ct_compute", disabled=not ready)
-    settings = {"order": int(order), "complement": str(complement), "n_eval": int(n_eval),
-                "sizes": tuple(int(n) for n in sizes), "seed": int(seed), "tol": float(tol)}
+    settings = ControlSettings(order=int(order), complement=str(complement), n_eval=int(n_eval),
+                               sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed), tol=float(tol))
     return submitted, targets, settings
 
 
-def compute(spec: ModelSpec, dataset: str | ConceptData, targets_text: str, settings: dict) -> Shown | None:
+def compute(spec: ModelSpec, dataset: str | ConceptData, targets_text: str, settings: ControlSettings) -> Shown | None:
     """Parse the targets and run the analysis with a live status box; ``None`` (after an ``st.error``) on a user error."""
     try:
         targets = parse_targets(targets_text)
@@ -97,7 +96,7 @@ def compute(spec: ModelSpec, dataset: str | ConceptData, targets_text: str, sett
         st.error(str(err))
         return None
     computed = run_with_status(
-        "control schedules", lambda progress: get_service().control(spec, dataset, targets, progress=progress, **settings))
+        "control schedules", lambda progress: get_service().control(spec, dataset, targets, settings, progress=progress))
     if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, spec, computed.result.dataset)
@@ -196,7 +195,7 @@ def main() -> None:
             shown = compute(spec, dataset, targets_text, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
-                st.session_state[SIZES_KEY] = settings["sizes"]
+                st.session_state[SIZES_KEY] = settings.sizes
     last = st.session_state.get(RESULT_KEY)
     has_result = isinstance(last, Shown) and isinstance(last.result, ControlResult)
     fmt = "png"

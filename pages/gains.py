@@ -12,9 +12,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lldd_core.analysis.gains import MODES, GainsAblation, GainsResult, ablation_values
+from lldd_core.analysis.gains import GainsAblation, GainsResult, ablation_values
+from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings, SplitSizes
 from lldd_core.concepts.core import ConceptData
-from lldd_core.linalg.llv import COMPLEMENTS
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.gains import (
     CURVES,
@@ -44,7 +44,6 @@ RESULT_KEY = "gains.last"
 SETTINGS_KEY = "gains.last_settings"
 #: The last ablation of each kind, by ``vary``.
 ABLATION_KEY = "gains.ablation.{}"
-DEFAULT_ORDER = 32
 
 COMPLEMENT_LABELS = {
     "krylov": "krylov (depth-Krylov, default)",
@@ -78,13 +77,14 @@ constant or has one point). **Best layer**: where a mean curve peaks. Bands and 
 """
 
 
-def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
-    """The settings form; returns (submitted, the keyword arguments of ``gains`` / ``gains_ablation``)."""
+def settings_form(d: int, ready: bool) -> tuple[bool, GainsSettings]:
+    """The settings form (defaults: :class:`~lldd_core.analysis.settings.GainsSettings`'s); returns (submitted, the settings)."""
+    G = GainsSettings
     with st.form("gains_form", border=True):
         sizes = list(split_size_inputs("gn"))
         c1, c2, c3, c4 = st.columns(4)
         order = c1.number_input(
-            "Reduced order d", **ORDER.widget(hi=d), value=min(DEFAULT_ORDER, d), step=1, key=f"gn_order_of_{d}",
+            "Reduced order d", **ORDER.widget(hi=d), value=min(G.default("order"), d), step=1, key=f"gn_order_of_{d}",
             help=f"Columns of each layer's basis P_l (1..hidden size {d}); at the hidden size the prediction is exact.",
         )
         complement = c2.selectbox(
@@ -93,11 +93,11 @@ def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
             "mean Jacobians; random and pca (the operating states' principal directions) are ablations.",
         )
         eps = c3.number_input(
-            "ε (injection size)", **EPS.widget(), value=0.1, step=0.01, format="%.4g", key="gn_eps",
+            "ε (injection size)", **EPS.widget(), value=G.default("eps"), step=0.01, format="%.4g", key="gn_eps",
             help=f"Size of the injection for the measured gains: {EPS.describe()}; 0.01..0.5 is the useful range.",
         )
         n_eval = c4.number_input(
-            "Evaluation prompts", **N_EVAL.widget(), value=32, step=1, key="gn_n_eval",
+            "Evaluation prompts", **N_EVAL.widget(), value=G.default("n_eval"), step=1, key="gn_n_eval",
             help="How many prompts of the evaluation split get curves (it holds 2 × the evaluation size per class).",
         )
         c1, c2 = st.columns(2)
@@ -106,18 +106,18 @@ def settings_form(d: int, ready: bool) -> tuple[bool, dict]:
             help="prompt: each prompt's predicted curve from its own Jacobians on the shared bases. population: "
             "one curve from the operating prompts' mean reduced model.",
         )
-        seed = c2.number_input("Seed", **SEED.widget(), value=0, step=1, key="gn_seed",
+        seed = c2.number_input("Seed", **SEED.widget(), value=G.default("seed"), step=1, key="gn_seed",
                                help="Seed of the splits and of random bases.")
         submitted = st.form_submit_button("Compute gain curves", type="primary", key="gn_compute", disabled=not ready)
-    settings = {"order": int(order), "eps": float(eps), "complement": str(complement), "n_eval": int(n_eval),
-                "mode": str(mode), "sizes": tuple(int(n) for n in sizes), "seed": int(seed)}
+    settings = GainsSettings(order=int(order), eps=float(eps), complement=str(complement), n_eval=int(n_eval),
+                             mode=str(mode), sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed))
     return submitted, settings
 
 
-def compute(spec: ModelSpec, dataset: str | ConceptData, settings: dict) -> Shown | None:
+def compute(spec: ModelSpec, dataset: str | ConceptData, settings: GainsSettings) -> Shown | None:
     """Run the analysis with a live status box; ``None`` (after an ``st.error``) if the user must fix something."""
     computed = run_with_status(
-        "gain curves", lambda progress: get_service().gains(spec, dataset, progress=progress, **settings))
+        "gain curves", lambda progress: get_service().gains(spec, dataset, settings, progress=progress))
     if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, spec, computed.result.dataset)
@@ -135,11 +135,10 @@ def describe_settings(r: GainsResult | GainsAblation) -> str:
             f"{r.mode} mode · {plural(len(r.prompts), 'evaluation prompt')} · layers {list(r.layers)}")
 
 
-def describe_form(settings: dict) -> str:
+def describe_form(s: GainsSettings) -> str:
     """The form's settings in one phrase."""
-    return (f"order {settings['order']} · {settings['complement']} · ε {settings['eps']:g} · "
-            f"{plural(settings['n_eval'], 'evaluation prompt')} · {settings['mode']} mode · splits "
-            f"{'/'.join(map(str, settings['sizes']))} per class · seed {settings['seed']}")
+    return (f"order {s.order} · {s.complement} · ε {s.eps:g} · {plural(s.n_eval, 'evaluation prompt')} · "
+            f"{s.mode} mode · splits {'/'.join(map(str, s.sizes))} per class · seed {s.seed}")
 
 
 def show_metrics(shown: Shown, include_flagged: bool = False) -> None:
@@ -182,13 +181,13 @@ def show_prompt(r: GainsResult, fmt: str, slug: str) -> None:
         st.text(r.prompts[i])
 
 
-def show_result(shown: Shown, settings: dict | None, fmt: str) -> None:
+def show_result(shown: Shown, settings: GainsSettings | None, fmt: str) -> None:
     """Everything about one result: request, splits, metrics, figures, the per-prompt table and downloads."""
     r = shown.result
     slug = file_slug(f"{r.model}_{r.dataset}")
     st.subheader("Result")
     st.caption(describe_settings(r))
-    line, shrunk = splits_line(r.split_sizes, settings.get("sizes") if settings else None)
+    line, shrunk = splits_line(r.split_sizes, settings.sizes if isinstance(settings, GainsSettings) else None)
     if shrunk:
         st.info(f"Split sizes: {line}.", icon=":material/compress:")
     else:
@@ -241,7 +240,7 @@ def show_ablation(shown: Shown, fmt: str) -> None:
     )
 
 
-def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, settings: dict | None,
+def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, settings: GainsSettings | None,
                  d: int | None, fmt: str) -> None:
     """A button that sweeps ``vary`` with the current settings, and the last sweep of it."""
     if d is not None and settings is not None:
@@ -252,7 +251,7 @@ def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, 
     ready = d is not None and dataset is not None and settings is not None
     if st.button(f"Run {ABLATION_NOUNS[vary]}", key=f"gn_ablate_{vary}", disabled=not ready) and ready:
         computed = run_with_status(ABLATION_NOUNS[vary], lambda progress: get_service().gains_ablation(
-            spec, dataset, vary, progress=progress, **settings))
+            spec, dataset, vary, settings=settings, progress=progress))
         if computed is not None:
             st.session_state[ABLATION_KEY.format(vary)] = Shown(computed.result, computed.cache_hit, spec,
                                                                 computed.result.dataset)
@@ -268,7 +267,7 @@ def main() -> None:
     spec = current_spec()
     shape = model_shape(spec) if ensure_model_ready(spec) else None
     dataset: str | ConceptData | None = None
-    settings: dict | None = None
+    settings: GainsSettings | None = None
     if shape is not None:
         n_layers, d = shape
         st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")

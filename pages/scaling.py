@@ -17,10 +17,9 @@ import streamlit as st
 # Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_common.py).
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from lldd_core.analysis.gains import MODES
-from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
+from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings
+from lldd_core.concepts.core import ConceptData, DatasetListing, list_datasets
 from lldd_core.errors import LLDDError
-from lldd_core.linalg.llv import COMPLEMENTS
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.scaling import cells_table, scaling_figure
 from lldd_core.plots.spectra import FIGURE_FORMATS, download_config
@@ -29,7 +28,6 @@ from lldd_core.service import Computed, get_service
 from lldd_core.store.export import csv_text
 from lldd_core.sweep.study import (
     FAMILIES,
-    GainSettings,
     SweepCell,
     SweepReport,
     fill_params,
@@ -74,7 +72,7 @@ so a sweep that is stopped resumes where it stopped.
 """
 
 
-def cell_key(cell: SweepCell, spec: ModelSpec, settings: GainSettings) -> tuple:
+def cell_key(cell: SweepCell, spec: ModelSpec, settings: GainsSettings) -> tuple:
     """What a failure is remembered under: the cell, the precision and device, and the settings."""
     return (cell.model, cell.dataset, spec.dtype, spec.device, settings)
 
@@ -107,9 +105,9 @@ def choose_datasets() -> list[str]:
     ))
 
 
-def choose_settings() -> GainSettings:
+def choose_settings() -> GainsSettings:
     """The gain settings (the defaults of the Gain curves page and the ``gains`` command)."""
-    defaults = GainSettings()
+    defaults = GainsSettings()
     c1, c2, c3, c4, c5 = st.columns(5)
     order = c1.number_input("Reduced order d", **ORDER.widget(), value=defaults.order, step=1, key="sc_order",
                             help="Columns of each layer's basis P_l (at most every model's hidden size).")
@@ -124,10 +122,10 @@ def choose_settings() -> GainSettings:
     cols = st.columns(3)
     sizes = [
         cols[i].number_input(f"{name.capitalize()} examples per class", **rng.widget(),
-                             value=PAPER_PER_CLASS[name], step=50, key=f"sc_{name}")
+                             value=defaults.sizes[i], step=50, key=f"sc_{name}")
         for i, (name, rng) in enumerate(zip(("concept", "operating", "evaluation"), SIZES))
     ]
-    return GainSettings(order=int(order), eps=float(eps), n_eval=int(n_eval), complement=str(complement),
+    return GainsSettings(order=int(order), eps=float(eps), n_eval=int(n_eval), complement=str(complement),
                         mode=str(mode), sizes=tuple(int(n) for n in sizes))
 
 
@@ -151,7 +149,7 @@ def dataset_inputs(names: list[str]) -> list[str | ConceptData]:
     return out
 
 
-def with_failures(cells: list[SweepCell], spec: ModelSpec, settings: GainSettings) -> list[SweepCell]:
+def with_failures(cells: list[SweepCell], spec: ModelSpec, settings: GainsSettings) -> list[SweepCell]:
     """``cells`` with the missing ones that failed in an earlier sweep of this session marked ``failed``."""
     failed: dict = st.session_state.get(FAILED_KEY, {})
     out = []
@@ -161,7 +159,7 @@ def with_failures(cells: list[SweepCell], spec: ModelSpec, settings: GainSetting
     return out
 
 
-def remember(report: SweepReport, spec: ModelSpec, settings: GainSettings) -> None:
+def remember(report: SweepReport, spec: ModelSpec, settings: GainsSettings) -> None:
     """Keep this sweep's failures for later runs of the page; forget those of cells that now have a result."""
     failed: dict = dict(st.session_state.get(FAILED_KEY, {}))
     for c in report.cells:
@@ -184,7 +182,7 @@ def reasons(cells: list[SweepCell], status: str) -> list[str]:
 
 
 def compute(models: list[str], data: list[str | ConceptData], spec: ModelSpec,
-            settings: GainSettings) -> tuple[SweepReport | None, bool]:
+            settings: GainsSettings) -> tuple[SweepReport | None, bool]:
     """Run the sweep in a status box (one bar over the cells to compute).
 
     Returns the report (``None`` if the sweep could not start, after an ``st.error``) and whether the

@@ -9,12 +9,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
+from lldd_core.analysis.settings import GainsSettings
 from lldd_core.models.loading import ModelSpec
-from lldd_core.sweep.study import GainSettings
 from tests.apptest import APP, assert_clean
 from tests.test_sweep import save_family
 
-SETTINGS = GainSettings(order=4, n_eval=2, sizes=(6, 4, 3))
+SETTINGS = GainsSettings(order=4, n_eval=2, sizes=(6, 4, 3))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_status_then_compute_missing_then_cached(family: list[str], fresh_servic
     assert len(at.get("plotly_chart")) == 1
     service = service_module.get_service()
     for model, params, spearman in zip(family, frame.value["parameters"], frame.value["mean Spearman"]):
-        result = service.cached_gains(ModelSpec(model), "sentiment", **SETTINGS.as_kwargs())
+        result = service.cached_gains(ModelSpec(model), "sentiment", SETTINGS)
         assert result is not None and result.n_params == params
         assert result.mean_spearman == pytest.approx(spearman, nan_ok=True)
 

@@ -203,8 +203,8 @@ def test_make_key_hashing_is_pinned():
 def test_the_ray_sweep_keys_are_pinned(recorded, monkeypatch):
     """The distributed sweep builds its own keys (result, basis, chunks): the same names and params."""
     pytest.importorskip("ray")
+    from lldd_core.analysis.settings import GainsSettings
     from lldd_core.sweep import ray as sweep_ray
-    from lldd_core.sweep.study import GainSettings
 
     _, service, spec = recorded
     seen: list[tuple[str, str, list]] = []
@@ -214,7 +214,7 @@ def test_the_ray_sweep_keys_are_pinned(recorded, monkeypatch):
         return analysis
 
     monkeypatch.setattr(sweep_ray, "make_key", recorder)
-    keys, chunk_key = sweep_ray._keys(service, spec, DATA, GainSettings())
+    keys, chunk_key = sweep_ray._keys(service, spec, DATA, GainsSettings())
     chunk_key(0, 16)
     common = ('"complement":"krylov","dataset":"toy",@EPS"fingerprint":"@FP","mode":"prompt","n_eval":32,"order":32,'
               '@ROWS"seed":0,"sizes":[400,200,200]')

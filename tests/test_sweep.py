@@ -16,13 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from lldd_core import service as service_module
+from lldd_core.analysis.settings import GainsSettings
 from lldd_core.cli.main import main
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.scaling import PAPER_GPT2, TABLE_COLUMNS, cells_table, scaling_figure
 from lldd_core.service import Service
 from lldd_core.sweep.study import (
     FAMILIES,
-    GainSettings,
     SweepCell,
     fill_params,
     parse_list,
@@ -32,7 +32,7 @@ from lldd_core.sweep.study import (
 )
 from tests.tiny import VOCAB, build_tokenizer
 
-SETTINGS = GainSettings(order=4, n_eval=2, sizes=(6, 4, 3))
+SETTINGS = GainsSettings(order=4, n_eval=2, sizes=(6, 4, 3))
 LIKE = ModelSpec("unused", device="cpu")
 DATASETS = ["sentiment", "topic"]
 #: (hidden size, layers) of the tiny family, smallest first.
@@ -79,9 +79,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     analyze = service_module.analyze_gains
 
-    def counting(handle, data, **kwargs):
+    def counting(handle, data, *args, **kwargs):
         calls.append(handle.spec.model)
-        return analyze(handle, data, **kwargs)
+        return analyze(handle, data, *args, **kwargs)
 
     monkeypatch.setattr(service_module, "analyze_gains", counting)
     return calls
@@ -92,8 +92,8 @@ def test_families_and_lists() -> None:
     assert FAMILIES["demo"] == ["demo:gpt2-small", "demo:gpt2-medium", "demo:gpt2-large"]
     assert all(m.startswith("EleutherAI/pythia-") for m in FAMILIES["pythia"])
     assert parse_list(" a, b,,a , c ") == ["a", "b", "c"]
-    with pytest.raises(Exception, match="order must be at least 1"):
-        GainSettings(order=0).check()
+    with pytest.raises(Exception, match=r"reduced order d .*must be an integer from 1"):
+        GainsSettings(order=0).check()
 
 
 def test_status_of_an_empty_cache_is_all_missing(service: Service, family: list[str], counted: list[str],
@@ -133,7 +133,7 @@ def test_run_sweep_fills_the_same_cache_as_gains(service: Service, family: list[
         assert {k: v for k, v in cell.as_dict().items() if k != "status"} == pytest.approx(same, nan_ok=True)
     # the gains command and page ask the service the same question: a cache hit with the same numbers
     for cell in status:
-        got = service.gains(ModelSpec(cell.model, device="cpu"), cell.dataset, **SETTINGS.as_kwargs())
+        got = service.gains(ModelSpec(cell.model, device="cpu"), cell.dataset, SETTINGS)
         assert got.cache_hit
         assert got.result.n_params == cell.n_params
         assert math.isclose(got.result.mean_spearman, cell.mean_spearman) or np.isnan(cell.mean_spearman)
@@ -165,7 +165,7 @@ def test_unavailable_and_failed_cells_do_not_stop_the_sweep(service: Service, fa
     models = [family[0], str(tmp_path / "no-such-model"), "demo:no-such-demo", family[1]]
     datasets = ["sentiment", "sst2", "no_such_dataset"]
     # order 20 exceeds the smallest model's hidden size (16): its cells fail, the others compute
-    settings = GainSettings(order=20, n_eval=2, sizes=(6, 4, 3))
+    settings = GainsSettings(order=20, n_eval=2, sizes=(6, 4, 3))
     report = run_sweep(service, models, datasets, like=LIKE, settings=settings)
     status = {(c.model, c.dataset): c for c in report.cells}
     assert status[(family[0], "sentiment")].status == "failed"
@@ -219,10 +219,10 @@ def test_cli_sweep_json_exit_codes_and_resume(capsys, family: list[str], cache_d
     # Ctrl-C during the second cell: the first stays cached, the message says how to resume
     analyze = service_module.analyze_gains
 
-    def interrupt_second(handle, data, **kwargs):
+    def interrupt_second(handle, data, *args, **kwargs):
         if len(counted) == 1:  # the first cell is done
             raise KeyboardInterrupt
-        return analyze(handle, data, **kwargs)
+        return analyze(handle, data, *args, **kwargs)
 
     monkeypatch.setattr(service_module, "analyze_gains", interrupt_second)
     code = main([*base, "--quiet"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lldd_core.analysis.settings import GainsSettings
 from lldd_core.cli.main import main
 from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
@@ -17,9 +18,9 @@ from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
 from lldd_core.store.cache import ResultCache
 from lldd_core.sweep.ray import _keys, connect, import_ray, run_ray_sweep
-from lldd_core.sweep.study import GainSettings, run_sweep
+from lldd_core.sweep.study import run_sweep
 
-SETTINGS = GainSettings(order=4, n_eval=5, sizes=(6, 4, 5))
+SETTINGS = GainsSettings(order=4, n_eval=5, sizes=(6, 4, 5))
 DATASETS = ["sentiment", "politeness"]
 ARRAYS = ("predicted", "measured", "exact", "directions", "spearman", "pearson")
 
@@ -56,7 +57,7 @@ def local_results(models, tmp_path_factory):
     service = Service(ResultCache(tmp_path_factory.mktemp("local-cache")))
     report = run_sweep(service, models, DATASETS, like=_like(), settings=SETTINGS)
     assert report.complete
-    return {(m, d): service.cached_gains(_spec(m), d, **SETTINGS.as_kwargs()) for m in models for d in DATASETS}
+    return {(m, d): service.cached_gains(_spec(m), d, SETTINGS) for m in models for d in DATASETS}
 
 
 def _like() -> ModelSpec:
@@ -96,7 +97,7 @@ def test_ray_sweep_equals_local_and_resumes_without_recomputing(ray_cluster, mod
     assert seen[-1] == (16, 16) and all(a <= b for a, b in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     for (model, dataset), want in local_results.items():
-        got = service.cached_gains(_spec(model), dataset, **SETTINGS.as_kwargs())  # the gains command's key
+        got = service.cached_gains(_spec(model), dataset, SETTINGS)  # the gains command's key
         _assert_same(got, want)
     # the local engine (and the gains command) now find every cell cached
     assert all(c.status == "cached" for c in run_sweep(service, models, DATASETS, like=_like(),
@@ -114,7 +115,7 @@ def test_ray_sweep_equals_local_and_resumes_without_recomputing(ray_cluster, mod
     assert [c.status for c in again.cells] == ["cached", "cached", "computed", "cached"]
     assert log.read_text().split() == ["2"]  # no basis task, no other chunk
     assert seen[-1] == (3, 3)  # the stored chunks count as done
-    _assert_same(service.cached_gains(_spec(model), dataset, **SETTINGS.as_kwargs()), local_results[model, dataset])
+    _assert_same(service.cached_gains(_spec(model), dataset, SETTINGS), local_results[model, dataset])
 
 
 def test_interrupted_ray_sweep_keeps_finished_chunks(ray_cluster, models, local_results, tmp_path):
@@ -134,7 +135,7 @@ def test_interrupted_ray_sweep_keeps_finished_chunks(ray_cluster, models, local_
     n_chunks = sum(k.startswith("gains-chunk:") for k in stored)
     assert len(log.read_text().split()) == 6 - n_chunks  # only the chunks that were not stored
     for dataset in DATASETS:
-        _assert_same(service.cached_gains(_spec(models[0]), dataset, **SETTINGS.as_kwargs()),
+        _assert_same(service.cached_gains(_spec(models[0]), dataset, SETTINGS),
                      local_results[models[0], dataset])
 
 
@@ -150,13 +151,13 @@ def test_killed_worker_chunk_is_retried(ray_cluster, models, local_results, tmp_
     report = run_ray_sweep(service, models[:1], DATASETS[:1], like=_like(), settings=SETTINGS, chunk_size=2,
                            chunk_hook=kill_once)
     assert marker.exists() and report.complete
-    _assert_same(service.cached_gains(_spec(models[0]), DATASETS[0], **SETTINGS.as_kwargs()),
+    _assert_same(service.cached_gains(_spec(models[0]), DATASETS[0], SETTINGS),
                  local_results[models[0], DATASETS[0]])
 
 
 def test_failing_cell_is_recorded_and_the_others_finish(ray_cluster, models, tmp_path):
     service = Service(ResultCache(tmp_path / "cache"))
-    settings = GainSettings(order=40, n_eval=2, sizes=(6, 4, 3))  # order 40 > d = 32: an InputError in the task
+    settings = GainsSettings(order=40, n_eval=2, sizes=(6, 4, 3))  # order 40 > d = 32: an InputError in the task
     report = run_ray_sweep(service, models[:1], ["sentiment"], like=_like(), settings=settings)
     (cell,) = report.cells
     assert cell.status == "failed" and "order" in cell.message

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .. import ranges
 from ..concepts.core import ConceptData
 from ..forward.depth import PromptContext
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn
 from ..store.results import result_type
-from .gains import GainsSetup, check_settings, prepare_gains
+from .gains import GainsSetup, prepare_gains
+from .settings import ControlSettings
 
 ANALYSIS = "control"
 SCHEDULES = ("llv", "uniform", "last", "middle", "early", "random")
@@ -174,23 +175,21 @@ def population_gains(setup: GainsSetup, order: int, complement: str, seed: int =
 def analyze_control(
     handle: ModelHandle,
     data: ConceptData,
-    targets: Sequence[float],
+    targets: Sequence[float] | None = None,
+    settings: ControlSettings | None = None,
     *,
-    order: int = 32,
-    complement: str = "krylov",
-    n_eval: int = 16,
-    sizes: tuple[int, int, int] = (400, 200, 200),
-    seed: int = 0,
-    tol: float = 1e-2,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> ControlResult:
-    """Schedules for every target ``Δy``, each validated in the full model (module doc)."""
-    check_settings(handle, order=order, eps=0.1, complement=complement, mode="population", n_eval=n_eval)
-    targets = ranges.check_list(targets, ranges.TARGET, max_len=ranges.MAX_TARGETS)
-    tol = ranges.TOL.check(tol)
+    """Schedules for every target ``Δy`` (``targets``, else ``settings.targets``), each validated in the full
+    model (module doc); ``overrides``: fields of :class:`~lldd_core.analysis.settings.ControlSettings` by name."""
+    if targets is not None:
+        overrides["targets"] = tuple(targets) if not isinstance(targets, str) else targets
+    s = ControlSettings.resolve(settings, overrides).check(handle.info.d_model)
+    targets, order, complement, seed, tol = list(s.targets), s.order, s.complement, s.seed, s.tol
     report = progress or (lambda frac, msg: None)
     t0 = time.perf_counter()
-    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed, progress=lambda f, m: report(0.2 * f, m))
+    setup = prepare_gains(handle, data, s, progress=lambda f, m: report(0.2 * f, m))
     report(0.2, f"{complement} basis of order {order}")
     h = population_gains(setup, order, complement, seed)
     contexts = [setup.context(i) for i in range(len(setup.evaluation))]

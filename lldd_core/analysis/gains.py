@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +36,15 @@ from .. import ranges
 from ..concepts.core import ConceptData, Splits, class_directions, split
 from ..errors import InputError, NumericalError
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
-from ..linalg.llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
+from ..linalg.llv import krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
 from ..store.results import result_type
+from .settings import COMPLEMENTS, ConceptSettings, GainsSettings
 
 ANALYSIS = "gains"
 ABLATION = "gains-ablation"
-MODES = ("prompt", "population")
 #: What an ablation can sweep, and the values it sweeps by default.
 ABLATIONS = ("order", "eps", "complement")
 ORDER_VALUES = (1, 2, 4, 8, 16, 32, 64)
@@ -237,17 +238,6 @@ def kept_layers(layers: Sequence[int], flagged: Sequence[int]) -> np.ndarray:
 # --- shared preparation --------------------------------------------------------------------------
 
 
-def check_settings(handle: ModelHandle, *, order: int, eps: float, complement: str, mode: str, n_eval: int) -> None:
-    """Raise :class:`InputError` for settings no analysis can run with (numbers: :mod:`lldd_core.ranges`)."""
-    ranges.ORDER.check(order, hi=handle.info.d_model)
-    ranges.EPS.check(eps)
-    ranges.N_EVAL.check(n_eval)
-    if complement not in COMPLEMENTS:
-        raise InputError(f"Unknown complement {complement!r}: choose one of {', '.join(COMPLEMENTS)}.")
-    if mode not in MODES:
-        raise InputError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
-
-
 @dataclass
 class GainsSetup:
     """What every gain analysis of one dataset shares: splits, directions, tokenized prompts."""
@@ -329,14 +319,16 @@ class GainsSetup:
 def prepare_gains(
     handle: ModelHandle,
     data: ConceptData,
+    settings: ConceptSettings | None = None,
     *,
-    n_eval: int = 32,
-    sizes: tuple[int, int, int] = (400, 200, 200),
-    seed: int = 0,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> GainsSetup:
-    """Split ``data``, take the concept split's last-token states and their class-mean directions."""
-    n_eval, sizes, seed = ranges.N_EVAL.check(n_eval), ranges.check_sizes(sizes), ranges.SEED.check(seed)
+    """Split ``data`` (``settings.sizes``, ``settings.seed``), take the concept split's last-token states and
+    their class-mean directions; the first ``settings.n_eval`` evaluation prompts. ``overrides``: fields of
+    the settings by name (for scripts)."""
+    s = ConceptSettings.resolve(settings, overrides)
+    n_eval, sizes, seed = ranges.N_EVAL.check(s.n_eval), ranges.check_sizes(s.sizes), ranges.SEED.check(s.seed)
     report = progress or (lambda frac, msg: None)
     splits = split(data, n_concept=sizes[0], n_operating=sizes[1], n_eval=sizes[2], seed=seed)
     tok = handle.info.tokenizer
@@ -388,24 +380,20 @@ def common_fields(setup: GainsSetup) -> dict:
 def analyze_gains(
     handle: ModelHandle,
     data: ConceptData,
+    settings: GainsSettings | None = None,
     *,
-    order: int = 32,
-    eps: float = 0.1,
-    complement: str = "krylov",
-    n_eval: int = 32,
-    mode: str = "prompt",
-    sizes: tuple[int, int, int] = (400, 200, 200),
-    seed: int = 0,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> GainsResult:
-    """Predicted, measured and exact gain curves of ``data``'s concept (module doc)."""
-    check_settings(handle, order=order, eps=eps, complement=complement, mode=mode, n_eval=n_eval)
+    """Predicted, measured and exact gain curves of ``data``'s concept (module doc); ``overrides``: fields of
+    :class:`~lldd_core.analysis.settings.GainsSettings` by name."""
+    s = GainsSettings.resolve(settings, overrides).check(handle.info.d_model)
+    order, eps, complement, mode = s.order, s.eps, s.complement, s.mode
     report = progress or (lambda frac, msg: None)
     t0 = time.perf_counter()
-    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed,
-                          progress=lambda f, m: report(0.15 * f, m))
+    setup = prepare_gains(handle, data, s, progress=lambda f, m: report(0.15 * f, m))
     report(0.15, f"{complement} basis of order {order}")
-    bases = setup.bases(complement, order, seed)
+    bases = setup.bases(complement, order, s.seed)
     report(0.5, "Reduced models")
     P = setup.predicted(bases, mode)
     M, E = setup.curves([eps], lambda f, m: report(0.6 + 0.4 * f, m))
@@ -469,29 +457,26 @@ def ablate_gains(
     data: ConceptData,
     vary: str,
     values: Sequence | None = None,
+    settings: GainsSettings | None = None,
     *,
-    order: int = 32,
-    eps: float = 0.1,
-    complement: str = "krylov",
-    n_eval: int = 32,
-    mode: str = "prompt",
-    sizes: tuple[int, int, int] = (400, 200, 200),
-    seed: int = 0,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> GainsAblation:
-    """Agreement as ``vary`` (``order``, ``eps`` or ``complement``) takes ``values``, the rest fixed.
+    """Agreement as ``vary`` (``order``, ``eps`` or ``complement``) takes ``values``, the rest fixed at ``settings``.
 
     Directions, splits and prompts are shared by every value; the measured and exact curves are
     computed once when the order or complement varies, the bases and predictions once when ``ε`` does.
     """
+    s = GainsSettings.resolve(settings, overrides)
     values = ablation_values(vary, handle.info.d_model, values)
-    fixed = {"order": order, "eps": eps, "complement": complement}
     for v in values:  # every configuration must be valid before any work starts
-        check_settings(handle, n_eval=n_eval, mode=mode, **{**fixed, vary: v})
+        replace(s, **{vary: v}).check(handle.info.d_model)
+    s = s.check(handle.info.d_model)
+    order, eps, complement, mode, seed = s.order, s.eps, s.complement, s.mode, s.seed
+    fixed = {"order": order, "eps": eps, "complement": complement}
     report = progress or (lambda frac, msg: None)
     t0 = time.perf_counter()
-    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed,
-                          progress=lambda f, m: report(0.1 * f, m))
+    setup = prepare_gains(handle, data, s, progress=lambda f, m: report(0.1 * f, m))
     n = len(values)
     if vary == "eps":
         report(0.1, f"{complement} basis of order {order}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
 from ..store.results import result_type
-from .gains import GainsResult, GainsSetup, check_finite, check_settings, common_fields, gains_result, prepare_gains
+from .gains import GainsResult, GainsSetup, check_finite, common_fields, gains_result, prepare_gains
+from .settings import GainsSettings
 
 BASIS = "gains-basis"
 CHUNK = "gains-chunk"
@@ -76,19 +78,17 @@ def chunk_ranges(n_prompts: int, size: int) -> list[tuple[int, int]]:
 def gains_basis(
     handle: ModelHandle,
     data: ConceptData,
+    settings: GainsSettings | None = None,
     *,
-    order: int = 32,
-    complement: str = "krylov",
-    n_eval: int = 32,
-    mode: str = "prompt",
-    sizes: tuple[int, int, int] = (400, 200, 200),
-    seed: int = 0,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> GainsBasis:
-    """Phase 1: splits, directions and bases of one cell (the part every chunk shares)."""
-    check_settings(handle, order=order, eps=0.1, complement=complement, mode=mode, n_eval=n_eval)
+    """Phase 1: splits, directions and bases of one cell (the part every chunk shares); ``settings.eps`` is
+    the chunks' business (:func:`gains_chunk`)."""
+    s = GainsSettings.resolve(settings, overrides).check(handle.info.d_model)
+    order, complement, mode, sizes, seed = s.order, s.complement, s.mode, s.sizes, s.seed
     t0 = time.perf_counter()
-    setup = prepare_gains(handle, data, n_eval=n_eval, sizes=sizes, seed=seed, progress=progress)
+    setup = prepare_gains(handle, data, s, progress=progress)
     bases = setup.bases(complement, order, seed)
     population = setup.population_curve(bases) if mode == "population" else np.zeros(0)
     stacked = torch.stack(bases).detach().double().cpu().numpy() if mode == "prompt" else np.zeros((0, 0, 0))

@@ -233,4 +233,7 @@ def number_option(p: Any, rng: R.Range, default: Any, what: str, *, default_text
 
 def sizes_option(p: argparse.ArgumentParser) -> None:
     """``--sizes`` (checked by :func:`lldd_core.ranges.parse_sizes`; the string default is parsed too)."""
-    p.add_argument("--sizes", type=R.sizes_argtype, default="400,200,200", help=f"{R.sizes_help()} (default 400,200,200)")
+    from ..analysis.settings import SplitSizes
+
+    default = SplitSizes().text()
+    p.add_argument("--sizes", type=R.sizes_argtype, default=default, help=f"{R.sizes_help()} (default {default})")

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .. import ranges as R
+from ..analysis.settings import COMPLEMENTS, MODES, ControlSettings, GainsSettings
 from .common import add_model_args, dataset_arg, number_option, report, run_analysis, sizes_option
 
 
@@ -16,10 +17,8 @@ def cmd_gains(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     dataset = load_user_file(args.dataset) if os.path.isfile(args.dataset) else args.dataset
-    sizes = args.sizes  # parsed and checked by ranges.sizes_argtype
-    computed = run_analysis(args, lambda svc, spec, progress: svc.gains(
-        spec, dataset, order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
-        mode=args.mode, sizes=sizes, seed=args.seed, progress=progress))
+    settings = GainsSettings.from_args(args)  # --sizes parsed and checked by ranges.sizes_argtype
+    computed = run_analysis(args, lambda svc, spec, progress: svc.gains(spec, dataset, settings, progress=progress))
 
     def body(r, out) -> None:
         out.write(f"dataset    {r.dataset} ({r.source}): {r.classes[0]} vs {r.classes[1]}, per class "
@@ -42,9 +41,9 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     dataset = dataset_arg(args.dataset)
-    computed = run_analysis(args, lambda svc, spec, progress: svc.control(
-        spec, dataset, args.target, order=args.order, complement=args.complement, n_eval=args.n_eval, sizes=args.sizes,
-        seed=args.seed, tol=args.tol, progress=progress))
+    settings = ControlSettings.from_args(args, targets=tuple(args.target))
+    computed = run_analysis(args, lambda svc, spec, progress: svc.control(spec, dataset, settings=settings,
+                                                                          progress=progress))
 
     def body(r, out) -> None:
         out.write(f"dataset    {r.dataset}: {r.classes[0]} vs {r.classes[1]}; surrogate order {r.order} "
@@ -63,33 +62,41 @@ def cmd_control(args: argparse.Namespace) -> int:
     return report(args, computed, start, body)
 
 
+def add_gains_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The :class:`~lldd_core.analysis.settings.GainsSettings` options, defaults from the settings (``gains``, ``sweep``)."""
+    G = GainsSettings
+    number_option(p, R.ORDER, G.default("order"), "reduced order d of the surrogate")
+    number_option(p, R.EPS, G.default("eps"), "injection size ε for the measured gains (0.01..0.5 is the useful range)")
+    number_option(p, R.N_EVAL, G.default("n_eval"), "evaluation prompts")
+    p.add_argument("--complement", choices=list(COMPLEMENTS), default=G.default("complement"),
+                   help="how the basis is completed beyond v_l (default krylov; random and pca are ablations)")
+    p.add_argument("--mode", choices=list(MODES), default=G.default("mode"),
+                   help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
+    sizes_option(p)
+    number_option(p, R.SEED, G.default("seed"), "seed of the splits and the random complement")
+
+
 def register(sub: Any) -> None:
     """Add this group's commands to the subparsers ``sub``."""
     p = sub.add_parser("gains", help="LLV-predicted, measured and exact gain curves of a concept over layers")
     add_model_args(p)
     p.add_argument("--dataset", required=True,
                    help="a dataset name (see the datasets command) or a CSV/JSONL file with text and label columns")
-    number_option(p, R.ORDER, 32, "reduced order d of the surrogate")
-    number_option(p, R.EPS, 0.1, "injection size ε for the measured gains (0.01..0.5 is the useful range)")
-    number_option(p, R.N_EVAL, 32, "evaluation prompts")
-    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
-                   help="how the basis is completed beyond v_l (default krylov; random and pca are ablations)")
-    p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
-                   help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
-    sizes_option(p)
-    number_option(p, R.SEED, 0, "seed of the splits and the random complement")
+    add_gains_options(p)
     p.set_defaults(func=cmd_gains)
 
+    C = ControlSettings
     p = sub.add_parser("control", help="least-energy (LLV) and heuristic multi-layer schedules, validated in the model")
     add_model_args(p)
     p.add_argument("--dataset", required=True, help="a dataset name or a CSV/JSONL file with text and label columns")
-    p.add_argument("--target", type=R.list_argtype(R.TARGET, max_len=R.MAX_TARGETS), default="1.0",
+    targets = ",".join(str(x) for x in C.default("targets"))
+    p.add_argument("--target", type=R.list_argtype(R.TARGET, max_len=R.MAX_TARGETS), default=targets,
                    help=f"target readout shift(s) Δy, comma-separated, at most {R.MAX_TARGETS}: each "
-                   f"{R.TARGET.describe()} (default 1.0)")
-    number_option(p, R.ORDER, 32, "reduced order of the surrogate")
-    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov")
-    number_option(p, R.N_EVAL, 16, "evaluation prompts the shift is averaged over")
-    number_option(p, R.TOL, 0.01, "relative tolerance on Δy of the bisection")
+                   f"{R.TARGET.describe()} (default {targets})")
+    number_option(p, R.ORDER, C.default("order"), "reduced order of the surrogate")
+    p.add_argument("--complement", choices=list(COMPLEMENTS), default=C.default("complement"))
+    number_option(p, R.N_EVAL, C.default("n_eval"), "evaluation prompts the shift is averaged over")
+    number_option(p, R.TOL, C.default("tol"), "relative tolerance on Δy of the bisection")
     sizes_option(p)
-    number_option(p, R.SEED, 0, "seed of the splits and of the random-layer schedule")
+    number_option(p, R.SEED, C.default("seed"), "seed of the splits and of the random-layer schedule")
     p.set_defaults(func=cmd_control)

@@ -8,6 +8,14 @@ import time
 from typing import Any
 
 from .. import ranges as R
+from ..analysis.settings import (
+    SITES,
+    SPECTRUM_METHODS,
+    GraphSettings,
+    JacobianSettings,
+    LayersSettings,
+    SpectrumSettings,
+)
 from .common import (
     Progress,
     add_model_args,
@@ -33,9 +41,8 @@ def cmd_jacobian(args: argparse.Namespace) -> int:
         with first_use_build(spec, args.quiet):
             service = get_service()
             R.TOP_K.check(args.top_k, hi=service.info(spec, progress).d_model)  # before any work
-            computed = service.jacobian(
-                spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, progress=progress
-            )
+            settings = JacobianSettings(layer=args.layer, final_norm=not args.no_final_norm)
+            computed = service.jacobian(spec, args.prompt, settings, progress=progress)
     finally:
         progress.close()
     r = computed.result
@@ -88,10 +95,8 @@ def _print_jacobian(p: dict[str, Any], k: int) -> None:
 def cmd_graph(args: argparse.Namespace) -> int:
     """Exact attribution graph (lldd_core.analysis.graph): lldd's JSON to --json, the Neuronpedia JSON to --neuronpedia."""
     start = time.perf_counter()
-    node_threshold = None if args.no_prune else args.node_threshold
-    computed = run_analysis(args, lambda svc, spec, progress: svc.graph(
-        spec, args.prompt, target=args.target, node_threshold=node_threshold, edge_threshold=args.edge_threshold,
-        max_nodes=args.max_nodes, progress=progress))
+    settings = GraphSettings.from_args(args, node_threshold=None if args.no_prune else args.node_threshold)
+    computed = run_analysis(args, lambda svc, spec, progress: svc.graph(spec, args.prompt, settings, progress=progress))
     r, elapsed = computed.result, time.perf_counter() - start
     warn_not_cached(computed)
     if args.neuronpedia:
@@ -118,9 +123,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    computed = run_analysis(args, lambda svc, spec, progress: svc.spectrum(
-        spec, args.prompt, layer=args.layer, final_norm=not args.no_final_norm, k=args.top_k, n_decode=args.decode,
-        method=args.method, progress=progress))
+    settings = SpectrumSettings(layer=args.layer, final_norm=not args.no_final_norm, k=args.top_k, n_decode=args.decode,
+                                method=args.method)
+    computed = run_analysis(args, lambda svc, spec, progress: svc.spectrum(spec, args.prompt, settings,
+                                                                           progress=progress))
 
     def body(r, out) -> None:
         out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
@@ -138,13 +144,11 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from ..forward.views import SITES
-
     start = time.perf_counter()
-    sites = tuple(args.sites.split(",")) if args.sites else SITES
-    computed = run_analysis(args, lambda svc, spec, progress: svc.layers(
-        spec, args.prompt, k=args.top_k, n_decode=args.decode, lens=not args.no_lens, method=args.method,
-        sites=sites, progress=progress))
+    settings = LayersSettings(k=args.top_k, n_decode=args.decode, lens=not args.no_lens, method=args.method,
+                              sites=tuple(args.sites.split(",")) if args.sites else SITES)
+    computed = run_analysis(args, lambda svc, spec, progress: svc.layers(spec, args.prompt, settings,
+                                                                         progress=progress))
 
     def body(r, out) -> None:
         out.write(f"tokens     {' | '.join(repr(t) for t in r.tokens)}\n")
@@ -174,9 +178,9 @@ def register(sub: Any) -> None:
     p.add_argument("--prompt", required=True, help="input text")
     p.add_argument("--target", default=None, help="one target token, e.g. ' Golden' (default: the top 3 next tokens)")
     p.add_argument("--no-prune", action="store_true", help="keep every node and edge")
-    number_option(p, R.NODE_THRESHOLD, 0.8, "share of the neurons' influence the kept neurons cover")
-    number_option(p, R.EDGE_THRESHOLD, 0.98, "share of the edges' influence the kept edges cover")
-    number_option(p, R.MAX_NODES, 1024, "neurons visited as targets, most influential first")
+    number_option(p, R.NODE_THRESHOLD, GraphSettings.default("node_threshold"), "share of the neurons' influence the kept neurons cover")
+    number_option(p, R.EDGE_THRESHOLD, GraphSettings.default("edge_threshold"), "share of the edges' influence the kept edges cover")
+    number_option(p, R.MAX_NODES, GraphSettings.default("max_nodes"), "neurons visited as targets, most influential first")
     p.add_argument("--neuronpedia", metavar="FILE", default=None, help="also write the Neuronpedia graph JSON")
     p.set_defaults(func=cmd_graph)
 
@@ -185,20 +189,20 @@ def register(sub: Any) -> None:
     p.add_argument("--prompt", required=True, help="input text")
     number_option(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
-    number_option(p, R.TOP_K, 8, "singular triplets per token")
-    number_option(p, R.DECODE, 8, "decoded tokens per singular vector")
-    p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
+    number_option(p, R.TOP_K, SpectrumSettings.default("k"), "singular triplets per token")
+    number_option(p, R.DECODE, SpectrumSettings.default("n_decode"), "decoded tokens per singular vector")
+    p.add_argument("--method", choices=list(SPECTRUM_METHODS), default=SpectrumSettings.default("method"),
                    help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
     p.set_defaults(func=cmd_spectrum)
 
     p = sub.add_parser("layers", help="every layer's cumulative, single-block, attention and MLP spectra")
     add_model_args(p)
     p.add_argument("--prompt", required=True, help="input text")
-    number_option(p, R.TOP_K, 8, "singular triplets per view and token")
-    number_option(p, R.DECODE, 5, "decoded tokens per singular vector")
+    number_option(p, R.TOP_K, LayersSettings.default("k"), "singular triplets per view and token")
+    number_option(p, R.DECODE, LayersSettings.default("n_decode"), "decoded tokens per singular vector")
     p.add_argument("--no-lens", action="store_true",
                    help="analyse the raw stream (default: through the final norm, logit-lens style)")
-    p.add_argument("--sites", default=None, help="comma-separated subset of cumulative,block,attention,mlp")
-    p.add_argument("--method", choices=["auto", "full", "matrix_free"], default="auto",
+    p.add_argument("--sites", default=None, help=f"comma-separated subset of {','.join(SITES)}")
+    p.add_argument("--method", choices=list(SPECTRUM_METHODS), default=LayersSettings.default("method"),
                    help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
     p.set_defaults(func=cmd_layers)

@@ -17,8 +17,8 @@ from .common import (
     format_params,
     model_spec,
     number_option,
-    sizes_option,
 )
+from .gains import add_gains_options
 
 
 def _sweep_command(args: argparse.Namespace) -> str:
@@ -120,9 +120,10 @@ def _print_sweep(cells: list[Any], elapsed: float) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..analysis.settings import GainsSettings
     from ..errors import InputError
     from ..service import get_service
-    from ..sweep.study import FAMILIES, STATUSES, GainSettings, family_models, parse_list, run_sweep, sweep_status
+    from ..sweep.study import FAMILIES, STATUSES, family_models, parse_list, run_sweep, sweep_status
 
     start = time.perf_counter()
     models = family_models(args.family) if args.family else parse_list(args.models or "")
@@ -132,8 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"{'|'.join(FAMILIES)}.")
     if not datasets:
         raise InputError("No datasets: give --datasets x,y (names from the datasets command, or CSV/JSONL files).")
-    settings = GainSettings(order=args.order, eps=args.eps, n_eval=args.n_eval, complement=args.complement,
-                            mode=args.mode, sizes=args.sizes, seed=args.seed).check()
+    settings = GainsSettings.from_args(args).check()
     like = model_spec(args, models[0])
     service = get_service()
     if args.status_only:
@@ -207,15 +207,7 @@ def register(sub: Any) -> None:
     p.add_argument("--datasets", default="sentiment",
                    help="comma-separated dataset names (see the datasets command) or CSV/JSONL files "
                    "(default: %(default)s)")
-    number_option(p, R.ORDER, 32, "reduced order d of the surrogate")
-    number_option(p, R.EPS, 0.1, "injection size ε for the measured gains (0.01..0.5 is the useful range)")
-    number_option(p, R.N_EVAL, 32, "evaluation prompts")
-    p.add_argument("--complement", choices=["krylov", "random", "pca"], default="krylov",
-                   help="how the basis is completed beyond v_l (default krylov)")
-    p.add_argument("--mode", choices=["prompt", "population"], default="prompt",
-                   help="each prompt's own Jacobians (default) or the operating prompts' mean reduced model")
-    sizes_option(p)
-    number_option(p, R.SEED, 0, "seed of the splits and the random complement")
+    add_gains_options(p)
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: cell after cell in this process (default); ray: bases and prompt chunks as tasks on "

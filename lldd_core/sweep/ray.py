@@ -43,11 +43,12 @@ from ..analysis.gains_chunks import (
     gains_basis,
     gains_chunk,
 )
+from ..analysis.settings import GainsSettings
 from ..concepts.core import ConceptData
 from ..errors import InputError, LLDDError
 from ..models.loading import ModelSpec
 from ..store.cache import make_key
-from .study import CellStatus, GainSettings, SweepCell, SweepProgress, SweepReport, status_rows
+from .study import CellStatus, SweepCell, SweepProgress, SweepReport, status_rows
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -89,9 +90,9 @@ def _worker_handle(spec: ModelSpec):
     return _RESIDENT["handle"]
 
 
-def _basis_task(spec: ModelSpec, data: ConceptData, kwargs: dict) -> GainsBasis | LLDDError:
+def _basis_task(spec: ModelSpec, data: ConceptData, settings: GainsSettings) -> GainsBasis | LLDDError:
     try:
-        return gains_basis(_worker_handle(spec), data, **kwargs)
+        return gains_basis(_worker_handle(spec), data, settings)
     except LLDDError as err:  # returned, not raised: Ray would retry or wrap it
         return err
 
@@ -169,9 +170,9 @@ class _Work:
     expected: int = 0  # chunk tasks counted in the progress total for this cell
 
 
-def _keys(service: Service, spec: ModelSpec, data: ConceptData, settings: GainSettings) -> tuple[dict, Callable]:
+def _keys(service: Service, spec: ModelSpec, data: ConceptData, settings: GainsSettings) -> tuple[dict, Callable]:
     info = service.info(spec)
-    params = service.gains_params(data, **settings.as_kwargs())
+    params = settings.cache_params(data)
     common = {"model": spec.model, "revision": info.revision, "dtype": spec.precision, "input_ids": []}
     basis_params = {k: v for k, v in params.items() if k != "eps"}
     keys = {"result": make_key(GAINS, **common, params=params), "basis": make_key(BASIS, **common, params=basis_params)}
@@ -184,7 +185,7 @@ def run_ray_sweep(
     datasets: Sequence[str | ConceptData],
     *,
     like: ModelSpec | None = None,
-    settings: GainSettings | None = None,
+    settings: GainsSettings | None = None,
     address: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     gpus_per_task: float | None = None,
@@ -201,7 +202,7 @@ def run_ray_sweep(
     ``gpus_per_task``: default 1 when the cluster has GPUs, else 0. ``num_cpus`` caps a local cluster
     that this call starts.
     """
-    settings = (settings if settings is not None else GainSettings()).check()
+    settings = (settings if settings is not None else GainsSettings()).check()
     if chunk_size < 1:
         raise InputError("The chunk size is a number of prompts per task: at least 1.")
     start_time = time.perf_counter()
@@ -232,15 +233,14 @@ def run_ray_sweep(
     return SweepReport(cells, time.perf_counter() - start_time)
 
 
-def _drive(ray: Any, service: Service, work: list[_Work], cells: list[SweepCell], settings: GainSettings,
+def _drive(ray: Any, service: Service, work: list[_Work], cells: list[SweepCell], settings: GainsSettings,
            chunk_size: int, gpus_per_task: float | None, progress: SweepProgress | None,
            on_cell: Callable[[SweepCell], None] | None, chunk_hook: ChunkHook | None) -> None:
     gpus = gpus_per_task if gpus_per_task is not None else (1 if ray.cluster_resources().get("GPU", 0) else 0)
     options = {"num_cpus": 1, "num_gpus": gpus, "max_retries": MAX_RETRIES}
     basis_remote = ray.remote(_basis_task).options(**options)
     chunk_remote = ray.remote(_chunk_task).options(**options)
-    kwargs = settings.as_kwargs()
-    eps = kwargs.pop("eps")
+    eps = settings.eps
     data_refs: dict[int, Any] = {}
     pending: dict[Any, tuple[_Work, tuple[int, int] | None]] = {}
     done = 0
@@ -292,7 +292,7 @@ def _drive(ray: Any, service: Service, work: list[_Work], cells: list[SweepCell]
             submit_chunks(w)
         else:
             total += 1
-            pending[basis_remote.remote(w.spec, data_refs[id(w.data)], kwargs)] = (w, None)
+            pending[basis_remote.remote(w.spec, data_refs[id(w.data)], settings)] = (w, None)
     report(f"{len(pending)} tasks submitted")
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)

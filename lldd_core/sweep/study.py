@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..analysis.settings import GainsSettings
 from ..concepts.core import REGISTRY, ConceptData, cached_split_rows, load, load_user_file
 from ..demo import demo_dir
 from ..errors import LLDDError
@@ -54,51 +55,6 @@ DONE: tuple[str, ...] = ("cached", "computed")
 
 #: ``progress(done, total, message)``: cells of the work list finished so far (see :func:`run_sweep`).
 SweepProgress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class GainSettings:
-    """The :meth:`~lldd_core.service.Service.gains` settings every cell shares (same defaults as the
-    ``gains`` command and :func:`lldd_core.analysis.gains.analyze_gains`)."""
-
-    order: int = 32
-    eps: float = 0.1
-    n_eval: int = 32
-    complement: str = "krylov"
-    mode: str = "prompt"
-    sizes: tuple[int, int, int] = (400, 200, 200)
-    seed: int = 0
-
-    def check(self) -> GainSettings:
-        """``self`` if every setting is valid for any model, else :class:`~lldd_core.errors.InputError`
-        (the order's upper bound, the hidden size, is checked per model when a cell is computed)."""
-        from ..analysis.gains import MODES
-        from ..errors import InputError
-        from ..linalg.llv import COMPLEMENTS
-
-        if self.order < 1:
-            raise InputError(f"The order must be at least 1; got {self.order}.")
-        if not 0 < self.eps <= 10:
-            raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {self.eps}.")
-        if self.n_eval < 1:
-            raise InputError("Evaluate at least one prompt (n_eval >= 1).")
-        if self.complement not in COMPLEMENTS:
-            raise InputError(f"Unknown complement {self.complement!r}: choose one of {', '.join(COMPLEMENTS)}.")
-        if self.mode not in MODES:
-            raise InputError(f"Unknown mode {self.mode!r}: choose one of {', '.join(MODES)}.")
-        if len(self.sizes) != 3 or any(int(n) < 1 for n in self.sizes):
-            raise InputError("The split sizes are three positive numbers per class: concept, operating, evaluation.")
-        return self
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``Service.gains`` / ``Service.cached_gains``."""
-        return {"order": int(self.order), "eps": float(self.eps), "n_eval": int(self.n_eval),
-                "complement": self.complement, "mode": self.mode, "sizes": tuple(int(n) for n in self.sizes),
-                "seed": int(self.seed)}
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able form (``sizes`` as a list)."""
-        return {**self.as_kwargs(), "sizes": [int(n) for n in self.sizes]}
 
 
 @dataclass(frozen=True)
@@ -257,13 +213,12 @@ def status_rows(
     models: Sequence[str],
     datasets: Sequence[str | ConceptData],
     like: ModelSpec | None,
-    settings: GainSettings,
+    settings: GainsSettings,
     download: bool,
 ) -> list[tuple[SweepCell, ModelSpec, ConceptData | None]]:
     """Every cell's status from the cache, with its spec and loaded data (``None`` if not loaded); the
     starting point of both engines (:func:`run_sweep`, :func:`lldd_core.sweep.ray.run_ray_sweep`)."""
     loaded = _load_all(datasets, download)
-    kwargs = settings.as_kwargs()
     rows: list[tuple[SweepCell, ModelSpec, ConceptData | None]] = []
     for model in models:
         spec = spec_for(model, like)
@@ -278,7 +233,7 @@ def status_rows(
                 rows.append((SweepCell(model, name, "missing", str(data)), spec, None))
                 continue
             try:
-                result = service.cached_gains(spec, data, **kwargs)
+                result = service.cached_gains(spec, data, settings)
             except LLDDError as err:
                 rows.append((SweepCell(model, name, "unavailable", str(err)), spec, None))
                 continue
@@ -300,7 +255,7 @@ def sweep_status(
     datasets: Sequence[str | ConceptData],
     *,
     like: ModelSpec | None = None,
-    settings: GainSettings | None = None,
+    settings: GainsSettings | None = None,
     download: bool = False,
 ) -> list[SweepCell]:
     """Every cell's status from the result cache, model-major; cheap: never loads weights or builds.
@@ -312,7 +267,7 @@ def sweep_status(
     not in the local datasets cache is not downloaded unless ``download``: with the hub reachable its
     cells are ``missing`` (the sweep downloads it), offline ``unavailable``.
     """
-    settings = (settings if settings is not None else GainSettings()).check()
+    settings = (settings if settings is not None else GainsSettings()).check()
     return [cell for cell, _, _ in status_rows(service, models, datasets, like, settings, download)]
 
 
@@ -322,7 +277,7 @@ def run_sweep(
     datasets: Sequence[str | ConceptData],
     *,
     like: ModelSpec | None = None,
-    settings: GainSettings | None = None,
+    settings: GainsSettings | None = None,
     progress: SweepProgress | None = None,
     cell_progress: ProgressFn | None = None,
     on_cell: Callable[[SweepCell], None] | None = None,
@@ -341,8 +296,7 @@ def run_sweep(
     ``KeyboardInterrupt``) stops the sweep and the next run resumes where it stopped. An
     :class:`~lldd_core.errors.LLDDError` in one cell makes it ``failed`` and the sweep goes on.
     """
-    settings = (settings if settings is not None else GainSettings()).check()
-    kwargs = settings.as_kwargs()
+    settings = (settings if settings is not None else GainsSettings()).check()
     start = time.perf_counter()
     rows = status_rows(service, models, datasets, like, settings, download=True)
     total = sum(cell.status == "missing" for cell, _, _ in rows)
@@ -355,7 +309,7 @@ def run_sweep(
             if progress is not None:
                 progress(done, total, f"{what}{' (building the demo model first)' if building else ''}")
             try:
-                computed = service.gains(spec, data, progress=cell_progress, **kwargs)
+                computed = service.gains(spec, data, settings, progress=cell_progress)
             except LLDDError as err:
                 cell = dataclasses.replace(cell, status="failed", message=str(err))
             except OSError as err:  # a demo build on a read-only or full disk: the environment, not a bug
