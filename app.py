@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import render_cache_sidebar, render_model_sidebar
+from pages._sidebar import render_cache_sidebar, render_model_sidebar
 
 st.set_page_config(page_title="lldd", page_icon="📐", layout="wide")
 

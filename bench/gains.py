@@ -48,8 +48,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lldd_core.analysis.gains import prompt_gains
 from lldd_core.forward.depth import _block_hooks, prompt_context
+from lldd_core.forward.hooks import run_until
 from lldd_core.forward.linearize import live_mode
-from lldd_core.forward.residual import _StopForward
 from lldd_core.linalg.llv import _orthonormal_with_first, predicted_gains
 from lldd_core.models.arch import adapter_for
 
@@ -94,10 +94,7 @@ def _full_forward(model, adapter, ids: torch.Tensor, replace: dict, stop_after: 
     """Block ``stop_after``'s output at the last token of a full-sequence forward with block-input transforms."""
     out: dict = {}
     with _block_hooks(adapter.layers(model), replace=replace, stop_after=stop_after, out=out):
-        try:
-            model(input_ids=ids[None], use_cache=False)
-        except _StopForward:
-            pass
+        run_until(model, input_ids=ids[None], use_cache=False)
     return out[("out", stop_after)][0, -1]
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lldd_core.forward.hooks import capture, hooks
 from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
 from lldd_core.forward.linearize import detached_mode
 from lldd_core.models.arch import adapter_for
@@ -98,15 +99,8 @@ def final_normed_is_tied(model: LlamaForCausalLM, ids: torch.Tensor) -> bool:
     """True when ``hidden_states[-1]`` is the decoder's output after its final norm (transformers 5.x: yes)."""
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(module, args, output):
-        captured["pre"] = output[0] if isinstance(output, tuple) else output
-
-    handle = model.model.layers[-1].register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            out = model.model(input_ids=ids, output_hidden_states=True, use_cache=False)
-    finally:
-        handle.remove()
+    with torch.no_grad(), hooks(capture(model.model.layers[-1], captured, "pre")):
+        out = model.model(input_ids=ids, output_hidden_states=True, use_cache=False)
     normed = model.model.norm(captured["pre"])
     return torch.equal(out.hidden_states[-1], out.last_hidden_state) and torch.allclose(out.hidden_states[-1], normed)
 

@@ -14,14 +14,12 @@ import streamlit as st
 from lldd_core.concepts.core import (
     MAX_FILE_BYTES,
     MIN_PER_CLASS,
-    PAPER_PER_CLASS,
     ConceptData,
     DatasetListing,
     list_datasets,
     load_user_file,
 )
 from lldd_core.errors import LLDDError
-from lldd_core.ranges import SIZES
 
 #: The two ways of choosing a dataset (the radio's options).
 REGISTRY = "Registered dataset"
@@ -99,21 +97,3 @@ def dataset_picker(key: str = "ds") -> str | ConceptData | None:
     no file, or one with errors, which are shown with ``st.error``)."""
     source = st.radio("Dataset source", SOURCES, horizontal=True, key=f"{key}_source", label_visibility="collapsed")
     return _uploaded(key) if source == UPLOAD else _registered(key)
-
-
-SPLIT_HELP = {
-    "concept": "Examples per class for the concept directions v_l (class-mean differences).",
-    "operating": "Examples per class for the bases P_l and the population model.",
-    "evaluation": "Examples per class the evaluation prompts are drawn from.",
-}
-
-
-def split_size_inputs(prefix: str) -> tuple[int, int, int]:
-    """Concept / operating / evaluation examples per class (paper sizes by default), keyed ``{prefix}_{split}``."""
-    st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
-    cols = st.columns(3)
-    return tuple(  # type: ignore[return-value]
-        int(cols[i].number_input(name.capitalize(), **rng.widget(), value=PAPER_PER_CLASS[name],
-                                 step=50, key=f"{prefix}_{name}", help=f"{help_text} {rng.sentence()}"))
-        for i, ((name, help_text), rng) in enumerate(zip(SPLIT_HELP.items(), SIZES))
-    )

@@ -9,7 +9,6 @@ the full model's mean readout change reaches the target. Errors a user can cause
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.analysis.control import MAX_SCALE, ControlResult
@@ -28,12 +27,15 @@ from lldd_core.plots.control import (
     schedules_table,
 )
 from lldd_core.plots.gains import splits_line
-from lldd_core.plots.spectra import FIGURE_FORMATS, download_config, file_slug
-from lldd_core.ranges import MAX_TARGETS, N_EVAL, ORDER, SEED, TARGET, TOL
+from lldd_core.plots.spectra import file_slug
+from lldd_core.ranges import MAX_TARGETS, TARGET, TOL
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
-from pages._datasets import dataset_picker, split_size_inputs
+from pages._build import ensure_model_ready
+from pages._datasets import dataset_picker
+from pages._forms import model_shape, n_eval_input, order_input, seed_input, split_size_inputs
+from pages._sidebar import current_spec
+from pages._ui import Shown, chart, figure_format, kept, plural, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
@@ -64,24 +66,20 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, ControlSettings]:
         )
         sizes = list(split_size_inputs("ct"))
         c1, c2, c3, c4, c5 = st.columns(5)
-        order = c1.number_input(
-            "Reduced order d", **ORDER.widget(hi=d), value=min(C.default("order"), d), step=1, key=f"ct_order_of_{d}",
-            help=f"Columns of each layer's basis P_l (1..hidden size {d}).",
-        )
+        order = order_input(c1, d, "ct_order", help=f"Columns of each layer's basis P_l (1..hidden size {d}).",
+                            value=C.default("order"))
         complement = c2.selectbox(
             "Complement", COMPLEMENTS, key="ct_complement",
             help="How each basis P_l is completed after v_l: depth-Krylov (default), random or PCA.",
         )
-        n_eval = c3.number_input(
-            "Evaluation prompts", **N_EVAL.widget(), value=C.default("n_eval"), step=1, key="ct_n_eval",
-            help="The full-model readout change is the mean over this many evaluation prompts.",
-        )
+        n_eval = n_eval_input(c3, "ct_n_eval", C.default("n_eval"),
+                              help="The full-model readout change is the mean over this many evaluation prompts.")
         tol = c4.number_input(
             "Tolerance", **TOL.widget(), value=C.default("tol"), step=1e-3, format="%.4g", key="ct_tol",
             help="A schedule reaches Δy when the mean readout change is within tolerance × |Δy| of it.",
         )
-        seed = c5.number_input("Seed", **SEED.widget(), value=C.default("seed"), step=1, key="ct_seed",
-                               help="Seed of the splits, of random bases and of the random schedule's layer.")
+        seed = seed_input(c5, "ct_seed", help="Seed of the splits, of random bases and of the random schedule's layer.",
+                          value=C.default("seed"))
         submitted = st.form_submit_button("Compute schedules", type="primary", key="ct_compute", disabled=not ready)
     settings = ControlSettings(order=int(order), complement=str(complement), n_eval=int(n_eval),
                                sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed), tol=float(tol))
@@ -100,11 +98,6 @@ def compute(spec: ModelSpec, dataset: str | ConceptData, targets_text: str, sett
     if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, spec, computed.result.dataset)
-
-
-def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
-    """A plotly figure whose toolbar saves it as ``fmt`` under ``name``."""
-    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
 
 
 def describe(r: ControlResult) -> str:
@@ -196,13 +189,11 @@ def main() -> None:
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
                 st.session_state[SIZES_KEY] = settings.sizes
-    last = st.session_state.get(RESULT_KEY)
-    has_result = isinstance(last, Shown) and isinstance(last.result, ControlResult)
+    last = kept(RESULT_KEY, ControlResult)
     fmt = "png"
-    if shape is not None or has_result:
-        fmt = st.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key="ct_figure_format",
-                       help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector).")
-    if has_result:
+    if shape is not None or last is not None:
+        fmt = figure_format("ct_figure_format")
+    if last is not None:
         show_result(last, st.session_state.get(SIZES_KEY), fmt)
     elif shape is not None:
         st.info("Choose a concept dataset and target shifts, then press **Compute schedules**.")

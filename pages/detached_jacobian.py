@@ -3,7 +3,7 @@
 UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots.common`. Below
 it, "Spectra and token decodings" runs ``get_service().spectrum(...)`` for the same request (its own
 form and progress) -> tables and figures from :mod:`lldd_core.plots.spectra`.
-A demo model that is not built yet is built first (:func:`pages._common.ensure_model_ready`).
+A demo model that is not built yet is built first (:func:`pages._build.ensure_model_ready`).
 Errors a user can cause (:class:`~lldd_core.errors.LLDDError`) show as ``st.error``; the last
 good result stays in session state, so widget changes and reruns keep showing it.
 """
@@ -18,14 +18,11 @@ import streamlit as st
 
 from lldd_core.analysis.jacobian import JacobianResult
 from lldd_core.analysis.spectrum import SpectrumResult
-from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.common import reconstruction_scatter, spectrum_figure, token_contribution_figure
 from lldd_core.plots.spectra import (
-    FIGURE_FORMATS,
     column_label,
     display_token,
-    download_config,
     file_slug,
     highlight_colors,
     highlight_table,
@@ -34,13 +31,18 @@ from lldd_core.plots.spectra import (
     spectrum_table,
     token_spectrum_table,
 )
-from lldd_core.ranges import DECODE, LAYER, TOP_K
+from lldd_core.ranges import LAYER, TOP_K
 from lldd_core.service import METHODS, get_service
 from lldd_core.store.export import csv_text
 from lldd_core.store.results import to_jsonable
-from pages._common import Shown, current_spec, ensure_model_ready, format_norm, format_sci, plural, run_with_status
+from pages._build import ensure_model_ready
+from pages._forms import decode_input, model_shape, prompt_area, top_k_input
+from pages._sidebar import current_spec
+from pages._ui import Shown, chart, figure_format, format_norm, format_sci, kept, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
+#: This page's figure-format help (it also says what SVG is for).
+FIGURE_FORMAT_HELP = "Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector, for papers)."
 #: Session-state key of the last successful :class:`Shown` result of this page.
 RESULT_KEY = "detached_jacobian.last"
 #: Session-state key of the last successful spectra (a :class:`Shown` of a SpectrumResult).
@@ -67,19 +69,10 @@ matrix-free path). **full** forms every `J_i` (also giving its rows and columns 
 """
 
 
-def model_layers(spec: ModelSpec) -> int | None:
-    """The model's number of blocks, or ``None`` after showing why it could not be resolved."""
-    try:
-        return get_service().info(spec).n_layers
-    except LLDDError as err:
-        st.error(str(err))
-        return None
-
-
 def request_form(n_layers: int) -> tuple[bool, str, int, bool]:
     """The prompt form; returns (submitted, prompt, layer, final_norm)."""
     with st.form("detached_jacobian_form", border=True):
-        prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="dj_prompt", height=90)
+        prompt = prompt_area("dj_prompt", DEFAULT_PROMPT)
         c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
         layer = c1.number_input(
             f"Layer (1–{n_layers})",
@@ -163,17 +156,6 @@ def figure_name(result: JacobianResult | SpectrumResult, what: str) -> str:
     return f"{what}_{file_slug(result.model)}_L{result.layer}"
 
 
-def figure_format() -> str:
-    """The format the plotly toolbar's camera button saves every figure of this page in."""
-    return st.radio(
-        "Figure download format",
-        FIGURE_FORMATS,
-        horizontal=True,
-        key="dj_figure_format",
-        help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector, for papers).",
-    )
-
-
 def show_result(shown: Shown) -> str:
     """Everything about one result: request, metrics, figures, tokens, download; returns the figure format."""
     r = shown.result
@@ -183,19 +165,13 @@ def show_result(shown: Shown) -> str:
         f"final norm {'on' if r.final_norm else 'off'} · {len(r.tokens)} tokens · prompt: {shown.prompt!r}"
     )
     show_metrics(shown)
-    fmt = figure_format()
-    st.plotly_chart(
-        reconstruction_scatter(r), width="stretch", key="dj_reconstruction",
-        config=download_config(fmt, figure_name(r, "reconstruction")),
-    )
+    fmt = figure_format("dj_figure_format", help=FIGURE_FORMAT_HELP)
+    chart(reconstruction_scatter(r), "dj_reconstruction", fmt, figure_name(r, "reconstruction"))
     left, right = st.columns(2)
-    left.plotly_chart(
-        spectrum_figure(r), width="stretch", key="dj_spectrum", config=download_config(fmt, figure_name(r, "spectrum"))
-    )
-    right.plotly_chart(
-        token_contribution_figure(r), width="stretch", key="dj_contributions",
-        config=download_config(fmt, figure_name(r, "contributions")),
-    )
+    with left:
+        chart(spectrum_figure(r), "dj_spectrum", fmt, figure_name(r, "spectrum"))
+    with right:
+        chart(token_contribution_figure(r), "dj_contributions", fmt, figure_name(r, "contributions"))
     with st.expander("What am I looking at?"):
         st.markdown(EXPLANATION)
     st.markdown("**Tokens**")
@@ -235,14 +211,8 @@ def spectra_form(d: int) -> tuple[bool, int, int, str]:
     """The spectra settings (``d``: the hidden size); returns (submitted, k, decoded tokens per vector, method)."""
     with st.form("dj_spectra_form", border=True):
         c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
-        k = c1.number_input(
-            "Top-k singular values", **TOP_K.widget(hi=d), value=min(8, d), step=1, key=f"dj_spec_k_of_{d}",
-            help=f"Singular triplets per token: {TOP_K.describe(hi=d)}.",
-        )
-        n_decode = c2.number_input(
-            "Decoded tokens per vector", **DECODE.widget(), value=8, step=1, key="dj_spec_n",
-            help=DECODE.sentence(),
-        )
+        k = top_k_input(c1, d, "dj_spec_k", help=f"Singular triplets per token: {TOP_K.describe(hi=d)}.")
+        n_decode = decode_input(c2, "dj_spec_n", 8)
         method = c3.selectbox(
             "Method", METHODS, key="dj_spec_method",
             help="auto: the cheaper of the two. full: every J_i (exact; also rows and columns). "
@@ -322,10 +292,7 @@ def show_spectrum(spectrum: Shown, fmt: str) -> None:
         col.dataframe(highlight_table(extremes, colors), hide_index=True, width="stretch", key=f"dj_spec_{which}")
         with col:
             csv_button(f"Download {which} (CSV)", extremes, f"{which}_{slug}_token{token}.csv", f"dj_spec_{which}_csv")
-    st.plotly_chart(
-        norm_distribution_figure(s, token), width="stretch", key="dj_spec_norms",
-        config=download_config(fmt, figure_name(s, f"norms_token{token}")),
-    )
+    chart(norm_distribution_figure(s, token), "dj_spec_norms", fmt, figure_name(s, f"norms_token{token}"))
 
 
 def spectra_section(shown: Shown, fmt: str) -> None:
@@ -342,8 +309,8 @@ def spectra_section(shown: Shown, fmt: str) -> None:
         spectrum = compute_spectra(shown, k, n_decode, method)
         if spectrum is not None:
             st.session_state[SPECTRUM_KEY] = spectrum
-    last = st.session_state.get(SPECTRUM_KEY)
-    if isinstance(last, Shown) and isinstance(last.result, SpectrumResult) and same_request(last, shown):
+    last = kept(SPECTRUM_KEY, SpectrumResult)
+    if last is not None and same_request(last, shown):
         show_spectrum(last, fmt)
     else:
         st.info("Press **Compute spectra** to decode the singular vectors of this request.")
@@ -354,15 +321,16 @@ def main() -> None:
     st.caption("The exact local linear map of the model at one prompt: y = Σ_i J_i x_i + b.")
     spec = current_spec()
     # A demo model is built on first use, visibly, before anything asks for its config.
-    n_layers = model_layers(spec) if ensure_model_ready(spec) else None
+    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    n_layers = None if shape is None else shape[0]
     if n_layers is not None:
         submitted, prompt, layer, final_norm = request_form(n_layers)
         if submitted:
             shown = compute(spec, prompt, layer, final_norm)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
-    last = st.session_state.get(RESULT_KEY)
-    if isinstance(last, Shown) and isinstance(last.result, JacobianResult):
+    last = kept(RESULT_KEY, JacobianResult)
+    if last is not None:
         fmt = show_result(last)
         spectra_section(last, fmt)
     elif n_layers is not None:

@@ -9,7 +9,6 @@ complement. Errors a user can cause show as ``st.error``; the last good results 
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.analysis.gains import GainsAblation, GainsResult, ablation_values
@@ -32,12 +31,15 @@ from lldd_core.plots.gains import (
     prompt_table,
     splits_line,
 )
-from lldd_core.plots.spectra import FIGURE_FORMATS, download_config, file_slug
-from lldd_core.ranges import EPS, N_EVAL, ORDER, SEED
+from lldd_core.plots.spectra import file_slug
+from lldd_core.ranges import EPS
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
-from pages._datasets import dataset_picker, split_size_inputs
+from pages._build import ensure_model_ready
+from pages._datasets import dataset_picker
+from pages._forms import eps_input, model_shape, n_eval_input, order_input, seed_input, split_size_inputs
+from pages._sidebar import current_spec
+from pages._ui import Shown, chart, figure_format, kept, plural, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the settings it was asked with.
 RESULT_KEY = "gains.last"
@@ -83,8 +85,8 @@ def settings_form(d: int, ready: bool) -> tuple[bool, GainsSettings]:
     with st.form("gains_form", border=True):
         sizes = list(split_size_inputs("gn"))
         c1, c2, c3, c4 = st.columns(4)
-        order = c1.number_input(
-            "Reduced order d", **ORDER.widget(hi=d), value=min(G.default("order"), d), step=1, key=f"gn_order_of_{d}",
+        order = order_input(
+            c1, d, "gn_order", value=G.default("order"),
             help=f"Columns of each layer's basis P_l (1..hidden size {d}); at the hidden size the prediction is exact.",
         )
         complement = c2.selectbox(
@@ -92,12 +94,12 @@ def settings_form(d: int, ready: bool) -> tuple[bool, GainsSettings]:
             help="How P_l is completed after v_l: krylov carries earlier layers' bases through the operating prompts' "
             "mean Jacobians; random and pca (the operating states' principal directions) are ablations.",
         )
-        eps = c3.number_input(
-            "ε (injection size)", **EPS.widget(), value=G.default("eps"), step=0.01, format="%.4g", key="gn_eps",
+        eps = eps_input(
+            c3, "gn_eps", G.default("eps"),
             help=f"Size of the injection for the measured gains: {EPS.describe()}; 0.01..0.5 is the useful range.",
         )
-        n_eval = c4.number_input(
-            "Evaluation prompts", **N_EVAL.widget(), value=G.default("n_eval"), step=1, key="gn_n_eval",
+        n_eval = n_eval_input(
+            c4, "gn_n_eval", G.default("n_eval"),
             help="How many prompts of the evaluation split get curves (it holds 2 × the evaluation size per class).",
         )
         c1, c2 = st.columns(2)
@@ -106,8 +108,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, GainsSettings]:
             help="prompt: each prompt's predicted curve from its own Jacobians on the shared bases. population: "
             "one curve from the operating prompts' mean reduced model.",
         )
-        seed = c2.number_input("Seed", **SEED.widget(), value=G.default("seed"), step=1, key="gn_seed",
-                               help="Seed of the splits and of random bases.")
+        seed = seed_input(c2, "gn_seed", help="Seed of the splits and of random bases.", value=G.default("seed"))
         submitted = st.form_submit_button("Compute gain curves", type="primary", key="gn_compute", disabled=not ready)
     settings = GainsSettings(order=int(order), eps=float(eps), complement=str(complement), n_eval=int(n_eval),
                              mode=str(mode), sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed))
@@ -121,11 +122,6 @@ def compute(spec: ModelSpec, dataset: str | ConceptData, settings: GainsSettings
     if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, spec, computed.result.dataset)
-
-
-def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
-    """A plotly figure whose toolbar saves it as ``fmt`` under ``name``."""
-    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
 
 
 def describe_settings(r: GainsResult | GainsAblation) -> str:
@@ -255,8 +251,8 @@ def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, 
         if computed is not None:
             st.session_state[ABLATION_KEY.format(vary)] = Shown(computed.result, computed.cache_hit, spec,
                                                                 computed.result.dataset)
-    last = st.session_state.get(ABLATION_KEY.format(vary))
-    if isinstance(last, Shown) and isinstance(last.result, GainsAblation) and last.result.vary == vary:
+    last = kept(ABLATION_KEY.format(vary), GainsAblation)
+    if last is not None and last.result.vary == vary:
         show_ablation(last, fmt)
 
 
@@ -278,13 +274,11 @@ def main() -> None:
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
                 st.session_state[SETTINGS_KEY] = settings
-    last = st.session_state.get(RESULT_KEY)
-    has_result = isinstance(last, Shown) and isinstance(last.result, GainsResult)
+    last = kept(RESULT_KEY, GainsResult)
     fmt = "png"
-    if shape is not None or has_result:
-        fmt = st.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key="gn_figure_format",
-                       help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector).")
-    if has_result:
+    if shape is not None or last is not None:
+        fmt = figure_format("gn_figure_format")
+    if last is not None:
         show_result(last, st.session_state.get(SETTINGS_KEY), fmt)
     elif shape is not None:
         st.info("Choose a concept dataset and press **Compute gain curves**.")

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import html
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.analysis.layers import LayersResult
-from lldd_core.errors import LLDDError
 from lldd_core.forward.views import SITE_LABELS, SITES
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.spectra import (
-    FIGURE_FORMATS,
     HIGHLIGHT_TEXT,
     SPACES,
     column_label,
-    download_config,
     emergence_figure,
     emergence_table,
     file_slug,
@@ -35,10 +31,13 @@ from lldd_core.plots.spectra import (
     stable_rank_figure,
     stable_rank_table,
 )
-from lldd_core.ranges import DECODE, TOP_K
+from lldd_core.ranges import TOP_K
 from lldd_core.service import METHODS, get_service
 from lldd_core.store.export import csv_text
-from pages._common import Shown, current_spec, ensure_model_ready, format_sci, plural, run_with_status
+from pages._build import ensure_model_ready
+from pages._forms import decode_input, model_shape, prompt_area, top_k_input
+from pages._sidebar import current_spec
+from pages._ui import Shown, chart, figure_format, format_sci, kept, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -72,30 +71,17 @@ space) by the unembedding's logits, `V` (input space) by cosine similarity to th
 """
 
 
-def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
-    """The model's (number of blocks, hidden size), or ``None`` after showing why it could not be resolved."""
-    try:
-        info = get_service().info(spec)
-    except LLDDError as err:
-        st.error(str(err))
-        return None
-    return info.n_layers, info.d_model
-
-
 def request_form(d: int) -> tuple[bool, str, int, int, list[str], bool, str]:
     """The prompt form (``d``: the hidden size); returns (submitted, prompt, k, decoded tokens, sites, lens, method)."""
     with st.form("layers_form", border=True):
-        prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="ly_prompt", height=90)
+        prompt = prompt_area("ly_prompt", DEFAULT_PROMPT)
         c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
-        k = c1.number_input(
-            "Top-k singular values", **TOP_K.widget(hi=d), value=min(8, d), step=1, key=f"ly_k_of_{d}",
+        k = top_k_input(
+            c1, d, "ly_k",
             help=f"Singular triplets per view, layer and token: {TOP_K.describe(hi=d)}. The emergence measure "
             "uses the final layer's top-k.",
         )
-        n_decode = c2.number_input(
-            "Decoded tokens per vector", **DECODE.widget(), value=5, step=1, key="ly_n",
-            help=DECODE.sentence(),
-        )
+        n_decode = decode_input(c2, "ly_n", 5)
         method = c3.selectbox(
             "Method", METHODS, key="ly_method",
             help="auto: the cheaper of the two. full: every J_i exactly. matrix_free: top-k by products only.",
@@ -152,11 +138,6 @@ def show_legend(colors: dict[str, str], cells: list[str]) -> None:
         count = sum(matched_word(cell, {word: color}) is not None for cell in cells)
         parts.append(f"{chip(word, color)} {html.escape(plural(count, 'cell'))}")
     st.markdown("Highlighted: " + " &nbsp; ".join(parts), unsafe_allow_html=True)
-
-
-def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
-    """A plotly figure whose toolbar saves it as ``fmt`` under ``name``."""
-    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
 
 
 def show_emergence_table(r: LayersResult, site: str, slug: str) -> None:
@@ -217,10 +198,7 @@ def show_result(shown: Shown) -> None:
         "Input token i", range(T), index=T - 1, format_func=lambda i: column_label(i, r.tokens[i]),
         key=f"ly_token_of_{T}",  # a prompt of another length gets a fresh widget
     )
-    fmt = c3.radio(
-        "Figure download format", FIGURE_FORMATS, horizontal=True, key="ly_figure_format",
-        help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector).",
-    )
+    fmt = figure_format("ly_figure_format", c3)
     site = site if site in r.sites else r.sites[0]  # a kept choice the new result does not have
     left, right = st.columns(2)
     with left:
@@ -246,8 +224,8 @@ def main() -> None:
             shown = compute(spec, prompt, k, n_decode, sites, lens, method)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
-    last = st.session_state.get(RESULT_KEY)
-    if isinstance(last, Shown) and isinstance(last.result, LayersResult):
+    last = kept(RESULT_KEY, LayersResult)
+    if last is not None:
         show_result(last)
     elif n_layers is not None:
         st.info("Enter a prompt and press **Compute**.")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-# Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_common.py).
+# Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_build.py).
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings
@@ -22,8 +22,7 @@ from lldd_core.concepts.core import ConceptData, DatasetListing, list_datasets
 from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.scaling import cells_table, scaling_figure
-from lldd_core.plots.spectra import FIGURE_FORMATS, download_config
-from lldd_core.ranges import EPS, N_EVAL, ORDER, SIZES
+from lldd_core.ranges import ORDER, SIZES
 from lldd_core.service import Computed, get_service
 from lldd_core.store.export import csv_text
 from lldd_core.sweep.study import (
@@ -38,8 +37,10 @@ from lldd_core.sweep.study import (
     summary_line,
     sweep_status,
 )
-from pages._common import current_spec, plural, run_with_status
 from pages._datasets import listing_label
+from pages._forms import eps_input, n_eval_input
+from pages._sidebar import current_spec
+from pages._ui import chart, figure_format, plural, run_with_status
 
 #: The family choice that reveals a free list of models.
 CUSTOM = "custom"
@@ -111,9 +112,8 @@ def choose_settings() -> GainsSettings:
     c1, c2, c3, c4, c5 = st.columns(5)
     order = c1.number_input("Reduced order d", **ORDER.widget(), value=defaults.order, step=1, key="sc_order",
                             help="Columns of each layer's basis P_l (at most every model's hidden size).")
-    eps = c2.number_input("ε (injection size)", **EPS.widget(), value=defaults.eps, step=0.01,
-                          format="%.4g", key="sc_eps", help="Size of the injection for the measured gains.")
-    n_eval = c3.number_input("Evaluation prompts", **N_EVAL.widget(), value=defaults.n_eval, step=1, key="sc_n_eval")
+    eps = eps_input(c2, "sc_eps", defaults.eps, help="Size of the injection for the measured gains.")
+    n_eval = n_eval_input(c3, "sc_n_eval", defaults.n_eval)
     complement = c4.selectbox("Complement", COMPLEMENTS, key="sc_complement",
                               help="How each basis is completed after v_l: krylov (default); random and pca are "
                               "ablations.")
@@ -256,9 +256,8 @@ def show_cells(cells: list[SweepCell], spec: ModelSpec, failures_shown: bool = F
         return
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     paper = c1.checkbox("Show the LLV paper's GPT-2 family averages", value=False, key="sc_paper")
-    fmt = c2.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key="sc_figure_format")
-    st.plotly_chart(scaling_figure(cells, paper=paper), width="stretch", key="sc_figure",
-                    config=download_config(fmt, "scaling_agreement"))
+    fmt = figure_format("sc_figure_format", c2, help=None)
+    chart(scaling_figure(cells, paper=paper), "sc_figure", fmt, "scaling_agreement")
 
 
 def main() -> None:

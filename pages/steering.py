@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
@@ -34,7 +33,7 @@ from lldd_core.plots.control import (
     text_html,
     tokens_html,
 )
-from lldd_core.plots.spectra import FIGURE_FORMATS, download_config, file_slug
+from lldd_core.plots.spectra import file_slug
 from lldd_core.service import get_service
 from lldd_core.steering.core import (
     METHOD_LINES,
@@ -46,8 +45,11 @@ from lldd_core.steering.core import (
     default_layer,
 )
 from lldd_core.store.export import csv_text
-from pages._common import Shown, current_spec, ensure_model_ready, model_shape, plural, run_with_status
+from pages._build import ensure_model_ready
 from pages._datasets import dataset_picker
+from pages._forms import model_shape, order_input, prompt_area, seed_input
+from pages._sidebar import current_spec
+from pages._ui import Shown, chart, figure_format, plural, run_with_status
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
 RESULT_KEY = "steer.last"
@@ -92,7 +94,7 @@ def generation_settings(context: int | None) -> GenerationSettings:
     top_p = c4.number_input("Top-p", **ranges.TOP_P.widget(), value=1.0, step=0.05, key="st_top_p",
                             help="Nucleus sampling: keep the most likely tokens up to this probability mass "
                             f"({ranges.TOP_P.describe()}).")
-    seed = c5.number_input("Seed", **ranges.SEED.widget(), value=0, step=1, key="st_sample_seed")
+    seed = seed_input(c5, "st_sample_seed")
     return GenerationSettings(max_new_tokens=int(max_new), do_sample=True, temperature=float(temperature),
                               top_p=float(top_p), seed=int(seed))
 
@@ -123,9 +125,7 @@ def llv_controls(d: int) -> dict:
     dy = c1.number_input("Target shift Δy", **ranges.DY.widget(), value=1.0, step=0.5, format="%.4g",
                          key="st_llv_dy", help="Readout change the surrogate's least-energy schedule aims for "
                          f"({ranges.DY.describe()}).")
-    order = c2.number_input("Reduced order d", **ranges.ORDER.widget(hi=d), value=min(32, d), step=1,
-                            key=f"st_llv_order_of_{d}",
-                            help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.")
+    order = order_input(c2, d, "st_llv_order", help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.")
     return {"dy": float(dy), "order": int(order)}
 
 
@@ -182,8 +182,7 @@ def split_settings() -> dict:
                                  step=50, key=f"st_{name}")
             for i, (name, rng) in enumerate(zip(("concept", "operating", "evaluation"), ranges.SIZES))
         ]
-        seed = cols[3].number_input("Seed", **ranges.SEED.widget(), value=0, step=1, key="st_seed",
-                                    help="Seed of the splits.")
+        seed = seed_input(cols[3], "st_seed", help="Seed of the splits.")
     return {"sizes": tuple(int(n) for n in sizes), "seed": int(seed)}
 
 
@@ -257,10 +256,6 @@ def show_texts(shown: list[Shown]) -> None:
     st.caption("Highlighted: tokens only the steered text has (the two token sequences aligned by difflib).")
 
 
-def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
-    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
-
-
 def show_details(shown: list[Shown], fmt: str) -> None:
     """Readout along the tokens, schedules over layers, parameters, and the CSV download."""
     results = [s.result for s in shown]
@@ -294,7 +289,7 @@ def show_details(shown: list[Shown], fmt: str) -> None:
 
 def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, dict], dict, list[str]]:
     """Every input widget; (prompt, per-method keyword arguments, common keyword arguments, problems)."""
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, height=80, key="st_prompt")
+    prompt = prompt_area("st_prompt", DEFAULT_PROMPT, height=80)
     settings = generation_settings(context)
     methods = st.multiselect(
         "Methods", list(METHODS), default=["additive"], key="st_methods",
@@ -358,8 +353,7 @@ def main() -> None:
     if has_result:
         with area.container():
             show_texts(last)
-        fmt = st.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key="st_figure_format",
-                       help="Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector).")
+        fmt = figure_format("st_figure_format")
         show_details(last, fmt)
     elif shape is not None:
         st.info("Type a prompt, choose one or more methods and press **Generate**.")

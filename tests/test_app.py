@@ -22,8 +22,9 @@ from lldd_core.demo import build as build_module
 from lldd_core.forward.views import SITES
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots import spectra as plots_spectra
-from pages import _common
-from pages._common import OTHER, BuildProgress, DemoBuild, follow_build
+from pages import _build
+from pages._build import BuildProgress, DemoBuild, follow_build
+from pages._sidebar import OTHER
 from tests.apptest import APP, assert_clean, metrics, open_page
 
 METRICS = (
@@ -298,13 +299,13 @@ def test_a_later_run_follows_the_running_build(built, built_demo_dir, tmp_path, 
     monkeypatch.setenv("LLDD_DEMO_DIR", str(built_demo_dir if built else tmp_path))
     spec = ModelSpec("demo:gpt2-small")
     build = DemoBuild(started=time.perf_counter(), fraction=0.4, message="Training gpt2-small")
-    _common._BUILDS[spec.model] = build
+    _build._BUILDS[spec.model] = build
     try:
-        threading.Timer(0.8, lambda: _common._BUILDS.pop(spec.model, None)).start()  # the build ends
+        threading.Timer(0.8, lambda: _build._BUILDS.pop(spec.model, None)).start()  # the build ends
         bar = FakeBar()
         failure = follow_build(spec, build, bar)
     finally:
-        _common._BUILDS.pop(spec.model, None)
+        _build._BUILDS.pop(spec.model, None)
     assert bar.calls[0] == (0.4, "Training gpt2-small")
     assert failure is None if built else "did not finish" in failure
 

@@ -9,6 +9,7 @@ import torch
 from lldd_core.analysis.gains import prepare_gains
 from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
+from lldd_core.forward.hooks import capture, hooks, on_input
 from lldd_core.forward.interventions import AddVectors, JacobianSteering, intervene
 from lldd_core.steering.core import (
     GenerationSettings,
@@ -96,9 +97,7 @@ def test_positions_count_real_tokens_only(steer_env):
 
     class Spy(AddVectors):
         def hooks(self, blocks, positions):
-            def pre(module, args, kwargs):
-                seen.append(positions.current.clone())
-            return [blocks[0].register_forward_pre_hook(pre, with_kwargs=True)]
+            return [on_input(blocks[0], lambda h: seen.append(positions.current.clone()))]
 
     generate(handle, ids, [Spy({})], GenerationSettings(max_new_tokens=3))
     first = seen[0]
@@ -116,22 +115,11 @@ def test_jacobian_operator_running_sum_matches_its_definition(steer_env):
     ids = torch.tensor([handle.info.encode("A quiet morning by the river")])
     blocks = handle.adapter.layers(handle.model)
     got = {}
-
-    def take_x0(module, args, kwargs):
-        got["x0"] = (args[0] if args else kwargs["hidden_states"]).clone()
-
-    def take_h(module, args, output):
-        got["h"] = (output[0] if isinstance(output, tuple) else output).clone()
-
-    with torch.no_grad(), intervene(handle.model, handle.adapter, [op]):
-        # registered after the steering hooks, so the capture sees the blended state
-        h0 = blocks[0].register_forward_pre_hook(take_x0, with_kwargs=True)
-        h1 = blocks[op.layer - 1].register_forward_hook(take_h)
-        try:
-            handle.model(input_ids=ids)
-        finally:
-            h0.remove()
-            h1.remove()
+    take = lambda h: h.clone()
+    # registered after the steering hooks, so the capture sees the blended state
+    with torch.no_grad(), intervene(handle.model, handle.adapter, [op]), \
+            hooks(capture(blocks[0], got, "x0", at="input", select=take), capture(blocks[op.layer - 1], got, "h", select=take)):
+        handle.model(input_ids=ids)
     x0 = got["x0"][0]
     T_s = op.J.shape[0]
     expect = torch.cumsum(torch.stack([op.J[j % T_s] @ x0[j] for j in range(x0.shape[0])]), dim=0)

@@ -23,13 +23,14 @@ Pruning and the replacement score live in :mod:`lldd_core.analysis.graph_prune`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InputError, NumericalError
+from ..forward.hooks import hooks, replace_input
 from ..forward.linearize import detached_mode, live_mode
 from ..forward.residual import run_to_layer
 from ..models.arch import FamilyAdapter
@@ -50,28 +51,26 @@ class _Capture:
         self.live: list[torch.Tensor] = []
         self.leaves: list[torch.Tensor] = []
 
-    def _hook(self, layer: int):
-        def pre(module, args):
-            h = args[0]
+    def _swap(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Layer ``layer``'s input transform: scale ``h``, record it, hand on the leaf (or ``h``)."""
+
+        def swap(h: torch.Tensor) -> torch.Tensor:
             if self.scale is not None and self.scale[layer] is not None:
                 h = h * self.scale[layer].to(h.dtype)
             self.live.append(h)
             if not self.inject:
-                return (h, *args[1:])
+                return h
             leaf = h.detach().clone().requires_grad_(True) if self.given is None else self.given[layer]
             self.leaves.append(leaf)
-            return (leaf, *args[1:])
+            return leaf
 
-        return pre
+        return swap
 
     @contextlib.contextmanager
-    def active(self):
-        handles = [m.register_forward_pre_hook(self._hook(i)) for i, m in enumerate(self.modules)]
-        try:
+    def active(self) -> Iterator[_Capture]:
+        """The hooks installed for the block (removed on exit, also on error); yields this capture."""
+        with hooks(*(replace_input(m, self._swap(i)) for i, m in enumerate(self.modules))):
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
 
 def mlp_down_modules(model: nn.Module, adapter: FamilyAdapter) -> list[nn.Module]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,18 +36,13 @@ from torch import nn
 from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, model_dtype
 from ..progress import ProgressFn
+from . import hooks as hk
 from .jvp import columns
 from .linearize import live_mode
-from .residual import _StopForward
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextlib.contextmanager
 def _block_hooks(
     blocks: nn.ModuleList,
     *,
@@ -56,45 +51,27 @@ def _block_hooks(
     capture_outputs: Sequence[int] = (),
     stop_after: int | None = None,
     out: dict,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Transform block inputs (``replace[j](x)``), record block inputs/outputs, stop after a block.
 
-    Every hook is removed on exit, also on error.
+    ``out[("in", j)]`` is block ``j``'s input after its transform, ``out[("out", j)]`` its output;
+    with ``stop_after`` the forward raises :class:`~lldd_core.forward.hooks.StopForward` after that
+    block (run it with :func:`~lldd_core.forward.hooks.run_until`). Every hook is removed on exit,
+    also on error.
     """
     replace = replace or {}
-    handles = []
-
-    def pre(j: int):
-        def hook(module, args, kwargs):
-            current = args[0] if args else kwargs["hidden_states"]
-            new = replace[j](current) if j in replace else current
-            if j in capture_inputs:
-                out[("in", j)] = new
-            if new is current:
-                return None
-            if args:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-
-        return hook
-
-    def post(j: int):
-        def hook(module, args, output):
-            out[("out", j)] = _first(output)
-            if j == stop_after:
-                raise _StopForward
-
-        return hook
-
-    try:
-        for j in sorted(set(replace) | set(capture_inputs)):
-            handles.append(blocks[j].register_forward_pre_hook(pre(j), with_kwargs=True))
-        for j in sorted(set(capture_outputs) | ({stop_after} if stop_after is not None else set())):
-            handles.append(blocks[j].register_forward_hook(post(j)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    registrations: list[hk.Hook] = []
+    for j in sorted(set(replace) | set(capture_inputs)):
+        if j in replace:  # registered first, so the capture records the transformed input
+            registrations.append(hk.replace_input(blocks[j], replace[j]))
+        if j in capture_inputs:
+            registrations.append(hk.capture(blocks[j], out, ("in", j), at="input"))
+    for j in sorted(set(capture_outputs) | ({stop_after} if stop_after is not None else set())):
+        if j == stop_after:
+            registrations.append(hk.stop_after(blocks[j], out, ("out", j)))
+        else:
+            registrations.append(hk.capture(blocks[j], out, ("out", j)))
+    return hk.hooks(*registrations)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -149,10 +126,7 @@ def last_token_states(
             last = mask.sum(-1) - 1 if side == "right" else torch.full((len(chunk),), ids.shape[1] - 1, device=device)
             out: dict = {}
             with _block_hooks(blocks, capture_inputs=[0], capture_outputs=range(L), stop_after=L - 1, out=out):
-                try:
-                    model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-                except _StopForward:
-                    pass
+                hk.run_until(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             batch = torch.arange(len(chunk), device=device)
             per_layer = [out[("in", 0)]] + [out[("out", j)] for j in range(L)]
             rows.append(torch.stack([h[batch, last] for h in per_layer], dim=1).double().cpu().numpy())
@@ -198,10 +172,7 @@ def last_token_actions(
 
                 out: dict = {}
                 with _block_hooks(blocks, replace={layer: add_last}, stop_after=layer, out=out):
-                    try:
-                        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-                    except _StopForward:
-                        pass
+                    hk.run_until(model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
                 return out[("out", layer)][:, -1]
 
             cols = columns(model, f, zero, P.T.to(dtype))  # [r, n, d]
@@ -248,16 +219,14 @@ class PromptContext:
         blocks = self.adapter.layers(self.model)
         with _block_hooks(blocks, replace=replace, capture_inputs=capture_inputs, capture_outputs=capture_outputs,
                           stop_after=stop_after, out=out):
-            try:
-                self.model(
-                    input_ids=ids,
-                    attention_mask=torch.ones(batch, T, dtype=torch.long, device=device),
-                    position_ids=torch.full((batch, 1), T - 1, dtype=torch.long, device=device),
-                    past_key_values=cache,
-                    use_cache=cache is not None,
-                )
-            except _StopForward:
-                pass
+            hk.run_until(
+                self.model,
+                input_ids=ids,
+                attention_mask=torch.ones(batch, T, dtype=torch.long, device=device),
+                position_ids=torch.full((batch, 1), T - 1, dtype=torch.long, device=device),
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
         return out
 
     # --- the block maps ---------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..models.arch import FamilyAdapter
+from .hooks import Hook, capture, hooks, on_input, replace_input, replace_output
 
 #: Where additive steering writes: ``last`` — the last position of *every* forward pass (the
 #: prompt's last token, then each generated token as it is fed back); ``all`` — every real position
@@ -79,28 +80,11 @@ class Positions:
 
 
 class Intervention:
-    """Base class: hooks to register on the blocks; ``positions`` is shared by all interventions of a run."""
+    """Base class: the hooks to register on the blocks, in order (:class:`~lldd_core.forward.hooks.Hook`
+    values; :func:`intervene` installs them); ``positions`` is shared by all interventions of a run."""
 
-    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[torch.utils.hooks.RemovableHandle]:
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
         raise NotImplementedError
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_first(output, new: torch.Tensor):
-    return (new, *output[1:]) if isinstance(output, tuple) else new
-
-
-def _input(args, kwargs) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _with_input(args, kwargs, new: torch.Tensor):
-    if args:
-        return (new, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": new}
 
 
 def _position_mask(h: torch.Tensor, positions: Positions, where: str) -> torch.Tensor:
@@ -124,16 +108,15 @@ class AddVectors(Intervention):
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
 
-    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
-        handles = []
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
+        registrations = []
         for layer, w in self.vectors.items():
-            def pre(module, args, kwargs, w=w):
-                h = _input(args, kwargs)
+            def add(h: torch.Tensor, w: torch.Tensor = w) -> torch.Tensor:
                 mask = _position_mask(h, positions, self.positions)
-                return _with_input(args, kwargs, h + mask.to(h.dtype) * w.to(h))
+                return h + mask.to(h.dtype) * w.to(h)
 
-            handles.append(blocks[layer].register_forward_pre_hook(pre, with_kwargs=True))
-        return handles
+            registrations.append(replace_input(blocks[layer], add))
+        return registrations
 
 
 @dataclass
@@ -148,28 +131,24 @@ class LQRFeedback(Intervention):
     beta: torch.Tensor
     gain_dirs: torch.Tensor
 
-    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
-        handles = []
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
+        registrations = []
         state: dict[int, torch.Tensor] = {}
         for k in range(self.directions.shape[0]):
             if not bool(self.gain_dirs[k].abs().max() > 0):
                 continue
 
-            def pre(module, args, kwargs, k=k):
-                state[k] = _input(args, kwargs)[:, -1].detach()
-
-            def post(module, args, kwargs, output, k=k):
-                h = _first(output)
-                x = state.pop(k)
+            def feedback(h: torch.Tensor, k: int = k) -> torch.Tensor:
+                x = state.pop(k)  # block k's input at the last position, stored by the pre-hook
                 v, Kv = self.directions[k].to(h), self.gain_dirs[k].to(h)
                 u = (self.beta[k].to(h) - x.to(h) @ v)[:, None] * Kv  # [B, d]
                 h = h.clone()
                 h[:, -1] = h[:, -1] + u
-                return _replace_first(output, h)
+                return h
 
-            handles.append(blocks[k].register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(blocks[k].register_forward_hook(post, with_kwargs=True))
-        return handles
+            registrations.append(capture(blocks[k], state, k, at="input", select=lambda x: x[:, -1].detach()))
+            registrations.append(replace_output(blocks[k], feedback))
+        return registrations
 
 
 JACOBIAN_VARIANTS = ("blend", "additive", "reference")
@@ -201,12 +180,11 @@ class JacobianSteering(Intervention):
         scale = h.norm(dim=-1, keepdim=True) / (2 * a.norm(dim=-1, keepdim=True).clamp_min(1e-30))
         return h + self.lam * a * scale
 
-    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
         added: dict[str, torch.Tensor] = {}
         T_s = self.J.shape[0]
 
-        def pre0(module, args, kwargs):
-            x0 = _input(args, kwargs)  # [B, t, d]
+        def accumulate(x0: torch.Tensor) -> None:  # x0: [B, t, d]
             pos = positions.current.to(x0.device)
             every = torch.einsum("sod,btd->btso", self.J.to(x0), x0)  # each phrase token's J_s x_0 (no [B,t,d,d] gather)
             index = (pos.clamp_min(0) % T_s)[..., None, None].expand(-1, -1, 1, x0.shape[-1])
@@ -224,18 +202,10 @@ class JacobianSteering(Intervention):
             valid = positions.valid.to(h.device)[..., None]
             return torch.where(valid, self._update(h, a), h)
 
-        def post(module, args, kwargs, output):
-            return _replace_first(output, steer(_first(output)))
-
-        def pre(module, args, kwargs):  # reference: the input of block layer - 1
-            if args:
-                return (steer(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": steer(kwargs["hidden_states"])}
-
-        first = blocks[0].register_forward_pre_hook(pre0, with_kwargs=True)  # before `pre` when layer - 1 == 0
-        site = (blocks[self.layer - 1].register_forward_pre_hook(pre, with_kwargs=True) if self.variant == "reference"
-                else blocks[self.layer - 1].register_forward_hook(post, with_kwargs=True))
-        return [first, site]
+        site = blocks[self.layer - 1]
+        # reference: the input of block layer - 1 (after `accumulate` when that is block 0); else its output
+        steering = replace_input(site, steer) if self.variant == "reference" else replace_output(site, steer)
+        return [on_input(blocks[0], accumulate), steering]
 
 
 @contextlib.contextmanager
@@ -260,15 +230,11 @@ def intervene(
         pad = (attention_mask == 0).sum(dim=1)
     positions = Positions(pad=pad)
 
-    def track(module, args, kwargs):
-        h = _input(args, kwargs)
+    def track(h: torch.Tensor) -> None:
         positions.start_forward(h.shape[1], h.device)
 
-    handles = [blocks[0].register_forward_pre_hook(track, with_kwargs=True)]  # first: the others read positions
-    try:
-        for item in interventions:
-            handles.extend(item.hooks(blocks, positions))
+    registrations = [on_input(blocks[0], track)]  # first: the others read positions
+    for item in interventions:
+        registrations.extend(item.hooks(blocks, positions))
+    with hooks(*registrations):
         yield positions
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -3,24 +3,20 @@
 Depth is time: ``x_0`` enters block 0 (embeddings with positions or scale already applied, as the
 family does), block ``l`` maps ``x_l`` to ``x_{l+1}``, and ``x_L`` leaves the last block. The hooks
 here replace ``x_0`` with a tensor we own (so autograd can differentiate with respect to it),
-capture ``x_K`` and stop the forward right there (later blocks and the unembedding are skipped).
-Both hooks are removed on exit, also on error.
+capture ``x_K`` and stop the forward right there (later blocks and the unembedding are skipped);
+:mod:`lldd_core.forward.hooks` removes both on exit, also on error.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..models.arch import FamilyAdapter
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after block ``K`` needs computing."""
+from .hooks import hooks, replace_input, run_until, stop_after
 
 
 @dataclass
@@ -31,10 +27,10 @@ class ResidualRun:
     xk: torch.Tensor
 
 
-@contextlib.contextmanager
-def _hooks(layers: nn.ModuleList, k: int, x0: torch.Tensor | None, track_x0: bool, out: dict) -> Iterator[None]:
-    def replace_x0(module, args, kwargs):
-        current = args[0] if args else kwargs["hidden_states"]
+def _new_x0(x0: torch.Tensor | None, track_x0: bool, out: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Block 0's input replacement: ``x0`` (checked against the model's shape) or a fresh leaf copy."""
+
+    def replace(current: torch.Tensor) -> torch.Tensor:
         if x0 is not None:
             if x0.shape != current.shape:
                 raise ValueError(f"x0 has shape {tuple(x0.shape)}, the model expects {tuple(current.shape)}")
@@ -42,23 +38,9 @@ def _hooks(layers: nn.ModuleList, k: int, x0: torch.Tensor | None, track_x0: boo
         else:
             new = current.detach().requires_grad_(track_x0)
         out["x0"] = new
-        if args:
-            return (new, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": new}
+        return new
 
-    def capture(module, args, kwargs, output):
-        out["xk"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
-
-    handles = [
-        layers[0].register_forward_pre_hook(replace_x0, with_kwargs=True),
-        layers[k - 1].register_forward_hook(capture, with_kwargs=True),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return replace
 
 
 def run_to_layer(
@@ -84,11 +66,8 @@ def run_to_layer(
     if attention_mask is None:  # explicit, so a pad id that is also BOS is never taken for padding
         attention_mask = torch.ones_like(input_ids)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    with _hooks(layers, layer, x0, track_x0, out):
-        try:
-            model(**kwargs)
-        except _StopForward:
-            pass
+    with hooks(replace_input(layers[0], _new_x0(x0, track_x0, out)), stop_after(layers[layer - 1], out, "xk")):
+        run_until(model, **kwargs)
     if "xk" not in out:
         raise RuntimeError("the capture hook did not run; the adapter's layers() may be wrong")
     return ResidualRun(x0=out["x0"], xk=out["xk"])

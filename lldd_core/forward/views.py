@@ -21,7 +21,7 @@ a dual tensor entered at the view's input, vmapped over the directions (:func:`v
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +29,9 @@ from torch import nn
 
 from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, model_dtype
+from . import hooks as hk
 from .jacobian import JacobianOperator, _intermediate_size
 from .linearize import detached_mode
-from .residual import _StopForward
 
 SITES: tuple[str, ...] = ("cumulative", "block", "attention", "mlp")
 SITE_LABELS = {
@@ -42,11 +42,6 @@ SITE_LABELS = {
 }
 
 
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextlib.contextmanager
 def _recording_hooks(
     layers: nn.ModuleList,
     adapter: FamilyAdapter,
@@ -56,13 +51,12 @@ def _recording_hooks(
     capture: Sequence[tuple[str, int]],
     stop_after: int,
     out: dict,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Replace block ``enter_block``'s input (``x_in``, or a fresh leaf of the model's own when None),
     record block inputs/outputs and sub-layer terms for ``capture`` (``(site, k)``, 1-based ``k``),
     and stop the forward after 0-based block ``stop_after``. Hooks are removed on exit."""
 
-    def enter(module, args, kwargs):
-        current = args[0] if args else kwargs["hidden_states"]
+    def enter(current: torch.Tensor) -> torch.Tensor:
         if x_in is None:
             new = current.detach().requires_grad_(True)
         else:
@@ -70,50 +64,26 @@ def _recording_hooks(
                 raise ValueError(f"input has shape {tuple(x_in.shape)}, the model expects {tuple(current.shape)}")
             new = x_in
         out["input"] = new
-        if args:
-            return (new, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": new}
+        return new
 
-    def block_input(k: int):
-        def hook(module, args, kwargs):
-            out[("input", k)] = args[0] if args else kwargs["hidden_states"]
-
-        return hook
-
-    def record(key):
-        def hook(module, args, output):
-            out[key] = _first(output)
-
-        return hook
-
-    def stop(module, args, output):
-        out[("block", stop_after + 1)] = _first(output)
-        raise _StopForward
-
-    handles = [layers[enter_block].register_forward_pre_hook(enter, with_kwargs=True)]
-    try:
-        for site, k in capture:
-            block = layers[k - 1]
-            if site in ("cumulative", "block") and k - 1 != stop_after:
-                handles.append(block.register_forward_hook(record(("block", k))))
-            if site == "block":
-                handles.append(block.register_forward_pre_hook(block_input(k), with_kwargs=True))
-            if site in ("attention", "mlp"):
-                handles.append(adapter.sublayer(block, site).register_forward_hook(record((site, k))))
-        handles.append(layers[stop_after].register_forward_hook(stop))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    # registration order matters: the entry hook runs before a block-input capture on the same block
+    registrations = [hk.replace_input(layers[enter_block], enter)]
+    for site, k in capture:
+        block = layers[k - 1]
+        if site in ("cumulative", "block") and k - 1 != stop_after:
+            registrations.append(hk.capture(block, out, ("block", k)))
+        if site == "block":
+            registrations.append(hk.capture(block, out, ("input", k), at="input"))
+        if site in ("attention", "mlp"):
+            registrations.append(hk.capture(adapter.sublayer(block, site), out, (site, k)))
+    registrations.append(hk.stop_after(layers[stop_after], out, ("block", stop_after + 1)))
+    return hk.hooks(*registrations)
 
 
 def _run(model: nn.Module, input_ids: torch.Tensor) -> None:
     ids = input_ids.reshape(1, -1).to(input_device(model))
-    try:
-        # explicit all-ones mask: a pad id that doubles as BOS must not be taken for padding
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    except _StopForward:
-        pass
+    # explicit all-ones mask: a pad id that doubles as BOS must not be taken for padding
+    hk.run_until(model, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
 def _output(raw: torch.Tensor, norm: nn.Module, lens: bool, position: int) -> torch.Tensor:

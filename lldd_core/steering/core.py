@@ -19,7 +19,6 @@ instrument, and a method cannot raise the readout merely by writing into the sta
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ from .. import ranges as R
 from ..analysis.control import population_gains, schedules
 from ..analysis.gains import GainsSetup
 from ..errors import InputError
-from ..forward.depth import _block_hooks, last_token_actions, pad_batch
+from ..forward.depth import last_token_actions, pad_batch
+from ..forward.hooks import hooks, run_until, stop_after
 from ..forward.interventions import (
     JACOBIAN_VARIANTS,
     POSITIONS,
@@ -42,7 +42,6 @@ from ..forward.interventions import (
     intervene,
 )
 from ..forward.jacobian import jacobian_operator
-from ..forward.residual import _StopForward
 from ..linalg.lqr import riccati_gains, setpoints
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
@@ -154,10 +153,9 @@ def readout_along(handle: ModelHandle, generated: Generated, readout: torch.Tens
     device = handle.device
     ids = torch.tensor([generated.prompt_ids + generated.new_ids], device=device)
     out: dict = {}
-    with torch.no_grad(), _block_hooks(blocks, capture_outputs=[L - 1], stop_after=L - 1, out=out), \
-            contextlib.suppress(_StopForward):
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    xL = out[("out", L - 1)][0, len(generated.prompt_ids):]
+    with torch.no_grad(), hooks(stop_after(blocks[L - 1], out, "xL")):
+        run_until(model, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    xL = out["xL"][0, len(generated.prompt_ids):]
     return (xL @ readout.to(xL)).double().cpu().numpy()
 
 

@@ -1,0 +1,105 @@
+"""UI pieces every page shares: the kept result, the status box around a computation, charts and captions.
+
+UI only. A result is kept in session state as a :class:`Shown` (with the request that produced it)
+so the page can show it again on every rerun; computations run inside :func:`run_with_status`;
+figures go through :func:`chart` with the toolbar format of :func:`figure_format`. Not a page:
+app.py lists its pages explicitly with ``st.navigation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from lldd_core.errors import LLDDError
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.spectra import FIGURE_FORMATS, download_config
+
+#: The help of the figure format radio on most pages.
+FIGURE_FORMAT_HELP = "Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector)."
+
+
+@dataclass
+class Shown:
+    """A result kept in session state with the request that produced it.
+
+    Defined here, not in a page: a page script is re-executed on every rerun, so a class defined
+    there would be a new class each time and ``isinstance`` on last run's object would fail.
+    """
+
+    result: Any
+    cache_hit: bool
+    spec: ModelSpec
+    prompt: str
+
+
+def kept(key: str, kind: type) -> Shown | None:
+    """The result kept in session state under ``key``, when it is a :class:`Shown` of a ``kind`` result."""
+    last = st.session_state.get(key)
+    return last if isinstance(last, Shown) and isinstance(last.result, kind) else None
+
+
+def format_sci(value: float) -> str:
+    """A small quantity such as a relative error: ``3.2e-16``."""
+    return f"{value:.1e}"
+
+
+def format_norm(value: float) -> str:
+    """A norm or other O(1)-ish quantity with four significant digits."""
+    return f"{value:.4g}"
+
+
+def progress_reporter(bar: DeltaGenerator) -> Callable[[float, str], None]:
+    """A ``progress(frac, msg)`` callback for the core that moves ``bar`` (clamped to [0, 1])."""
+
+    def report(frac: float, msg: str) -> None:
+        bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
+
+    return report
+
+
+def run_with_status(noun: str, call: Callable[[Callable[[float, str], None]], Any]) -> Any | None:
+    """``call(progress)`` inside an ``st.status`` box with a progress bar ("Computing {noun}…").
+
+    Returns the service's ``Computed``; on a user error (:class:`LLDDError`) shows it with
+    ``st.error`` below the collapsed box and returns ``None``.
+    """
+    failure: LLDDError | None = None
+    with st.status(f"Computing {noun}…", expanded=True) as status:
+        bar = st.progress(0.0, text="Resolving the model and tokenizing")
+        try:
+            computed = call(progress_reporter(bar))
+        except LLDDError as err:
+            failure = err
+            status.update(label=f"Could not compute the {noun}", state="error", expanded=False)
+        else:
+            bar.progress(1.0, text="Done")
+            source = "Loaded from cache" if computed.cache_hit else f"Computed in {computed.result.elapsed_s:.2f} s"
+            status.update(label=f"{noun[0].upper()}{noun[1:]} ready — {source}", state="complete", expanded=False)
+    if failure is not None:
+        st.error(str(failure))  # outside the collapsed status box, so it is seen
+        return None
+    if getattr(computed, "warning", None):
+        st.warning(computed.warning, icon="⚠️")  # e.g. a full or damaged cache: shown, but not stored
+    return computed
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 result``, ``2 results``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def figure_format(key: str, container: DeltaGenerator | None = None, help: str | None = FIGURE_FORMAT_HELP) -> str:
+    """The radio choosing the format the plotly toolbar's camera button saves a page's figures in."""
+    where = st if container is None else container
+    return where.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key=key, help=help)
+
+
+def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
+    """A plotly figure whose toolbar saves it as ``fmt`` under ``name``."""
+    st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))
