@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from lldd_core.analysis.jacobian import JacobianResult
+from lldd_core.analysis.settings import SPECTRUM_METHODS as METHODS
 from lldd_core.analysis.spectrum import SpectrumResult
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.common import reconstruction_scatter, spectrum_figure, token_contribution_figure
@@ -32,7 +33,7 @@ from lldd_core.plots.spectra import (
     token_spectrum_table,
 )
 from lldd_core.ranges import LAYER, TOP_K
-from lldd_core.service import METHODS, get_service
+from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from lldd_core.store.results import to_jsonable
 from pages._build import ensure_model_ready

@@ -14,6 +14,7 @@ import html
 import streamlit as st
 
 from lldd_core.analysis.layers import LayersResult
+from lldd_core.analysis.settings import SPECTRUM_METHODS as METHODS
 from lldd_core.forward.views import SITE_LABELS, SITES
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.spectra import (
@@ -32,7 +33,7 @@ from lldd_core.plots.spectra import (
     stable_rank_table,
 )
 from lldd_core.ranges import TOP_K
-from lldd_core.service import METHODS, get_service
+from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from pages._build import ensure_model_ready
 from pages._forms import decode_input, model_shape, prompt_area, top_k_input

@@ -10,17 +10,17 @@ Leaves a screenshot in ``test-output/browser_detached_jacobian.png``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.streamlit_server import free_port, running
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,28 +58,6 @@ def _require_browser() -> None:
         pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Poll ``/_stcore/health`` until it answers ``ok``; fail early if the server died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"streamlit did not become healthy within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
     """A headless streamlit server on a free local port, on the default demo model; its URL. Always terminated."""
@@ -87,7 +65,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     from lldd_core.demo import DEFAULT_DEMO, build_demo
 
     build_demo(DEFAULT_DEMO, steps=5, target=tmp_path / "demo" / DEFAULT_DEMO)
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "LLDD_DEFAULT_MODEL"},  # the built-in default
         "LLDD_DEMO_DIR": str(tmp_path / "demo"),
@@ -103,160 +81,135 @@ def server(tmp_path: Path) -> Iterator[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
     ]  # fmt: skip
-    log = tmp_path / "streamlit.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log, STARTUP_S)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with running(cmd, env, tmp_path / "streamlit.log", port, STARTUP_S):
+        yield f"http://127.0.0.1:{port}"
 
 
-def test_compute_in_a_real_browser(server: str) -> None:
+@contextlib.contextmanager
+def opened(server: str, path: str, heading: str) -> Iterator[Any]:
+    """A headless Chromium page on ``server + path`` showing ``heading``; the browser is always closed.
+
+    Streamlit's first run in a fresh process resolves pages from the pages/ directory, does not know
+    a ``st.navigation`` URL such as /depth, says "Page not found" in a dialog and runs app.py, whose
+    navigation then shows the right page (later sessions get no dialog): the dialog is closed here.
+    """
     from playwright.sync_api import expect, sync_playwright
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=COMPUTE_S * 1000)  # the first run imports torch and transformers
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(server, wait_until="domcontentloaded")
-            compute = page.get_by_role("button", name="Compute")
-            expect(compute).to_be_enabled()
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            expect(sidebar.get_by_role("combobox", name="Model")).to_have_value("demo:gpt2-small (default) ✓")
-            expect(sidebar).to_contain_text("nothing is downloaded")
-            compute.click()
-
-            metrics = page.locator('[data-testid="stMetric"]')
-            expect(metrics).to_have_count(8)
-            charts = page.locator('[data-testid="stPlotlyChart"] .main-svg')
-            expect(charts.first).to_be_visible()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
-            # plotly draws the detached points and the spectrum lines into the SVG
-            expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
-            error_value = page.locator('[data-testid="stMetric"]', has_text="Detached reconstruction error")
-            value = error_value.locator('[data-testid="stMetricValue"]').inner_text().strip()
-            assert float(value) < 1e-4, value  # float32 default: rounding level
-            from_cache = page.locator('[data-testid="stMetric"]', has_text="From cache")
-            expect(from_cache.locator('[data-testid="stMetricValue"]')).to_have_text("no")
-            # wait until the run is over (the top-right "Running" widget goes away), then look
-            expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
-            # Streamlit scrolls inside its main container, so a full-page screenshot would stop at
-            # the viewport: grow the viewport to the content instead.
-            height = page.evaluate(
-                "Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], [data-testid=\"stMain\"] *')]"
-                ".map(e => e.scrollHeight))"
-            )
-            page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 6000)})
-            page.wait_for_timeout(800)  # plotly redraws on resize
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-            errors = page.locator(ERROR_SELECTOR)
-            assert errors.count() == 0, errors.all_inner_texts()
-
-            with page.expect_download() as download:
-                page.get_by_role("button", name="Download result (JSON)").click()
-            saved = json.loads(Path(download.value.path()).read_text())
-            assert saved["model"] == "demo:gpt2-small" and saved["layer"] == 4
-            assert saved["reconstruction_error"] == pytest.approx(float(value), rel=0.1)
-        finally:
-            browser.close()
-
-
-def test_layers_page_in_a_real_browser(server: str) -> None:
-    """The Layers page by its URL: compute, three figures, the emergence table, no error."""
-    from playwright.sync_api import expect, sync_playwright
-
-    shot = ROOT / "test-output" / "browser_layers.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
     expect.set_options(timeout=COMPUTE_S * 1000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(server + "/depth", wait_until="domcontentloaded")
-            expect(page.get_by_role("heading", name="Layers")).to_be_visible()
-            # Streamlit's first run in a fresh process resolves pages from the pages/ directory,
-            # does not know /depth, says "Page not found" in a dialog and runs app.py, whose
-            # st.navigation then shows the right page (later sessions get no dialog). Close it.
+            page.goto(server + path, wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name=heading)).to_be_visible()
             page.wait_for_timeout(1500)
             dialog = page.get_by_role("dialog")
             if dialog.count():
                 page.keyboard.press("Escape")
                 expect(dialog).to_have_count(0)
-            page.get_by_role("button", name="Compute").click()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
-            expect(page.get_by_role("heading", name="Emergence table")).to_be_visible()
-            expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
-            expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
-            page.wait_for_timeout(800)
-            page.screenshot(path=str(shot), full_page=True)
-            errors = page.locator(ERROR_SELECTOR)
-            assert errors.count() == 0, errors.all_inner_texts()
+            yield page
         finally:
             browser.close()
+
+
+def full_screenshot(page: Any, path: Path, max_height: int) -> None:
+    """Streamlit scrolls inside its main container, so a full-page screenshot would stop at the viewport:
+    grow the viewport to the content (at most ``max_height``), let plotly redraw, then shoot."""
+    height = page.evaluate(
+        "Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], [data-testid=\"stMain\"] *')]"
+        ".map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, max_height)})
+    page.wait_for_timeout(800)  # plotly redraws on resize
+    page.screenshot(path=str(path), full_page=True)
+
+
+def assert_no_errors(page: Any) -> None:
+    errors = page.locator(ERROR_SELECTOR)
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def test_compute_in_a_real_browser(server: str) -> None:
+    from playwright.sync_api import expect
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with opened(server, "", "Detached Jacobian") as page:  # the first run imports torch and transformers
+        compute = page.get_by_role("button", name="Compute")
+        expect(compute).to_be_enabled()
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        expect(sidebar.get_by_role("combobox", name="Model")).to_have_value("demo:gpt2-small (default) ✓")
+        expect(sidebar).to_contain_text("nothing is downloaded")
+        compute.click()
+
+        metrics = page.locator('[data-testid="stMetric"]')
+        expect(metrics).to_have_count(8)
+        charts = page.locator('[data-testid="stPlotlyChart"] .main-svg')
+        expect(charts.first).to_be_visible()
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+        # plotly draws the detached points and the spectrum lines into the SVG
+        expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
+        error_value = page.locator('[data-testid="stMetric"]', has_text="Detached reconstruction error")
+        value = error_value.locator('[data-testid="stMetricValue"]').inner_text().strip()
+        assert float(value) < 1e-4, value  # float32 default: rounding level
+        from_cache = page.locator('[data-testid="stMetric"]', has_text="From cache")
+        expect(from_cache.locator('[data-testid="stMetricValue"]')).to_have_text("no")
+        # wait until the run is over (the top-right "Running" widget goes away), then look
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        full_screenshot(page, SCREENSHOT, 6000)
+        assert_no_errors(page)
+
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download result (JSON)").click()
+        saved = json.loads(Path(download.value.path()).read_text())
+        assert saved["model"] == "demo:gpt2-small" and saved["layer"] == 4
+        assert saved["reconstruction_error"] == pytest.approx(float(value), rel=0.1)
+def test_layers_page_in_a_real_browser(server: str) -> None:
+    """The Layers page by its URL: compute, three figures, the emergence table, no error."""
+    from playwright.sync_api import expect
+
+    shot = ROOT / "test-output" / "browser_layers.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    with opened(server, "/depth", "Layers") as page:
+        page.get_by_role("button", name="Compute").click()
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+        expect(page.get_by_role("heading", name="Emergence table")).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(shot), full_page=True)
+        assert_no_errors(page)
 
 
 def test_gain_curves_page_in_a_real_browser(server: str) -> None:
     """The Gain curves page by its URL: small settings, compute, figures, table, one ablation, no error."""
     import re
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     shot = ROOT / "test-output" / "browser_gain_curves.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=COMPUTE_S * 1000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(server + "/gain-curves", wait_until="domcontentloaded")
-            expect(page.get_by_role("heading", name="Gain curves")).to_be_visible()
-            page.wait_for_timeout(1500)  # the first session's "Page not found" dialog (see the Layers test)
-            dialog = page.get_by_role("dialog")
-            if dialog.count():
-                page.keyboard.press("Escape")
-                expect(dialog).to_have_count(0)
-            expect(page.get_by_role("combobox", name="Concept dataset")).to_have_value(re.compile(r"^sentiment"))
-            # small settings (Tab, not Enter: Enter would submit the form at the first field)
-            for label, value in [("Concept", "6"), ("Operating", "4"), ("Evaluation", "3"), ("Reduced order d", "4"),
-                                 ("Evaluation prompts", "3")]:
-                field = page.get_by_label(label, exact=True)
-                field.fill(value)
-                field.press("Tab")
-            page.get_by_role("button", name="Compute gain curves").click()
-            expect(page.locator('[data-testid="stMetric"]', has_text="Mean Spearman")).to_be_visible()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)  # mean curves, direction strength, one prompt, histogram
-            expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
-            expect(page.get_by_text("Split sizes: 6/4/3 per class")).to_be_visible()
-            expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
-            prompts = page.locator('[data-testid="stMetric"]', has_text="Evaluation prompts")
-            expect(prompts.locator('[data-testid="stMetricValue"]')).to_have_text("3")
+    with opened(server, "/gain-curves", "Gain curves") as page:
+        expect(page.get_by_role("combobox", name="Concept dataset")).to_have_value(re.compile(r"^sentiment"))
+        # small settings (Tab, not Enter: Enter would submit the form at the first field)
+        for label, value in [("Concept", "6"), ("Operating", "4"), ("Evaluation", "3"), ("Reduced order d", "4"),
+                             ("Evaluation prompts", "3")]:
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Tab")
+        page.get_by_role("button", name="Compute gain curves").click()
+        expect(page.locator('[data-testid="stMetric"]', has_text="Mean Spearman")).to_be_visible()
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)  # mean curves, direction strength, one prompt, histogram
+        expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
+        expect(page.get_by_text("Split sizes: 6/4/3 per class")).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+        prompts = page.locator('[data-testid="stMetric"]', has_text="Evaluation prompts")
+        expect(prompts.locator('[data-testid="stMetricValue"]')).to_have_text("3")
 
-            page.get_by_role("tab", name="Complement").click()
-            page.get_by_role("button", name="Run ablation over the complement").click()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(5)
-            expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)
-            expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
-            height = page.evaluate(
-                "Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], [data-testid=\"stMain\"] *')]"
-                ".map(e => e.scrollHeight))"
-            )
-            page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 8000)})
-            page.wait_for_timeout(800)  # plotly redraws on resize
-            page.screenshot(path=str(shot), full_page=True)
-            errors = page.locator(ERROR_SELECTOR)
-            assert errors.count() == 0, errors.all_inner_texts()
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Complement").click()
+        page.get_by_role("button", name="Run ablation over the complement").click()
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(5)
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        full_screenshot(page, shot, 8000)
+        assert_no_errors(page)

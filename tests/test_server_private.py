@@ -15,16 +15,15 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 import tomllib
 
+from tests.streamlit_server import free_port, running
+
 ROOT = Path(__file__).resolve().parent.parent
-STARTUP_S = 60
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -34,12 +33,6 @@ def run_sh_command() -> list[str]:
     match = re.search(r'^exec "\$PY" (.+) "\$@"\s*$', script, flags=re.MULTILINE)
     assert match, "scripts/run.sh must end with exec \"$PY\" -m streamlit run app.py ... \"$@\""
     return shlex.split(match.group(1))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _other_addresses() -> list[str]:
@@ -55,45 +48,20 @@ def _other_addresses() -> list[str]:
     return found
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"streamlit did not become healthy within {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-
-
 def test_quick_start_server_listens_on_loopback_only(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "streamlit.log"
     env = {**os.environ, "LLDD_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     for key in [k for k in env if k.startswith("STREAMLIT_")]:  # the defaults, not a caller's overrides
         env.pop(key)
     argv = [sys.executable, *run_sh_command(), "--server.headless", "true", "--server.port", str(port)]
-    with log.open("w") as sink:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(port, proc, log)
+    with running(argv, env, log, port) as proc:
         listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert listening and listening <= LOOPBACK, listening
         for ip in _other_addresses():
             with pytest.raises(OSError):  # refused: nothing listens there
                 socket.create_connection((ip, port), timeout=2).close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_config_is_private_and_only_docker_exposes_it() -> None:
