@@ -131,6 +131,24 @@ def test_a_registered_method_runs_from_the_command_line(scale_method, tiny_dirs,
     assert payload["steered"] == payload["unsteered"]
 
 
+def test_a_registered_method_gets_controls_on_the_page(scale_method, tiny_dirs, fresh_service, monkeypatch):
+    """The page offers the toy method with a widget per setting (built from its Params) and steers with it."""
+    from tests.apptest import assert_clean, open_page
+
+    at = open_page("pages/steering.py", tiny_dirs["gpt2"], monkeypatch)
+    assert "scale" in at.multiselect(key="st_methods").options
+    at.multiselect(key="st_methods").set_value(["scale"]).run()
+    assert at.number_input(key="st_scale_scale").value == 0.0
+    assert at.number_input(key="st_scale_scale_layer").value == 1
+    at.number_input(key="st_max_new_of_63").set_value(4)
+    at.checkbox(key="st_use_dataset").uncheck()
+    at.button(key="st_generate").click().run()
+    assert_clean(at)
+    assert [s.label.split(" — ")[0] for s in at.status] == ["Scale steering ready"]
+    texts = [m.value for m in at.markdown if m.value.startswith('<div class="lldd-text"')]
+    assert len(texts) == 2 and texts[0] == texts[1]  # α = 0: the steered text is the unsteered one
+
+
 def test_an_unknown_method_is_one_input_error_line(tiny_dirs, tmp_path):
     from lldd_core.service import Service
     from lldd_core.store.cache import ResultCache
