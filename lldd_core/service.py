@@ -56,21 +56,16 @@ from .errors import InputError, LLDDError, ResourceError
 from .models.loading import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 from .models.memory import MemoryEstimate, estimate_memory, weight_bytes
 from .progress import ProgressFn
-from .steering.core import (
-    Generated,
-    GenerationSettings,
+from .steering.compare import SteeringResult
+from .steering.generate import Generated, GenerationSettings, generate
+from .steering.pieces import (
     MeanJacobians,
     SteeringJacobian,
-    SteeringResult,
     analyze_mean_jacobians,
     analyze_steering_jacobian,
-    check_context,
-    check_steering,
-    compare,
     default_jacobian_layer,
-    generate,
-    plan_steering,
 )
+from .steering.service_steps import run_steering, steer_request
 from .store.cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
 
 R = TypeVar("R")
@@ -307,94 +302,49 @@ class Service:
         return self._cached(CONTROL, spec, info, [], s.cache_params(data),
                             lambda h: analyze_control(h, data, settings=s, progress=progress), progress)
 
-    def _concept_setup(self, handle: ModelHandle, data: ConceptData, sizes: tuple[int, int, int], seed: int,
-                       progress: ProgressFn | None) -> GainsSetup:
+    def concept_setup(self, handle: ModelHandle, data: ConceptData, sizes: tuple[int, int, int], seed: int,
+                      progress: ProgressFn | None) -> GainsSetup:
         """Directions and operating prompts of ``data`` on the resident model (memoized while it stays resident)."""
         key = (handle.spec, data.fingerprint(), tuple(sizes), seed)
         if key not in self._setups:
             self._setups[key] = prepare_gains(handle, data, n_eval=1, sizes=sizes, seed=seed, progress=progress)
         return self._setups[key]
 
+    def unsteered(self, handle: ModelHandle, ids: list[int], settings: GenerationSettings,
+                  streamer: object | None = None) -> Generated:
+        """The unsteered continuation of ``ids`` (memoized while the model stays resident: comparing several
+        methods generates it once)."""
+        key = (handle.spec, tuple(ids), settings)
+        if key not in self._plain:
+            self._plain[key] = generate(handle, [ids], (), settings, streamer)[0]
+        return self._plain[key]
+
     def steer(
         self,
         spec: ModelSpec,
         prompt: str,
         method: str,
+        params: Any = None,
         *,
         dataset: str | ConceptData | None = None,
         settings: GenerationSettings | None = None,
-        layers: list[int] | None = None,
-        strength: float | None = None,
-        positions: str = "last",
-        dy: float = 1.0,
-        order: int = 32,
-        steer_text: str = "",
-        lam: float | None = None,
-        variant: str = "blend",
-        q: float = 10.0,
-        r: float = 10.0,
-        qf: float = 1.0,
         sizes: tuple[int, int, int] = (400, 200, 200),
         seed: int = 0,
         streamers: tuple[object | None, object | None] = (None, None),
         progress: ProgressFn | None = None,
     ) -> Computed[SteeringResult]:
-        """Unsteered and steered continuations of ``prompt`` (:mod:`lldd_core.steering.core`), cached.
+        """Unsteered and steered continuations of ``prompt`` by ``method`` (a name of
+        :mod:`lldd_core.steering.methods.registry`) with ``params`` (its ``Params``, a dict of its fields, or
+        ``None``: its defaults), cached (:mod:`lldd_core.steering.service_steps`).
 
-        The pieces are cached too: the steering phrase's Jacobians per phrase and layer, LQR's mean
-        Jacobians per dataset. ``streamers`` (see :class:`~lldd_core.steering.core.CallbackStreamer`)
+        The pieces a method declares are cached too: the steering phrase's Jacobians per phrase and layer,
+        LQR's mean Jacobians per dataset. ``streamers`` (see :class:`~lldd_core.steering.generate.CallbackStreamer`)
         receive the tokens as they are generated; a cache hit returns at once without streaming.
         """
         info = self.info(spec, progress)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("The prompt is empty: type a few words to continue.")
-        settings = (settings or GenerationSettings()).check()
-        checked = check_steering(method, info.n_layers, info.d_model, layers=layers, strength=strength,
-                                 positions=positions, dy=dy, order=order, steer_text=steer_text, lam=lam,
-                                 variant=variant, q=q, r=r, qf=qf)
-        layers, strength, dy, order, lam = (checked[k] for k in ("layers", "strength", "dy", "order", "lam"))
-        q, r, qf = checked["q"], checked["r"], checked["qf"]
-        sizes, seed = ranges.check_sizes(sizes), ranges.SEED.check(seed)
-        check_context(len(info.encode(prompt)), settings.max_new_tokens, info.max_positions, spec.model)
-        data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-        params = {"prompt": prompt, "method": method, "settings": dict(settings.__dict__), "layers": layers,
-                  "strength": None if strength is None else float(strength), "positions": positions, "dy": float(dy), "order": int(order),
-                  "steer_text": steer_text, "lam": lam, "variant": variant, "q": float(q), "r": float(r),
-                  "qf": float(qf), "sizes": [int(n) for n in sizes], "seed": int(seed),
-                  "dataset": data.name if data is not None else None,
-                  "fingerprint": data.fingerprint() if data is not None else None}
-        # only the options the method reads enter the key (more hits, and a CLI default cannot split entries)
-        unused = {"additive": ("dy", "order", "q", "r", "qf", "steer_text", "lam", "variant"),
-                  "llv": ("layers", "strength", "positions", "q", "r", "qf", "steer_text", "lam", "variant"),
-                  "jacobian": ("dy", "order", "q", "r", "qf", "strength", "positions"),
-                  "lqr": ("layers", "strength", "positions", "dy", "order", "steer_text", "variant")}
-        for name in unused.get(method, ()):
-            params[name] = None
-        if method == "jacobian":
-            params["operator"] = "affine"  # it adds the phrase's bias channel now: new entries, not old ones
-        def compute(h: ModelHandle) -> SteeringResult:
-            setup = self._concept_setup(h, data, sizes, seed, progress) if data is not None else None
-            A = J = None
-            chosen = layers
-            if method == "lqr" and setup is not None:
-                A = torch.as_tensor(self.mean_jacobians(spec, data, sizes=sizes, seed=seed, progress=progress).result.A)
-            if method == "jacobian":
-                J = self.steering_jacobian(spec, steer_text, layers[0] if layers else None, variant=variant,
-                                           progress=progress).result
-                chosen = [J.layer]
-            plan = plan_steering(h, method, setup=setup, layers=chosen, strength=strength, positions=positions, dy=dy,
-                                 order=order, steer_text=steer_text, lam=lam, variant=variant, q=q, r=r, qf=qf, A=A,
-                                 J=J, seed=seed)
-            if progress is not None:
-                progress(0.5, "Generating")
-            ids = info.encode(prompt)
-            plain_key = (spec, tuple(ids), settings)
-            if plain_key not in self._plain:
-                self._plain[plain_key] = generate(h, [ids], (), settings, streamers[0])[0]
-            return compare(h, prompt, plan, settings, dataset=data.name if data is not None else "",
-                           streamers=streamers, plain=self._plain[plain_key])
-
-        return self._cached("steer", spec, info, info.encode(prompt), params, compute, progress)
+        request = steer_request(info, spec, prompt, method, params, dataset, settings, sizes, seed)
+        return self._cached("steer", spec, info, info.encode(prompt), request.cache_params(),
+                            lambda h: run_steering(self, h, request, streamers, progress), progress)
 
     def steering_jacobian(self, spec: ModelSpec, steer_text: str, layer: int | None = None, variant: str = "blend",
                           progress: ProgressFn | None = None) -> Computed[SteeringJacobian]:
@@ -418,7 +368,7 @@ class Service:
                   "max_tokens": int(max_tokens), "sizes": [int(n) for n in sizes], "seed": int(seed)}
         return self._cached(
             "mean-jacobians", spec, info, [], params,
-            lambda h: analyze_mean_jacobians(h, self._concept_setup(h, data, sizes, seed, progress),
+            lambda h: analyze_mean_jacobians(h, self.concept_setup(h, data, sizes, seed, progress),
                                              n_prompts=n_prompts, max_tokens=max_tokens, progress=progress),
             progress,
         )

@@ -1,7 +1,9 @@
 """Steering view: a prompt's continuation steered by one or more methods, beside the unsteered one.
 
-UI only: a prompt, generation settings, methods with their controls and a concept dataset
-(:mod:`pages._datasets`) -> one ``get_service().steer(...)`` per method, tokens streamed into the page
+UI only: a prompt, generation settings, the registered steering methods
+(:mod:`lldd_core.steering.methods.registry`) with their controls (the built-in ones laid out by hand, any
+other built from its ``Params`` fields) and a concept dataset (:mod:`pages._datasets`) -> one
+``get_service().steer(spec, prompt, method, params)`` per method, tokens streamed into the page
 as they are generated -> texts side by side with the differences highlighted, the concept readout
 along the generated tokens, the schedules and parameters from :mod:`lldd_core.plots.control`.
 Errors a user can cause show as ``st.error``; the last good result stays on screen.
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core import ranges
 from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData
+from lldd_core.errors import InputError
 from lldd_core.forward.interventions import JACOBIAN_VARIANTS, POSITIONS
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (
@@ -35,15 +39,16 @@ from lldd_core.plots.control import (
 )
 from lldd_core.plots.spectra import file_slug
 from lldd_core.service import get_service
-from lldd_core.steering.core import (
-    METHOD_LINES,
-    METHODS,
-    CallbackStreamer,
-    GenerationSettings,
-    SteeringResult,
-    default_jacobian_layer,
-    default_layer,
-)
+from lldd_core.steering.compare import SteeringResult
+from lldd_core.steering.generate import CallbackStreamer, GenerationSettings
+from lldd_core.steering.methods.additive import AdditiveParams
+from lldd_core.steering.methods.base import SteeringMethod, options
+from lldd_core.steering.methods.jacobian import JacobianParams
+from lldd_core.steering.methods.llv import LLVParams
+from lldd_core.steering.methods.lqr import LQRParams
+from lldd_core.steering.methods.registry import get as get_method
+from lldd_core.steering.methods.registry import names as method_names
+from lldd_core.steering.pieces import default_jacobian_layer, default_layer
 from lldd_core.store.export import csv_text
 from pages._build import ensure_model_ready
 from pages._datasets import dataset_picker
@@ -56,10 +61,6 @@ RESULT_KEY = "steer.last"
 DEFAULT_PROMPT = "The food at this restaurant was"
 DEFAULT_STEER_TEXT = "The Golden Gate"
 DEFAULT_MAX_NEW = 40
-#: Methods that cannot run without a concept dataset (the Jacobian method only reads the concept with one).
-NEEDS_DATASET = ("additive", "llv", "lqr")
-#: How status boxes name each method ("LLV steering ready").
-METHOD_NAMES = {"additive": "additive", "llv": "LLV", "jacobian": "Jacobian", "lqr": "LQR"}
 DECODINGS = {"greedy": "greedy", "sampling": "sampling (seeded)"}
 
 READOUT_NOTE = (
@@ -99,8 +100,8 @@ def generation_settings(context: int | None) -> GenerationSettings:
                               top_p=float(top_p), seed=int(seed))
 
 
-def additive_controls(n_layers: int) -> dict | str:
-    """The additive method's controls: its ``steer`` keyword arguments, or a message saying what is missing."""
+def additive_controls(n_layers: int, d: int) -> AdditiveParams | str:
+    """The additive method's controls: its settings, or a message saying what is missing."""
     c1, c2, c3 = st.columns(3)
     layers = c1.multiselect(
         "Layers", list(range(n_layers)), default=[default_layer(n_layers)], key=f"st_add_layers_of_{n_layers}",
@@ -116,20 +117,21 @@ def additive_controls(n_layers: int) -> dict | str:
                          help="last: only the newest token of every forward; all: every position.")
     if not layers:
         return "Choose at least one layer for the additive method."
-    return {"layers": sorted(int(layer) for layer in layers), "strength": None if strength is None else float(strength),
-            "positions": str(positions)}
+    return AdditiveParams(layers=sorted(int(layer) for layer in layers),
+                          strength=None if strength is None else float(strength), positions=str(positions))
 
 
-def llv_controls(d: int) -> dict:
+def llv_controls(n_layers: int, d: int) -> LLVParams:
     c1, c2 = st.columns(2)
     dy = c1.number_input("Target shift Δy", **ranges.DY.widget(), value=1.0, step=0.5, format="%.4g",
                          key="st_llv_dy", help="Readout change the surrogate's least-energy schedule aims for "
                          f"({ranges.DY.describe()}).")
-    order = order_input(c2, d, "st_llv_order", help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.")
-    return {"dy": float(dy), "order": int(order)}
+    order = order_input(c2, d, "st_llv_order", help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.",
+                        value=LLVParams.order)
+    return LLVParams(dy=float(dy), order=int(order))
 
 
-def jacobian_controls(n_layers: int) -> dict:
+def jacobian_controls(n_layers: int, d: int) -> JacobianParams:
     c1, c2, c3, c4 = st.columns([3, 1, 1, 2])
     text = c1.text_input("Steering phrase", value=DEFAULT_STEER_TEXT, key="st_jac_text",
                          help="Its detached Jacobian at the chosen layer is applied to the new text's inputs.")
@@ -144,10 +146,10 @@ def jacobian_controls(n_layers: int) -> dict:
     lam = c3.number_input("λ", **lam_range.widget(), value=0.5, step=0.1, format="%.4g", key=f"st_jac_lam_{variant}",
                           help=lam_range.sentence())
     st.caption("λ = 1 with blend, or λ = 0 with additive, leaves the text unsteered.")
-    return {"steer_text": str(text), "layers": [int(layer)], "lam": float(lam), "variant": str(variant)}
+    return JacobianParams(steer_text=str(text), layers=[int(layer)], lam=float(lam), variant=str(variant))
 
 
-def lqr_controls() -> dict:
+def lqr_controls(n_layers: int, d: int) -> LQRParams:
     c1, c2, c3, c4 = st.columns(4)
     q = c1.number_input("q (state cost)", **ranges.Q.widget(), value=10.0, step=1.0, format="%.4g", key="st_lqr_q",
                         help=ranges.Q.sentence())
@@ -157,20 +159,49 @@ def lqr_controls() -> dict:
                          key="st_lqr_qf", help=ranges.QF.sentence())
     lam = c4.number_input("λ (setpoint scale)", **ranges.LAM_LQR.widget(), value=1.0, step=0.5, format="%.4g",
                           key="st_lqr_lam", help=f"Setpoints β_k = λ‖E_k‖ along v_k; {ranges.LAM_LQR.describe()}.")
-    return {"q": float(q), "r": float(r), "qf": float(qf), "lam": float(lam)}
+    return LQRParams(q=float(q), r=float(r), qf=float(qf), lam=float(lam))
 
 
-def method_controls(method: str, n_layers: int, d: int) -> dict | str:
-    """One method's box: its one-line explanation and controls; its keyword arguments or what is missing."""
+#: The built-in methods' hand-laid controls; any other registered method gets :func:`generic_controls`.
+CONTROLS: dict[str, Callable[[int, int], Any]] = {
+    "additive": additive_controls, "llv": llv_controls, "jacobian": jacobian_controls, "lqr": lqr_controls,
+}
+
+
+def generic_controls(method: SteeringMethod) -> Any:
+    """One widget per option of ``method``'s ``Params`` (a number, a choice, a text, or comma-separated
+    numbers) with the field's default: its settings, or a message saying what is wrong."""
+    fields = options(method.Params)
+    values: dict[str, Any] = {}
+    for col, (field, opt) in zip(st.columns(max(1, len(fields))), fields):
+        key, label = f"st_{method.name}_{field.name}", field.name.replace("_", " ")
+        rng = opt.range
+        if opt.choices:
+            values[field.name] = col.radio(label, opt.choices, key=key, help=opt.help,
+                                           index=list(opt.choices).index(field.default))
+        elif rng is not None and not opt.many:
+            values[field.name] = col.number_input(label, **rng.widget(), value=field.default, key=key,
+                                                  step=1 if rng.kind is int else None,
+                                                  help=f"{opt.help}: {rng.describe()}.")
+        elif rng is not None:
+            text = col.text_input(label, value=",".join(map(str, field.default or ())), key=key,
+                                  help=f"{opt.help}: comma-separated, each {rng.describe()}.")
+            try:
+                values[field.name] = ranges.parse_list(text, rng) if text.strip() else None
+            except InputError as err:
+                return str(err)
+        else:
+            values[field.name] = col.text_input(label, value=str(field.default), key=key, help=opt.help)
+    return method.Params(**values)
+
+
+def method_controls(method: str, n_layers: int, d: int) -> Any:
+    """One method's box: its one-line explanation and controls; its settings or what is missing."""
+    chosen = get_method(method)
     with st.container(border=True):
-        st.markdown(f"**{method}** — {METHOD_LINES[method]}")
-        if method == "additive":
-            return additive_controls(n_layers)
-        if method == "llv":
-            return llv_controls(d)
-        if method == "jacobian":
-            return jacobian_controls(n_layers)
-        return lqr_controls()
+        st.markdown(f"**{method}** — {chosen.help}")
+        controls = CONTROLS.get(method)
+        return controls(n_layers, d) if controls is not None else generic_controls(chosen)
 
 
 def split_settings() -> dict:
@@ -211,21 +242,21 @@ def live_columns(methods: list[str]) -> Slots:
     return Slots(unsteered, steered)
 
 
-def generate(spec: ModelSpec, prompt: str, plan: dict[str, dict], common: dict, status: DeltaGenerator,
+def generate(spec: ModelSpec, prompt: str, plan: dict[str, Any], common: dict, status: DeltaGenerator,
              slots: Slots) -> list[Shown] | None:
     """One ``steer`` per method with tokens streamed into ``slots``; ``None`` at the first user error (shown)."""
     service = get_service()
     tokenizer = service.info(spec).tokenizer
     out: list[Shown] = []
-    for method, kwargs in plan.items():
+    for method, params in plan.items():
         streamers = (None if out else CallbackStreamer(tokenizer, writer(slots.unsteered)),
                      CallbackStreamer(tokenizer, writer(slots.steered[method])))
 
-        def call(progress, method=method, kwargs=kwargs, streamers=streamers):
-            return service.steer(spec, prompt, method, streamers=streamers, progress=progress, **common, **kwargs)
+        def call(progress, method=method, params=params, streamers=streamers):
+            return service.steer(spec, prompt, method, params, streamers=streamers, progress=progress, **common)
 
         with status:
-            computed = run_with_status(f"{METHOD_NAMES.get(method, method)} steering", call)
+            computed = run_with_status(f"{get_method(method).label} steering", call)
         if computed is None:
             return None
         r = computed.result
@@ -287,17 +318,17 @@ def show_details(shown: list[Shown], fmt: str) -> None:
     )
 
 
-def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, dict], dict, list[str]]:
-    """Every input widget; (prompt, per-method keyword arguments, common keyword arguments, problems)."""
+def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, Any], dict, list[str]]:
+    """Every input widget; (prompt, per-method settings, common keyword arguments, problems)."""
     prompt = prompt_area("st_prompt", DEFAULT_PROMPT, height=80)
     settings = generation_settings(context)
     methods = st.multiselect(
-        "Methods", list(METHODS), default=["additive"], key="st_methods",
+        "Methods", list(method_names()), default=["additive"], key="st_methods",
         help="Each selected method is generated beside the same unsteered text.",
     )
     problems: list[str] = [] if methods else ["Choose at least one method."]
-    plan: dict[str, dict] = {}
-    for method in METHODS:
+    plan: dict[str, Any] = {}
+    for method in method_names():
         if method not in methods:
             continue
         controls = method_controls(method, n_layers, d)
@@ -305,7 +336,7 @@ def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, d
             problems.append(controls)
         else:
             plan[method] = controls
-    needs = [m for m in methods if m in NEEDS_DATASET]
+    needs = [m for m in methods if get_method(m).needs_dataset]
     st.markdown("**Concept dataset** " + (f"(needed by {', '.join(needs)})" if needs else "(optional)"))
     use = bool(needs) or st.checkbox(
         "Read the concept along the generated tokens", value=True, key="st_use_dataset",

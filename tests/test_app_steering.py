@@ -11,7 +11,9 @@ from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
 from lldd_core.plots import control as plots_control
-from lldd_core.steering.core import METHOD_LINES, CallbackStreamer, GenerationSettings
+from lldd_core.steering.generate import CallbackStreamer, GenerationSettings
+from lldd_core.steering.methods.additive import AdditiveParams
+from lldd_core.steering.methods.registry import get
 from tests.apptest import assert_clean, open_page
 
 SMALL = {"st_max_new_of_63": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}
@@ -60,7 +62,7 @@ def test_additive_generates_beside_the_unsteered_text_and_then_hits_the_cache(
     assert app.multiselect(key="st_methods").value == ["additive"]
     assert app.multiselect(key="st_add_layers_of_2").value == [1]  # default_layer(2)
     assert app.number_input(key="st_add_strength").value is None  # default: one class-mean distance
-    assert any(METHOD_LINES["additive"] in m.value for m in app.markdown)
+    assert any(get("additive").help in m.value for m in app.markdown)
     generate(app)
     assert_clean(app)
     assert len(statuses(app)) == 1 and statuses(app)[0].startswith("Additive steering ready — Computed in")
@@ -69,8 +71,8 @@ def test_additive_generates_beside_the_unsteered_text_and_then_hits_the_cache(
     texts = [[t for i, t in streamed if i == s] for s in streams]
 
     spec = app.session_state["model_spec"]
-    computed = service_module.get_service().steer(spec, PROMPT, "additive", dataset="sentiment", settings=SETTINGS,
-                                                  layers=[1], strength=None, positions="last", sizes=SIZES)
+    computed = service_module.get_service().steer(spec, PROMPT, "additive", AdditiveParams(layers=[1]), dataset="sentiment",
+                                                  settings=SETTINGS, sizes=SIZES)
     assert computed.cache_hit
     r = computed.result
     _, marks = plots_control.diff_marks(r.unsteered_tokens, r.steered_tokens)

@@ -22,7 +22,11 @@ from lldd_core import service as service_module
 from lldd_core.concepts.core import ConceptData
 from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
-from lldd_core.steering.core import GenerationSettings
+from lldd_core.steering.generate import GenerationSettings
+from lldd_core.steering.methods.additive import AdditiveParams
+from lldd_core.steering.methods.jacobian import JacobianParams
+from lldd_core.steering.methods.llv import LLVParams
+from lldd_core.steering.methods.lqr import LQRParams
 from lldd_core.store import cache as cache_module
 from tests.tiny import PROMPT, save_tiny
 
@@ -123,29 +127,29 @@ CASES: dict[str, tuple[Any, str, bool, str]] = {
         '{"complement":"krylov","dataset":"toy","eps":0.0,"fingerprint":"@FP","mode":"population","n_eval":16,'
         '"order":32,"seed":0,"sizes":[400,200,200],"targets":[0.5,-1.0],"tol":0.01}'),
     "steer-additive": (
-        lambda s, m: s.steer(m, PROMPT, "additive", dataset=DATA, settings=STEER_SETTINGS, layers=[1],
-                             strength=2.0),
+        lambda s, m: s.steer(m, PROMPT, "additive", AdditiveParams(layers=[1], strength=2.0), dataset=DATA,
+                             settings=STEER_SETTINGS),
         "steer", True,
         '{"dataset":"toy","dy":null,"fingerprint":"@FP","lam":null,"layers":[1],"method":"additive","order":null,'
         '"positions":"last","prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,'
         '"settings":{"do_sample":false,"max_new_tokens":4,"seed":0,"temperature":1.0,"top_p":1.0},'
         '"sizes":[400,200,200],"steer_text":null,"strength":2.0,"variant":null}'),
     "steer-llv": (
-        lambda s, m: s.steer(m, PROMPT, "llv", dataset=DATA, settings=STEER_SETTINGS, dy=2.0, order=8),
+        lambda s, m: s.steer(m, PROMPT, "llv", LLVParams(dy=2.0, order=8), dataset=DATA, settings=STEER_SETTINGS),
         "steer", True,
         '{"dataset":"toy","dy":2.0,"fingerprint":"@FP","lam":null,"layers":null,"method":"llv","order":8,'
         '"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,'
         '"settings":{"do_sample":false,"max_new_tokens":4,"seed":0,"temperature":1.0,"top_p":1.0},'
         '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
     "steer-jacobian": (
-        lambda s, m: s.steer(m, PROMPT, "jacobian", settings=STEER_SETTINGS, steer_text="Golden Gate", lam=0.5),
+        lambda s, m: s.steer(m, PROMPT, "jacobian", JacobianParams("Golden Gate", lam=0.5), settings=STEER_SETTINGS),
         "steer", True,
         '{"dataset":null,"dy":null,"fingerprint":null,"lam":0.5,"layers":null,"method":"jacobian",'
         '"operator":"affine","order":null,"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,'
         '"seed":0,"settings":{"do_sample":false,"max_new_tokens":4,"seed":0,"temperature":1.0,"top_p":1.0},'
         '"sizes":[400,200,200],"steer_text":"Golden Gate","strength":null,"variant":"blend"}'),
     "steer-lqr": (
-        lambda s, m: s.steer(m, PROMPT, "lqr", dataset=DATA, settings=STEER_SETTINGS, q=5.0, r=2.0, qf=1.5),
+        lambda s, m: s.steer(m, PROMPT, "lqr", LQRParams(q=5.0, r=2.0, qf=1.5), dataset=DATA, settings=STEER_SETTINGS),
         "steer", True,
         '{"dataset":"toy","dy":null,"fingerprint":"@FP","lam":null,"layers":null,"method":"lqr","order":null,'
         '"positions":null,"prompt":"@PROMPT","q":5.0,"qf":1.5,"r":2.0,"seed":0,'

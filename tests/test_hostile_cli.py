@@ -331,7 +331,7 @@ def handle(tiny_dirs):
 
 def test_core_generate_refuses_past_the_context(handle):
     from lldd_core.errors import InputError
-    from lldd_core.steering.core import GenerationSettings, generate
+    from lldd_core.steering.generate import GenerationSettings, generate
 
     ids = handle.info.encode(PROMPT)
     with pytest.raises(InputError, match=f"The prompt has {len(ids)} tokens and 60 new tokens were asked for"):
@@ -355,10 +355,10 @@ def test_core_generate_refuses_past_the_context(handle):
 ])
 def test_plan_steering_checks_its_settings(handle, method, kwargs, message):
     from lldd_core.errors import InputError
-    from lldd_core.steering.core import plan_steering
+    from lldd_core.steering.methods.registry import plan_steering
 
     with pytest.raises(InputError, match=message):
-        plan_steering(handle, method, **kwargs)
+        plan_steering(handle, method, kwargs)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"k": 0}, "singular triplets"), ({"k": 33}, "hidden size 32"),

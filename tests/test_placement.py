@@ -20,7 +20,12 @@ from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_
 from lldd_core.forward.linearize import detached_mode
 from lldd_core.models.loading import ModelSpec, load_model, parse_max_memory
 from lldd_core.models.placement import forward_attribute, input_device, offloaded, tensor_of
-from lldd_core.steering.core import GenerationSettings, compare, plan_steering
+from lldd_core.steering.compare import compare
+from lldd_core.steering.generate import GenerationSettings
+from lldd_core.steering.methods.additive import AdditiveParams
+from lldd_core.steering.methods.base import SteeringContext
+from lldd_core.steering.methods.jacobian import JacobianParams
+from lldd_core.steering.methods.registry import plan_steering
 from tests.helpers import load as load_plain
 from tests.helpers import prompt_ids
 from tests.tiny import FAMILIES
@@ -73,8 +78,8 @@ def test_offloaded_gains_and_steered_text_equal_plain(tiny_dirs, tmp_path, monke
     results = []
     for handle in (plain, mapped):
         setup = prepare_gains(handle, data, n_eval=1, sizes=SMALL)
-        plans = [plan_steering(handle, "additive", setup=setup, layers=[1], strength=4.0),
-                 plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.2, variant="blend")]
+        plans = [plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=4.0), SteeringContext(setup)),
+                 plan_steering(handle, "jacobian", JacobianParams("The Golden Gate", lam=0.2, variant="blend"))]
         results.append([compare(handle, "The food at this place was", plan, settings) for plan in plans])
     for r_plain, r_mapped in zip(*results):
         assert (r_mapped.unsteered_tokens, r_mapped.steered_tokens) == (r_plain.unsteered_tokens, r_plain.steered_tokens)

@@ -14,7 +14,7 @@ from lldd_core.analysis.control import SCHEDULES, ControlResult, analyze_control
 from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
 from lldd_core.plots import control as pc
-from lldd_core.steering.core import SteeringResult
+from lldd_core.steering.compare import SteeringResult
 from tests.helpers import load as load_model
 
 

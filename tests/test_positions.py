@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lldd_core.forward.interventions import AddVectors
-from lldd_core.steering.core import GenerationSettings, generate
+from lldd_core.steering.generate import GenerationSettings, generate
 from tests.helpers import load
 
 PROMPT = "The cat says meow and the dog"

@@ -11,14 +11,15 @@ from lldd_core.concepts.core import load
 from lldd_core.errors import InputError
 from lldd_core.forward.hooks import capture, hooks, on_input
 from lldd_core.forward.interventions import AddVectors, JacobianSteering, intervene
-from lldd_core.steering.core import (
-    GenerationSettings,
-    compare,
-    generate,
-    mean_jacobians,
-    plan_steering,
-    readout_along,
-)
+from lldd_core.steering.compare import compare
+from lldd_core.steering.generate import GenerationSettings, generate, readout_along
+from lldd_core.steering.methods.additive import AdditiveParams
+from lldd_core.steering.methods.base import SteeringContext
+from lldd_core.steering.methods.jacobian import JacobianParams
+from lldd_core.steering.methods.llv import LLVParams
+from lldd_core.steering.methods.lqr import LQRParams
+from lldd_core.steering.methods.registry import plan_steering
+from lldd_core.steering.pieces import mean_jacobians
 from tests.helpers import load as load_model
 
 PROMPTS = ["The movie was", "I really did not like the food at this place because", "Great"]
@@ -44,21 +45,22 @@ def _hook_count(model) -> int:
 
 def test_zero_strength_is_unsteered_and_hooks_are_removed(steer_env):
     handle, setup, A = steer_env
+    concept, with_A = SteeringContext(setup), SteeringContext(setup, mean_jacobians=A)
     before = _hook_count(handle.model)
     plain = _texts(handle, PROMPTS[:1])
     zero_plans = [
-        plan_steering(handle, "additive", setup=setup, layers=[1], strength=0.0),
-        plan_steering(handle, "additive", setup=setup, layers=[1], strength=0.0, positions="all"),
-        plan_steering(handle, "llv", setup=setup, dy=0.0, order=4),
-        plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=1.0, variant="blend"),
-        plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="additive"),
-        plan_steering(handle, "lqr", setup=setup, A=A, q=0.0, r=1.0, qf=0.0, lam=2.0),
+        plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=0.0), concept),
+        plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=0.0, positions="all"), concept),
+        plan_steering(handle, "llv", LLVParams(dy=0.0, order=4), concept),
+        plan_steering(handle, "jacobian", JacobianParams("The Golden Gate", lam=1.0, variant="blend")),
+        plan_steering(handle, "jacobian", JacobianParams("The Golden Gate", lam=0.0, variant="additive")),
+        plan_steering(handle, "lqr", LQRParams(q=0.0, r=1.0, qf=0.0, lam=2.0), with_A),
     ]
     for plan in zero_plans:
         assert _texts(handle, PROMPTS[:1], plan.interventions) == plain, plan.params
-    strong = [plan_steering(handle, "additive", setup=setup, layers=[1], strength=50.0),
-              plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="blend"),
-              plan_steering(handle, "lqr", setup=setup, A=A, q=10.0, r=0.1, qf=10.0, lam=10.0)]
+    strong = [plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=50.0), concept),
+              plan_steering(handle, "jacobian", {"steer_text": "The Golden Gate", "lam": 0.0}),  # a dict works too
+              plan_steering(handle, "lqr", LQRParams(q=10.0, r=0.1, qf=10.0, lam=10.0), with_A)]
     for plan in strong:
         assert _texts(handle, PROMPTS[:1], plan.interventions) != plain, plan.params
         assert _texts(handle, PROMPTS[:1]) == plain  # the model generates exactly as before
@@ -78,13 +80,15 @@ def test_hooks_are_removed_when_generation_fails(steer_env):
 def test_left_padded_batch_steers_like_single_prompts(steer_env, kind):
     handle, setup, A = steer_env
     if kind.startswith("additive"):
-        plan = lambda: plan_steering(handle, "additive", setup=setup, layers=[1], strength=3.0,
-                                     positions=kind.split("-")[1])
+        plan = lambda: plan_steering(handle, "additive",
+                                     AdditiveParams(layers=[1], strength=3.0, positions=kind.split("-")[1]),
+                                     SteeringContext(setup))
     elif kind.startswith("jacobian"):
-        plan = lambda: plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.4,
-                                     variant=kind.split("-")[1])
+        plan = lambda: plan_steering(handle, "jacobian",
+                                     JacobianParams("The Golden Gate", lam=0.4, variant=kind.split("-")[1]))
     else:
-        plan = lambda: plan_steering(handle, "lqr", setup=setup, A=A, q=1.0, r=1.0, qf=1.0, lam=3.0)
+        plan = lambda: plan_steering(handle, "lqr", LQRParams(q=1.0, r=1.0, qf=1.0, lam=3.0),
+                                     SteeringContext(setup, mean_jacobians=A))
     batched = _texts(handle, PROMPTS, plan().interventions)
     single = [_texts(handle, [p], plan().interventions)[0] for p in PROMPTS]
     assert batched == single
@@ -110,7 +114,7 @@ def test_positions_count_real_tokens_only(steer_env):
 def test_jacobian_operator_running_sum_matches_its_definition(steer_env):
     """a_k = Σ_{j<=k} J_{j mod T_s} x_{0,j}: with the blend at λ = 0 the layer's state is exactly a_k."""
     handle, _, _ = steer_env
-    plan = plan_steering(handle, "jacobian", steer_text="The Golden Gate", lam=0.0, variant="blend")
+    plan = plan_steering(handle, "jacobian", JacobianParams("The Golden Gate", lam=0.0, variant="blend"))
     op: JacobianSteering = plan.interventions[0]
     ids = torch.tensor([handle.info.encode("A quiet morning by the river")])
     blocks = handle.adapter.layers(handle.model)
@@ -140,13 +144,13 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(steer_env):
 
 def test_compare_reports_texts_and_readouts(steer_env):
     handle, setup, _ = steer_env
-    plan = plan_steering(handle, "additive", setup=setup, layers=[1], strength=2.0)
+    plan = plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=2.0), SteeringContext(setup))
     r = compare(handle, PROMPTS[0], plan, GREEDY, dataset="sentiment")
     assert len(r.readout_steered) == len(r.steered_tokens) and len(r.readout_unsteered) == len(r.unsteered_tokens)
     assert set(r.summary()) >= {"unsteered", "steered", "readout_unsteered", "readout_steered"}
     # the readout is the unsteered model reading the text: reading the unsteered text gives the same numbers
     ids = handle.info.encode(PROMPTS[0])
-    from lldd_core.steering.core import Generated
+    from lldd_core.steering.generate import Generated
 
     plain = generate(handle, [ids], (), GREEDY)[0]
     np.testing.assert_allclose(readout_along(handle, Generated(ids, plain.new_ids), plan.readout), r.readout_unsteered)
@@ -155,13 +159,13 @@ def test_compare_reports_texts_and_readouts(steer_env):
     with pytest.raises(InputError, match="needs a concept dataset"):
         plan_steering(handle, "lqr")
     with pytest.raises(InputError, match="steering phrase"):
-        plan_steering(handle, "jacobian", steer_text="")
+        plan_steering(handle, "jacobian", JacobianParams(""))
 
 
 def test_service_caches_steering_and_its_pieces(tiny_dirs, tmp_path):
     from lldd_core.models.loading import ModelSpec
     from lldd_core.service import Service
-    from lldd_core.steering.core import CallbackStreamer
+    from lldd_core.steering.generate import CallbackStreamer
     from lldd_core.store.cache import ResultCache
 
     svc = Service(ResultCache(tmp_path / "cache"))
@@ -169,13 +173,14 @@ def test_service_caches_steering_and_its_pieces(tiny_dirs, tmp_path):
     common = {"dataset": "sentiment", "settings": GREEDY, "sizes": (6, 4, 3)}
     seen: list[str] = []
     tok = svc.info(spec).tokenizer
-    first = svc.steer(spec, "The movie was", "lqr", q=1.0, r=1.0, qf=1.0, lam=2.0, **common,
+    lqr = LQRParams(q=1.0, r=1.0, qf=1.0, lam=2.0)
+    first = svc.steer(spec, "The movie was", "lqr", lqr, **common,
                       streamers=(None, CallbackStreamer(tok, seen.append)))
     assert not first.cache_hit and seen and seen[-1] == first.result.steered  # streamed as generated
-    assert svc.steer(spec, "The movie was", "lqr", q=1.0, r=1.0, qf=1.0, lam=2.0, **common).cache_hit
+    assert svc.steer(spec, "The movie was", "lqr", lqr, **common).cache_hit
     A = svc.mean_jacobians(spec, "sentiment", sizes=(6, 4, 3))
     assert A.cache_hit and A.result.A.shape == (2, 32, 32)
-    jac = svc.steer(spec, "The movie was", "jacobian", steer_text="The Golden Gate", lam=0.3, settings=GREEDY)
+    jac = svc.steer(spec, "The movie was", "jacobian", JacobianParams("The Golden Gate", lam=0.3), settings=GREEDY)
     J = svc.steering_jacobian(spec, "The Golden Gate", jac.result.params["layer"])
     assert J.cache_hit and J.result.reconstruction_error < 1e-10  # float64: the detached Jacobians reproduce x_layer
     assert jac.result.readout_steered.size == 0  # no dataset: no readout
@@ -202,13 +207,14 @@ def test_demo_additive_sentiment_steering_turns_a_negative_review(demo_default):
     setup = prepare_gains(handle, load("sentiment"), n_eval=1)
     prompt = "The service at the diner was terrible and I"
     settings = GenerationSettings(max_new_tokens=12)
-    plan = plan_steering(handle, "additive", setup=setup, layers=[1], strength=8.0)
+    plan = plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=8.0), SteeringContext(setup))
     r = compare(handle, prompt, plan, settings)
     assert verdicts(r.unsteered, NEGATIVE_VERDICTS) and not verdicts(r.unsteered, POSITIVE_VERDICTS), r.unsteered
     assert verdicts(r.steered, POSITIVE_VERDICTS) and not verdicts(r.steered, NEGATIVE_VERDICTS), r.steered
     assert r.readout_steered.mean() > r.readout_unsteered.mean() + 2.0  # measured +5.8
     # the default strength (one class-mean distance at the layer) also turns it
-    default = compare(handle, prompt, plan_steering(handle, "additive", setup=setup, layers=[1]), settings)
+    default = compare(handle, prompt, plan_steering(handle, "additive", AdditiveParams(layers=[1]),
+                                                    SteeringContext(setup)), settings)
     assert verdicts(default.steered, POSITIVE_VERDICTS), default.steered
     assert default.readout_steered.mean() > default.readout_unsteered.mean() + 2.0  # measured +6.3
 
@@ -232,7 +238,7 @@ def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(dem
     """
     from lldd_core.models.loading import ModelSpec
     from lldd_core.models.loading import load_model as load_spec
-    from lldd_core.steering.core import analyze_steering_jacobian
+    from lldd_core.steering.pieces import analyze_steering_jacobian
 
     handle = load_spec(ModelSpec(str(demo_llama), device="cpu"))
     settings = GenerationSettings(max_new_tokens=12)
@@ -243,7 +249,8 @@ def test_demo_jacobian_operator_brings_the_phrase_answer_into_unrelated_text(dem
         J = analyze_steering_jacobian(handle, phrase, 4)  # once per phrase, for both λ
         for prompt in UNRELATED:
             for lam in (0.1, 0.2):
-                plan = plan_steering(handle, "jacobian", steer_text=phrase, layers=[4], lam=lam, J=J)
+                plan = plan_steering(handle, "jacobian", JacobianParams(phrase, layers=[4], lam=lam),
+                                     SteeringContext(steering_jacobian=J))
                 r = compare(handle, prompt, plan, settings, plain=plain[prompt])
                 assert all(a not in r.unsteered for a in JACOBIAN_PHRASES.values()), r.unsteered
                 differs += r.steered != r.unsteered
@@ -268,7 +275,8 @@ def test_service_generates_the_unsteered_text_once_for_several_methods(tiny_dirs
     svc = Service(ResultCache(tmp_path / "cache"))
     spec = ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")
     add = svc.steer(spec, "The movie was", "additive", dataset="sentiment", settings=GREEDY, sizes=(6, 4, 3)).result
-    jac = svc.steer(spec, "The movie was", "jacobian", steer_text="The Golden Gate", lam=0.3, settings=GREEDY).result
+    jac = svc.steer(spec, "The movie was", "jacobian", JacobianParams("The Golden Gate", lam=0.3),
+                    settings=GREEDY).result
     assert len(calls) == 1 and add.unsteered == jac.unsteered
     # it is the unsteered text: the same as generating without interventions
     plain = generate(svc.handle(spec), [svc.info(spec).encode("The movie was")], (), GREEDY)[0]

@@ -9,7 +9,8 @@ import torch
 from lldd_core.forward.interventions import JacobianSteering, intervene
 from lldd_core.forward.jacobian import jacobian_operator
 from lldd_core.models.loading import ModelSpec, load_model
-from lldd_core.steering.core import GenerationSettings, generate
+from lldd_core.steering.generate import GenerationSettings, generate
+from lldd_core.steering.methods.jacobian import JacobianParams
 from tests.helpers import load
 from tests.tiny import BIASED
 
@@ -123,13 +124,13 @@ def test_blend_at_zero_on_the_phrase_itself_reproduces_its_state_with_the_bias_c
 def test_service_reference_variant_defaults_and_caching(tiny_dirs, cache_dir, monkeypatch):
     """Through the service: λ ≈ 1.028 and x_{2L//3} by default, the recipe's text, the Jacobian cached with its norm."""
     from lldd_core import service as service_module
-    from lldd_core.steering.core import REFERENCE_LAMBDA
+    from lldd_core.steering.pieces import REFERENCE_LAMBDA
 
     monkeypatch.setattr(service_module, "_SERVICE", None)
     svc = service_module.get_service()
     spec = ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu")
     settings = GenerationSettings(max_new_tokens=8)
-    got = svc.steer(spec, PROMPTS[0], "jacobian", steer_text=PHRASE, variant="reference", settings=settings)
+    got = svc.steer(spec, PROMPTS[0], "jacobian", JacobianParams(PHRASE, variant="reference"), settings=settings)
     L = svc.info(spec).n_layers
     assert got.result.params["lam"] == REFERENCE_LAMBDA and got.result.params["layer"] == 2 * L // 3
     handle = svc.handle(spec)

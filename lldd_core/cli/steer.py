@@ -1,8 +1,15 @@
-"""Steered generation beside the unsteered one: ``steer``."""
+"""Steered generation beside the unsteered one: ``steer``.
+
+``--method`` offers the registered steering methods (:mod:`lldd_core.steering.methods.registry`); each
+method's options come from the fields of its ``Params`` (:func:`~lldd_core.steering.methods.base.option`).
+Methods that share a flag (``--layer``, ``--lam``) must declare it alike (the same range, choices and
+default): the flag is added once, its help says what it means for each.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -10,18 +17,85 @@ from .. import ranges as R
 from .common import add_model_args, dataset_arg, number_option, report, run_analysis, sizes_option
 
 
+@dataclasses.dataclass
+class _Flag:
+    """One method option on the command line: the fields of every method that declares it."""
+
+    flag: str
+    uses: list[tuple[str, dataclasses.Field, Any]]  # (method name, field, Option)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def add(self, p: argparse.ArgumentParser) -> None:
+        _, field, opt = self.uses[0]
+        if opt.range is not None:
+            kind = R.list_argtype(opt.range) if opt.many else opt.range.argtype()
+            p.add_argument(self.flag, dest=self.dest, type=kind, default=field.default, help=self.help())
+        else:
+            choices = list(opt.choices) if opt.choices else None
+            p.add_argument(self.flag, dest=self.dest, choices=choices, default=field.default, help=self.help())
+
+    def help(self) -> str:
+        """``method: words: range (default ...)`` for one method; ``range, by method: a: ...; b: ...`` for several."""
+        name, field, opt = self.uses[0]
+        rng = opt.range
+        if len(self.uses) == 1:
+            if rng is None:
+                return f"{name}: {opt.help}" + (f" (default {opt.default_text})" if opt.default_text else "")
+            words = f"comma-separated, each {rng.describe()}" if opt.many else rng.describe()
+            tail = opt.default_text or ("none" if field.default is None else R._fmt(field.default))
+            return f"{name}: {opt.help}: {words} (default {tail})"
+        defaults = {o.default_text for _, _, o in self.uses}
+        shared = defaults.pop() if len(defaults) == 1 else None
+        parts = [f"{m}: {o.help}" + (f" (default {o.default_text})" if o.default_text and not shared else "")
+                 for m, _, o in self.uses]
+        head = f"{rng.describe()}, by method: " if rng is not None and not opt.many else ""
+        return head + "; ".join(parts) + (f" (default: {shared})" if shared else "")
+
+
+def method_flags() -> list[_Flag]:
+    """Every registered method's options, one :class:`_Flag` per flag in first-declared order; a flag two
+    methods declare differently is a programming error (``ValueError``)."""
+    from ..steering.methods.base import options
+    from ..steering.methods.registry import get, names
+
+    flags: dict[str, _Flag] = {}
+    for name in names():
+        for field, opt in options(get(name).Params):
+            flag = opt.flag(field.name)
+            known = flags.setdefault(flag, _Flag(flag, []))
+            if known.uses:
+                _, first, first_opt = known.uses[0]
+                same = (first_opt.range, first_opt.many, first_opt.choices, first.default)
+                if same != (opt.range, opt.many, opt.choices, field.default):
+                    raise ValueError(f"steering methods {known.uses[0][0]!r} and {name!r} declare {flag} differently")
+            known.uses.append((name, field, opt))
+    return list(flags.values())
+
+
+def method_params(method: str, args: argparse.Namespace) -> Any:
+    """The ``Params`` of ``method`` from the command line (built once, passed down whole)."""
+    from ..steering.methods.base import options
+    from ..steering.methods.registry import get
+
+    chosen = get(method)
+    values = {field.name: getattr(args, opt.flag(field.name).removeprefix("--").replace("-", "_"))
+              for field, opt in options(chosen.Params)}
+    return chosen.Params(**values)
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ..steering.core import GenerationSettings
+    from ..steering.generate import GenerationSettings
 
     start = time.perf_counter()
     dataset = dataset_arg(args.dataset)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    layers = args.layer  # a list of integers (ranges.list_argtype); checked against the model by the service
+    params = method_params(args.method, args)  # layers, λ, ...: checked against the model by the service
     computed = run_analysis(args, lambda svc, spec, progress: svc.steer(
-        spec, args.prompt, args.method, dataset=dataset, settings=settings, layers=layers, strength=args.strength,
-        positions=args.positions, dy=args.dy, order=args.order, steer_text=args.steer_text or "", lam=args.lam,
-        variant=args.variant, q=args.q, r=args.r, qf=args.qf, sizes=args.sizes, seed=args.seed,
+        spec, args.prompt, args.method, params, dataset=dataset, settings=settings, sizes=args.sizes, seed=args.seed,
         progress=progress))
 
     def body(r, out) -> None:
@@ -41,30 +115,17 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add this group's commands to the subparsers ``sub``."""
+    from ..steering.methods.registry import get, names
+
     p = sub.add_parser("steer", help="steered generation beside the unsteered one, with the concept readout")
     add_model_args(p)
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--method", choices=["additive", "llv", "jacobian", "lqr"], required=True)
-    p.add_argument("--dataset", default=None, help="concept dataset (needed except for jacobian; adds the readout)")
-    p.add_argument("--layer", type=R.list_argtype(R.STEER_LAYERS), default=None,
-                   help=f"additive: block-input layer(s), comma-separated, each {R.STEER_LAYER.describe()}; jacobian: "
-                   f"x_layer, {R.JACOBIAN_LAYER.describe()} (default: two thirds of the depth)")
-    number_option(p, R.STRENGTH, None, "additive α along the unit direction v_l",
-         default_text="one class-mean distance ||E_l|| at the layer")
-    p.add_argument("--positions", choices=["last", "all"], default="last", help="additive: where to add α v_l")
-    number_option(p, R.DY, 1.0, "llv: target readout shift Δy")
-    number_option(p, R.ORDER, 32, "llv: reduced order of the surrogate")
-    p.add_argument("--steer-text", default=None, help="jacobian: the steering phrase, e.g. 'The Golden Gate'")
-    p.add_argument("--lam", type=R.LAM.argtype(), default=None,
-                   help=f"{R.LAM.describe()}, by method: jacobian blend h ← λh + (1-λ)a, {R.LAM_BLEND.describe()} "
-                   f"(1 = unsteered; default 0.5); jacobian additive h ← h + λ·a·||h||/(2||a||), "
-                   f"{R.LAM_ADDITIVE.describe()} (0 = unsteered); lqr setpoint scale β_k = λ||E_k||, "
-                   f"{R.LAM_LQR.describe()} (default 1)")
-    p.add_argument("--variant", choices=["blend", "additive"], default="blend", help="jacobian: the paper's blend or "
-                   "the reference implementation's norm-matched addition")
-    number_option(p, R.Q, 10, "lqr: state weight")
-    number_option(p, R.R, 10, "lqr: control weight")
-    number_option(p, R.QF, 1, "lqr: terminal state weight")
+    p.add_argument("--method", choices=list(names()), required=True)
+    optional = [name for name in names() if not get(name).needs_dataset]
+    p.add_argument("--dataset", default=None, help="concept dataset (needed"
+                   + (f" except for {', '.join(optional)}" if optional else "") + "; adds the readout)")
+    for flag in method_flags():
+        flag.add(p)
     number_option(p, R.MAX_NEW, 40, "new tokens to generate; the prompt plus these must fit the model's context")
     p.add_argument("--sample", action="store_true", help="sample (default: greedy)")
     number_option(p, R.TEMPERATURE, 1.0, "with --sample: temperature")

@@ -1,9 +1,9 @@
-"""Figures and tables of concept control (:mod:`lldd_core.analysis.control`) and steered generation (:mod:`lldd_core.steering.core`).
+"""Figures and tables of concept control (:mod:`lldd_core.analysis.control`) and steered generation (:mod:`lldd_core.steering.compare`).
 
 Data in, figure, table or HTML out, no streamlit (see :mod:`lldd_core.plots.common`). Builders take a
 :class:`~lldd_core.analysis.control.ControlResult` (schedules ``u`` ``[S, N, L]`` of ``S`` schedules and
 ``N`` target shifts ``Δy`` over the ``L`` injection layers) or a list of
-:class:`~lldd_core.steering.core.SteeringResult` (one per steering method, all of the same prompt) and
+:class:`~lldd_core.steering.compare.SteeringResult` (one per steering method, all of the same prompt) and
 never mutate them.
 
 A schedule that did not reach its target within the tolerance has energy NaN: it is a gap in the
@@ -28,7 +28,7 @@ from .spectra import display_token
 
 if TYPE_CHECKING:  # types only: importing the analyses at run time would pull in torch
     from ..analysis.control import ControlResult
-    from ..steering.core import SteeringResult
+    from ..steering.compare import SteeringResult
 
 #: One line per schedule of :mod:`lldd_core.analysis.control` (its module doc), in the order of ``SCHEDULES``.
 SCHEDULE_LINES: dict[str, str] = {

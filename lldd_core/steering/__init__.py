@@ -1,1 +1,2 @@
-"""Steering: generation with interventions, the registered steering methods, side-by-side comparison."""
+"""Steering: generation with interventions (generate), the registered steering methods (methods/), the cached
+pieces they read (pieces), side-by-side comparison (compare) and the service's steps (service_steps)."""
