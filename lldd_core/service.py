@@ -41,8 +41,8 @@ from .analysis.layers import ANALYSIS as LAYERS
 from .analysis.layers import LayersResult, analyze_layers
 from .analysis.spectrum import ANALYSIS as SPECTRUM
 from .analysis.spectrum import METHODS, SpectrumResult, analyze_spectrum
-from .concepts.core import ConceptData
-from .concepts.core import load as load_dataset
+from .concepts.catalog import load as load_dataset
+from .concepts.data import ConceptData
 from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
 from .forward.views import SITES
@@ -334,8 +334,8 @@ class Service:
     ) -> Computed[GainsResult]:
         """Predicted, measured and exact gain curves of a concept (:mod:`lldd_core.analysis.gains`), cached.
 
-        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.core.list_datasets`) or
-        loaded :class:`~lldd_core.concepts.core.ConceptData` (e.g. a user's file); the cache key holds
+        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.catalog.list_datasets`) or
+        loaded :class:`~lldd_core.concepts.data.ConceptData` (e.g. a user's file); the cache key holds
         the data's fingerprint, so an edited file is a miss.
         """
         info = self.info(spec, progress)

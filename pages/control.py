@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lldd_core.analysis.control import MAX_SCALE, ControlResult
-from lldd_core.concepts.core import ConceptData
+from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import LLDDError
 from lldd_core.linalg.llv import COMPLEMENTS
 from lldd_core.models.loading import ModelSpec

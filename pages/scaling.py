@@ -18,7 +18,8 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from lldd_core.analysis.gains import MODES
-from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData, DatasetListing, list_datasets
+from lldd_core.concepts.catalog import DatasetListing, list_datasets
+from lldd_core.concepts.data import PAPER_PER_CLASS, ConceptData
 from lldd_core.errors import LLDDError
 from lldd_core.linalg.llv import COMPLEMENTS
 from lldd_core.models.loading import ModelSpec

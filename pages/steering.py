@@ -17,7 +17,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core import ranges
-from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData
+from lldd_core.concepts.data import PAPER_PER_CLASS, ConceptData
 from lldd_core.forward.interventions import JACOBIAN_VARIANTS, POSITIONS
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (

@@ -19,7 +19,7 @@ import pytest
 
 import lldd_core
 from lldd_core import service as service_module
-from lldd_core.concepts.core import ConceptData
+from lldd_core.concepts.data import ConceptData
 from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
 from lldd_core.steering.core import GenerationSettings

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import ranges
-from ..concepts.core import ConceptData
+from ..concepts.data import ConceptData
 from ..forward.depth import PromptContext
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn

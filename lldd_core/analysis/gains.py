@@ -1,6 +1,6 @@
 """Gain curves of a concept injection: predicted by the LLV surrogate, measured, and exact linear.
 
-For a concept dataset (:mod:`lldd_core.concepts.core`): directions ``v_l`` are the class-mean
+For a concept dataset (:mod:`lldd_core.concepts`): directions ``v_l`` are the class-mean
 differences of the last token's states on the *concept* split; the basis ``P_l``
 (:mod:`lldd_core.linalg.llv`) uses the *operating* split; every curve is evaluated on the *evaluation*
 prompts. Per evaluation prompt ``p`` and layer ``k`` (injection ``x_k <- x_k + u v_k`` at the last
@@ -32,7 +32,9 @@ import torch
 from scipy import stats
 
 from .. import ranges
-from ..concepts.core import ConceptData, Splits, class_directions, split
+from ..concepts.data import ConceptData
+from ..concepts.directions import class_directions
+from ..concepts.splits import Splits, split
 from ..errors import InputError, NumericalError
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.llv import COMPLEMENTS, krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model

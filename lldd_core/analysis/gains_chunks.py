@@ -25,7 +25,8 @@ import time
 import numpy as np
 import torch
 
-from ..concepts.core import ConceptData, split
+from ..concepts.data import ConceptData
+from ..concepts.splits import split
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn

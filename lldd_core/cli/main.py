@@ -387,7 +387,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_gains(args: argparse.Namespace) -> int:
-    from ..concepts.core import load_user_file
+    from ..concepts.files import load_user_file
 
     start = time.perf_counter()
     dataset = load_user_file(args.dataset) if os.path.isfile(args.dataset) else args.dataset
@@ -583,7 +583,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _dataset_arg(value: str | None):
     """A dataset name, or a user file loaded (its fingerprint keys the cache)."""
-    from ..concepts.core import load_user_file
+    from ..concepts.files import load_user_file
 
     if value is None:
         return None
@@ -646,7 +646,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from ..concepts.core import format_listing, list_datasets
+    from ..concepts.catalog import format_listing, list_datasets
 
     rows = list_datasets()
     if args.json:

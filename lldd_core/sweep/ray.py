@@ -43,7 +43,7 @@ from ..analysis.gains_chunks import (
     gains_basis,
     gains_chunk,
 )
-from ..concepts.core import ConceptData
+from ..concepts.data import ConceptData
 from ..errors import InputError, LLDDError
 from ..models.loading import ModelSpec
 from ..store.cache import make_key
