@@ -64,7 +64,9 @@ from .steering.core import (
     generate,
     plan_steering,
 )
-from .store.cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
+from .store.cache import ResultCache, UnavailableCache, open_cache
+from .store.disk import CacheError
+from .store.keys import make_key
 
 R = TypeVar("R")
 _log = logging.getLogger(__name__)

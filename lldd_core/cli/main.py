@@ -805,7 +805,9 @@ def cmd_demo_info(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ..store.cache import CacheDamagedError, ResultCache, cache_dir, move_aside
+    from ..store.cache import ResultCache
+    from ..store.disk import CacheDamagedError, move_aside
+    from ..store.keys import cache_dir
 
     moved, cache = None, None
     try:

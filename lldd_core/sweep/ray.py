@@ -46,7 +46,7 @@ from ..analysis.gains_chunks import (
 from ..concepts.data import ConceptData
 from ..errors import InputError, LLDDError
 from ..models.loading import ModelSpec
-from ..store.cache import make_key
+from ..store.keys import make_key
 from .study import CellStatus, GainSettings, SweepCell, SweepProgress, SweepReport, status_rows
 
 if TYPE_CHECKING:
