@@ -246,7 +246,7 @@ def list_argtype(rng: Range, *, max_len: int = 64) -> Callable[[str], list]:
 
 # --- the settings ----------------------------------------------------------------------------------
 
-#: Most examples a dataset file may hold (``lldd_core.concepts.core.MAX_ROWS``); no split can be larger.
+#: Most examples a dataset file may hold (``lldd_core.concepts.files.MAX_ROWS``); no split can be larger.
 MAX_EXAMPLES = 200_000
 #: Most new tokens one generation may ask for (the context of the model may allow fewer).
 MAX_NEW_TOKENS = 1024

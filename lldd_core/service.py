@@ -49,8 +49,8 @@ from .analysis.settings import (
 )
 from .analysis.spectrum import ANALYSIS as SPECTRUM
 from .analysis.spectrum import SpectrumResult, analyze_spectrum
-from .concepts.core import ConceptData
-from .concepts.core import load as load_dataset
+from .concepts.catalog import load as load_dataset
+from .concepts.data import ConceptData
 from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
 from .models.loading import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
@@ -66,7 +66,9 @@ from .steering.pieces import (
     default_jacobian_layer,
 )
 from .steering.service_steps import run_steering, steer_request
-from .store.cache import CacheError, ResultCache, UnavailableCache, make_key, open_cache
+from .store.cache import ResultCache, UnavailableCache, open_cache
+from .store.disk import CacheError
+from .store.keys import make_key
 
 R = TypeVar("R")
 _log = logging.getLogger(__name__)
@@ -248,8 +250,8 @@ class Service:
               progress: ProgressFn | None = None, **overrides: Any) -> Computed[GainsResult]:
         """Predicted, measured and exact gain curves of a concept (:mod:`lldd_core.analysis.gains`), cached.
 
-        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.core.list_datasets`) or
-        loaded :class:`~lldd_core.concepts.core.ConceptData` (e.g. a user's file); the cache key holds
+        ``dataset``: a name (built-in or hub, see :func:`lldd_core.concepts.catalog.list_datasets`) or
+        loaded :class:`~lldd_core.concepts.data.ConceptData` (e.g. a user's file); the cache key holds
         the data's fingerprint, so an edited file is a miss.
         """
         info = self.info(spec, progress)

@@ -1,9 +1,9 @@
 """A concept-dataset picker shared by the pages: a registered dataset by name, or an uploaded file.
 
 UI only. Returns what the service's concept analyses accept: a registry name (built-in or hub, see
-:func:`lldd_core.concepts.core.list_datasets`) or loaded :class:`~lldd_core.concepts.core.ConceptData` from
+:func:`lldd_core.concepts.catalog.list_datasets`) or loaded :class:`~lldd_core.concepts.data.ConceptData` from
 an upload. Hub datasets that are not in the local cache are listed too; using one offline makes the
-service raise :class:`~lldd_core.concepts.core.DatasetUnavailableError`, which the page shows as
+service raise :class:`~lldd_core.concepts.data.DatasetUnavailableError`, which the page shows as
 ``st.error`` (via ``run_with_status``). Not a page: app.py lists its pages explicitly.
 """
 
@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lldd_core.concepts.core import (
-    MAX_FILE_BYTES,
-    MIN_PER_CLASS,
-    ConceptData,
-    DatasetListing,
-    list_datasets,
-    load_user_file,
-)
+from lldd_core.concepts.catalog import DatasetListing, list_datasets
+from lldd_core.concepts.data import MIN_PER_CLASS, ConceptData
+from lldd_core.concepts.files import MAX_FILE_BYTES, load_user_file
 from lldd_core.errors import LLDDError
 
 #: The two ways of choosing a dataset (the radio's options).

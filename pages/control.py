@@ -13,7 +13,7 @@ import streamlit as st
 
 from lldd_core.analysis.control import MAX_SCALE, ControlResult
 from lldd_core.analysis.settings import COMPLEMENTS, ControlSettings, SplitSizes
-from lldd_core.concepts.core import ConceptData
+from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (

@@ -13,7 +13,7 @@ import streamlit as st
 
 from lldd_core.analysis.gains import GainsAblation, GainsResult, ablation_values
 from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings, SplitSizes
-from lldd_core.concepts.core import ConceptData
+from lldd_core.concepts.data import ConceptData
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.gains import (
     CURVES,

@@ -18,7 +18,8 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings
-from lldd_core.concepts.core import ConceptData, DatasetListing, list_datasets
+from lldd_core.concepts.catalog import DatasetListing, list_datasets
+from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.scaling import cells_table, scaling_figure

@@ -19,7 +19,8 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core import ranges
-from lldd_core.concepts.core import PAPER_PER_CLASS, ConceptData
+from lldd_core.analysis.settings import SplitSizes
+from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import InputError
 from lldd_core.forward.interventions import JACOBIAN_VARIANTS, POSITIONS
 from lldd_core.models.loading import ModelSpec
@@ -209,7 +210,7 @@ def split_settings() -> dict:
     with st.expander("Concept splits"):
         cols = st.columns(4)
         sizes = [
-            cols[i].number_input(name.capitalize(), **rng.widget(), value=PAPER_PER_CLASS[name],
+            cols[i].number_input(name.capitalize(), **rng.widget(), value=SplitSizes()[i],
                                  step=50, key=f"st_{name}")
             for i, (name, rng) in enumerate(zip(("concept", "operating", "evaluation"), ranges.SIZES))
         ]

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
 from lldd_core.analysis.gains import EPS_VALUES
-from lldd_core.concepts.core import list_datasets
+from lldd_core.concepts.catalog import list_datasets
 from lldd_core.plots import gains as plots_gains
 from pages._datasets import UPLOAD
 from tests.apptest import assert_clean, metrics, open_page

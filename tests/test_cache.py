@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lldd_core.store.cache import ResultCache, make_key
+from lldd_core.store.cache import ResultCache
+from lldd_core.store.keys import make_key
 from tests.test_results import Toy
 
 BASE = {"model": "m", "revision": "r1", "dtype": "float32", "input_ids": [1, 2, 3], "params": {"layer": 2}}

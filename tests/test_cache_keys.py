@@ -19,7 +19,7 @@ import pytest
 
 import lldd_core
 from lldd_core import service as service_module
-from lldd_core.concepts.core import ConceptData
+from lldd_core.concepts.data import ConceptData
 from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service
 from lldd_core.steering.generate import GenerationSettings
@@ -27,7 +27,7 @@ from lldd_core.steering.methods.additive import AdditiveParams
 from lldd_core.steering.methods.jacobian import JacobianParams
 from lldd_core.steering.methods.llv import LLVParams
 from lldd_core.steering.methods.lqr import LQRParams
-from lldd_core.store import cache as cache_module
+from lldd_core.store import keys as cache_keys
 from tests.tiny import PROMPT, save_tiny
 
 #: A fixed concept (its fingerprint is part of the gains, control, steering and LQR keys).
@@ -190,17 +190,17 @@ def test_the_fixed_concept_fingerprint_is_pinned():
 
 def test_make_key_hashing_is_pinned():
     """The hash of a synthetic payload, and the full key of one real case with a fake revision."""
-    assert lldd_core.__version__ == cache_module.__version__ == "0.1.0"  # part of every key
-    key = cache_module.make_key("spectrum", model="org/model", revision="0123456789abcdef" * 2 + "01234567",
-                                dtype="float32", input_ids=[5, 3, 9], params={"b": [1, 2.5, None], "a": "x"})
+    assert lldd_core.__version__ == cache_keys.__version__ == "0.1.0"  # part of every key
+    key = cache_keys.make_key("spectrum", model="org/model", revision="0123456789abcdef" * 2 + "01234567",
+                              dtype="float32", input_ids=[5, 3, 9], params={"b": [1, 2.5, None], "a": "x"})
     canonical = ('{"analysis":"spectrum","code_version":"0.1.0","dtype":"float32","input_ids":[5,3,9],'
                  '"model":"org/model","params":{"a":"x","b":[1,2.5,null]},'
                  '"revision":"0123456789abcdef0123456789abcdef01234567"}')
     assert key == "spectrum:" + hashlib.sha256(canonical.encode()).hexdigest()
     assert key == "spectrum:ee94654de0174d88e4368edf02422217d43eb3d35e79f8c7f1fba2dc87eefc0a"
-    assert cache_module.make_key("layers", model="m", revision="r", dtype="float16") == "layers:0bf0115e61fb58d44dd7d2f468ad26ae49689e006acbf35698c82ec68f8cf26c"
-    full = cache_module.make_key("jacobian", model="tiny", revision="f" * 40, dtype="float64", input_ids=[1, 2, 3],
-                                 params=json.loads(_expected(CASES["jacobian"][3])))
+    assert cache_keys.make_key("layers", model="m", revision="r", dtype="float16") == "layers:0bf0115e61fb58d44dd7d2f468ad26ae49689e006acbf35698c82ec68f8cf26c"
+    full = cache_keys.make_key("jacobian", model="tiny", revision="f" * 40, dtype="float64", input_ids=[1, 2, 3],
+                               params=json.loads(_expected(CASES["jacobian"][3])))
     assert full == "jacobian:ae758fb1e243cf6e7f32415ddab77987ad135998daec3d62d8bb76eae0aec1d1"
 
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lldd_core.store import cache
+from lldd_core.store import keys
 
 
 def test_checkout_uses_its_cache_folder():
-    root = Path(cache.__file__).resolve().parents[2]
-    assert cache._default_dir(root) == root / "cache"
+    root = Path(keys.__file__).resolve().parents[2]
+    assert keys._default_dir(root) == root / "cache"
 
 
 def test_installed_package_uses_the_user_cache_folder(tmp_path, monkeypatch):
     site = tmp_path / "site-packages"  # an installed lldd_core has no app.py or cache/ beside it
     (site / "lldd_core").mkdir(parents=True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache._default_dir(site) == tmp_path / "xdg" / "lldd"
+    assert keys._default_dir(site) == tmp_path / "xdg" / "lldd"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache._default_dir(site) == tmp_path / "home" / ".cache" / "lldd"
+    assert keys._default_dir(site) == tmp_path / "home" / ".cache" / "lldd"

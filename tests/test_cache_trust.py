@@ -23,16 +23,10 @@ from lldd_core.analysis.jacobian import JacobianResult
 from lldd_core.cli.main import main
 from lldd_core.errors import NumericalError
 from lldd_core.models.loading import ModelSpec
-from lldd_core.store import cache as cache_module
-from lldd_core.store.cache import (
-    BytesDisk,
-    CacheDamagedError,
-    CacheError,
-    CacheSettingError,
-    ResultCache,
-    UnavailableCache,
-    size_limit_bytes,
-)
+from lldd_core.store import disk as disk_module
+from lldd_core.store.cache import ResultCache, UnavailableCache
+from lldd_core.store.disk import BytesDisk, CacheDamagedError, CacheError
+from lldd_core.store.keys import CacheSettingError, size_limit_bytes
 from lldd_core.store.results import to_bytes
 from tests.apptest import APP, open_page
 from tests.hostile import refuse
@@ -471,7 +465,7 @@ def test_a_read_only_cache_folder_computes_and_warns(tiny_dirs, cache_dir, capsy
     def read_only(*args, **kwargs):
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
-    monkeypatch.setattr(cache_module.diskcache, "Cache", read_only)
+    monkeypatch.setattr(disk_module.diskcache, "Cache", read_only)
     _, warning = computes_with_warning(capsys, tiny_dirs["gpt2"])
     assert "writable folder" in warning
     assert "writable folder" in refuse(capsys, "cache", "info")

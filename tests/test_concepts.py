@@ -20,18 +20,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from lldd_core.concepts import core as concepts
-from lldd_core.concepts.core import (
-    MIN_PER_CLASS,
-    ConceptData,
-    DatasetUnavailableError,
-    class_directions,
-    list_datasets,
-    load,
-    load_user_file,
-    split,
-    split_sizes,
-)
+import lldd_core.concepts as concepts_package
+from lldd_core.concepts import catalog, registry
+from lldd_core.concepts import files as user_files
+from lldd_core.concepts.catalog import list_datasets, load
+from lldd_core.concepts.data import MIN_PER_CLASS, MIN_PER_SPLIT, ConceptData, DatasetUnavailableError
+from lldd_core.concepts.directions import class_directions
+from lldd_core.concepts.files import load_user_file
+from lldd_core.concepts.splits import split, split_sizes
 from lldd_core.demo import datasets as builtin
 from lldd_core.errors import InputError, NumericalError
 
@@ -97,7 +93,7 @@ def write_hub_cache(cache: Path, hub_id: str, config_dir: str, split_name: str, 
 
 
 def test_registry_lists_all_fourteen(offline_empty_cache):
-    names = concepts.dataset_names()
+    names = registry.dataset_names()
     assert names == ["sentiment", "politeness", "topic", "truth", *PAPER_TASKS]
     rows = list_datasets()
     assert [r.name for r in rows] == names
@@ -109,18 +105,18 @@ def test_registry_lists_all_fourteen(offline_empty_cache):
     for name in PAPER_TASKS:  # empty cache: none is available offline, sizes as published
         assert by[name].source == "hub" and not by[name].available_offline
         assert by[name].size and by[name].size > 0
-    table = concepts.format_listing(rows)
+    table = catalog.format_listing(rows)
     assert all(name in table for name in names) and "offline" in table.splitlines()[0]
     assert json.loads(json.dumps([r.as_dict() for r in rows]))[0]["classes"] == {"1": "positive", "0": "negative"}
 
 
 def test_hub_entries_match_the_references_table():
     for name, (hub_id, config, text_fields, label_field) in PAPER_TASKS.items():
-        hub = concepts.REGISTRY[name].hub
+        hub = registry.REGISTRY[name].hub
         assert (hub.hub_id, hub.config, hub.text_fields, hub.label_field) == (hub_id, config, text_fields, label_field)
-    assert concepts.REGISTRY["mnli"].classes == ("entailment", "contradiction")
-    assert concepts.REGISTRY["civil_comments"].classes[0] == "toxic"
-    assert concepts.REGISTRY["boolq"].hub.label_rule == "bool"
+    assert registry.REGISTRY["mnli"].classes == ("entailment", "contradiction")
+    assert registry.REGISTRY["civil_comments"].classes[0] == "toxic"
+    assert registry.REGISTRY["boolq"].hub.label_rule == "bool"
 
 
 def test_unknown_dataset_names_the_known_ones():
@@ -159,19 +155,19 @@ def test_hub_dataset_not_cached_offline_gives_a_clear_error(name):
     assert time.monotonic() - start < 60
     msg = str(info.value)
     assert f"dataset {name!r}" in msg and "not available offline" in msg
-    assert "network" in msg and "HF_DATASETS_CACHE" in msg and concepts.REGISTRY[name].hub.hub_id in msg
+    assert "network" in msg and "HF_DATASETS_CACHE" in msg and registry.REGISTRY[name].hub.hub_id in msg
     assert isinstance(info.value, InputError)
 
 
 def test_hub_id_that_cannot_be_cached(monkeypatch):
-    entry = concepts.REGISTRY["sst2"]
-    bogus = concepts.DatasetEntry("bogus", "hub", ("a", "b"), "never cached",
-                                  concepts.HubSource("lldd-tests/certainly-not-a-dataset-7f3a", None, "train",
+    entry = registry.REGISTRY["sst2"]
+    bogus = registry.DatasetEntry("bogus", "hub", ("a", "b"), "never cached",
+                                  registry.HubSource("lldd-tests/certainly-not-a-dataset-7f3a", None, "train",
                                                      ("text",), "label"))
-    monkeypatch.setitem(concepts.REGISTRY, "bogus", bogus)
+    monkeypatch.setitem(registry.REGISTRY, "bogus", bogus)
     with pytest.raises(DatasetUnavailableError, match="certainly-not-a-dataset-7f3a.*not available offline"):
         load("bogus")
-    assert concepts.REGISTRY["sst2"] is entry
+    assert registry.REGISTRY["sst2"] is entry
 
 
 def test_other_config_cached_still_gives_the_clear_error(offline_empty_cache, tmp_path):
@@ -318,12 +314,12 @@ def test_user_file_errors_say_what_to_do(blob, kwargs, pattern):
 def test_user_file_size_and_row_caps(tmp_path, monkeypatch):
     big = tmp_path / "big.csv"
     with big.open("wb") as fh:  # sparse: the cap is checked before reading
-        fh.truncate(concepts.MAX_FILE_BYTES + 1)
+        fh.truncate(user_files.MAX_FILE_BYTES + 1)
     with pytest.raises(InputError, match="big.csv is 50.0 MB; files must be at most 50 MB"):
         load_user_file(big)
     with pytest.raises(InputError, match="larger than 50 MB"):
-        load_user_file(b"x" * (concepts.MAX_FILE_BYTES + 1), filename="up.csv")
-    monkeypatch.setattr(concepts, "MAX_ROWS", 10)
+        load_user_file(b"x" * (user_files.MAX_FILE_BYTES + 1), filename="up.csv")
+    monkeypatch.setattr(user_files, "MAX_ROWS", 10)
     many = b"text,label\n" + b"a,1\nb,0\n" * 6
     with pytest.raises(InputError, match="more than 10 rows"):
         load_user_file(many)
@@ -380,11 +376,11 @@ def test_split_sizes_rule():
     for available in range(4, 900, 7):
         sizes = split_sizes(available, requested)
         assert sum(sizes.values()) <= available
-        assert all(sizes[k] >= concepts.MIN_PER_SPLIT[k] for k in sizes)
+        assert all(sizes[k] >= MIN_PER_SPLIT[k] for k in sizes)
         if available >= 800:
             assert sizes == requested
         else:
-            assert sizes == {k: max(concepts.MIN_PER_SPLIT[k], available * n // 800) for k, n in requested.items()}
+            assert sizes == {k: max(MIN_PER_SPLIT[k], available * n // 800) for k, n in requested.items()}
     lopsided = split_sizes(5, {"concept": 1000, "operating": 1, "evaluation": 1})
     assert lopsided == {"concept": 3, "operating": 1, "evaluation": 1}
     with pytest.raises(InputError, match="at least 4 per class"):
@@ -466,6 +462,8 @@ def test_concept_data_validation_and_fingerprint():
     assert flipped.fingerprint() != data.fingerprint()
 
 
-def test_core_module_never_imports_streamlit():
-    source = Path(concepts.__file__).read_text()
-    assert "streamlit" not in source
+def test_concepts_modules_never_import_streamlit():
+    modules = sorted(Path(concepts_package.__file__).parent.glob("*.py"))
+    assert len(modules) > 1
+    for module in modules:
+        assert "streamlit" not in module.read_text(), module.name

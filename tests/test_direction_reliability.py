@@ -10,7 +10,7 @@ import pytest
 from lldd_core import service as service_module
 from lldd_core.analysis.gains import agreement, analyze_gains, direction_reliability, kept_layers
 from lldd_core.cli.main import main
-from lldd_core.concepts.core import load as load_dataset
+from lldd_core.concepts.catalog import load as load_dataset
 from lldd_core.models.loading import ModelSpec, load_model
 from tests.apptest import open_page
 

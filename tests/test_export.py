@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lldd_core.concepts.core import ConceptData
+from lldd_core.concepts.data import ConceptData
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.gains import curves_table, prompt_table
 from lldd_core.plots.scaling import cells_table

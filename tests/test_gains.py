@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lldd_core.analysis.gains import analyze_gains
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from tests.helpers import load as load_model
 

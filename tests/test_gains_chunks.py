@@ -7,7 +7,7 @@ import pytest
 
 from lldd_core.analysis.gains import analyze_gains
 from lldd_core.analysis.gains_chunks import assemble, chunk_ranges, gains_basis, gains_chunk
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.store.results import from_bytes, to_bytes
 from tests.helpers import load as load_model
 

@@ -375,7 +375,7 @@ def test_analyze_spectrum_checks_its_settings(handle, kwargs, message):
                                              ({"n_eval": 0}, "evaluation prompts"), ({"eps": float("nan")}, "ε")])
 def test_analyze_gains_checks_its_settings(handle, kwargs, message):
     from lldd_core.analysis.gains import analyze_gains
-    from lldd_core.concepts.core import load
+    from lldd_core.concepts.catalog import load
     from lldd_core.errors import InputError
 
     with pytest.raises(InputError, match=message):

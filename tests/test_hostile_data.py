@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lldd_core.concepts import core as concepts
-from lldd_core.concepts.core import InputError, load_user_file
+from lldd_core.concepts.catalog import load
+from lldd_core.concepts.files import load_user_file
+from lldd_core.errors import InputError
 from tests.hostile import assert_one_line_error, refuse
 
 SECRET = "SECRET-7f3a-do-not-print"
@@ -144,7 +145,7 @@ def test_loader_refuses_hostile_dataset(case, tmp_path) -> None:
     target = build(tmp_path)
     is_file = os.path.isfile(target)
     with pytest.raises(InputError) as caught:  # the CLI's rule: a file is loaded, anything else is a name
-        load_user_file(target) if is_file else concepts.load(target)
+        load_user_file(target) if is_file else load(target)
     message = str(caught.value)
     assert fragment in message and SECRET not in message and "\n" not in message, message
 

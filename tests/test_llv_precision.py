@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lldd_core.analysis.gains import prepare_gains
-from lldd_core.concepts.core import load as load_dataset
+from lldd_core.concepts.catalog import load as load_dataset
 from lldd_core.linalg.llv import arnoldi
 from lldd_core.models.loading import ModelSpec, load_model
 from tests.tiny import build_tokenizer

@@ -14,7 +14,7 @@ import torch
 
 from lldd_core.analysis.gains import analyze_gains, prepare_gains
 from lldd_core.analysis.spectrum import embedding_matrices
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
 from lldd_core.forward.linearize import detached_mode

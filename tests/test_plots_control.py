@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 from lldd_core.analysis.control import SCHEDULES, ControlResult, analyze_control
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from lldd_core.plots import control as pc
 from lldd_core.steering.compare import SteeringResult

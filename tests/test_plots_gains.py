@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import pytest
 
 from lldd_core.analysis.gains import GainsAblation, GainsResult, ablate_gains, analyze_gains
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.plots import gains as pg
 from tests.helpers import load as load_model
 

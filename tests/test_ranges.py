@@ -149,7 +149,8 @@ def test_sizes_accept_and_check():
 
 
 def test_the_limits_agree_with_the_modules_that_enforce_them():
-    from lldd_core.concepts.core import MAX_ROWS, MIN_PER_SPLIT
+    from lldd_core.concepts.data import MIN_PER_SPLIT
+    from lldd_core.concepts.files import MAX_ROWS
 
     assert R.MAX_EXAMPLES == MAX_ROWS
     assert [rng.lo for rng in R.SIZES] == [MIN_PER_SPLIT[k] for k in ("concept", "operating", "evaluation")]

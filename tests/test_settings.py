@@ -41,7 +41,7 @@ def test_cli_defaults_are_the_settings_defaults() -> None:
 
 def test_the_settings_vocabularies_are_the_cores() -> None:
     from lldd_core.analysis.spectrum import METHODS
-    from lldd_core.concepts.core import PAPER_PER_CLASS
+    from lldd_core.concepts.data import PAPER_PER_CLASS
     from lldd_core.forward.views import SITES
     from lldd_core.linalg.llv import COMPLEMENTS
 

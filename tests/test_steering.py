@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lldd_core.analysis.gains import prepare_gains
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from lldd_core.forward.hooks import capture, hooks, on_input
 from lldd_core.forward.interventions import AddVectors, JacobianSteering, intervene

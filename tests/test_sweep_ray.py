@@ -12,7 +12,7 @@ import pytest
 
 from lldd_core.analysis.settings import GainsSettings
 from lldd_core.cli.main import main
-from lldd_core.concepts.core import load
+from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.service import Service

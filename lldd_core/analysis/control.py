@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..concepts.core import ConceptData
+from ..concepts.data import ConceptData
 from ..forward.depth import PromptContext
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import ConceptStamp, result_type
 from .gains import GainsSetup, prepare_gains
 from .settings import ControlSettings
 
@@ -120,20 +120,18 @@ def validate(
 
 
 @result_type
-class ControlResult:
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    n_params: int
-    dataset: str
-    source: str
-    classes: list
+class ControlResult(ConceptStamp):
+    """Multi-layer schedules reaching each target ``Δy``: surrogate, then validated in the full model.
+
+    ``S`` schedules (``names``), ``N`` targets, ``L`` layers; the summary lists ``gains`` and, per
+    schedule and target, the validated schedule and what it reached.
+    """
+
+    SUMMARY_ARRAYS = ("gains",)
+    SUMMARY_SKIP = ("names",)  # the schedules are keyed by name
+
     order: int
     complement: str
-    n_layers: int
-    layers: list
-    split_sizes: dict
     targets: list  # Δy values
     names: list  # schedule names (SCHEDULES)
     tol: float
@@ -148,20 +146,16 @@ class ControlResult:
     achieved: np.ndarray  # [S, N] mean readout change in the full model
     reached: np.ndarray  # [S, N] bool
 
-    def summary(self) -> dict:
-        """The CLI's JSON: per schedule and target, ``u``, ``energy``, ``achieved``, ``reached``."""
-        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "order",
-                "complement", "n_layers", "layers", "split_sizes", "targets", "tol", "n_prompts", "elapsed_s")
-        out = {k: getattr(self, k) for k in keys}
-        out["gains"] = self.gains.tolist()
-        out["schedules"] = {
+    def summary_extra(self) -> dict:
+        """``schedules``: per schedule and target, ``u``, ``energy``, ``achieved``, ``reached`` (CLI JSON)."""
+        schedules = {
             name: [{"target": float(t), "u": self.u[s, i].tolist(), "energy": float(self.energy[s, i]),
                     "achieved": float(self.achieved[s, i]), "reached": bool(self.reached[s, i]),
                     "amplitude": float(self.amplitude[s, i]), "surrogate_energy": float(self.surrogate_energy[s, i])}
                    for i, t in enumerate(self.targets)]
             for s, name in enumerate(self.names)
         }
-        return out
+        return {"schedules": schedules}
 
 
 def population_gains(setup: GainsSetup, order: int, complement: str, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Gain curves of a concept injection: predicted by the LLV surrogate, measured, and exact linear.
 
-For a concept dataset (:mod:`lldd_core.concepts.core`): directions ``v_l`` are the class-mean
+For a concept dataset (:mod:`lldd_core.concepts`): directions ``v_l`` are the class-mean
 differences of the last token's states on the *concept* split; the basis ``P_l``
 (:mod:`lldd_core.linalg.llv`) uses the *operating* split; every curve is evaluated on the *evaluation*
 prompts. Per evaluation prompt ``p`` and layer ``k`` (injection ``x_k <- x_k + u v_k`` at the last
@@ -33,14 +33,16 @@ import torch
 from scipy import stats
 
 from .. import ranges
-from ..concepts.core import ConceptData, Splits, class_directions, split
+from ..concepts.data import ConceptData
+from ..concepts.directions import class_directions
+from ..concepts.splits import Splits, split
 from ..errors import InputError, NumericalError
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.llv import krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import ConceptStamp, result_type
 from .settings import COMPLEMENTS, ConceptSettings, GainsSettings
 
 ANALYSIS = "gains"
@@ -51,24 +53,33 @@ ORDER_VALUES = (1, 2, 4, 8, 16, 32, 64)
 EPS_VALUES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
+@dataclass
+class DirectionStamp(ConceptStamp):
+    """What every gain analysis of one dataset records besides its curves (:func:`common_fields`):
+    the evaluation prompts and how far each layer's concept direction can be trusted."""
+
+    #: The summary lists the prompts with their curves (or not at all).
+    SUMMARY_SKIP = ("prompts",)
+
+    prompts: list  # [P] evaluation texts
+    direction_norms: list  # [L + 1] ‖E_l‖, the class-mean difference at each layer
+    direction_noise: list  # [L + 1] its sampling noise (the ‖E_l‖ expected with no class difference)
+    direction_strength: list  # [L + 1] ‖E_l‖ / rms state norm at l (the flag's measure)
+    flagged_layers: list  # layers whose direction is too small to trust (see direction_reliability)
+
+
 @result_type
-class GainsResult:
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    n_params: int
-    dataset: str
-    source: str
-    classes: list
+class GainsResult(DirectionStamp):
+    """Predicted (LLV surrogate), measured (injection) and exact gain curves of ``P`` prompts over ``K`` layers.
+
+    Agreement figures leave the flagged layers out; ``agreement_all_layers`` keeps them. The summary
+    lists each prompt with its curves and agreement.
+    """
+
     order: int
     complement: str
     eps: float
     mode: str
-    n_layers: int
-    layers: list  # injection layers k
-    split_sizes: dict  # per class: concept / operating / evaluation
-    prompts: list  # evaluation texts
     mean_spearman: float  # mean over prompts of the per-prompt correlation
     mean_pearson: float
     spearman_of_means: float  # correlation of the mean predicted and mean measured curves
@@ -83,58 +94,35 @@ class GainsResult:
     spearman: np.ndarray  # [P] over the unflagged layers
     pearson: np.ndarray  # [P]
     directions: np.ndarray  # [L + 1, d]
-    direction_norms: list  # [L + 1] ‖E_l‖, the class-mean difference at each layer
-    direction_noise: list  # [L + 1] its sampling noise (the ‖E_l‖ expected with no class difference)
-    direction_strength: list  # [L + 1] ‖E_l‖ / rms state norm at l (the flag's measure)
-    flagged_layers: list  # layers whose direction is too small to trust (see direction_reliability)
     agreement_all_layers: dict  # mean_spearman, mean_pearson, spearman_of_means, pearson_of_means with flagged in
 
-    def summary(self) -> dict:
-        """The CLI's JSON: ``layers``, ``prompts`` (each with its curves and agreement) and the means."""
-        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "order",
-                "complement", "eps", "mode", "n_layers", "layers", "split_sizes", "mean_spearman", "mean_pearson",
-                "spearman_of_means", "pearson_of_means", "best_layer_predicted", "best_layer_measured",
-                "best_layer_exact", "direction_norms", "direction_noise", "direction_strength", "flagged_layers",
-                "agreement_all_layers",
-                "elapsed_s")
+    def summary_extra(self) -> dict:
+        """``prompts``: each evaluation text with its curves and agreement (CLI JSON)."""
         prompts = [
             {"text": t, "predicted": self.predicted[i].tolist(), "measured": self.measured[i].tolist(),
              "exact": self.exact[i].tolist(), "spearman": float(self.spearman[i]), "pearson": float(self.pearson[i])}
             for i, t in enumerate(self.prompts)
         ]
-        return {**{k: getattr(self, k) for k in keys}, "prompts": prompts}
+        return {"prompts": prompts}
 
 
 @result_type
-class GainsAblation:
+class GainsAblation(DirectionStamp):
     """Agreement of predicted and measured gains as one parameter (``vary``) takes ``values``.
 
     Row ``i`` of every array belongs to ``values[i]``; the other parameters are the recorded
-    ``order``, ``eps`` and ``complement``. ``exact`` does not depend on any of them.
+    ``order``, ``eps`` and ``complement``. ``exact`` does not depend on any of them. The summary
+    lists each value with its aggregated agreement.
     """
 
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    n_params: int
-    dataset: str
-    source: str
-    classes: list
+    SUMMARY_SKIP = (*DirectionStamp.SUMMARY_SKIP, "values")
+
     vary: str
-    values: list
+    values: list  # [V]
     order: int
     eps: float
     complement: str
     mode: str
-    n_layers: int
-    layers: list
-    split_sizes: dict
-    prompts: list
-    direction_norms: list  # [L + 1], as in GainsResult
-    direction_noise: list
-    direction_strength: list
-    flagged_layers: list  # left out of the agreement figures
     elapsed_s: float
     mean_spearman: np.ndarray  # [V]
     mean_pearson: np.ndarray  # [V]
@@ -146,17 +134,14 @@ class GainsAblation:
     measured: np.ndarray  # [V, P, K]
     exact: np.ndarray  # [P, K]
 
-    def summary(self) -> dict:
-        """JSON: the swept values with their aggregated agreement."""
-        keys = ("model", "revision", "dtype", "family", "n_params", "dataset", "source", "classes", "vary", "order",
-                "eps", "complement", "mode", "n_layers", "layers", "split_sizes", "direction_norms", "direction_noise",
-                "direction_strength", "flagged_layers", "elapsed_s")
+    def summary_extra(self) -> dict:
+        """``values``: the swept values with their aggregated agreement (CLI JSON)."""
         rows = [
             {"value": v, "mean_spearman": float(self.mean_spearman[i]), "mean_pearson": float(self.mean_pearson[i]),
              "spearman_of_means": float(self.spearman_of_means[i]), "pearson_of_means": float(self.pearson_of_means[i])}
             for i, v in enumerate(self.values)
         ]
-        return {**{k: getattr(self, k) for k in keys}, "values": rows}
+        return {"values": rows}
 
 
 # --- agreement -----------------------------------------------------------------------------------
@@ -364,6 +349,7 @@ def check_finite(handle: ModelHandle, *arrays: np.ndarray) -> None:
 
 
 def common_fields(setup: GainsSetup) -> dict:
+    """The :class:`DirectionStamp` fields of ``setup``, by name (every gain result of it records them)."""
     h, data = setup.handle, setup.data
     return dict(**h.result_fields(), n_params=sum(p.numel() for p in h.model.parameters()), dataset=data.name,
                 source=data.source, classes=list(data.classes), n_layers=h.n_layers, layers=setup.layers,

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..concepts.core import ConceptData, split
+from ..concepts.data import ConceptData
+from ..concepts.splits import split
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import Result, result_type
 from .gains import GainsResult, GainsSetup, check_finite, common_fields, gains_result, prepare_gains
 from .settings import GainsSettings
 
@@ -39,10 +40,10 @@ CHUNK = "gains-chunk"
 
 
 @result_type
-class GainsBasis:
+class GainsBasis(Result):
     """What every chunk of one cell shares (see module doc); ``common`` fields as in ``GainsResult``."""
 
-    common: dict  # model, revision, dtype, family, n_params, dataset, source, classes, n_layers, layers, ...
+    common: dict  # the DirectionStamp fields of the cell (gains.common_fields), by name
     order: int
     complement: str
     mode: str
@@ -57,7 +58,7 @@ class GainsBasis:
 
 
 @result_type
-class GainsChunk:
+class GainsChunk(Result):
     """The curves of evaluation prompts ``start..stop-1`` (rows of the cell's ``GainsResult``)."""
 
     start: int

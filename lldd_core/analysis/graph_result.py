@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ..store.results import result_type
+from ..store.results import Result, result_type
 
 KIND_EMBEDDING, KIND_BIAS, KIND_NEURON, KIND_LOGIT = 0, 1, 2, 3
 KIND_NAMES = ("embedding", "bias", "neuron", "logit")
 
 
 @result_type
-class GraphResult:
+class GraphResult(Result):
+    """An attribution graph of ``N`` nodes and ``E`` edges (module doc); the summary counts them."""
+
     node_kind: np.ndarray  # [N] int8, KIND_*
     node_layer: np.ndarray  # [N]
     node_position: np.ndarray  # [N]
@@ -79,7 +81,7 @@ class GraphResult:
         return np.bincount(self.edge_target, weights=self.edge_weight, minlength=len(self.node_kind))
 
     def summary(self) -> dict[str, Any]:
-        """Small JSON-able facts for the CLI."""
+        """Small JSON-able facts for the CLI: counts and thresholds, none of the arrays or token lists."""
         counts = {name: int((self.node_kind == k).sum()) for k, name in enumerate(KIND_NAMES)}
         return {"model": self.model, "n_tokens": len(self.token_ids), "targets": self.target_ids,
                 "target_tokens": self.target_tokens, "target_probs": self.target_probs, "nodes": counts,

@@ -23,19 +23,18 @@ from ..forward.jacobian import jacobian_operator, reconstruct, relative_error
 from ..linalg.spectral import singular_values, stable_rank
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import PromptStamp, result_type
 
 ANALYSIS = "jacobian"
 
 
 @result_type
-class JacobianResult:
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    tokens: list
-    input_ids: list
+class JacobianResult(PromptStamp):
+    """Detached and ordinary Jacobians of the last token's output at ``layer``, reduced to what the view shows.
+
+    ``T`` tokens, ``d`` the hidden size; ``y = Σ_i J_i x_{0,i} + b`` is checked by reconstruction.
+    """
+
     layer: int
     n_layers: int
     final_norm: bool

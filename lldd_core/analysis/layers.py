@@ -33,7 +33,7 @@ from ..linalg.decoding import decode_input, decode_output
 from ..linalg.spectral import choose_method
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import PromptStamp, result_type
 from .jacobian import check_size
 from .spectrum import DEFAULT_OVERSAMPLE, DEFAULT_TOL, METHODS, _np, embedding_matrices, run_svd
 
@@ -43,13 +43,15 @@ N_VECTORS = 3
 
 
 @result_type
-class LayersResult:
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    tokens: list
-    input_ids: list
+class LayersResult(PromptStamp):
+    """Every ``(site, layer)`` view of one prompt: spectra, stable ranks, decodings, emergence (module doc).
+
+    ``S`` sites, ``L`` layers, ``T`` tokens, ``k`` singular triplets; the summary lists, per layer and
+    site, the stable ranks, singular values, top decodings and projections instead of the token lists.
+    """
+
+    SUMMARY_SKIP = (*PromptStamp.SUMMARY_SKIP, "u_tokens", "u_tokens_neg", "v_tokens")
+
     n_layers: int
     sites: list
     lens: bool
@@ -71,8 +73,8 @@ class LayersResult:
     def site_index(self, site: str) -> int:
         return self.sites.index(site)
 
-    def summary(self) -> dict:
-        """Per layer and site: stable rank, top singular values, top decodings (CLI JSON)."""
+    def summary_extra(self) -> dict:
+        """``layers``: per layer and site, stable rank, top singular values, top decodings (CLI JSON)."""
         layers = []
         for li in range(self.n_layers):
             entry: dict = {"layer": li + 1}
@@ -85,9 +87,7 @@ class LayersResult:
                     "projection_on_final": self.projection[si, li].tolist(),
                 }
             layers.append(entry)
-        keys = ("model", "revision", "dtype", "family", "n_layers", "sites", "lens", "k", "n_decode", "method",
-                "converged", "max_residual", "n_products", "elapsed_s")
-        return {**{key: getattr(self, key) for key in keys}, "tokens": self.tokens, "layers": layers}
+        return {"layers": layers}
 
 
 def analyze_layers(

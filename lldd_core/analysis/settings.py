@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from .. import ranges
 
 if TYPE_CHECKING:
-    from ..concepts.core import ConceptData
+    from ..concepts.data import ConceptData
 
 S = TypeVar("S", bound="Settings")
 

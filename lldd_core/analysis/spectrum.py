@@ -32,7 +32,7 @@ from ..linalg.spectral import TopKSVD, choose_method, fix_signs, svd_full, topk_
 from ..models.loading import ModelHandle
 from ..models.placement import tensor_of
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import PromptStamp, result_type
 from .jacobian import check_size
 
 ANALYSIS = "spectrum"
@@ -52,13 +52,16 @@ N_ROWS = 8
 
 
 @result_type
-class SpectrumResult:
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    tokens: list
-    input_ids: list
+class SpectrumResult(PromptStamp):
+    """Top-``k`` singular triplets of every token's Jacobian ``J_i`` at one layer, with their decodings.
+
+    ``T`` tokens, ``k`` triplets, ``n`` decoded tokens each, ``r`` rows / columns shown; the summary
+    lists them per token (:meth:`summary_extra`) instead of the token lists.
+    """
+
+    SUMMARY_SKIP = (*PromptStamp.SUMMARY_SKIP, "u_tokens", "u_tokens_neg", "v_tokens", "v_tokens_neg", "row_tokens",
+                    "col_tokens")
+
     layer: int
     n_layers: int
     final_norm: bool
@@ -105,8 +108,8 @@ class SpectrumResult:
         if not np.isfinite(self.singular_values).all():
             raise ValueError("non-finite singular values")
 
-    def summary(self) -> dict:
-        """Per-token JSON for the CLI: singular values, decoded tokens of U and V, stable rank."""
+    def summary_extra(self) -> dict:
+        """``per_token`` for the CLI: singular values, decoded tokens of U and V, stable rank."""
         per_token = []
         for i, tok in enumerate(self.tokens):
             entry = {
@@ -124,9 +127,7 @@ class SpectrumResult:
                 entry["row_tokens"] = self.row_tokens[i]
                 entry["col_tokens"] = self.col_tokens[i]
             per_token.append(entry)
-        keys = ("model", "revision", "dtype", "family", "layer", "n_layers", "final_norm", "k", "n_decode", "method",
-                "converged", "max_residual", "n_products", "elapsed_s", "next_token")
-        return {**{key: getattr(self, key) for key in keys}, "tokens": self.tokens, "per_token": per_token}
+        return {"per_token": per_token}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -215,7 +215,7 @@ def cell_text(tokens: list[str], n: int = 5) -> str:
 
 def dataset_arg(value: str | None):
     """A dataset name, or a user file loaded (its fingerprint keys the cache)."""
-    from ..concepts.core import load_user_file
+    from ..concepts.files import load_user_file
 
     if value is None:
         return None

@@ -13,7 +13,7 @@ from .common import add_model_args, dataset_arg, number_option, report, run_anal
 
 
 def cmd_gains(args: argparse.Namespace) -> int:
-    from ..concepts.core import load_user_file
+    from ..concepts.files import load_user_file
 
     start = time.perf_counter()
     dataset = load_user_file(args.dataset) if os.path.isfile(args.dataset) else args.dataset

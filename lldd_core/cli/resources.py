@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for t
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from ..concepts.core import format_listing, list_datasets
+    from ..concepts.catalog import format_listing, list_datasets
 
     rows = list_datasets()
     if args.json:
@@ -174,7 +174,9 @@ def cmd_demo_info(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ..store.cache import CacheDamagedError, ResultCache, cache_dir, move_aside
+    from ..store.cache import ResultCache
+    from ..store.disk import CacheDamagedError, move_aside
+    from ..store.keys import cache_dir
 
     moved, cache = None, None
     try:

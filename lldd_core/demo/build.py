@@ -98,7 +98,7 @@ class DemoInfo:
 def demo_dir() -> Path:
     """Where demo models live: ``$LLDD_DEMO_DIR``, else ``demo/`` inside the result cache folder."""
     from ..env import env_folder
-    from ..store.cache import cache_dir
+    from ..store.keys import cache_dir
 
     return env_folder("LLDD_DEMO_DIR", cache_dir() / "demo")
 

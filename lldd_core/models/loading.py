@@ -192,7 +192,7 @@ def resolve_device(device: str) -> torch.device:
 def offload_dir() -> Path:
     """Where accelerate may write offloaded weights: ``$LLDD_OFFLOAD_DIR``, else ``offload/`` next to the cache."""
     from ..env import env_folder
-    from ..store.cache import cache_dir
+    from ..store.keys import cache_dir
 
     return env_folder("LLDD_OFFLOAD_DIR", cache_dir() / "offload")
 

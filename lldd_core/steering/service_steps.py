@@ -16,8 +16,8 @@ import torch
 
 from .. import ranges as R
 from ..analysis.gains import GainsSetup
-from ..concepts.core import ConceptData
-from ..concepts.core import load as load_dataset
+from ..concepts.catalog import load as load_dataset
+from ..concepts.data import ConceptData
 from ..errors import InputError
 from ..models.loading import ModelHandle, ModelInfo, ModelSpec
 from ..progress import ProgressFn

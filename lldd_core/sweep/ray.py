@@ -44,10 +44,10 @@ from ..analysis.gains_chunks import (
     gains_chunk,
 )
 from ..analysis.settings import GainsSettings
-from ..concepts.core import ConceptData
+from ..concepts.data import ConceptData
 from ..errors import InputError, LLDDError
 from ..models.loading import ModelSpec
-from ..store.cache import make_key
+from ..store.keys import make_key
 from .study import CellStatus, SweepCell, SweepProgress, SweepReport, status_rows
 
 if TYPE_CHECKING:

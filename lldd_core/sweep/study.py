@@ -13,8 +13,8 @@ the result cache: whatever one of them computed, the others find.
   recorded as ``failed`` and the sweep goes on.
 
 A model is a hub id, a local directory or ``demo:<name>``; a dataset a registry name (see
-:func:`lldd_core.concepts.core.list_datasets`), the path of a CSV/JSONL file, or loaded
-:class:`~lldd_core.concepts.core.ConceptData` (the cache key holds the data's fingerprint, so all three
+:func:`lldd_core.concepts.catalog.list_datasets`), the path of a CSV/JSONL file, or loaded
+:class:`~lldd_core.concepts.data.ConceptData` (the cache key holds the data's fingerprint, so all three
 forms of the same data share a cell's result). No streamlit here.
 """
 
@@ -28,7 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..analysis.settings import GainsSettings
-from ..concepts.core import REGISTRY, ConceptData, cached_split_rows, load, load_user_file
+from ..concepts.catalog import load
+from ..concepts.data import ConceptData
+from ..concepts.files import load_user_file
+from ..concepts.hub import cached_split_rows
+from ..concepts.registry import REGISTRY
 from ..demo import demo_dir
 from ..errors import LLDDError
 from ..models.loading import ModelSpec
@@ -155,7 +159,7 @@ def dataset_label(dataset: str | ConceptData) -> str:
 def load_data(dataset: str | ConceptData) -> ConceptData:
     """A dataset by registry name or CSV/JSONL path (as the ``gains`` command takes it), loaded.
 
-    Raises :class:`~lldd_core.concepts.core.DatasetUnavailableError` for a hub dataset that is not in the
+    Raises :class:`~lldd_core.concepts.data.DatasetUnavailableError` for a hub dataset that is not in the
     local cache offline, :class:`~lldd_core.errors.InputError` for an unknown name or a bad file.
     """
     if isinstance(dataset, ConceptData):
