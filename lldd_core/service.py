@@ -18,19 +18,11 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from . import ranges
+from .analysis.ablation import ABLATION, GainsAblation, ablate_gains, ablation_values
 from .analysis.control import ANALYSIS as CONTROL
 from .analysis.control import ControlResult, analyze_control
-from .analysis.gains import (
-    ABLATION,
-    GainsAblation,
-    GainsResult,
-    GainsSetup,
-    ablate_gains,
-    ablation_values,
-    analyze_gains,
-    prepare_gains,
-)
 from .analysis.gains import ANALYSIS as GAINS
+from .analysis.gains import GainsResult, GainsSetup, analyze_gains, prepare_gains
 from .analysis.graph import ANALYSIS as GRAPH
 from .analysis.graph import analyze_graph
 from .analysis.graph import target_id as graph_target_id
@@ -282,7 +274,7 @@ class Service:
     def gains_ablation(self, spec: ModelSpec, dataset: str | ConceptData, vary: str, values: list | tuple | None = None,
                        settings: GainsSettings | None = None, *, progress: ProgressFn | None = None,
                        **overrides: Any) -> Computed[GainsAblation]:
-        """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.analysis.gains.ablate_gains`), cached."""
+        """Agreement as ``vary`` (``order``/``eps``/``complement``) sweeps ``values`` (:func:`~lldd_core.analysis.ablation.ablate_gains`), cached."""
         info = self.info(spec, progress)
         s = GainsSettings.resolve(settings, overrides).check(info.d_model)
         data = load_dataset(dataset) if isinstance(dataset, str) else dataset

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lldd_core.analysis.gains import GainsAblation, GainsResult, ablation_values
+from lldd_core.analysis.ablation import GainsAblation, ablation_values
+from lldd_core.analysis.gains import GainsResult
 from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings, SplitSizes
 from lldd_core.concepts.data import ConceptData
 from lldd_core.models.loading import ModelSpec

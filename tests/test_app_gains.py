@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
-from lldd_core.analysis.gains import EPS_VALUES
+from lldd_core.analysis.ablation import EPS_VALUES
 from lldd_core.concepts.catalog import list_datasets
 from lldd_core.plots import gains as plots_gains
 from pages._datasets import UPLOAD

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from lldd_core import service as service_module
-from lldd_core.analysis.gains import agreement, analyze_gains, direction_reliability, kept_layers
+from lldd_core.analysis.gains import analyze_gains
 from lldd_core.cli.main import main
 from lldd_core.concepts.catalog import load as load_dataset
+from lldd_core.linalg.agreement import agreement, direction_reliability, kept_layers
 from lldd_core.models.loading import ModelSpec, load_model
 from tests.apptest import open_page
 
@@ -79,9 +80,9 @@ def test_cli_gains_json_has_direction_norms_and_flagged_layers(tiny_dirs, cache_
 
 
 def test_page_shows_the_direction_norms_and_the_flagged_caption(tiny_dirs, fresh_service, monkeypatch):
-    import lldd_core.analysis.gains as gains
+    import lldd_core.linalg.agreement as agreement_module
 
-    monkeypatch.setattr(gains, "MIN_RELATIVE_STRENGTH", 0.999)  # flags every layer but the strongest
+    monkeypatch.setattr(agreement_module, "MIN_RELATIVE_STRENGTH", 0.999)  # flags every layer but the strongest
     at = open_page("pages/gains.py", tiny_dirs["gpt2"], monkeypatch)
     for key, value in {"gn_concept": 6, "gn_operating": 4, "gn_evaluation": 3, "gn_order_of_32": 4,
                        "gn_n_eval": 3}.items():

@@ -74,7 +74,7 @@ SETTINGS = {"n_eval": 3, "sizes": SMALL}
 
 def test_ablations_equal_the_single_analyses(tiny_dirs):
     """Each ablation row is the analysis with that value; what the value does not touch is shared."""
-    from lldd_core.analysis.gains import ablate_gains
+    from lldd_core.analysis.ablation import ablate_gains
 
     handle = load_model(tiny_dirs["gpt2"])
     data = load("sentiment")
@@ -108,7 +108,7 @@ def test_ablations_equal_the_single_analyses(tiny_dirs):
 
 
 def test_ablation_values_are_checked(tiny_dirs):
-    from lldd_core.analysis.gains import ORDER_VALUES, ablate_gains, ablation_values
+    from lldd_core.analysis.ablation import ORDER_VALUES, ablate_gains, ablation_values
 
     assert ablation_values("order", 16) == [v for v in ORDER_VALUES if v <= 16]
     assert ablation_values("eps", 16, [0.5, 0.1, 0.1]) == [0.1, 0.5]
@@ -123,7 +123,7 @@ def test_ablation_values_are_checked(tiny_dirs):
 def test_aggregated_agreement_is_the_correlation_of_the_mean_curves():
     from scipy import stats
 
-    from lldd_core.analysis.gains import agreement
+    from lldd_core.linalg.agreement import agreement
 
     rng = np.random.default_rng(0)
     P = rng.normal(size=(5, 6))

@@ -11,7 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from lldd_core.analysis.gains import GainsAblation, GainsResult, ablate_gains, analyze_gains
+from lldd_core.analysis.ablation import GainsAblation, ablate_gains
+from lldd_core.analysis.gains import GainsResult, analyze_gains
 from lldd_core.concepts.catalog import load
 from lldd_core.plots import gains as pg
 from tests.helpers import load as load_model

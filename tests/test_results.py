@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from lldd_core.analysis.ablation import GainsAblation
 from lldd_core.analysis.control import ControlResult
-from lldd_core.analysis.gains import GainsAblation, GainsResult
+from lldd_core.analysis.gains import GainsResult
 from lldd_core.analysis.layers import LayersResult
 from lldd_core.store.results import PromptStamp, from_bytes, result_type, to_bytes, to_jsonable
 
@@ -153,3 +154,19 @@ def test_layers_summary_has_the_hand_listed_keys():
             "converged", "max_residual", "n_products", "elapsed_s")
     assert r.summary() == {**{k: getattr(r, k) for k in keys}, "tokens": r.tokens, "layers": layers}
     json.dumps(r.summary())  # the CLI writes it as JSON
+
+
+def test_steering_result_summary_is_the_hand_listed_one() -> None:
+    """SteeringResult's generic summary: today's keys in today's order, its arrays as lists."""
+    from lldd_core.steering.compare import SteeringResult
+
+    r = SteeringResult(model="m", revision="r", dtype="float32", family="gpt2", prompt="p", method="additive",
+                       params={"layers": [2]}, settings={"max_new_tokens": 4}, dataset="d", unsteered="u",
+                       steered="s", unsteered_tokens=["a"], steered_tokens=["b"], elapsed_s=1.0,
+                       readout_unsteered=np.zeros(2), readout_steered=np.ones(2), schedule=np.arange(3.0))
+    keys = ("model", "revision", "dtype", "family", "prompt", "method", "params", "settings", "dataset",
+            "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s")
+    expected = {**{k: getattr(r, k) for k in keys}, "readout_unsteered": [0.0, 0.0], "readout_steered": [1.0, 1.0],
+                "schedule": [0.0, 1.0, 2.0]}
+    assert list(r.summary().items()) == list(expected.items())
+    assert from_bytes(to_bytes(r)).summary() == expected

@@ -13,44 +13,40 @@ token, readout ``v_L^T x_L`` before the final norm):
 * ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k`` (one backward pass): the limit of ``measured`` as
   ``ε -> 0`` and of ``predicted`` as the order reaches ``d``.
 
-Agreement per prompt: Spearman and Pearson correlation of ``predicted`` and ``measured`` over
-layers; aggregated as their means over prompts and as the correlation of the mean curves.
+Agreement per prompt (:mod:`lldd_core.linalg.agreement`): Spearman and Pearson correlation of
+``predicted`` and ``measured`` over layers; aggregated as their means over prompts and as the
+correlation of the mean curves.
 
 :func:`prepare_gains` does the work every variant shares (splits, states, directions) once;
-:func:`analyze_gains` is one configuration, :func:`ablate_gains` sweeps the order, ``ε`` or the
-complement on the same directions and prompts (only what the swept parameter changes is recomputed).
+:func:`analyze_gains` is one configuration; :mod:`lldd_core.analysis.ablation` sweeps the order,
+``ε`` or the complement on the same directions and prompts.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from .. import ranges
 from ..concepts.data import ConceptData
 from ..concepts.directions import class_directions
 from ..concepts.splits import Splits, split
-from ..errors import InputError, NumericalError
+from ..errors import NumericalError
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
+from ..linalg.agreement import agreement, direction_reliability, kept_layers
 from ..linalg.llv import krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
 from ..store.results import ConceptStamp, result_type
-from .settings import COMPLEMENTS, ConceptSettings, GainsSettings
+from .settings import ConceptSettings, GainsSettings
 
 ANALYSIS = "gains"
-ABLATION = "gains-ablation"
-#: What an ablation can sweep, and the values it sweeps by default.
-ABLATIONS = ("order", "eps", "complement")
-ORDER_VALUES = (1, 2, 4, 8, 16, 32, 64)
-EPS_VALUES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 @dataclass
@@ -104,120 +100,6 @@ class GainsResult(DirectionStamp):
             for i, t in enumerate(self.prompts)
         ]
         return {"prompts": prompts}
-
-
-@result_type
-class GainsAblation(DirectionStamp):
-    """Agreement of predicted and measured gains as one parameter (``vary``) takes ``values``.
-
-    Row ``i`` of every array belongs to ``values[i]``; the other parameters are the recorded
-    ``order``, ``eps`` and ``complement``. ``exact`` does not depend on any of them. The summary
-    lists each value with its aggregated agreement.
-    """
-
-    SUMMARY_SKIP = (*DirectionStamp.SUMMARY_SKIP, "values")
-
-    vary: str
-    values: list  # [V]
-    order: int
-    eps: float
-    complement: str
-    mode: str
-    elapsed_s: float
-    mean_spearman: np.ndarray  # [V]
-    mean_pearson: np.ndarray  # [V]
-    spearman_of_means: np.ndarray  # [V]
-    pearson_of_means: np.ndarray  # [V]
-    spearman: np.ndarray  # [V, P]
-    pearson: np.ndarray  # [V, P]
-    predicted: np.ndarray  # [V, P, K]
-    measured: np.ndarray  # [V, P, K]
-    exact: np.ndarray  # [P, K]
-
-    def summary_extra(self) -> dict:
-        """``values``: the swept values with their aggregated agreement (CLI JSON)."""
-        rows = [
-            {"value": v, "mean_spearman": float(self.mean_spearman[i]), "mean_pearson": float(self.mean_pearson[i]),
-             "spearman_of_means": float(self.spearman_of_means[i]), "pearson_of_means": float(self.pearson_of_means[i])}
-            for i, v in enumerate(self.values)
-        ]
-        return {"values": rows}
-
-
-# --- agreement -----------------------------------------------------------------------------------
-
-
-def _nanmean(x: np.ndarray) -> float:
-    """Mean over the finite entries; NaN (without a warning) when there are none (one layer)."""
-    finite = x[np.isfinite(x)]
-    return float(finite.mean()) if finite.size else float("nan")
-
-
-def _corr(fn, a: np.ndarray, b: np.ndarray) -> float:
-    """Correlation over layers; NaN when a curve is constant (or has one point)."""
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(fn(a, b)[0])
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """Spearman / Pearson of predicted against measured curves, per prompt and aggregated."""
-
-    spearman: np.ndarray  # [P]
-    pearson: np.ndarray  # [P]
-    mean_spearman: float
-    mean_pearson: float
-    spearman_of_means: float
-    pearson_of_means: float
-
-
-def agreement(predicted: np.ndarray, measured: np.ndarray, keep: np.ndarray | None = None) -> Agreement:
-    """Correlations over layers of each prompt's curves ``[P, K]``, their means, and those of the mean curves.
-
-    ``keep`` (``[K]`` bool) restricts the correlations to those layers (flagged layers left out).
-    """
-    if keep is not None:
-        predicted, measured = predicted[:, keep], measured[:, keep]
-    sp = np.array([_corr(stats.spearmanr, p, m) for p, m in zip(predicted, measured)])
-    pe = np.array([_corr(stats.pearsonr, p, m) for p, m in zip(predicted, measured)])
-    mp, mm = predicted.mean(0), measured.mean(0)
-    return Agreement(sp, pe, _nanmean(sp), _nanmean(pe), _corr(stats.spearmanr, mp, mm), _corr(stats.pearsonr, mp, mm))
-
-
-#: A layer is flagged when its relative direction strength is below this share of the concept's strongest layer's.
-MIN_RELATIVE_STRENGTH = 0.05
-
-
-def direction_reliability(states: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """Class-mean difference norms ``‖E_l‖``, their sampling noise, their relative strength, and the flagged layers.
-
-    ``E_l = μ_{1,l} − μ_{0,l}`` over ``states`` ``[N, L + 1, d]``. The relative strength is
-    ``s_l = ‖E_l‖ / rms_l`` with ``rms_l`` the root-mean-square state norm at layer ``l`` (so layers
-    whose residual stream is larger are not favoured). A layer is flagged when
-    ``s_l < MIN_RELATIVE_STRENGTH · max_k s_k`` (or ``E_l = 0``): its concept direction is a
-    twentieth as strong as at the concept's strongest layer, e.g. GPT-2's layer 0 when every text
-    ends with the same token and only position embeddings differ (``‖E_0‖ = 0.008`` against 13 at
-    layer 1). The noise ``σ_l = sqrt(tr Σ_{1,l} / N_1 + tr Σ_{0,l} / N_0)`` — the ``‖E_l‖``
-    expected with no class difference at all — is reported beside it, not used for the flag: summed
-    over all ``d`` dimensions it can exceed ``‖E_l‖`` even where the classes separate along ``v_l``.
-    """
-    X = np.asarray(states, dtype=np.float64)
-    y = np.asarray(labels) == 1
-    pos, neg = X[y], X[~y]
-    norms = np.linalg.norm(pos.mean(0) - neg.mean(0), axis=-1)
-    noise = np.sqrt(pos.var(0, ddof=1).sum(-1) / len(pos) + neg.var(0, ddof=1).sum(-1) / len(neg)) if min(
-        len(pos), len(neg)) > 1 else np.zeros_like(norms)
-    rms = np.sqrt((X**2).sum(-1).mean(0))
-    strength = np.where(rms > 0, norms / np.where(rms > 0, rms, 1.0), 0.0)
-    weak = strength < MIN_RELATIVE_STRENGTH * strength.max()
-    flagged = [int(layer) for layer in np.flatnonzero((norms == 0) | weak)]
-    return norms, noise, strength, flagged
-
-
-def kept_layers(layers: Sequence[int], flagged: Sequence[int]) -> np.ndarray:
-    """``[K]`` bool: which injection layers enter the agreement figures (flagged ones do not)."""
-    return np.array([k not in set(flagged) for k in layers], dtype=bool)
 
 
 # --- shared preparation --------------------------------------------------------------------------
@@ -409,88 +291,6 @@ def gains_result(common: dict, *, order: int, complement: str, eps: float, mode:
         agreement_all_layers={"mean_spearman": every.mean_spearman, "mean_pearson": every.mean_pearson,
                               "spearman_of_means": every.spearman_of_means, "pearson_of_means": every.pearson_of_means},
     )
-
-
-# --- ablations -----------------------------------------------------------------------------------
-
-
-def ablation_values(vary: str, d: int, values: Sequence | None = None) -> list:
-    """The values an ablation of ``vary`` sweeps: ``values`` checked, or the defaults (orders up to ``d``)."""
-    if vary not in ABLATIONS:
-        raise InputError(f"Unknown ablation {vary!r}: choose one of {', '.join(ABLATIONS)}.")
-    if vary == "order":
-        chosen = sorted({int(v) for v in values}) if values is not None else [v for v in ORDER_VALUES if v <= d]
-        bad = [v for v in chosen if not 1 <= v <= d]
-        if bad:
-            raise InputError(f"Orders must lie between 1 and the hidden size {d}; got {bad}.")
-    elif vary == "eps":
-        chosen = sorted({float(v) for v in values}) if values is not None else list(EPS_VALUES)
-        bad = [v for v in chosen if not 0 < v <= 10]
-        if bad:
-            raise InputError(f"ε must be positive (0.01..0.5 is the useful range); got {bad}.")
-    else:
-        chosen = list(dict.fromkeys(values)) if values is not None else list(COMPLEMENTS)
-        bad = [v for v in chosen if v not in COMPLEMENTS]
-        if bad:
-            raise InputError(f"Unknown complement(s) {bad}: choose from {', '.join(COMPLEMENTS)}.")
-    if not chosen:
-        raise InputError(f"Give at least one value of {vary} to sweep.")
-    return chosen
-
-
-def ablate_gains(
-    handle: ModelHandle,
-    data: ConceptData,
-    vary: str,
-    values: Sequence | None = None,
-    settings: GainsSettings | None = None,
-    *,
-    progress: ProgressFn | None = None,
-    **overrides: Any,
-) -> GainsAblation:
-    """Agreement as ``vary`` (``order``, ``eps`` or ``complement``) takes ``values``, the rest fixed at ``settings``.
-
-    Directions, splits and prompts are shared by every value; the measured and exact curves are
-    computed once when the order or complement varies, the bases and predictions once when ``ε`` does.
-    """
-    s = GainsSettings.resolve(settings, overrides)
-    values = ablation_values(vary, handle.info.d_model, values)
-    for v in values:  # every configuration must be valid before any work starts
-        replace(s, **{vary: v}).check(handle.info.d_model)
-    s = s.check(handle.info.d_model)
-    order, eps, complement, mode, seed = s.order, s.eps, s.complement, s.mode, s.seed
-    fixed = {"order": order, "eps": eps, "complement": complement}
-    report = progress or (lambda frac, msg: None)
-    t0 = time.perf_counter()
-    setup = prepare_gains(handle, data, s, progress=lambda f, m: report(0.1 * f, m))
-    n = len(values)
-    if vary == "eps":
-        report(0.1, f"{complement} basis of order {order}")
-        P = [setup.predicted(setup.bases(complement, order, seed), mode)] * n
-        M, E = setup.curves(values, lambda f, m: report(0.5 + 0.5 * f, m))
-    else:
-        M1, E = setup.curves([eps], lambda f, m: report(0.1 + 0.1 * f, m))
-        M = np.repeat(M1, n, axis=0)
-        P = []
-        for i, v in enumerate(values):
-            setting = {**fixed, vary: v}
-            report(0.2 + 0.8 * i / n, f"{setting['complement']} basis of order {setting['order']} ({i + 1}/{n})")
-            P.append(setup.predicted(setup.bases(setting["complement"], setting["order"], seed), mode))
-    P = np.stack(P)
-    check_finite(handle, P, M)
-    keep = kept_layers(setup.layers, setup.flagged_layers)
-    agree = [agreement(p, m, keep) for p, m in zip(P, M)]
-    result = GainsAblation(
-        **common_fields(setup), vary=vary, values=list(values), order=int(order), eps=float(eps),
-        complement=complement, mode=mode, elapsed_s=time.perf_counter() - t0,
-        mean_spearman=np.array([a.mean_spearman for a in agree]), mean_pearson=np.array([a.mean_pearson for a in agree]),
-        spearman_of_means=np.array([a.spearman_of_means for a in agree]),
-        pearson_of_means=np.array([a.pearson_of_means for a in agree]),
-        spearman=np.stack([a.spearman for a in agree]), pearson=np.stack([a.pearson for a in agree]),
-        predicted=P, measured=M, exact=E,
-    )
-    report(1.0, "Done")
-    return result
 
 
 # --- one prompt on its own -----------------------------------------------------------------------

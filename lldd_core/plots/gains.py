@@ -2,7 +2,7 @@
 
 Data in, figure or table out, no streamlit (see :mod:`lldd_core.plots.common`). Builders take a
 :class:`~lldd_core.analysis.gains.GainsResult` (curves ``[P, K]`` of ``P`` evaluation prompts over the
-injection layers ``K``) or a :class:`~lldd_core.analysis.gains.GainsAblation` (agreement per swept value)
+injection layers ``K``) or a :class:`~lldd_core.analysis.ablation.GainsAblation` (agreement per swept value)
 and never mutate it.
 
 Spread over prompts is always **±1 standard deviation** (population, ``ddof=0``): the band around
@@ -23,7 +23,8 @@ import plotly.graph_objects as go
 from .common import plotly_text
 
 if TYPE_CHECKING:  # types only: importing the analysis at run time would pull in torch
-    from ..analysis.gains import GainsAblation, GainsResult
+    from ..analysis.ablation import GainsAblation
+    from ..analysis.gains import GainsResult
 
 #: The three curves, in drawing order.
 CURVES: tuple[str, ...] = ("predicted", "measured", "exact")
@@ -125,8 +126,8 @@ def _shade_flagged(fig: go.Figure, result: GainsResult) -> None:
 
 def direction_norms_figure(result: GainsResult) -> go.Figure:
     """Relative direction strength ``‖E_l‖ / rms_l`` per layer (bars; flagged layers grey) and the flag line
-    ``MIN_RELATIVE_STRENGTH · max_k`` (:func:`lldd_core.analysis.gains.direction_reliability`)."""
-    from ..analysis.gains import MIN_RELATIVE_STRENGTH
+    ``MIN_RELATIVE_STRENGTH · max_k`` (:func:`lldd_core.linalg.agreement.direction_reliability`)."""
+    from ..linalg.agreement import MIN_RELATIVE_STRENGTH
 
     strength = np.asarray(result.direction_strength, dtype=float)
     layers = list(range(len(strength)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -15,35 +16,29 @@ import torch
 from ..errors import InputError
 from ..forward.interventions import Intervention
 from ..models.loading import ModelHandle
-from ..store.results import result_type
+from ..store.results import ModelStamp, result_type
 from .generate import DEFAULT_SETTINGS, Generated, GenerationSettings, generate, readout_along
 
 
 @result_type
-class SteeringResult:
-    model: str
-    revision: str
-    dtype: str
-    family: str
+class SteeringResult(ModelStamp):
+    """One prompt continued unsteered and steered by one method, with the concept readout along both."""
+
+    SUMMARY_ARRAYS: ClassVar[tuple[str, ...]] = ("readout_unsteered", "readout_steered", "schedule")
+
     prompt: str
     method: str
-    params: dict
-    settings: dict
+    params: dict  # the method's settings as applied (its Params, defaults resolved)
+    settings: dict  # GenerationSettings
     dataset: str
     unsteered: str
     steered: str
     unsteered_tokens: list
     steered_tokens: list
     elapsed_s: float
-    readout_unsteered: np.ndarray  # [n_unsteered]
+    readout_unsteered: np.ndarray  # [n_unsteered] v_L^T x_L per generated token, as the unsteered model reads it
     readout_steered: np.ndarray  # [n_steered]
     schedule: np.ndarray  # [L] per-layer amplitudes applied (additive / llv; empty otherwise)
-
-    def summary(self) -> dict:
-        keys = ("model", "revision", "dtype", "family", "prompt", "method", "params", "settings", "dataset",
-                "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s")
-        return {**{k: getattr(self, k) for k in keys}, "readout_unsteered": self.readout_unsteered.tolist(),
-                "readout_steered": self.readout_steered.tolist(), "schedule": self.schedule.tolist()}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..forward.jacobian import jacobian_operator, reconstruct, relative_error
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
-from ..store.results import result_type
+from ..store.results import ModelStamp, PromptStamp, result_type
 
 #: The reference implementation's default strength of its norm-matched addition (``lambda_w``).
 REFERENCE_LAMBDA = 1.028045295795
@@ -46,15 +46,9 @@ def default_jacobian_layer(n_layers: int, variant: str = "blend") -> int:
 
 
 @result_type
-class SteeringJacobian:
+class SteeringJacobian(PromptStamp):
     """A steering phrase's detached Jacobians ``J_i`` at ``x_layer`` (last token), with their reconstruction check."""
 
-    model: str
-    revision: str
-    dtype: str
-    family: str
-    tokens: list
-    input_ids: list
     layer: int
     final_norm: bool  # J maps to norm(x_layer) (the reference variant) instead of x_layer
     reconstruction_error: float  # ||y - Σ_i J_i x_{0,i} - b|| / ||y||, y = x_layer or norm(x_layer)
@@ -94,13 +88,9 @@ def mean_jacobians(handle: ModelHandle, prompts: Sequence[Sequence[int]], *, pad
 
 
 @result_type
-class MeanJacobians:
+class MeanJacobians(ModelStamp):
     """The operating prompts' mean last-token block Jacobians ``A_k`` (LQR's dynamics)."""
 
-    model: str
-    revision: str
-    dtype: str
-    family: str
     dataset: str
     n_prompts: int
     max_tokens: int
