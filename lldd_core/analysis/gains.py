@@ -24,7 +24,7 @@ complement on the same directions and prompts (only what the swept parameter cha
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -153,7 +153,7 @@ def _nanmean(x: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def _corr(fn, a: np.ndarray, b: np.ndarray) -> float:
+def _corr(fn: Callable[[np.ndarray, np.ndarray], Any], a: np.ndarray, b: np.ndarray) -> float:
     """Correlation over layers; NaN when a curve is constant (or has one point)."""
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
