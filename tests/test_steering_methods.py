@@ -10,12 +10,14 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import torch
 from torch import nn
 
 from lldd_core import ranges as R
 from lldd_core.cli.main import build_parser, main
 from lldd_core.cli.steer import method_params
 from lldd_core.errors import InputError
+from lldd_core.forward.hooks import Hook, replace_input
 from lldd_core.forward.interventions import Intervention, Positions
 from lldd_core.models.loading import ModelHandle, ModelSpec
 from lldd_core.steering.compare import SteeringPlan
@@ -42,13 +44,13 @@ class ScaleLast(Intervention):
     layer: int
     factor: float
 
-    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list:
-        def pre(module, args, kwargs):
-            h = (args[0] if args else kwargs["hidden_states"]).clone()
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
+        def scaled(h: torch.Tensor) -> torch.Tensor:
+            h = h.clone()
             h[:, -1] = h[:, -1] * self.factor
-            return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+            return h
 
-        return [blocks[self.layer].register_forward_pre_hook(pre, with_kwargs=True)]
+        return [replace_input(blocks[self.layer], scaled)]
 
 
 class Scale(SteeringMethod):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, model_dtype, scaled_biases
 from .graph_prune import influence, prune
 from .graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
+
+if TYPE_CHECKING:
+    from ..models.loading import ModelHandle, ModelInfo
 
 ProgressFn = Callable[[float, str], None]
 
@@ -189,7 +193,9 @@ def build_graph(
     return _assemble(A, row_ids, x0, h, groups, targets, logits, probs, ids, n_layers, d_mlp, n_src)
 
 
-def _assemble(A: np.ndarray, row_ids: list[int], x0, h, groups, targets, logits, probs, ids,
+def _assemble(A: np.ndarray, row_ids: list[int], x0: torch.Tensor, h: torch.Tensor,
+              groups: list[tuple[int, list[nn.Module]]], targets: list[int], logits: torch.Tensor,
+              probs: torch.Tensor, ids: torch.Tensor,
               n_layers: int, d_mlp: int, n_src: int) -> GraphResult:
     """Nodes (sources, then logits) and the nonzero edges as arrays; the result is unpruned."""
     T = x0.shape[0]
@@ -218,7 +224,7 @@ def _assemble(A: np.ndarray, row_ids: list[int], x0, h, groups, targets, logits,
 
 def build_pruned_graph(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor,
                        targets: Sequence[int] | None = None, *, node_threshold: float | None = 0.8,
-                       edge_threshold: float = 0.98, **kwargs) -> GraphResult:
+                       edge_threshold: float = 0.98, **kwargs: Any) -> GraphResult:
     """:func:`build_graph`, then :func:`lldd_core.analysis.graph_prune.prune` unless ``node_threshold`` is ``None``."""
     graph = build_graph(model, adapter, input_ids, targets, **kwargs)
     return graph if node_threshold is None else prune(graph, node_threshold, edge_threshold)
@@ -272,7 +278,7 @@ def measure_intervention(model: nn.Module, adapter: FamilyAdapter, input_ids: to
 ANALYSIS = "graph"
 
 
-def target_id(info, token: str) -> int:
+def target_id(info: ModelInfo, token: str) -> int:
     """The id of ``token`` (one token of the vocabulary, e.g. ``" Golden"``); :class:`InputError` otherwise."""
     ids = list(info.tokenizer(token, add_special_tokens=False)["input_ids"]) if token else []
     if len(ids) != 1:
@@ -280,8 +286,8 @@ def target_id(info, token: str) -> int:
     return int(ids[0])
 
 
-def analyze_graph(handle, input_ids: list[int], *, target: int | None = None, node_threshold: float | None = 0.8,
-                  edge_threshold: float = 0.98, max_nodes: int | None = 1024,
+def analyze_graph(handle: ModelHandle, input_ids: list[int], *, target: int | None = None,
+                  node_threshold: float | None = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = 1024,
                   progress: ProgressFn | None = None) -> GraphResult:
     """The (pruned unless ``node_threshold`` is ``None``) graph of a loaded model, with token strings filled in."""
     report = progress or (lambda frac, msg: None)

@@ -20,6 +20,7 @@ Method: ``"full"`` forms every ``J_i`` (``d_out`` products), ``"matrix_free"`` r
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from ..models.placement import tensor_of
 from ..progress import ProgressFn
 from ..store.results import PromptStamp, result_type
 from .jacobian import check_size
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ANALYSIS = "spectrum"
 METHODS = ("auto", "full", "matrix_free")
@@ -151,7 +155,8 @@ def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_T
     return fix_signs(svd, y.expand(op.n_tokens, -1))
 
 
-def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int, tokenizer) -> dict:
+def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int,
+                    tokenizer: PreTrainedTokenizerBase) -> dict:
     """Decoded tokens of ``±u`` (logits) and ``±v`` (cosine), ``[T][k][n]`` lists, and their scores."""
     U = svd.U.mT  # [T, k, d]
     V = svd.V.mT

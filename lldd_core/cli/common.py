@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ranges as R
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for torch
+    from ..concepts.data import ConceptData
     from ..models.loading import ModelSpec
 
 EXIT_USER_ERROR = 2
@@ -51,7 +52,7 @@ def add_loading_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights; safetensors only otherwise")
 
 
-def model_spec(args: argparse.Namespace, model: str | None = None):
+def model_spec(args: argparse.Namespace, model: str | None = None) -> ModelSpec:
     """The model spec of the command line (``model`` overrides ``--model``)."""
     from ..models.loading import ModelSpec
 
@@ -213,7 +214,7 @@ def report(args: argparse.Namespace, computed: Any, start: float, body: Callable
 def cell_text(tokens: list[str], n: int = 5) -> str:
     return " ".join(repr(t) for t in tokens[:n])
 
-def dataset_arg(value: str | None):
+def dataset_arg(value: str | None) -> str | ConceptData | None:
     """A dataset name, or a user file loaded (its fingerprint keys the cache)."""
     from ..concepts.files import load_user_file
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import ranges as R
 from ..analysis.settings import COMPLEMENTS, MODES, ControlSettings, GainsSettings
 from .common import add_model_args, dataset_arg, number_option, report, run_analysis, sizes_option
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for torch
+    from ..analysis.control import ControlResult
+    from ..analysis.gains import GainsResult
 
 
 def cmd_gains(args: argparse.Namespace) -> int:
@@ -20,7 +24,7 @@ def cmd_gains(args: argparse.Namespace) -> int:
     settings = GainsSettings.from_args(args)  # --sizes parsed and checked by ranges.sizes_argtype
     computed = run_analysis(args, lambda svc, spec, progress: svc.gains(spec, dataset, settings, progress=progress))
 
-    def body(r, out) -> None:
+    def body(r: GainsResult, out: TextIO) -> None:
         out.write(f"dataset    {r.dataset} ({r.source}): {r.classes[0]} vs {r.classes[1]}, per class "
                   f"{r.split_sizes['concept']}/{r.split_sizes['operating']}/{r.split_sizes['evaluation']} "
                   f"(concept/operating/evaluation)\n")
@@ -45,7 +49,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     computed = run_analysis(args, lambda svc, spec, progress: svc.control(spec, dataset, settings=settings,
                                                                           progress=progress))
 
-    def body(r, out) -> None:
+    def body(r: ControlResult, out: TextIO) -> None:
         out.write(f"dataset    {r.dataset}: {r.classes[0]} vs {r.classes[1]}; surrogate order {r.order} "
                   f"({r.complement}); {r.n_prompts} evaluation prompts; tolerance {r.tol:g} of Δy\n")
         out.write("gains h    " + " ".join(f"{g:.3f}" for g in r.gains) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import ranges as R
 from ..analysis.settings import (
@@ -29,6 +29,10 @@ from .common import (
     stored_note,
     warn_not_cached,
 )
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for torch
+    from ..analysis.layers import LayersResult
+    from ..analysis.spectrum import SpectrumResult
 
 
 def cmd_jacobian(args: argparse.Namespace) -> int:
@@ -128,7 +132,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     computed = run_analysis(args, lambda svc, spec, progress: svc.spectrum(spec, args.prompt, settings,
                                                                            progress=progress))
 
-    def body(r, out) -> None:
+    def body(r: SpectrumResult, out: TextIO) -> None:
         out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
                   f"next token {r.next_token!r}\n")
         out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
@@ -150,7 +154,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     computed = run_analysis(args, lambda svc, spec, progress: svc.layers(spec, args.prompt, settings,
                                                                          progress=progress))
 
-    def body(r, out) -> None:
+    def body(r: LayersResult, out: TextIO) -> None:
         out.write(f"tokens     {' | '.join(repr(t) for t in r.tokens)}\n")
         out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
                   f"method {r.method}, max residual {r.max_residual:.1e}\n")

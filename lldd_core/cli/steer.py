@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import ranges as R
 from .common import add_model_args, dataset_arg, number_option, report, run_analysis, sizes_option
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` should not wait for torch
+    import numpy as np
+
+    from ..steering.compare import SteeringResult
 
 
 @dataclasses.dataclass
@@ -98,13 +103,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
         spec, args.prompt, args.method, params, dataset=dataset, settings=settings, sizes=args.sizes, seed=args.seed,
         progress=progress))
 
-    def body(r, out) -> None:
+    def body(r: SteeringResult, out: TextIO) -> None:
         out.write(f"method     {r.method}  {r.params}\n")
         out.write(f"prompt     {r.prompt!r}\n")
         out.write(f"unsteered  {r.unsteered!r}\n")
         out.write(f"steered    {r.steered!r}\n")
         if r.readout_unsteered.size or r.readout_steered.size:
-            def mean(x) -> str:
+            def mean(x: np.ndarray) -> str:
                 return f"{x.mean():.3f}" if x.size else "-"
 
             out.write(f"readout    mean over generated tokens ({r.dataset}): unsteered {mean(r.readout_unsteered)}, "

@@ -30,10 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from . import corpus
+
+if TYPE_CHECKING:  # imported lazily at run time
+    from transformers import GPT2Config, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ProgressFn = Callable[[float, str], None]
 
@@ -126,7 +131,7 @@ def is_built(name: str) -> bool:
 # --- tokenizer -----------------------------------------------------------------------------------
 
 
-def train_tokenizer(sentences: list[str], vocab_size: int = VOCAB_SIZE):
+def train_tokenizer(sentences: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """A byte-level BPE over the corpus; prompts get ``<|endoftext|>`` prepended, as in training."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -149,7 +154,7 @@ def train_tokenizer(sentences: list[str], vocab_size: int = VOCAB_SIZE):
 # --- model ---------------------------------------------------------------------------------------
 
 
-def make_config(cfg: DemoConfig, vocab_size: int, bos_id: int):
+def make_config(cfg: DemoConfig, vocab_size: int, bos_id: int) -> GPT2Config | LlamaConfig:
     from transformers import GPT2Config, LlamaConfig
 
     if cfg.arch == "gpt2":
@@ -168,7 +173,7 @@ def make_config(cfg: DemoConfig, vocab_size: int, bos_id: int):
     raise ValueError(f"unknown demo architecture {cfg.arch!r}")
 
 
-def _token_stream(tokenizer, sentences: list[str]) -> torch.Tensor:
+def _token_stream(tokenizer: PreTrainedTokenizerBase, sentences: list[str]) -> torch.Tensor:
     """All sentences as one stream, each after ``<|endoftext|>`` (the tokenizer prepends it).
 
     The corpus repeats sentences (about 14k distinct in 60k), so each distinct one is encoded once.
@@ -186,7 +191,7 @@ def _lr(step: int, steps: int, peak: float, warmup: int = 40) -> float:
 
 
 @torch.no_grad()
-def mean_loss(model, tokenizer, sentences: list[str], batch: int = 64) -> float:
+def mean_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sentences: list[str], batch: int = 64) -> float:
     """Mean next-token cross-entropy (nats) over the sentences, each scored on its own."""
     total, count = 0.0, 0
     for i in range(0, len(sentences), batch):
@@ -201,7 +206,8 @@ def mean_loss(model, tokenizer, sentences: list[str], batch: int = 64) -> float:
     return total / max(count, 1)
 
 
-def unigram_loss(tokenizer, train_stream: torch.Tensor, sentences: list[str], vocab_size: int) -> float:
+def unigram_loss(tokenizer: PreTrainedTokenizerBase, train_stream: torch.Tensor, sentences: list[str],
+                 vocab_size: int) -> float:
     """Cross-entropy of an add-one unigram model of the training tokens on the same targets."""
     counts = torch.bincount(train_stream, minlength=vocab_size).double() + 1.0
     logp = torch.log(counts / counts.sum())
@@ -210,7 +216,8 @@ def unigram_loss(tokenizer, train_stream: torch.Tensor, sentences: list[str], vo
 
 
 @torch.no_grad()
-def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int = 4) -> str:
+def greedy_completion(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str,
+                      max_new_tokens: int = 4) -> str:
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     for _ in range(max_new_tokens):
         # explicit all-ones mask: the demo tokenizer's BOS doubles as pad, which transformers warns about
@@ -219,7 +226,7 @@ def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int = 4) ->
     return tokenizer.decode(ids[0, len(tokenizer(prompt)["input_ids"]) :].tolist())
 
 
-def fact_accuracy(model, tokenizer) -> float:
+def fact_accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> float:
     """Share of :data:`corpus.FACT_PROMPTS` whose greedy continuation starts with the answer."""
     hits = sum(greedy_completion(model, tokenizer, p).strip().startswith(a) for p, a in corpus.FACT_PROMPTS)
     return hits / len(corpus.FACT_PROMPTS)
@@ -265,14 +272,14 @@ def train_workers() -> int:
     return max(1, min(TRAIN_SHARDS, cores))
 
 
-def _shard_loss(model, window: torch.Tensor) -> torch.Tensor:
+def _shard_loss(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
     ids = window[:, :-1]
     # explicit all-ones mask: the demo tokenizer's BOS doubles as pad, which transformers warns about
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
 
 
-def batch_gradient(model, params: list[torch.Tensor], batch: torch.Tensor,
+def batch_gradient(model: nn.Module, params: list[torch.Tensor], batch: torch.Tensor,
                    pool: ThreadPoolExecutor | None = None) -> tuple[float, list[torch.Tensor]]:
     """Mean loss and its gradient over ``batch``, as the mean over :data:`TRAIN_SHARDS` equal shards.
 
@@ -298,7 +305,7 @@ def batch_gradient(model, params: list[torch.Tensor], batch: torch.Tensor,
 
 
 def train(cfg: DemoConfig, seed: int = 0, steps: int | None = None, progress: ProgressFn | None = None,
-          workers: int | None = None):
+          workers: int | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, torch.Tensor]:
     """Corpus, tokenizer and a trained model for ``cfg``; returns (model, tokenizer, train_stream).
 
     ``workers`` (default :func:`train_workers`) only changes the speed, never the weights.

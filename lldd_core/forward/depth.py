@@ -165,7 +165,8 @@ def last_token_actions(
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
 
-            def f(delta: torch.Tensor, ids=ids, mask=mask, positions=positions) -> torch.Tensor:
+            def f(delta: torch.Tensor, ids: torch.Tensor = ids, mask: torch.Tensor = mask,
+                  positions: torch.Tensor = positions) -> torch.Tensor:
                 def add_last(h: torch.Tensor) -> torch.Tensor:
                     bump = torch.zeros_like(h[:, :-1])
                     return h + torch.cat([bump, delta.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)

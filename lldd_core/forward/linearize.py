@@ -25,6 +25,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from types import MethodType
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,14 +50,17 @@ def _family_eager_attention(module: nn.Module) -> Callable:
     return fn
 
 
-def _detached_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+def _detached_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The family's eager attention with ``Q`` and ``K`` frozen: softmax weights become constants."""
     eager = _family_eager_attention(module)
     return eager(module, query.detach(), key.detach(), value, attention_mask, **kwargs)
 
 
-def _float64_attention(module: nn.Module, query, key, value, attention_mask, *, scaling=None, softcap=None,
-                       dropout=0.0, **kwargs):
+def _float64_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: torch.Tensor | None, *, scaling: float | None = None,
+                       softcap: float | None = None, dropout: float = 0.0,
+                       **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention computed in float64 throughout (GQA, scaling, soft-capping, additive mask).
 
     The families' eager functions compute the softmax in float32 even for a float64 model; that
@@ -75,7 +79,8 @@ def _float64_attention(module: nn.Module, query, key, value, attention_mask, *, 
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
-def _live_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+def _live_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The family's eager attention (batched reverse mode and forward AD work through it).
 
     Float64 models whose eager function takes ``scaling`` (every family but GPT-2, whose own
@@ -87,7 +92,7 @@ def _live_attention(module: nn.Module, query, key, value, attention_mask, **kwar
     return eager(module, query, key, value, attention_mask, **kwargs)
 
 
-def _padding_safe_eager_mask(*args, **kwargs):
+def _padding_safe_eager_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     """``eager_mask``, but a query row with every key masked (a left-padding position) sees all keys.
 
     Such a row's softmax is NaN in some families' eager attention (GPT-NeoX measured); its output

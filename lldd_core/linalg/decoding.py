@@ -13,8 +13,12 @@ Both return the top tokens in descending score, batched over leading dimensions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -24,7 +28,7 @@ class Decoded:
     ids: torch.Tensor
     scores: torch.Tensor
 
-    def strings(self, tokenizer) -> list:
+    def strings(self, tokenizer: PreTrainedTokenizerBase) -> list:
         """Token strings with the same nesting as ``ids``."""
         flat = [tokenizer.decode([int(i)]) for i in self.ids.reshape(-1)]
         shape = list(self.ids.shape)

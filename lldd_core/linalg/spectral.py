@@ -9,6 +9,7 @@ matrix-free from operator products (:func:`topk_svd`), :func:`top_singular` pick
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -266,7 +267,9 @@ def topk_svd(
     return _finish(U, S, V, residual, U, W, H, G, tol, n_products, probes, k)
 
 
-def _finish(U, S, V, residual, basis, images, H, G, tol, n_products, probes, k) -> TopKSVD:
+def _finish(U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, residual: torch.Tensor, basis: torch.Tensor,
+            images: torch.Tensor, H: torch.Tensor, G: torch.Tensor, tol: float, n_products: int, probes: int,
+            k: int) -> TopKSVD:
     """Assemble :class:`TopKSVD`; ``||J_i||_F^2`` exact in span(``basis``) (``images = J_i^T basis``),
     Hutchinson (probes ``G``, ``H = J_i^T G``) on its orthogonal complement."""
     captured = images.pow(2).sum((1, 2))
@@ -309,7 +312,8 @@ def _shared_fits(op: JacobianOperator | DenseOperator, l: int) -> bool:
     return T > 1 and T * m * op.d_in * op.y.element_size() <= SHARED_BYTES and not hasattr(op, "per_token_matvec")
 
 
-def _shared_phase(op, F: torch.Tensor, l: int, k: int, tol: float, products: str, max_blocks: int) -> _Shared:
+def _shared_phase(op: JacobianOperator | DenseOperator, F: torch.Tensor, l: int, k: int, tol: float, products: str,
+                  max_blocks: int) -> _Shared:
     """Rayleigh-Ritz on one left basis ``Q`` shared by all tokens.
 
     One VJP with cotangents ``Q`` gives ``B_i = Q^T J_i`` for every token at once, so a product buys
@@ -422,7 +426,7 @@ def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: 
     return "full" if d <= matrix_free else "matrix_free"
 
 
-def top_singular(op: JacobianOperator, k: int, method: str = "auto", **kw) -> TopKSVD:
+def top_singular(op: JacobianOperator, k: int, method: str = "auto", **kw: Any) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"``: :func:`choose_method`).
 
     ``kw`` goes to :func:`topk_svd` (``tol`` also to :func:`svd_full`). The full path reports the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,7 +101,7 @@ def scaled_biases(modules: Iterable[nn.Module], s: torch.Tensor) -> Iterator[Non
     """
 
     def wrap(module: nn.Module, inner: Callable) -> Callable:
-        def forward(*args, **kwargs):
+        def forward(*args: Any, **kwargs: Any) -> Any:
             bias = module._parameters["bias"]
             module._parameters["bias"] = bias * s.to(device=bias.device, dtype=bias.dtype)
             try:

@@ -51,6 +51,8 @@ from ..store.keys import make_key
 from .study import CellStatus, SweepCell, SweepProgress, SweepReport, status_rows
 
 if TYPE_CHECKING:
+    from ..analysis.gains import GainsResult
+    from ..models.loading import ModelHandle
     from ..service import Service
 
 ENGINES = ("local", "ray")
@@ -79,7 +81,7 @@ def import_ray() -> Any:
 _RESIDENT: dict[str, Any] = {}
 
 
-def _worker_handle(spec: ModelSpec):
+def _worker_handle(spec: ModelSpec) -> ModelHandle:
     """The worker's resident model for ``spec`` (one per worker process, replaced when another is asked)."""
     from ..models.loading import load_model, resolve_model
 
@@ -250,7 +252,7 @@ def _drive(ray: Any, service: Service, work: list[_Work], cells: list[SweepCell]
         if progress is not None:
             progress(done, total, message)
 
-    def finish(w: _Work, status: CellStatus, message: str = "", result=None) -> None:
+    def finish(w: _Work, status: CellStatus, message: str = "", result: GainsResult | None = None) -> None:
         for ref, (other, _) in list(pending.items()):
             if other is w:
                 ray.cancel(ref)

@@ -9,8 +9,12 @@ class attributes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 #: Modules defined in these Python modules are activation functions.
 _ACTIVATION_MODULES = ("transformers.activations", "torch.nn.modules.activation")
@@ -89,7 +93,7 @@ class FamilyAdapter:
         """The MLP activation modules of every block."""
         yield from (m for m in self.layers(model).modules() if is_activation(m))
 
-    def max_positions(self, config) -> int | None:
+    def max_positions(self, config: PreTrainedConfig) -> int | None:
         """Longest sequence the model was built for (``None`` when unbounded)."""
         for attr in ("max_position_embeddings", "n_positions"):
             value = getattr(config, attr, None)
