@@ -32,7 +32,6 @@ prompt without gradients).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import add_gpt2_shape, add_run_options, bench_parser, sync
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -55,28 +55,15 @@ from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--vocab", type=int, default=8000, help="vocabulary size (does not enter the gains)")
+    p = bench_parser(__doc__)
+    add_gpt2_shape(p, vocab_help="vocabulary size (does not enter the gains)")
     p.add_argument("--tokens", type=int, default=32, help="prompt length T")
     p.add_argument("--order", type=int, default=32, help="reduced order r")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the fast path (the naive one runs once)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--summary", metavar="FILE", default=None, help="append the result row for bench/gpu.sh's table")
+    add_run_options(p)
     return p.parse_args(argv)
-
-
-def sync() -> None:
-    """Wait for queued GPU work, so wall times include it (nothing to wait for on a CPU)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -13,7 +13,6 @@ for a smoke run).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jacobian import DTYPES, TOLERANCE, build_model, sync  # bench/jacobian.py: the same random Llama
+from common import add_llama_shape, add_run_options, bench_parser, sync
+from jacobian import DTYPES, TOLERANCE, build_model  # bench/jacobian.py: the same random Llama
 from summary import add_row, seconds
 
 from lldd_core.analysis.graph import build_graph
@@ -32,23 +32,12 @@ from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--hidden", type=int, default=512, help="hidden size d")
-    p.add_argument("--intermediate", type=int, default=None,
-                   help="MLP size; None: round(2.6875 * hidden), 1376 for 512")
-    p.add_argument("--layers", type=int, default=8, help="number of decoder blocks")
-    p.add_argument("--heads", type=int, default=8, help="attention heads")
-    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads; None: half the heads")
-    p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
-    p.add_argument("--tokens", type=int, default=32, help="prompt length T (random ids)")
+    p = bench_parser(__doc__)
+    add_llama_shape(p, layers=8, tokens=32)
     p.add_argument("--max-nodes", type=int, default=256, help="neurons visited as targets (the cap)")
     p.add_argument("--batch-size", type=int, default=128, help="target rows per batched backward pass")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (the model is built on it)")
-    p.add_argument("--summary", metavar="FILE", default=None, help="append the result row for bench/gpu.sh's table")
+    add_run_options(p)
     return p.parse_args(argv)
 
 

@@ -20,7 +20,6 @@ than the dtype's tolerance. Run from the repository root: ``python bench/jacobia
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import add_llama_shape, add_run_options, bench_parser, sync
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -44,31 +44,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--hidden", type=int, default=512, help="hidden size d")
-    p.add_argument("--intermediate", type=int, default=None,
-                   help="MLP size; None: round(2.6875 * hidden), 1376 for 512")
-    p.add_argument("--layers", type=int, default=4, help="number of decoder blocks")
-    p.add_argument("--heads", type=int, default=8, help="attention heads")
-    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads; None: half the heads")
-    p.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
-    p.add_argument("--tokens", type=int, default=16, help="prompt length T (random ids)")
+    p = bench_parser(__doc__)
+    add_llama_shape(p, layers=4, tokens=16)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (after one warm-up each)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     p.add_argument("--chunk", type=int, default=None,
                    help="cotangents per batched VJP for ours; None: JacobianOperator.chunk_size()")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (the model is built on it)")
-    p.add_argument("--summary", metavar="FILE", default=None, help="append the result row for bench/gpu.sh's table")
+    add_run_options(p)
     return p.parse_args(argv)
-
-
-def sync() -> None:
-    """Wait for queued GPU work, so wall times include it (nothing to wait for on a CPU)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def build_model(args: argparse.Namespace, dtype: torch.dtype) -> LlamaForCausalLM:

@@ -53,6 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import sync
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -151,12 +152,6 @@ def demo_model(name: str, device: str = "cpu"):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def sync() -> None:
-    """Wait for queued GPU work, so wall times include it (nothing to wait for on a CPU)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, object]:

@@ -22,7 +22,6 @@ Each configuration is timed ``--repeats`` times in alternation (medians reported
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import add_gpt2_shape, add_run_options, bench_parser
 from summary import add_row, seconds  # bench/summary.py: this folder is sys.path[0] for a bench
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -41,18 +41,12 @@ from lldd_core.models.arch import adapter_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--vocab", type=int, default=8000)
+    p = bench_parser(__doc__)
+    add_gpt2_shape(p)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--summary", metavar="FILE", default=None, help="append the result rows for bench/gpu.sh's table")
+    add_run_options(p, device="cuda" if torch.cuda.is_available() else "cpu", seed=False)
     return p.parse_args(argv)
 
 

@@ -30,7 +30,7 @@ from lldd_core.sweep.study import (
     summary_line,
     sweep_status,
 )
-from tests.tiny import VOCAB, build_tokenizer
+from tests.tiny import VOCAB, build_tokenizer, randomized
 
 SETTINGS = GainsSettings(order=4, n_eval=2, sizes=(6, 4, 3))
 LIKE = ModelSpec("unused", device="cpu")
@@ -45,11 +45,7 @@ def save_gpt2(directory: Path, n_embd: int, n_layer: int, seed: int = 0) -> Path
     config = GPT2Config(vocab_size=VOCAB, n_embd=n_embd, n_layer=n_layer, n_head=4, n_positions=64,
                         initializer_range=0.2, bos_token_id=1, eos_token_id=2, activation_function="gelu_new")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.2)
+    model = randomized(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), norms=False)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     build_tokenizer().save_pretrained(directory)

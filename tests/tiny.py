@@ -78,12 +78,17 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def build_model(family: str, seed: int = 0) -> torch.nn.Module:
     config, _ = CONFIGS[family]
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return randomized(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval())
+
+
+def randomized(model: torch.nn.Module, norms: bool = True) -> torch.nn.Module:
+    """``model`` with random non-zero biases and (``norms``) perturbed norm weights, so that the bias
+    channel and the norm scales are generic rather than the initializer's zeros and ones."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0.0, 0.2)
-            elif p.ndim == 1:  # norm weights
+            elif norms and p.ndim == 1:  # norm weights
                 p.add_(torch.randn_like(p) * 0.2)
     return model
 

@@ -135,15 +135,20 @@ def _scale(sq_mean: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tenso
     return torch.rsqrt(sq_mean + eps).detach().to(dtype)
 
 
+def _affine(norm: nn.Module, y: torch.Tensor, dtype: torch.dtype, offset: float) -> torch.Tensor:
+    """The norm's elementwise affine part on the normalized ``y``: ``y · (w + offset) + b`` (each if present)."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None:
+        y = y * (weight.to(dtype) + offset) if offset else y * weight.to(dtype)
+    bias = getattr(norm, "bias", None)
+    return y + bias.to(dtype) if isinstance(bias, torch.Tensor) else y
+
+
 def _detached_rms_norm(offset: float) -> Callable:
     def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         sq_mean = (x.float() if x.dtype in _HALF else x).pow(2).mean(-1, keepdim=True)
         y = x * _scale(sq_mean, _norm_eps(self), x.dtype)
-        weight = getattr(self, "weight", None)
-        if weight is not None:
-            y = y * (weight.to(x.dtype) + offset) if offset else y * weight.to(x.dtype)
-        bias = getattr(self, "bias", None)
-        return y + bias.to(x.dtype) if isinstance(bias, torch.Tensor) else y
+        return _affine(self, y, x.dtype, offset)
 
     return forward
 
@@ -153,11 +158,7 @@ def _float64_rms_norm(offset: float) -> Callable:
 
     def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _norm_eps(self))
-        weight = getattr(self, "weight", None)
-        if weight is not None:
-            y = y * (weight.to(x.dtype) + offset) if offset else y * weight.to(x.dtype)
-        bias = getattr(self, "bias", None)
-        return y + bias.to(x.dtype) if isinstance(bias, torch.Tensor) else y
+        return _affine(self, y, x.dtype, offset)
 
     return forward
 
