@@ -195,13 +195,17 @@ class Service:
             return Computed(result, False)
 
     # --- analyses -------------------------------------------------------------------------------
+    def _prompt(self, spec: ModelSpec, prompt: str, progress: ProgressFn | None) -> tuple[ModelInfo, list[int]]:
+        """The model's info (config and tokenizer, no weights) and ``prompt``'s token ids."""
+        info = self.info(spec, progress)
+        return info, info.encode(prompt)
+
     # Each takes its settings object (or its fields as keywords, for scripts), checks it against the
     # model's config before the key is built, and keys the cache with the settings' cache_params().
     def jacobian(self, spec: ModelSpec, prompt: str, settings: JacobianSettings | None = None, *,
                  progress: ProgressFn | None = None, **overrides: Any) -> Computed[JacobianResult]:
         """Detached vs ordinary Jacobian of the last token's output (see :mod:`lldd_core.analysis.jacobian`)."""
-        info = self.info(spec, progress)
-        ids = info.encode(prompt)
+        info, ids = self._prompt(spec, prompt, progress)
         s = JacobianSettings.resolve(settings, overrides).check(info.n_layers)
         return self._cached(JACOBIAN, spec, info, ids, s.cache_params(), lambda h: analyze_jacobian(
             h, ids, layer=s.layer, final_norm=s.final_norm, progress=progress), progress)
@@ -209,8 +213,7 @@ class Service:
     def graph(self, spec: ModelSpec, prompt: str, settings: GraphSettings | None = None, *,
               progress: ProgressFn | None = None, **overrides: Any) -> Computed[GraphResult]:
         """Exact attribution graph of the next-token logits (:mod:`lldd_core.analysis.graph`); ``target``: one token."""
-        info = self.info(spec, progress)
-        ids = info.encode(prompt)
+        info, ids = self._prompt(spec, prompt, progress)
         s = GraphSettings.resolve(settings, overrides)
         tid = None if s.target is None else graph_target_id(info, s.target)
         s = s.check()
@@ -221,8 +224,7 @@ class Service:
     def spectrum(self, spec: ModelSpec, prompt: str, settings: SpectrumSettings | None = None, *,
                  progress: ProgressFn | None = None, **overrides: Any) -> Computed[SpectrumResult]:
         """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.analysis.spectrum`)."""
-        info = self.info(spec, progress)
-        ids = info.encode(prompt)
+        info, ids = self._prompt(spec, prompt, progress)
         s = SpectrumSettings.resolve(settings, overrides).check(info.n_layers, info.d_model)
         return self._cached(SPECTRUM, spec, info, ids, s.cache_params(), lambda h: analyze_spectrum(
             h, ids, layer=s.layer, final_norm=s.final_norm, k=s.k, n_decode=s.n_decode, method=s.method,
@@ -231,8 +233,7 @@ class Service:
     def layers(self, spec: ModelSpec, prompt: str, settings: LayersSettings | None = None, *,
                progress: ProgressFn | None = None, **overrides: Any) -> Computed[LayersResult]:
         """Every layer's views of one prompt: spectra, stable ranks, decodings, emergence."""
-        info = self.info(spec, progress)
-        ids = info.encode(prompt)
+        info, ids = self._prompt(spec, prompt, progress)
         s = LayersSettings.resolve(settings, overrides).check(info.d_model)
         return self._cached(LAYERS, spec, info, ids, s.cache_params(), lambda h: analyze_layers(
             h, ids, sites=s.sites, k=s.k, n_decode=s.n_decode, lens=s.lens, method=s.method, progress=progress),

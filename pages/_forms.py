@@ -17,6 +17,8 @@ from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.ranges import DECODE, EPS, N_EVAL, ORDER, SEED, SIZES, TOP_K
 from lldd_core.service import get_service
+from pages._build import ensure_model_ready
+from pages._sidebar import current_spec
 
 
 def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
@@ -28,6 +30,15 @@ def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
         st.error(str(err))
         return None
     return info.n_layers, info.d_model
+
+
+def view_start(title: str, caption: str) -> tuple[ModelSpec, tuple[int, int] | None]:
+    """A view's title and caption, the sidebar's model (a demo model is built on first use, visibly,
+    before anything asks for its config) and its (layers, hidden size); ``None`` when it is not ready."""
+    st.title(title)
+    st.caption(caption)
+    spec = current_spec()
+    return spec, model_shape(spec) if ensure_model_ready(spec) else None
 
 
 def prompt_area(key: str, value: str, height: int = 90) -> str:

@@ -100,6 +100,26 @@ def figure_format(key: str, container: DeltaGenerator | None = None, help: str |
     return where.radio("Figure download format", FIGURE_FORMATS, horizontal=True, key=key, help=help)
 
 
+def result_or_hint(last: Shown | None, ready: bool, format_key: str, show: Callable[[Shown, str], None],
+                   hint: str) -> str:
+    """The figure-format radio (once there is a model or a result), then the kept result by ``show(last,
+    fmt)``, or ``hint`` when nothing was computed yet; the chosen format."""
+    fmt = "png"
+    if ready or last is not None:
+        fmt = figure_format(format_key)
+    if last is not None:
+        show(last, fmt)
+    elif ready:
+        st.info(hint)
+    return fmt
+
+
+def not_converged(max_residual: float, where: str = "", what: str = "singular values") -> None:
+    """The warning under a matrix-free SVD that stopped before its tolerance."""
+    st.warning(f"The matrix-free SVD did not reach its tolerance{where} (max residual {format_sci(max_residual)}): "
+               f"the last {what} may be inaccurate. Try a smaller top-k or the full method.", icon="⚠️")
+
+
 def chart(fig: go.Figure, key: str, fmt: str, name: str) -> None:
     """A plotly figure whose toolbar saves it as ``fmt`` under ``name``."""
     st.plotly_chart(fig, width="stretch", key=key, config=download_config(fmt, name))

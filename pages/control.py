@@ -31,11 +31,9 @@ from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import MAX_TARGETS, TARGET, TOL
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._build import ensure_model_ready
 from pages._datasets import dataset_picker
-from pages._forms import model_shape, n_eval_input, order_input, seed_input, split_size_inputs
-from pages._sidebar import current_spec
-from pages._ui import Shown, chart, figure_format, kept, plural, run_with_status
+from pages._forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
@@ -172,12 +170,12 @@ def explain() -> None:
 
 
 def main() -> None:
-    st.title("Control")
-    st.caption("How much intervention energy does it take to move a concept's readout by Δy? The least-energy "
-               "multi-layer schedule of the LLV surrogate against uniform and single-layer heuristics, each "
-               "validated in the full model.")
-    spec = current_spec()
-    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    spec, shape = view_start(
+        "Control",
+        "How much intervention energy does it take to move a concept's readout by Δy? The least-energy "
+        "multi-layer schedule of the LLV surrogate against uniform and single-layer heuristics, each "
+        "validated in the full model.",
+    )
     if shape is not None:
         n_layers, d = shape
         st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
@@ -189,14 +187,9 @@ def main() -> None:
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
                 st.session_state[SIZES_KEY] = settings.sizes
-    last = kept(RESULT_KEY, ControlResult)
-    fmt = "png"
-    if shape is not None or last is not None:
-        fmt = figure_format("ct_figure_format")
-    if last is not None:
-        show_result(last, st.session_state.get(SIZES_KEY), fmt)
-    elif shape is not None:
-        st.info("Choose a concept dataset and target shifts, then press **Compute schedules**.")
+    result_or_hint(kept(RESULT_KEY, ControlResult), shape is not None, "ct_figure_format",
+                   lambda last, fmt: show_result(last, st.session_state.get(SIZES_KEY), fmt),
+                   "Choose a concept dataset and target shifts, then press **Compute schedules**.")
 
 
 main()

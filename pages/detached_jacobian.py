@@ -36,10 +36,8 @@ from lldd_core.ranges import LAYER, TOP_K
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from lldd_core.store.results import to_jsonable
-from pages._build import ensure_model_ready
-from pages._forms import decode_input, model_shape, prompt_area, top_k_input
-from pages._sidebar import current_spec
-from pages._ui import Shown, chart, figure_format, format_norm, format_sci, kept, plural, run_with_status
+from pages._forms import decode_input, prompt_area, top_k_input, view_start
+from pages._ui import Shown, chart, figure_format, format_norm, format_sci, kept, not_converged, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: This page's figure-format help (it also says what SVG is for).
@@ -258,11 +256,7 @@ def show_spectrum(spectrum: Shown, fmt: str) -> None:
     )
     cols[4].metric("Spectra from cache", "yes" if spectrum.cache_hit else "no")
     if not s.converged:
-        st.warning(
-            f"The matrix-free SVD did not reach its tolerance (max residual {format_sci(s.max_residual)}): the last "
-            "singular values and their decodings may be inaccurate. Try a smaller top-k or the full method.",
-            icon="⚠️",
-        )
+        not_converged(s.max_residual, what="singular values and their decodings")
     with st.expander("How to read these tables"):
         st.markdown(SPECTRA_EXPLANATION)
     T = len(s.tokens)
@@ -318,11 +312,10 @@ def spectra_section(shown: Shown, fmt: str) -> None:
 
 
 def main() -> None:
-    st.title("Detached Jacobian")
-    st.caption("The exact local linear map of the model at one prompt: y = Σ_i J_i x_i + b.")
-    spec = current_spec()
-    # A demo model is built on first use, visibly, before anything asks for its config.
-    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    spec, shape = view_start(
+        "Detached Jacobian",
+        "The exact local linear map of the model at one prompt: y = Σ_i J_i x_i + b.",
+    )
     n_layers = None if shape is None else shape[0]
     if n_layers is not None:
         submitted, prompt, layer, final_norm = request_form(n_layers)

@@ -36,11 +36,9 @@ from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import EPS
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._build import ensure_model_ready
 from pages._datasets import dataset_picker
-from pages._forms import eps_input, model_shape, n_eval_input, order_input, seed_input, split_size_inputs
-from pages._sidebar import current_spec
-from pages._ui import Shown, chart, figure_format, kept, plural, run_with_status
+from pages._forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the settings it was asked with.
 RESULT_KEY = "gains.last"
@@ -258,11 +256,11 @@ def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, 
 
 
 def main() -> None:
-    st.title("Gain curves")
-    st.caption("Where in depth does injecting a concept direction move the concept's readout most? Predicted by a "
-               "low-order linear layer-varying surrogate, measured in the full model, and exact to first order.")
-    spec = current_spec()
-    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    spec, shape = view_start(
+        "Gain curves",
+        "Where in depth does injecting a concept direction move the concept's readout most? Predicted by a "
+        "low-order linear layer-varying surrogate, measured in the full model, and exact to first order.",
+    )
     dataset: str | ConceptData | None = None
     settings: GainsSettings | None = None
     if shape is not None:
@@ -275,14 +273,9 @@ def main() -> None:
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
                 st.session_state[SETTINGS_KEY] = settings
-    last = kept(RESULT_KEY, GainsResult)
-    fmt = "png"
-    if shape is not None or last is not None:
-        fmt = figure_format("gn_figure_format")
-    if last is not None:
-        show_result(last, st.session_state.get(SETTINGS_KEY), fmt)
-    elif shape is not None:
-        st.info("Choose a concept dataset and press **Compute gain curves**.")
+    fmt = result_or_hint(kept(RESULT_KEY, GainsResult), shape is not None, "gn_figure_format",
+                         lambda last, fmt: show_result(last, st.session_state.get(SETTINGS_KEY), fmt),
+                         "Choose a concept dataset and press **Compute gain curves**.")
     if shape is not None or any(isinstance(st.session_state.get(ABLATION_KEY.format(v)), Shown) for v in ABLATION_TABS):
         st.subheader("Ablations")
         # keyed and tracked, so the open tab survives the rerun its own button causes

@@ -35,10 +35,8 @@ from lldd_core.plots.spectra import (
 from lldd_core.ranges import TOP_K
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._build import ensure_model_ready
-from pages._forms import decode_input, model_shape, prompt_area, top_k_input
-from pages._sidebar import current_spec
-from pages._ui import Shown, chart, figure_format, format_sci, kept, plural, run_with_status
+from pages._forms import decode_input, prompt_area, top_k_input, view_start
+from pages._ui import Shown, chart, figure_format, format_sci, kept, not_converged, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -115,11 +113,7 @@ def show_metrics(shown: Shown) -> None:
     cols[3].metric("Compute time", f"{r.elapsed_s:.2f} s", help="Time of the original computation.")
     cols[4].metric("From cache", "yes" if shown.cache_hit else "no")
     if not r.converged:
-        st.warning(
-            f"The matrix-free SVD did not reach its tolerance in some view (max residual {format_sci(r.max_residual)}): "
-            "the last singular values may be inaccurate. Try a smaller top-k or the full method.",
-            icon="⚠️",
-        )
+        not_converged(r.max_residual, where=" in some view")
 
 
 def chip(word: str, color: str) -> str:
@@ -213,10 +207,10 @@ def show_result(shown: Shown) -> None:
 
 
 def main() -> None:
-    st.title("Layers")
-    st.caption("How the local linear map of one prompt builds up over depth, view by view.")
-    spec = current_spec()
-    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    spec, shape = view_start(
+        "Layers",
+        "How the local linear map of one prompt builds up over depth, view by view.",
+    )
     n_layers = shape[0] if shape is not None else None
     if shape is not None:
         st.caption(f"`{spec.model}` has {plural(n_layers, 'layer')}; every view is analysed at each of them.")

@@ -51,10 +51,8 @@ from lldd_core.steering.methods.registry import get as get_method
 from lldd_core.steering.methods.registry import names as method_names
 from lldd_core.steering.pieces import default_jacobian_layer, default_layer
 from lldd_core.store.export import csv_text
-from pages._build import ensure_model_ready
 from pages._datasets import dataset_picker
-from pages._forms import model_shape, order_input, prompt_area, seed_input
-from pages._sidebar import current_spec
+from pages._forms import order_input, prompt_area, seed_input, view_start
 from pages._ui import Shown, chart, figure_format, plural, run_with_status
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
@@ -355,11 +353,11 @@ def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, A
 
 
 def main() -> None:
-    st.title("Steering")
-    st.caption("Steer a model's continuation of a prompt along a concept (or a phrase) and compare it with the "
-               "unsteered text, token by token.")
-    spec = current_spec()
-    shape = model_shape(spec) if ensure_model_ready(spec) else None
+    spec, shape = view_start(
+        "Steering",
+        "Steer a model's continuation of a prompt along a concept (or a phrase) and compare it with the "
+        "unsteered text, token by token.",
+    )
     submitted, prompt, plan, common = False, "", {}, {}
     if shape is not None:
         n_layers, d = shape

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -133,12 +134,17 @@ def test_layer_and_final_norm_reach_the_service(app: AppTest) -> None:
     assert float(metrics(app)["Detached reconstruction error"]) < 1e-4  # float32 default
 
 
-def test_empty_prompt_is_an_error_not_a_crash(app: AppTest) -> None:
-    app.text_area(key="dj_prompt").set_value("   ")
-    compute(app)
+def assert_empty_prompt_refused(app: AppTest, key: str, run: Callable[[AppTest], object], label: str) -> None:
+    """A blank prompt: one error line and the status box saying so, no traceback."""
+    app.text_area(key=key).set_value("   ")
+    run(app)
     assert not app.exception
     assert [e.value for e in app.error] == ["The prompt is empty: type some text to analyse."]
-    assert app.status[0].label == "Could not compute the detached Jacobian"
+    assert app.status[0].label == label
+
+
+def test_empty_prompt_is_an_error_not_a_crash(app: AppTest) -> None:
+    assert_empty_prompt_refused(app, "dj_prompt", compute, "Could not compute the detached Jacobian")
     assert not app.metric
     app.text_area(key="dj_prompt").set_value("The cat says")  # the session keeps working
     compute(app)
@@ -447,11 +453,7 @@ def test_layers_page_emergence_table_and_highlights(app: AppTest) -> None:
 
 def test_layers_page_errors_keep_the_session(app: AppTest) -> None:
     open_layers(app)
-    app.text_area(key="ly_prompt").set_value("   ")
-    compute_layers(app)
-    assert not app.exception
-    assert [e.value for e in app.error] == ["The prompt is empty: type some text to analyse."]
-    assert app.status[0].label == "Could not compute the layer views"
+    assert_empty_prompt_refused(app, "ly_prompt", compute_layers, "Could not compute the layer views")
     assert not app.dataframe
     app.text_area(key="ly_prompt").set_value("The cat says")
     app.multiselect(key="ly_sites").set_value([])

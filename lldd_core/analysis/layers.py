@@ -163,24 +163,10 @@ def analyze_layers(
             u1 = top_u[(site, layer)][..., 0]  # [T, d]
             proj[si, layer - 1] = _np(torch.linalg.vector_norm(torch.einsum("tdk,td->tk", final, u1), dim=-1))
     result = LayersResult(
-        **handle.result_fields(input_ids),
-        n_layers=L,
-        sites=sites,
-        lens=bool(lens),
-        k=int(k),
-        n_decode=int(n_decode),
-        method=chosen,
-        converged=bool(converged),
-        max_residual=max_res,
-        n_products=n_products,
-        elapsed_s=time.perf_counter() - t0,
-        u_tokens=u_tok,
-        u_tokens_neg=u_neg,
-        v_tokens=v_tok,
-        singular_values=sv,
-        stable_rank=sr,
-        stable_rank_se=se,
-        projection=proj,
+        **handle.result_fields(input_ids), n_layers=L, sites=sites, lens=bool(lens), k=int(k), n_decode=int(n_decode),
+        method=chosen, converged=bool(converged), max_residual=max_res, n_products=n_products,
+        elapsed_s=time.perf_counter() - t0, u_tokens=u_tok, u_tokens_neg=u_neg, v_tokens=v_tok, singular_values=sv,
+        stable_rank=sr, stable_rank_se=se, projection=proj,
     )
     report(1.0, "Done")
     return result

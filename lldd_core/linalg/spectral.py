@@ -9,11 +9,14 @@ matrix-free from operator products (:func:`topk_svd`), :func:`top_singular` pick
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..forward.jacobian import JacobianOperator
+from .dense import DenseOperator
+
+if TYPE_CHECKING:
+    from ..forward.jacobian import JacobianOperator
 
 
 def singular_values(J: torch.Tensor, chunk: int = 8) -> torch.Tensor:
@@ -358,30 +361,6 @@ def _shared_phase(op: JacobianOperator | DenseOperator, F: torch.Tensor, l: int,
             F = torch.cat([F, _per_token_matvec(op, V[..., k:], products)], dim=-1)
             n += T * (V.shape[-1] - k)
     return _Shared(False, n, blocks, U, S, V, F, None, Q.expand(T, -1, -1), B.mT)
-
-
-class DenseOperator:
-    """The operator interface of :class:`~lldd_core.forward.jacobian.JacobianOperator` over formed ``J`` ``[T, d_out, d_in]``."""
-
-    def __init__(self, J: torch.Tensor) -> None:
-        self.J = J
-        self.y = torch.zeros(J.shape[1], dtype=J.dtype, device=J.device)  # dtype/device carrier only
-
-    n_tokens = property(lambda self: self.J.shape[0])
-    d_out = property(lambda self: self.J.shape[1])
-    d_in = property(lambda self: self.J.shape[2])
-
-    def rmatvec(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.einsum("tod,mo->mtd", self.J, u), torch.zeros(u.shape[0], dtype=self.J.dtype, device=self.J.device)
-
-    def matvec(self, v: torch.Tensor, mode: str = "reverse") -> torch.Tensor:
-        return torch.einsum("tod,mtd->mo", self.J, v)
-
-    def per_token_rmatvec(self, Q: torch.Tensor) -> torch.Tensor:
-        return self.J.mT @ Q
-
-    def per_token_matvec(self, P: torch.Tensor) -> torch.Tensor:
-        return self.J @ P
 
 
 #: Largest width whose top-k triplets :func:`svd_full` takes from LAPACK's full SVD (O(d^3) per

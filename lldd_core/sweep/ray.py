@@ -182,19 +182,11 @@ def _keys(service: Service, spec: ModelSpec, data: ConceptData, settings: GainsS
 
 
 def run_ray_sweep(
-    service: Service,
-    models: Sequence[str],
-    datasets: Sequence[str | ConceptData],
-    *,
-    like: ModelSpec | None = None,
-    settings: GainsSettings | None = None,
-    address: str | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-    gpus_per_task: float | None = None,
-    num_cpus: int | None = None,
-    progress: SweepProgress | None = None,
-    on_cell: Callable[[SweepCell], None] | None = None,
-    chunk_hook: ChunkHook | None = None,
+    service: Service, models: Sequence[str], datasets: Sequence[str | ConceptData], *,
+    like: ModelSpec | None = None, settings: GainsSettings | None = None,
+    address: str | None = None, chunk_size: int = DEFAULT_CHUNK, gpus_per_task: float | None = None,
+    num_cpus: int | None = None, progress: SweepProgress | None = None,
+    on_cell: Callable[[SweepCell], None] | None = None, chunk_hook: ChunkHook | None = None,
 ) -> SweepReport:
     """:func:`lldd_core.sweep.study.run_sweep` with the missing cells computed as Ray tasks (module doc).
 

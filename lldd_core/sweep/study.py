@@ -253,15 +253,9 @@ def _missing_note(service: Service, spec: ModelSpec) -> str:
     return ""
 
 
-def sweep_status(
-    service: Service,
-    models: Sequence[str],
-    datasets: Sequence[str | ConceptData],
-    *,
-    like: ModelSpec | None = None,
-    settings: GainsSettings | None = None,
-    download: bool = False,
-) -> list[SweepCell]:
+def sweep_status(service: Service, models: Sequence[str], datasets: Sequence[str | ConceptData], *,
+                 like: ModelSpec | None = None, settings: GainsSettings | None = None,
+                 download: bool = False) -> list[SweepCell]:
     """Every cell's status from the result cache, model-major; cheap: never loads weights or builds.
 
     ``like`` supplies dtype, device and the safety switches of every model's spec (:func:`spec_for`);
@@ -275,17 +269,10 @@ def sweep_status(
     return [cell for cell, _, _ in status_rows(service, models, datasets, like, settings, download)]
 
 
-def run_sweep(
-    service: Service,
-    models: Sequence[str],
-    datasets: Sequence[str | ConceptData],
-    *,
-    like: ModelSpec | None = None,
-    settings: GainsSettings | None = None,
-    progress: SweepProgress | None = None,
-    cell_progress: ProgressFn | None = None,
-    on_cell: Callable[[SweepCell], None] | None = None,
-) -> SweepReport:
+def run_sweep(service: Service, models: Sequence[str], datasets: Sequence[str | ConceptData], *,
+              like: ModelSpec | None = None, settings: GainsSettings | None = None,
+              progress: SweepProgress | None = None, cell_progress: ProgressFn | None = None,
+              on_cell: Callable[[SweepCell], None] | None = None) -> SweepReport:
     """Compute every missing cell with :meth:`~lldd_core.service.Service.gains`, in order, and report all.
 
     Cells are walked model-major (all datasets of one model, then the next model), so each model is
