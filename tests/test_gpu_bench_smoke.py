@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu.sh"
-BENCHES = ("jacobian", "spectral", "gains", "steering")
+BENCHES = ("jacobian", "spectral", "gains", "steering", "graph")
 COLUMNS = ["bench", "what", "model", "device", "ours", "baseline", "ratio", "same numbers"]
 
 
@@ -64,6 +64,7 @@ def test_cpu_smoke_prints_a_row_with_a_ratio_for_every_bench(tmp_path):
     assert all(part in logs["spectral"] for part in ("[1] top-4 spectra", "[2] all-layer", "[3] peak memory"))
     assert "largest difference fast - naive" in logs["gains"]
     assert "LQR overhead per token" in logs["steering"]
+    assert "speed ratio (baseline / ours)" in logs["graph"] and "\nOK\n" in logs["graph"]
     assert (tmp_path / "summary.md").read_text().strip() in done.stdout
 
 

@@ -18,7 +18,7 @@ NOTEBOOK = ROOT / "examples" / "quickstart.ipynb"
 PLOTLY = "application/vnd.plotly.v1+json"
 #: The figure builders the notebook shows, each from lldd's plotting modules.
 FIGURES = ("reconstruction_scatter", "token_contribution_figure", "spectrum_figure", "mean_curves_figure",
-           "prompt_curves_figure", "readout_figure", "steering_schedule_figure")
+           "prompt_curves_figure", "readout_figure", "steering_schedule_figure", "graph_figure")
 
 
 def _code(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
@@ -64,5 +64,8 @@ def test_notebook_executes_on_the_demo_model(demo_default, tmp_path, monkeypatch
     unsteered = re.search(r"^unsteered: (.*)$", stdout, re.MULTILINE).group(1)
     steered = re.search(r"^steered: +(.*)$", stdout, re.MULTILINE).group(1)
     assert unsteered.strip() and steered != unsteered
+    score = float(re.search(r"replacement score (\S+);?", stdout).group(1).rstrip(";"))
+    assert 0 < score <= 1 + 1e-9  # the pruned graph keeps a share of the target logits
+    assert re.search(r"^strongest path: [EB]_\d+( -> \S+)* -> L_\d+ \(share ", stdout, re.MULTILINE)
     assert (tmp_path / "cache" / "cache.db").exists()  # the fresh cache was the one used
     assert sorted(p.name for p in demo_default.parent.iterdir()) == built  # the fixture's model, nothing built

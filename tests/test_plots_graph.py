@@ -1,0 +1,87 @@
+"""Attribution-graph figures and tables (lldd_core.plots.graph) on a tiny model's pruned graph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lldd_core.analysis.graph import build_graph
+from lldd_core.analysis.graph_prune import prune
+from lldd_core.analysis.graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
+from lldd_core.models.arch import adapter_for
+from lldd_core.plots import graph as pg
+from tests.tiny import PROMPT
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_dirs) -> GraphResult:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"], dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["gpt2"])
+    ids = torch.tensor(tok(PROMPT)["input_ids"][:6])
+    g = prune(build_graph(model, adapter_for(model.config.model_type), ids, max_nodes=64, batch_size=64))
+    g.tokens = tok.convert_ids_to_tokens(ids.tolist())
+    return g
+
+
+def test_layout_puts_nodes_at_their_position_and_layer(graph: GraphResult) -> None:
+    x, y = pg.node_xy(graph)
+    kind = graph.node_kind
+    T, L = len(graph.token_ids), graph.n_layers
+    assert np.all(y[kind == KIND_EMBEDDING] == -1) and np.all(x[kind == KIND_EMBEDDING] == graph.node_position[kind == 0])
+    assert np.all(x[kind == KIND_BIAS] == -1)
+    assert np.all(y[kind == KIND_LOGIT] == L) and np.all(np.abs(x[kind == KIND_LOGIT] - (T - 1)) <= 0.4 + 1e-9)
+    neurons = kind == KIND_NEURON
+    assert np.all(y[neurons] == graph.node_layer[neurons])
+    assert np.all(np.abs(x[neurons] - graph.node_position[neurons]) <= 0.4 + 1e-12)
+    # no two neurons drawn on one point (each can be hovered)
+    assert len({(a, b) for a, b in zip(x[neurons], y[neurons], strict=True)}) == int(neurons.sum())
+
+
+def test_figure_draws_the_strongest_edges_by_sign_and_every_node(graph: GraphResult) -> None:
+    fig = pg.graph_figure(graph, max_edges=25, decodings={0: "decoded: 'the'"}, pinned=[0])
+    json.loads(fig.to_json())
+    lines = [t for t in fig.data if t.mode == "lines"]
+    markers = [t for t in fig.data if t.mode == "markers"]
+    drawn = sum(int(np.isnan(np.asarray(t.x, dtype=float)).sum()) for t in lines)  # one NaN ends each segment
+    assert drawn == min(25, graph.edge_weight.size)
+    top = pg.strongest_edges(graph, 25)
+    assert np.all(np.abs(graph.edge_weight[top]).min() >= np.sort(np.abs(graph.edge_weight))[::-1][24] - 1e-15)
+    n_pos = int((graph.edge_weight[top] > 0).sum())
+    pos_drawn = sum(int(np.isnan(np.asarray(t.x, dtype=float)).sum()) for t in lines if t.name == "positive edge")
+    assert pos_drawn == n_pos
+    assert sum(len(t.x) for t in markers) == len(graph.node_kind)
+    numbers = np.concatenate([np.asarray(t.customdata) for t in markers])
+    assert sorted(numbers.tolist()) == list(range(len(graph.node_kind)))
+    first = next(t for t in markers if 0 in list(t.customdata))
+    k = list(first.customdata).index(0)
+    assert "decoded: 'the'" in first.text[k] and first.marker.line.width[k] == 3  # hover line and pin ring
+    assert fig.layout.yaxis.ticktext[0] == "x_0 (embeddings)" and fig.layout.yaxis.ticktext[-1] == "logits"
+
+
+def test_subgraph_figure_keeps_only_the_chosen_nodes(graph: GraphResult) -> None:
+    logit = int(np.nonzero(graph.node_kind == KIND_LOGIT)[0][0])
+    path, _ = graph.top_path(logit)
+    fig = pg.graph_figure(graph, nodes=path)
+    markers = [t for t in fig.data if t.mode == "markers"]
+    assert sorted(int(i) for t in markers for i in t.customdata) == sorted(path)
+    segments = sum(int(np.isnan(np.asarray(t.x, dtype=float)).sum()) for t in fig.data if t.mode == "lines")
+    inside = np.isin(graph.edge_source, path) & np.isin(graph.edge_target, path)
+    assert segments == int(inside.sum()) >= len(path) - 1  # the path's own edges at least
+
+
+def test_edge_tables_are_each_nodes_strongest_inputs_and_outputs(graph: GraphResult) -> None:
+    logit = int(np.nonzero(graph.node_kind == KIND_LOGIT)[0][0])
+    inputs = pg.node_edges_table(graph, logit, "in", limit=5)
+    incoming = graph.edge_weight[graph.edge_target == logit]
+    assert len(inputs) == min(5, incoming.size)
+    assert np.allclose(np.abs(inputs["weight"]), np.sort(np.abs(incoming))[::-1][:5])
+    assert inputs["share"].iloc[0] == pytest.approx(np.abs(incoming).max() / np.abs(incoming).sum())
+    source = int(inputs["number"].iloc[0])
+    outputs = pg.node_edges_table(graph, source, "out", limit=50)
+    assert logit in outputs["number"].tolist()
+    with pytest.raises(ValueError):
+        pg.node_edges_table(graph, logit, "sideways")
