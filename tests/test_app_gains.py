@@ -146,3 +146,27 @@ def test_an_unavailable_hub_dataset_is_an_error_not_a_crash(app: AppTest) -> Non
     compute(app)  # the session keeps working
     assert_clean(app)
     assert np.isfinite(float(metrics(app)["Compute time"].split()[0]))
+
+
+def test_status_reports_the_whole_requests_wall_time(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status label counts everything the user waited for (here a slow model resolution), not only the
+    analysis's own compute time."""
+    import re
+    import time
+
+    service = service_module.get_service()
+    info = service.info
+
+    def slow_info(*args, **kwargs):
+        time.sleep(0.6)
+        return info(*args, **kwargs)
+
+    monkeypatch.setattr(service, "info", slow_info)
+    compute(app)
+    assert_clean(app)
+    label = app.status[0].label
+    wall = float(re.search(r"Computed in ([0-9.]+) s", label).group(1))
+    result = app.session_state["gains.last"].result
+    assert wall >= 0.6 and wall > result.elapsed_s  # the 0.6 s before the analysis started are counted
+    compute(app)  # a cache hit says so, with its own (short) time
+    assert re.fullmatch(r"Gain curves ready — Loaded from cache in [0-9.]+ s", app.status[0].label)
