@@ -108,9 +108,10 @@ def test_ablations_equal_the_single_analyses(tiny_dirs):
 
 
 def test_ablation_values_are_checked(tiny_dirs):
-    from lldd_core.analysis.ablation import ORDER_VALUES, ablate_gains, ablation_values
+    from lldd_core.analysis.ablation import ablate_gains, ablation_values
 
-    assert ablation_values("order", 16) == [v for v in ORDER_VALUES if v <= 16]
+    assert ablation_values("order", 16) == [1, 2, 4, 8, 16]
+    assert ablation_values("order", 768) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768]  # up to the hidden size
     assert ablation_values("eps", 16, [0.5, 0.1, 0.1]) == [0.1, 0.5]
     handle = load_model(tiny_dirs["gpt2"])
     data = load("sentiment")

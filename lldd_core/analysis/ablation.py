@@ -26,7 +26,6 @@ from .settings import COMPLEMENTS, GainsSettings
 ABLATION = "gains-ablation"
 #: What an ablation can sweep, and the values it sweeps by default.
 ABLATIONS = ("order", "eps", "complement")
-ORDER_VALUES = (1, 2, 4, 8, 16, 32, 64)
 EPS_VALUES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -68,12 +67,18 @@ class GainsAblation(DirectionStamp):
         return {"values": rows}
 
 
+def default_orders(d: int) -> list[int]:
+    """``1, 2, 4, …`` below ``d``, then ``d``: the order sweep ends at the full order."""
+    return [2**i for i in range(max(d, 1).bit_length()) if 2**i < d] + [d]
+
+
 def ablation_values(vary: str, d: int, values: Sequence | None = None) -> list:
-    """The values an ablation of ``vary`` sweeps: ``values`` checked, or the defaults (orders up to ``d``)."""
+    """The values an ablation of ``vary`` sweeps: ``values`` checked, or the defaults (orders: the powers of two
+    below the hidden size ``d`` and ``d`` itself, where the prediction is exact)."""
     if vary not in ABLATIONS:
         raise InputError(f"Unknown ablation {vary!r}: choose one of {', '.join(ABLATIONS)}.")
     if vary == "order":
-        chosen = sorted({int(v) for v in values}) if values is not None else [v for v in ORDER_VALUES if v <= d]
+        chosen = sorted({int(v) for v in values}) if values is not None else default_orders(d)
         bad = [v for v in chosen if not 1 <= v <= d]
         if bad:
             raise InputError(f"Orders must lie between 1 and the hidden size {d}; got {bad}.")
