@@ -21,6 +21,7 @@ st.set_page_config(page_title="lldd", page_icon="📐", layout="wide")
 PAGES = [
     st.Page("pages/detached_jacobian.py", title="Detached Jacobian", icon="🧮", url_path="jacobian", default=True),
     st.Page("pages/layers.py", title="Layers", icon=":material/layers:", url_path="depth"),
+    st.Page("pages/graph.py", title="Attribution graph", icon=":material/account_tree:", url_path="circuit"),
     st.Page("pages/gains.py", title="Gain curves", icon=":material/show_chart:", url_path="gain-curves"),
     st.Page("pages/scaling.py", title="Scaling", icon=":material/stacked_line_chart:", url_path="model-scaling"),
     st.Page("pages/control.py", title="Control", icon=":material/tune:", url_path="control-schedules"),

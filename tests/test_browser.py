@@ -213,3 +213,22 @@ def test_gain_curves_page_in_a_real_browser(server: str) -> None:
         expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
         full_screenshot(page, shot, 8000)
         assert_no_errors(page)
+
+
+def test_attribution_graph_page_in_a_real_browser(server: str) -> None:
+    """The Attribution graph page by its URL: compute, the layered figure, metrics, no error; a screenshot."""
+    from playwright.sync_api import expect
+
+    shot = ROOT / "test-output" / "browser_attribution_graph.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    with opened(server, "/circuit", "Attribution graph") as page:
+        field = page.get_by_label("Neurons visited (most influential first)", exact=True)
+        field.fill("128")
+        field.press("Tab")
+        page.get_by_role("button", name="Compute graph").click()
+        expect(page.locator('[data-testid="stMetric"]', has_text="Replacement score")).to_be_visible()
+        expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
+        expect(page.get_by_text("Targets: ")).to_be_visible()
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        full_screenshot(page, shot, 6000)
+        assert_no_errors(page)

@@ -80,6 +80,27 @@ def test_layers_page_refuses_and_recovers(page, prompt, sites, message):
     assert_clean(at)
 
 
+# --- Attribution graph: prompt and target token -----------------------------------------------------------
+
+
+def graph(at: AppTest, prompt: str, target: str = "") -> AppTest:
+    at.text_area(key="gr_prompt").set_value(prompt)
+    at.text_input(key="gr_target").set_value(target)
+    at.number_input(key="gr_max_nodes").set_value(32)
+    return at.button(key="gr_compute").click().run()
+
+
+@pytest.mark.parametrize("prompt, target, message", [("   ", "", "The prompt is empty"),
+                                                     (LONG, "", "handles at most 64"),
+                                                     ("The cat says", " two words", "one token")])
+def test_graph_page_refuses_and_recovers(page, prompt, target, message):
+    at = graph(page("graph"), prompt, target)
+    assert message in assert_one_line_error(at)
+    graph(at, "The cat says")
+    assert_clean(at)
+    assert "Replacement score" in metrics(at)
+
+
 # --- Control: the targets are free text ------------------------------------------------------------------
 
 

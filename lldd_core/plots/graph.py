@@ -115,7 +115,7 @@ def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping
         if not sel.size:
             continue
         fig.add_trace(go.Scatter(
-            x=x[sel], y=y[sel], mode="markers", name=label, customdata=sel, text=[labels[i] for i in sel],
+            x=x[sel], y=y[sel], mode="markers", name=label, customdata=sel.tolist(), text=[labels[i] for i in sel],
             hovertemplate="%{text}<extra></extra>",
             marker={"size": size[sel], "color": color, "opacity": 0.9,
                     "line": {"color": ["black" if int(i) in ring else "white" for i in sel],

@@ -1,0 +1,175 @@
+"""Graph view: the exact attribution graph of the next-token logits.
+
+UI only: a prompt and the graph settings -> ``get_service().graph(...)`` -> the layered figure of
+:mod:`lldd_core.plots.graph` (click nodes to pin them), the pinned nodes' strongest inputs and
+outputs, the pinned subgraph, and the graph's linear prediction of what scaling or zeroing the
+pinned neurons does to the target logits. Every node's value is the sum of its incoming edges:
+no transcoder and no error nodes (the detached model makes every MLP neuron a linear node).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
+from lldd_core.analysis.settings import GraphSettings
+from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.graph import graph_figure, node_edges_table
+from lldd_core.plots.spectra import download_config, file_slug
+from lldd_core.ranges import EDGE_THRESHOLD, MAX_NODES, NODE_THRESHOLD
+from lldd_core.service import get_service
+from lldd_core.store.export import csv_text
+from pages._forms import prompt_area, view_start
+from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+
+DEFAULT_PROMPT = "The Golden Gate Bridge is in"
+#: Session-state keys: the last graph (a :class:`Shown`) and the pinned node numbers.
+RESULT_KEY = "graph.last"
+PINNED_KEY = "gr_pinned"
+
+EXPLANATION = """
+**Nodes**: the input embeddings (one per position), every MLP neuron (layer, position, neuron: the value
+entering the MLP's output projection), the bias constants, and the target logits (the raw logit of each
+target token at the last position). **Edges** `s → t`: the direct effect of `s` on `t` through the frozen
+residual stream and attention (OV) paths, `value(s) × ∂t/∂s` — never through another neuron. With norms,
+activations and attention detached the map is linear, so **every node's value is exactly the sum of its
+incoming edges** (no error nodes). **Pruning** keeps the nodes and edges that carry the stated shares of the
+influence on the targets; the *replacement score* is the share of the target logits the pruned graph keeps.
+"""
+
+
+def request_form() -> tuple[bool, str, GraphSettings]:
+    """The prompt and the graph settings (defaults: :class:`~lldd_core.analysis.settings.GraphSettings`)."""
+    G = GraphSettings
+    with st.form("graph_form", border=True):
+        prompt = prompt_area("gr_prompt", DEFAULT_PROMPT)
+        c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+        target = c1.text_input("Target token (empty: the top next tokens)", value="", key="gr_target",
+                               help="One token, e.g. ' San' (with its leading space); empty: the model's top 3.")
+        prune = c2.toggle("Prune", value=True, key="gr_prune", help="Keep only what carries the influence.")
+        node = c3.slider("Node threshold", **NODE_THRESHOLD.widget(), value=G.default("node_threshold"), step=0.01,
+                         key="gr_node_threshold", help=f"{NODE_THRESHOLD.sentence()}")
+        edge = c4.slider("Edge threshold", **EDGE_THRESHOLD.widget(), value=G.default("edge_threshold"), step=0.01,
+                         key="gr_edge_threshold", help=f"{EDGE_THRESHOLD.sentence()}")
+        max_nodes = st.number_input("Neurons visited (most influential first)", **MAX_NODES.widget(),
+                                    value=G.default("max_nodes"), step=64, key="gr_max_nodes")
+        submitted = st.form_submit_button("Compute graph", type="primary", key="gr_compute")
+    settings = GraphSettings(target=target or None, node_threshold=float(node) if prune else None,
+                             edge_threshold=float(edge), max_nodes=int(max_nodes))
+    return submitted, prompt, settings
+
+
+def compute(spec: ModelSpec, prompt: str, settings: GraphSettings) -> Shown | None:
+    computed = run_with_status("attribution graph",
+                               lambda progress: get_service().graph(spec, prompt, settings, progress=progress))
+    if computed is None:
+        return None
+    return Shown(computed.result, computed.cache_hit, spec, prompt)
+
+
+def show_metrics(shown: Shown) -> None:
+    g: GraphResult = shown.result
+    s = g.summary()
+    cols = st.columns(5)
+    cols[0].metric("Neurons", f"{s['nodes']['neuron']:,}", help="MLP neurons kept (visited ones have their inputs).")
+    cols[1].metric("Edges", f"{s['edges']:,}")
+    cols[2].metric("Replacement score", f"{g.replacement_score:.3f}",
+                   help="Share of the target logits the pruned graph keeps (1: unpruned, exact).")
+    cols[3].metric("Visited", f"{s['visited']:,}", help="Nodes whose incoming edges were computed.")
+    cols[4].metric("From cache", "yes" if shown.cache_hit else "no")
+    st.caption("Targets: " + ", ".join(f"{t!r} (p = {p:.3f})" for t, p in zip(g.target_tokens, g.target_probs,
+                                                                               strict=True)))
+
+
+def pin_choices(g: GraphResult) -> list[int]:
+    """The nodes one can pin: neurons and logits, strongest influence first."""
+    sel = np.nonzero((g.node_kind == KIND_NEURON) | (g.node_kind == KIND_LOGIT))[0]
+    score = np.abs(g.node_influence[sel]) if np.any(g.node_influence) else np.abs(g.node_activation[sel])
+    return [int(i) for i in sel[np.argsort(-score, kind="stable")]]
+
+
+def pinned_nodes(g: GraphResult, clicked: list[int]) -> list[int]:
+    """The pinned node numbers (multiselect), with nodes clicked in the figure added."""
+    choices = pin_choices(g)
+    current = [i for i in st.session_state.get(PINNED_KEY, []) if i in set(choices)]
+    for i in clicked:
+        if i in set(choices) and i not in current:
+            current.append(i)
+    st.session_state[PINNED_KEY] = current
+    return st.multiselect("Pinned nodes (click a node in the figure, or choose here)", choices, key=PINNED_KEY,
+                          format_func=g.node_id)
+
+
+def show_pinned(g: GraphResult, pinned: list[int], fmt: str, slug: str) -> None:
+    """Each pinned node's strongest inputs and outputs, the pinned subgraph and the scaled-neuron prediction."""
+    for i in pinned:
+        with st.expander(f"{g.node_id(i)} — activation {g.node_activation[i]:.4g}", expanded=len(pinned) == 1):
+            left, right = st.columns(2)
+            left.markdown("**Strongest inputs**")
+            left.dataframe(node_edges_table(g, i, "in"), hide_index=True, width="stretch")
+            right.markdown("**Strongest outputs**")
+            right.dataframe(node_edges_table(g, i, "out"), hide_index=True, width="stretch")
+    if len(pinned) > 1:
+        st.subheader("Pinned subgraph")
+        chart(graph_figure(g, nodes=pinned, pinned=pinned), "gr_subgraph", fmt, f"graph_{slug}_pinned")
+    neurons = [i for i in pinned if g.node_kind[i] == KIND_NEURON]
+    if neurons:
+        st.subheader("Intervene on the pinned neurons")
+        factor = st.slider("Scale the pinned neurons by", -2.0, 3.0, 0.0, 0.1, key="gr_factor",
+                           help="0 zeroes them (ablation), 1 leaves them as they are.")
+        delta = g.predict_intervention({i: factor for i in neurons})
+        logits = np.nonzero(g.node_kind == KIND_LOGIT)[0]
+        st.dataframe(pd.DataFrame({"target": [repr(t) for t in g.target_tokens],
+                                   "logit": g.node_activation[logits],
+                                   "predicted change": delta,
+                                   "predicted logit": g.node_activation[logits] + delta}),
+                     hide_index=True, width="stretch")
+        st.caption("The graph's linear prediction (exact for the detached map along the visited, kept neurons).")
+
+
+def show_result(shown: Shown, fmt: str) -> None:
+    g: GraphResult = shown.result
+    slug = file_slug(f"{g.model}_graph")
+    st.subheader("Result")
+    st.caption(f"`{g.model}` · {plural(len(g.token_ids), 'token')} · "
+               f"{'pruned' if g.pruned else 'unpruned'} (node {g.node_threshold}, edge {g.edge_threshold}) · "
+               f"prompt: {shown.prompt!r}")
+    show_metrics(shown)
+    with st.expander("What am I looking at?"):
+        st.markdown(EXPLANATION)
+    max_edges = st.slider("Edges drawn (strongest first)", 10, 2000, 400, 10, key="gr_max_edges")
+    pinned_before = st.session_state.get(PINNED_KEY, [])
+    fig = graph_figure(g, max_edges=max_edges, pinned=pinned_before)
+    event = st.plotly_chart(fig, width="stretch", key="gr_figure", on_select="rerun", selection_mode=("points",),
+                            config=download_config(fmt, f"graph_{slug}"))
+    clicked = [int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p]
+    pinned = pinned_nodes(g, clicked)
+    show_pinned(g, pinned, fmt, slug)
+    st.download_button("Download the graph (lldd JSON)", json.dumps(g.to_json()), f"graph_{slug}.json",
+                       mime="application/json", on_click="ignore", key="gr_json")
+    edges = pd.DataFrame(g.edges())
+    st.download_button("Download the edges (CSV)", csv_text(edges), f"graph_{slug}_edges.csv", mime="text/csv",
+                       on_click="ignore", key="gr_edges_csv")
+
+
+def main() -> None:
+    spec, shape = view_start(
+        "Attribution graph",
+        "Where the next-token prediction comes from: every MLP neuron a linear node, every value the exact sum "
+        "of its inputs.",
+    )
+    if shape is not None:
+        submitted, prompt, settings = request_form()
+        if submitted:
+            shown = compute(spec, prompt, settings)
+            if shown is not None:
+                st.session_state[RESULT_KEY] = shown
+    result_or_hint(kept(RESULT_KEY, GraphResult), shape is not None, "gr_figure_format",
+                   lambda last, fmt: show_result(last, fmt), "Enter a prompt and press **Compute graph**.")
+
+
+main()
