@@ -149,10 +149,11 @@ def show_result(shown: Shown, fmt: str) -> None:
     clicked = [int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p]
     pinned = pinned_nodes(g, clicked)
     show_pinned(g, pinned, fmt, slug)
-    st.download_button("Download the graph (lldd JSON)", json.dumps(g.to_json()), f"graph_{slug}.json",
+    st.download_button("Download the graph (lldd JSON)", data=json.dumps(g.to_json()), file_name=f"graph_{slug}.json",
                        mime="application/json", on_click="ignore", key="gr_json")
     edges = pd.DataFrame(g.edges())
-    st.download_button("Download the edges (CSV)", csv_text(edges), f"graph_{slug}_edges.csv", mime="text/csv",
+    st.download_button("Download the edges (CSV)", data=csv_text(edges), file_name=f"graph_{slug}_edges.csv",
+                       mime="text/csv",
                        on_click="ignore", key="gr_edges_csv")
 
 
