@@ -52,9 +52,9 @@ def request_form() -> tuple[bool, str, GraphSettings]:
                                help="One token, e.g. ' San' (with its leading space); empty: the model's top 3.")
         prune = c2.toggle("Prune", value=True, key="gr_prune", help="Keep only what carries the influence.")
         node = c3.slider("Node threshold", **NODE_THRESHOLD.widget(), value=G.default("node_threshold"), step=0.01,
-                         key="gr_node_threshold", help=f"{NODE_THRESHOLD.sentence()}")
+                         key="gr_node_threshold", help=NODE_THRESHOLD.sentence())
         edge = c4.slider("Edge threshold", **EDGE_THRESHOLD.widget(), value=G.default("edge_threshold"), step=0.01,
-                         key="gr_edge_threshold", help=f"{EDGE_THRESHOLD.sentence()}")
+                         key="gr_edge_threshold", help=EDGE_THRESHOLD.sentence())
         max_nodes = st.number_input("Neurons visited (most influential first)", **MAX_NODES.widget(),
                                     value=G.default("max_nodes"), step=64, key="gr_max_nodes")
         submitted = st.form_submit_button("Compute graph", type="primary", key="gr_compute")

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..analysis.graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON
 from .common import plotly_text, token_labels
 
-if TYPE_CHECKING:  # the type only; importing it at run time would pull in torch
+if TYPE_CHECKING:
     from ..analysis.graph_result import GraphResult
 
-#: Node kinds as in :mod:`lldd_core.analysis.graph_result` (KIND_EMBEDDING .. KIND_LOGIT).
+#: Labels and colours by node kind (indexed by KIND_EMBEDDING .. KIND_LOGIT).
 KIND_LABELS = ("embedding", "bias", "MLP neuron", "target logit")
 KIND_COLORS = ("#7f7f7f", "#bcbd22", "#1f77b4", "#9467bd")
 POSITIVE_COLOR = "rgba(31, 119, 180, {a})"
@@ -37,9 +38,9 @@ def node_xy(graph: GraphResult) -> tuple[np.ndarray, np.ndarray]:
     x = pos.astype(float)
     y = layer.astype(float)
     T = len(graph.token_ids)
-    x[kind == 1] = -1.0
-    x[kind == 3] = T - 1
-    for group in (2, 3):  # several neurons or logits in one cell: spread them so each can be hovered
+    x[kind == KIND_BIAS] = -1.0
+    x[kind == KIND_LOGIT] = T - 1
+    for group in (KIND_NEURON, KIND_LOGIT):  # several neurons or logits in one cell: spread them so each can be hovered
         sel = np.nonzero(kind == group)[0]
         cells: dict[tuple[int, int], list[int]] = {}
         for i in sel:
@@ -57,9 +58,9 @@ def node_labels(graph: GraphResult, decodings: Mapping[int, str] | None = None) 
     for i in range(len(graph.node_kind)):
         kind, pos = int(graph.node_kind[i]), int(graph.node_position[i])
         head = f"<b>{plotly_text(graph.node_id(i))}</b> · {KIND_LABELS[kind]}"
-        if kind in (0, 2) and 0 <= pos < len(tokens):
+        if kind in (KIND_EMBEDDING, KIND_NEURON) and 0 <= pos < len(tokens):
             head += f" at {plotly_text(repr(tokens[pos]))}"
-        if kind == 3:
+        if kind == KIND_LOGIT:
             j = graph.target_ids.index(int(graph.node_index[i]))
             name = graph.target_tokens[j] if graph.target_tokens else str(graph.node_index[i])
             head += f" {plotly_text(repr(name))} (p = {graph.target_probs[j]:.3f})"
