@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,24 +21,45 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny(family, root / family) for family in FAMILIES}
 
 
+def _demo(tmp_path_factory, name: str) -> Path:
+    """Demo model ``name`` built once per session at its full training budget (~1.5 min on 2 cores).
+
+    ``LLDD_TEST_DEMO_DIR`` (a local development aid; CI never sets it) keeps the builds between
+    sessions: a build found there with the current build version is copied instead of rebuilt. Builds
+    are deterministic (seeded, thread-count independent), so the copy is the model a build would give.
+    """
+    import shutil
+
+    from lldd_core.demo.build import BUILD_VERSION, META_FILE, build_demo
+
+    target = tmp_path_factory.mktemp("demo") / name
+    keep = os.environ.get("LLDD_TEST_DEMO_DIR")
+    if not keep:
+        build_demo(name, target=target)
+        return target
+    kept = Path(keep) / name
+    try:
+        built = json.loads((kept / META_FILE).read_text()).get("version") == BUILD_VERSION
+    except (OSError, ValueError):
+        built = False
+    if not built:
+        build_demo(name, target=kept)
+    shutil.copytree(kept, target)
+    return target
+
+
 @pytest.fixture(scope="session")
 def demo_default(tmp_path_factory) -> Path:
-    """The default demo model, built once per session at its full training budget (~1.5 min)."""
-    from lldd_core.demo import DEFAULT_DEMO, build_demo
+    """The default demo model (see :func:`_demo`)."""
+    from lldd_core.demo import DEFAULT_DEMO
 
-    target = tmp_path_factory.mktemp("demo") / DEFAULT_DEMO
-    build_demo(DEFAULT_DEMO, target=target)
-    return target
+    return _demo(tmp_path_factory, DEFAULT_DEMO)
 
 
 @pytest.fixture(scope="session")
 def demo_llama(tmp_path_factory) -> Path:
-    """The Llama demo model (the family of the paper's examples), built once per session (~1.5 min)."""
-    from lldd_core.demo import build_demo
-
-    target = tmp_path_factory.mktemp("demo") / "llama-small"
-    build_demo("llama-small", target=target)
-    return target
+    """The Llama demo model (the family of the paper's examples; see :func:`_demo`)."""
+    return _demo(tmp_path_factory, "llama-small")
 
 
 @pytest.fixture()
