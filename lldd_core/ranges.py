@@ -261,8 +261,8 @@ SIZES = (
     Range("evaluation", "the evaluation split size per class", int, 1, MAX_EXAMPLES, flag="--sizes"),
 )
 
-#: Output layer of the Jacobian and spectrum views: ``x_K`` after ``K`` blocks.
-LAYER = Range("layer", "the output layer K", int, 1, hi_name="the number of layers")
+#: Output layer of the Jacobian and spectrum views: ``x_l``, the stream after ``l`` blocks (:mod:`lldd_core.layering`).
+LAYER = Range("layer", "the output layer l (x_l)", int, 1, hi_name="the number of layers")
 TOP_K = Range("k", "the number of singular triplets k", int, 1, hi_name="the hidden size", flag="--top-k")
 DECODE = Range("n_decode", "the number of decoded tokens per vector", int, 1, 50, flag="--decode")
 TOKENS = Range("tokens", "the prompt length in tokens", int, 1, hi_name="the model's context")
@@ -272,11 +272,11 @@ TOL = Range("tol", "the relative tolerance on Δy", float, 0, 1, lo_open=True, h
             widget_hi=0.5)
 MAX_TARGETS = 16  # as many as the Control page takes (lldd_core.plots.control.MAX_TARGETS)
 
-#: Additive steering: block inputs ``x_l``, ``l = 0..L-1``.
+#: Additive steering: ``x_l`` (block ``l``'s input), ``l = 0..L-1``.
 STEER_LAYER = Range("layer", "the additive steering layer", int, 0, hi_name="the number of layers", hi_open=True)
 #: What ``steer --layer`` parses before it knows the method (additive ``0..L-1``, jacobian ``1..L``).
 STEER_LAYERS = Range("layer", "a steering layer", int, 0, hi_name="the number of layers")
-#: Jacobian steering: ``x_layer``, the output of ``layer`` blocks.
+#: Jacobian steering: ``x_l``, the output of block ``l - 1``, ``l = 1..L``.
 JACOBIAN_LAYER = Range("layer", "the Jacobian steering layer", int, 1, hi_name="the number of layers")
 STRENGTH = Range("strength", "the additive strength α", float, -1e4, 1e4)
 DY = Range("dy", "the LLV target shift Δy", float, -1e4, 1e4)  # 0: the unsteered text (a check)

@@ -15,6 +15,7 @@ from lldd_core.analysis.control import MAX_SCALE, ControlResult
 from lldd_core.analysis.settings import COMPLEMENTS, ControlSettings, SplitSizes
 from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import LLDDError
+from lldd_core.layering import depth
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (
     SCHEDULE_LINES,
@@ -178,7 +179,7 @@ def main() -> None:
     )
     if shape is not None:
         n_layers, d = shape
-        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
+        st.caption(f"`{spec.model}`: {depth(n_layers)}, hidden size {d}.")
         explain()
         dataset = dataset_picker("ct_ds")
         submitted, targets_text, settings = settings_form(d, dataset is not None)

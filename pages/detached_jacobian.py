@@ -74,12 +74,13 @@ def request_form(n_layers: int) -> tuple[bool, str, int, bool]:
         prompt = prompt_area("dj_prompt", DEFAULT_PROMPT)
         c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
         layer = c1.number_input(
-            f"Layer (1–{n_layers})",
+            f"Layer l: output x_l (1–{n_layers})",
             **LAYER.widget(hi=n_layers),
             value=n_layers,
             step=1,
             key=f"dj_layer_of_{n_layers}",  # a model with another depth gets a fresh widget, never an out-of-range value
-            help="Take the output after this many transformer blocks (the last one by default).",
+            help=f"The Jacobian of x_0 → x_l: x_l is the residual stream after l blocks, the input of block l "
+            f"(x_{n_layers}, the default, leaves the last block; x_0 → x_0 would be the identity).",
         )
         final_norm = c2.checkbox(
             "Apply final norm",
@@ -160,7 +161,7 @@ def show_result(shown: Shown) -> str:
     r = shown.result
     st.subheader("Result")
     st.caption(
-        f"`{r.model}` ({r.family}, {r.dtype}) · layer {r.layer}/{r.n_layers} · "
+        f"`{r.model}` ({r.family}, {r.dtype}) · output x_{r.layer} (layer {r.layer} of 0..{r.n_layers}) · "
         f"final norm {'on' if r.final_norm else 'off'} · {len(r.tokens)} tokens · prompt: {shown.prompt!r}"
     )
     show_metrics(shown)
@@ -244,7 +245,7 @@ def show_spectrum(spectrum: Shown, fmt: str) -> None:
     s = spectrum.result
     slug = f"{file_slug(s.model)}_L{s.layer}"
     st.caption(
-        f"layer {s.layer}/{s.n_layers} · final norm {'on' if s.final_norm else 'off'} · top {s.k} · "
+        f"output x_{s.layer} (layer {s.layer} of 0..{s.n_layers}) · final norm {'on' if s.final_norm else 'off'} · top {s.k} · "
         f"{plural(s.n_decode, 'token')} per vector"
     )
     cols = st.columns(5)
@@ -296,7 +297,7 @@ def spectra_section(shown: Shown, fmt: str) -> None:
     st.subheader("Spectra and token decodings")
     r = shown.result
     st.caption(
-        f"The top singular vectors of every J_i for the request above (layer {r.layer}, final norm "
+        f"The top singular vectors of every J_i for the request above (output x_{r.layer}, final norm "
         f"{'on' if r.final_norm else 'off'}), decoded to tokens."
     )
     submitted, k, n_decode, method = spectra_form(int(r.singular_values.shape[1]))  # min(d_out, d_in) = d

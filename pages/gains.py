@@ -15,6 +15,7 @@ from lldd_core.analysis.ablation import GainsAblation, ablation_values
 from lldd_core.analysis.gains import GainsResult
 from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings, SplitSizes
 from lldd_core.concepts.data import ConceptData
+from lldd_core.layering import depth
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.gains import (
     CURVES,
@@ -265,7 +266,7 @@ def main() -> None:
     settings: GainsSettings | None = None
     if shape is not None:
         n_layers, d = shape
-        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
+        st.caption(f"`{spec.model}`: {depth(n_layers)}, hidden size {d}.")
         dataset = dataset_picker("gn_ds")
         submitted, settings = settings_form(d, dataset is not None)
         if submitted and dataset is not None:

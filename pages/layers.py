@@ -16,6 +16,7 @@ import streamlit as st
 from lldd_core.analysis.layers import LayersResult
 from lldd_core.analysis.settings import SPECTRUM_METHODS as METHODS
 from lldd_core.forward.views import SITE_LABELS, SITES
+from lldd_core.layering import depth
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.spectra import (
     HIGHLIGHT_TEXT,
@@ -54,13 +55,15 @@ def explanation() -> str:
     """What each view is and what the figures measure (markdown)."""
     views = "\n".join(f"- **{site}**: {SITE_LABELS[site]}" for site in SITES)
     return f"""
-For every layer `k` and input token `i`, each *view* is a linear map `J_i` of the detached model, from
+For every depth and input token `i`, each *view* is a linear map `J_i` of the detached model, from
 an input to an output of the last token:
 
 {views}
 
-(`x_k` is the residual stream after `k` blocks; the attention and MLP terms are what block `k` adds to it,
-as functions of the input embeddings `x_0`.) With the **logit lens** option the output passes through the
+(`x_l` is the residual stream after `l` blocks, `l = 0..L`: `x_0` the embeddings, `x_L` the last block's
+output. Block `b = 0..L−1` reads `x_b` and writes `x_{{b+1}}`; its attention and MLP terms are what it adds to
+the stream, as functions of the input embeddings `x_0`. The cumulative view is numbered by its layer `l`, the
+block views by their block `b`.) With the **logit lens** option the output passes through the
 model's final norm before it is decoded (the reference's convention); without it the raw stream or term is
 analysed. The **heatmap** shows the top singular values of one view over layers, the **stable rank**
 `‖J_i‖²_F / σ_1²` its effective number of directions. **Emergence** `‖U_Lᵀ u_1‖` measures how much of a
@@ -180,7 +183,7 @@ def show_result(shown: Shown) -> None:
     slug = file_slug(r.model)
     st.subheader("Result")
     st.caption(
-        f"`{r.model}` ({r.family}, {r.dtype}) · {r.n_layers} layers · {len(r.tokens)} tokens · views: "
+        f"`{r.model}` ({r.family}, {r.dtype}) · {depth(r.n_layers)} · {len(r.tokens)} tokens · views: "
         f"{', '.join(r.sites)} · logit lens {'on' if r.lens else 'off'} · top {r.k} · prompt: {shown.prompt!r}"
     )
     show_metrics(shown)
@@ -213,7 +216,7 @@ def main() -> None:
     )
     n_layers = shape[0] if shape is not None else None
     if shape is not None:
-        st.caption(f"`{spec.model}` has {plural(n_layers, 'layer')}; every view is analysed at each of them.")
+        st.caption(f"`{spec.model}` has {depth(n_layers)}; every view is analysed at each depth.")
         submitted, prompt, k, n_decode, sites, lens, method = request_form(shape[1])
         if submitted:
             shown = compute(spec, prompt, k, n_decode, sites, lens, method)

@@ -23,6 +23,7 @@ from lldd_core.analysis.settings import SplitSizes
 from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import InputError
 from lldd_core.forward.interventions import JACOBIAN_VARIANTS, POSITIONS
+from lldd_core.layering import depth
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (
     diff_marks,
@@ -103,8 +104,10 @@ def additive_controls(n_layers: int, d: int) -> AdditiveParams | str:
     """The additive method's controls: its settings, or a message saying what is missing."""
     c1, c2, c3 = st.columns(3)
     layers = c1.multiselect(
-        "Layers", list(range(n_layers)), default=[default_layer(n_layers)], key=f"st_add_layers_of_{n_layers}",
-        help=f"Block inputs x_l (0..{n_layers - 1}) that get α·v_l. Default: two thirds of the depth.",
+        f"Layers l: x_l (0–{n_layers - 1})", list(range(n_layers)), default=[default_layer(n_layers)],
+        key=f"st_add_layers_of_{n_layers}",
+        help=f"The residual streams x_l (l = 0..{n_layers - 1}: the input of block l) that get α·v_l. "
+        "Default: two thirds of the depth.",
     )
     strength = c2.number_input(
         "Strength α", **ranges.STRENGTH.widget(), value=None, step=0.5, format="%.4g", key="st_add_strength",
@@ -131,12 +134,13 @@ def llv_controls(n_layers: int, d: int) -> LLVParams:
 
 
 def jacobian_controls(n_layers: int, d: int) -> JacobianParams:
-    c1, c2, c3, c4 = st.columns([3, 1, 1, 2])
+    c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
     text = c1.text_input("Steering phrase", value=DEFAULT_STEER_TEXT, key="st_jac_text",
                          help="Its detached Jacobian at the chosen layer is applied to the new text's inputs.")
-    layer = c2.number_input("Layer", **ranges.JACOBIAN_LAYER.widget(hi=n_layers), value=default_jacobian_layer(n_layers),
-                            step=1, key=f"st_jac_layer_of_{n_layers}",
-                            help=f"x_layer, the output of that many blocks (1..{n_layers}).")
+    layer = c2.number_input(f"Layer l: x_l (1–{n_layers})", **ranges.JACOBIAN_LAYER.widget(hi=n_layers),
+                            value=default_jacobian_layer(n_layers), step=1, key=f"st_jac_layer_of_{n_layers}",
+                            help=f"The phrase's Jacobian x_0 → x_l steers the new text at x_l (the output of block "
+                            f"l − 1), l = 1..{n_layers}.")
     # the variant first (drawn in the last column): λ's range depends on it
     variant = c4.radio("Variant", JACOBIAN_VARIANTS, horizontal=True, key="st_jac_variant",
                        help="blend: h ← λh + (1−λ)a (the paper). additive: h ← h + λ·a·‖h‖/(2‖a‖) (the reference "
@@ -362,7 +366,7 @@ def main() -> None:
     if shape is not None:
         n_layers, d = shape
         context = get_service().info(spec).max_positions  # resolved already (model_shape): memoized
-        st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}"
+        st.caption(f"`{spec.model}`: {depth(n_layers)}, hidden size {d}"
                    + (f", {context} positions." if context else "."))
         prompt, plan, common, problems = inputs(n_layers, d, context)
         for problem in problems:

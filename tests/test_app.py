@@ -431,7 +431,7 @@ def test_layers_page_emergence_table_and_highlights(app: AppTest) -> None:
     result = service_module.get_service().layers(app.session_state["model_spec"], "The Golden Gate Bridge is in").result
     (frame,) = app.dataframe
     pd.testing.assert_frame_equal(frame.value, plots_spectra.emergence_table(result, "cumulative"), check_dtype=False)
-    assert len(frame.value) == result.n_layers and frame.value.columns[0] == "layer"
+    assert len(frame.value) == result.n_layers and frame.value.columns[0] == "layer l (x_0 → x_l)"
 
     words = [t for c in frame.value.iloc[:, 1:].to_numpy().ravel() for t in plots_spectra.cell_tokens(c) if t.isalnum()]
     word = words[0]  # a token that occurs in the table

@@ -141,18 +141,18 @@ def test_histogram_leaves_out_undefined_correlations() -> None:
 def test_prompt_and_curve_tables(result: GainsResult) -> None:
     r = handmade()
     table = pg.prompt_table(r)
-    assert list(table.columns) == ["prompt", "text", "Spearman", "Pearson", "best layer (predicted)",
-                                   "best layer (measured)", "best layer (exact)"]
+    assert list(table.columns) == ["prompt", "text", "Spearman", "Pearson", "best layer l (predicted)",
+                                   "best layer l (measured)", "best layer l (exact)"]
     assert table["text"].tolist() == r.prompts
     np.testing.assert_array_equal(table["Spearman"], r.spearman)
-    assert table["best layer (predicted)"].tolist() == [3, 1, 2, 3]
-    assert table["best layer (measured)"].tolist() == [2, 1, 2, 1]  # ties: the first layer
+    assert table["best layer l (predicted)"].tolist() == [3, 1, 2, 3]
+    assert table["best layer l (measured)"].tolist() == [2, 1, 2, 1]  # ties: the first layer
 
     real = pg.prompt_table(result)
-    assert real["best layer (exact)"].tolist() == [result.layers[k] for k in result.exact.argmax(1)]
+    assert real["best layer l (exact)"].tolist() == [result.layers[k] for k in result.exact.argmax(1)]
     long = pg.curves_table(result)
     assert len(long) == result.predicted.size
-    assert long["layer"].tolist() == list(result.layers) * len(result.prompts)
+    assert long["layer l (x_l)"].tolist() == list(result.layers) * len(result.prompts)
     np.testing.assert_array_equal(long["measured"], result.measured.ravel())
     first = long[long["prompt"] == 0]
     assert first["text"].unique().tolist() == [result.prompts[0]]

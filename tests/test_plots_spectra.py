@@ -215,8 +215,8 @@ def test_emergence_table_layers_by_tokens(layers: LayersResult) -> None:
     si = layers.site_index("block")
     table = ps.emergence_table(layers, "block", vector=1, space="u", n=2)
     assert table.shape == (layers.n_layers, len(layers.tokens) + 1)
-    assert list(table.columns) == ["layer", *(ps.column_label(i, t) for i, t in enumerate(layers.tokens))]
-    np.testing.assert_array_equal(table["layer"], np.arange(1, layers.n_layers + 1))
+    assert list(table.columns) == ["layer l (x_0 → x_l)", *(ps.column_label(i, t) for i, t in enumerate(layers.tokens))]
+    np.testing.assert_array_equal(table["layer l (x_0 → x_l)"], np.arange(1, layers.n_layers + 1))
     for li in range(layers.n_layers):
         for i in range(len(layers.tokens)):
             cell = table.iloc[li, i + 1]

@@ -1,8 +1,8 @@
 """Depth views of one prompt: spectra and decodings of every block's detached Jacobians.
 
-For each block ``k`` (``1..L``) and site (see :mod:`lldd_core.forward.views`: ``cumulative`` ``x_0 -> x_k``,
-``block`` ``x_{k-1} -> x_k``, the ``attention`` and ``mlp`` terms of block ``k`` as functions of
-``x_0``), and each input token ``i``:
+For each depth ``k`` (``1..L``: the view writes into ``x_k``, :mod:`lldd_core.layering`) and site (see
+:mod:`lldd_core.forward.views`: ``cumulative`` ``x_0 -> x_k``, ``block`` ``x_{k-1} -> x_k`` of block ``k - 1``,
+the ``attention`` and ``mlp`` terms block ``k - 1`` adds, as functions of ``x_0``), and each input token ``i``:
 
 * the top-``k`` singular values of ``J_i`` and the stable rank ``||J_i||_F^2 / s_1^2``;
 * the decoded tokens of the top singular vectors (``u`` by the unembedding's logits, ``v`` by
@@ -29,6 +29,7 @@ import torch
 
 from ..errors import InputError, NumericalError
 from ..forward.views import SITES, record_views
+from ..layering import BLOCK_SITES
 from ..linalg.decoding import decode_input, decode_output
 from ..linalg.spectral import choose_method
 from ..models.loading import ModelHandle
@@ -74,10 +75,13 @@ class LayersResult(PromptStamp):
         return self.sites.index(site)
 
     def summary_extra(self) -> dict:
-        """``layers``: per layer and site, stable rank, top singular values, top decodings (CLI JSON)."""
+        """``layers``: one entry per depth (CLI JSON): ``layer`` ``l`` (``1..L``), the stream ``x_l`` every view
+        of the entry writes into (the cumulative view ``x_0 → x_l``); ``of_block`` ``b = l - 1``, the block
+        whose single-block (``x_b → x_{b+1}``), attention and MLP views these are; then per site the stable
+        rank, top singular values, top decodings and projection of every token."""
         layers = []
         for li in range(self.n_layers):
-            entry: dict = {"layer": li + 1}
+            entry: dict = {"layer": li + 1, "of_block": li}
             for si, site in enumerate(self.sites):
                 entry[site] = {
                     "stable_rank": self.stable_rank[si, li].tolist(),
@@ -135,12 +139,13 @@ def analyze_layers(
     converged, max_res, n_products = True, 0.0, 0
     order = [("cumulative", L)] + [(s, kk) for s in work_sites for kk in range(1, L + 1) if (s, kk) != ("cumulative", L)]
     for step, (site, layer) in enumerate(order):
-        report(0.02 + 0.9 * step / len(order), f"{site} view, layer {layer}/{L}")
+        where = f"block {layer - 1}" if site in BLOCK_SITES else f"layer {layer}"
+        report(0.02 + 0.9 * step / len(order), f"{site} view, {where} of {L} blocks")
         op = rec.operators[(site, layer)]
         svd = run_svd(op, k, chosen, tol=tol)
         if not bool(torch.isfinite(svd.S).all()):
             raise NumericalError(
-                f"NaN or Inf in the {site} view of layer {layer} ({handle.spec.dtype}): use float32 or bfloat16."
+                f"NaN or Inf in the {site} view at x_{layer} ({handle.spec.dtype}): use float32 or bfloat16."
             )
         converged &= svd.converged
         max_res = max(max_res, float(svd.residual.max()))

@@ -16,6 +16,7 @@ from ..analysis.settings import (
     LayersSettings,
     SpectrumSettings,
 )
+from ..layering import BLOCK_SITES, SITE_LABELS
 from .common import (
     Progress,
     add_model_args,
@@ -85,7 +86,8 @@ def cmd_jacobian(args: argparse.Namespace) -> int:
 def _print_jacobian(p: dict[str, Any], k: int) -> None:
     out = sys.stdout
     out.write(f"model      {p['model']} ({p['family']}) @ {p['revision']}  dtype {p['dtype']}\n")
-    out.write(f"output     layer {p['layer']}/{p['n_layers']}{' + final norm' if p['final_norm'] else ''}, last token\n")
+    out.write(f"output     x_{p['layer']} (layer {p['layer']} of 0..{p['n_layers']})"
+              f"{' + final norm' if p['final_norm'] else ''}, last token\n")
     out.write(f"tokens     {len(p['tokens'])}: {' | '.join(repr(t) for t in p['tokens'])}\n")
     out.write(f"reconstruction error  detached {p['reconstruction_error']:.3e}   ordinary {p['plain_reconstruction_error']:.3e}\n")
     out.write(f"detached vs normal output  {p['detached_vs_normal']:.3e}\n")
@@ -133,7 +135,8 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
                                                                            progress=progress))
 
     def body(r: SpectrumResult, out: TextIO) -> None:
-        out.write(f"output     layer {r.layer}/{r.n_layers}{' + final norm' if r.final_norm else ''}, last token; "
+        out.write(f"output     x_{r.layer} (layer {r.layer} of 0..{r.n_layers})"
+                  f"{' + final norm' if r.final_norm else ''}, last token; "
                   f"next token {r.next_token!r}\n")
         out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
                   f"{'' if r.converged else ' (NOT converged)'}\n")
@@ -159,9 +162,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
         out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
                   f"method {r.method}, max residual {r.max_residual:.1e}\n")
         for si, site in enumerate(r.sites):
-            out.write(f"{site}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
+            out.write(f"{SITE_LABELS[site]}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
             for li in range(r.n_layers):
-                out.write(f"  layer {li + 1:>3}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
+                where = f"block {li:>3}" if site in BLOCK_SITES else f"layer {li + 1:>3}"
+                out.write(f"  {where}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
                           f"s1 {r.singular_values[si, li, -1, 0]:9.3e}  {cell_text(r.u_tokens[si][li][-1][0])}\n")
 
     return report(args, computed, start, body)
@@ -172,7 +176,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("jacobian", help="detached vs ordinary Jacobian of the last token's output embedding")
     add_model_args(p)
     p.add_argument("--prompt", required=True, help="input text")
-    number_option(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
+    number_option(p, R.LAYER, None, "layer l: the output x_l, the residual stream after l blocks",
+                  default_text="L: x_L, the last block's output")
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
     number_option(p, R.TOP_K, 5, "singular values per token to report")
     p.set_defaults(func=cmd_jacobian)
@@ -191,7 +196,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("spectrum", help="top-k singular values of every token's J_i, decoded to tokens")
     add_model_args(p)
     p.add_argument("--prompt", required=True, help="input text")
-    number_option(p, R.LAYER, None, "output after K blocks", default_text="L, the last block")
+    number_option(p, R.LAYER, None, "layer l: the output x_l, the residual stream after l blocks",
+                  default_text="L: x_L, the last block's output")
     p.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm to the layer output")
     number_option(p, R.TOP_K, SpectrumSettings.default("k"), "singular triplets per token")
     number_option(p, R.DECODE, SpectrumSettings.default("n_decode"), "decoded tokens per singular vector")

@@ -1,12 +1,14 @@
 """Layer views of the detached model: every block's maps from one recorded forward pass.
 
-For block ``k`` (``1..L``; block ``k`` maps ``x_{k-1}`` to ``x_k``, 0-based block ``k-1``) and the
-last token's output ``y``, four *sites* give a linear map ``y = sum_i J_i z_i`` of some input ``z``:
+Views are keyed ``(site, k)`` with ``k`` in ``1..L`` the index of the stream ``x_k`` the view writes
+into (:mod:`lldd_core.layering`): block ``b = k - 1`` reads ``x_{k-1}`` and writes ``x_k``. For the last
+token's output ``y``, four *sites* give a linear map ``y = sum_i J_i z_i`` of some input ``z``:
 
-* ``cumulative``: ``z = x_0``, ``y`` = ``x_k`` (the stream after ``k`` blocks);
-* ``block``: ``z = x_{k-1}`` (block ``k``'s input), ``y = x_k`` (its output);
-* ``attention`` / ``mlp``: ``z = x_0``, ``y`` = the attention / MLP term that block ``k`` adds to
-  the residual stream (after any post-norm, before the add: the adapter's ``sublayer``).
+* ``cumulative`` (layer ``k``): ``z = x_0``, ``y = x_k`` (the stream after ``k`` blocks);
+* ``block`` (block ``k - 1``): ``z = x_{k-1}`` (the block's input), ``y = x_k`` (its output);
+* ``attention`` / ``mlp`` (block ``k - 1``): ``z = x_0``, ``y`` = the attention / MLP term that block
+  ``k - 1`` adds to the residual stream to make ``x_k`` (after any post-norm, before the add: the
+  adapter's ``sublayer``).
 
 With ``lens=True`` (the reference's convention, "logit lens") ``y`` passes through the model's
 final norm (its detached scale computed from that very output) so every view lives in the output
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..layering import BLOCK_SITES, SITE_LABELS  # noqa: F401 (the views' names, re-exported)
 from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, model_dtype
 from . import hooks as hk
@@ -34,12 +37,6 @@ from .jacobian import JacobianOperator, _intermediate_size
 from .linearize import detached_mode
 
 SITES: tuple[str, ...] = ("cumulative", "block", "attention", "mlp")
-SITE_LABELS = {
-    "cumulative": "cumulative x_0 → x_k",
-    "block": "single block x_{k-1} → x_k",
-    "attention": "attention term of block k",
-    "mlp": "MLP term of block k",
-}
 
 
 def _recording_hooks(

@@ -19,6 +19,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..layering import stream
+
 if TYPE_CHECKING:  # the type only; importing it at run time would pull in torch
     from ..analysis.jacobian import JacobianResult
 
@@ -168,7 +170,7 @@ def spectrum_figure(result: JacobianResult) -> go.Figure:
             )
         )
     fig.update_layout(
-        title={"text": f"Singular values of J_i (layer {result.layer}/{result.n_layers})"},
+        title={"text": f"Singular values of J_i: x_0 → {stream(result.layer)} (layer {result.layer} of 0..{result.n_layers})"},
         xaxis_title="index k",
         yaxis_title="σ_k(J_i)",
         yaxis_type="log",

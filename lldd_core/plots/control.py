@@ -23,6 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..errors import InputError
+from ..layering import layer_axis
 from .common import plotly_text
 from .spectra import display_token
 
@@ -165,7 +166,7 @@ def schedule_figure(result: ControlResult, target: int, surrogate: bool = False)
     kind = "in the surrogate" if surrogate else "validated in the full model"
     fig.update_layout(
         title={"text": f"Schedules u_l for {_target_label(float(result.targets[target]))} ({kind})"},
-        xaxis={"title": {"text": "injection layer l (x_l ← x_l + u_l v_l)"}, "tickmode": "array", "tickvals": layers},
+        xaxis={"title": {"text": layer_axis("injection x_l ← x_l + u_l v_l")}, "tickmode": "array", "tickvals": layers},
         yaxis={"title": {"text": "u_l"}}, barmode="group", height=420, margin=_MARGIN,
         legend={"title": {"text": "schedule"}},
     )
@@ -186,7 +187,7 @@ def gains_figure(result: ControlResult) -> go.Figure:
     note = f" (no direction at layer {', '.join(map(str, missing))})" if missing else ""
     fig.update_layout(
         title={"text": f"Surrogate gains h_l: predicted readout change per unit u_l, order {result.order}{note}"},
-        xaxis={"title": {"text": "injection layer l"}, "tickmode": "array", "tickvals": layers},
+        xaxis={"title": {"text": layer_axis("injection at x_l")}, "tickmode": "array", "tickvals": layers},
         yaxis={"title": {"text": "gain h_l"}}, height=360, margin=_MARGIN, showlegend=False,
     )
     return fig
@@ -223,7 +224,7 @@ def schedules_table(result: ControlResult) -> pd.DataFrame:
     for s, name in enumerate(result.names):
         for j, dy in enumerate(result.targets):
             for layer in range(int(result.n_layers)):
-                rows.append({"schedule": name, "target Δy": float(dy), "layer": layer,
+                rows.append({"schedule": name, "target Δy": float(dy), "layer l (x_l)": layer,
                              "u (validated)": float(result.u[s, j, layer]),
                              "u (surrogate)": float(result.surrogate_u[s, j, layer]),
                              "gain h": float(result.gains[layer]),
@@ -353,7 +354,8 @@ def steering_schedule_figure(results: Sequence[SteeringResult]) -> go.Figure:
         ))
     fig.update_layout(
         title={"text": "Amplitude added along the concept direction at each layer (x_l ← x_l + a_l v_l)"},
-        xaxis={"title": {"text": "layer l (block input)"}, "tickmode": "array", "tickvals": list(range(n_layers))},
+        xaxis={"title": {"text": layer_axis("residual stream x_l, entering block l")}, "tickmode": "array",
+               "tickvals": list(range(n_layers))},
         yaxis={"title": {"text": "amplitude a_l"}}, barmode="group", height=360, margin=_MARGIN,
         legend={"title": {"text": "method"}},
     )

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..layering import layer_axis
 from .common import plotly_text
 
 if TYPE_CHECKING:  # types only: importing the analysis at run time would pull in torch
@@ -81,7 +82,8 @@ def splits_line(split_sizes: dict[str, int], requested: Sequence[int] | None = N
 
 # --- one configuration -----------------------------------------------------------------------------
 def _axis_layers(result: GainsResult) -> dict[str, Any]:
-    return {"title": {"text": "injection layer k"}, "tickmode": "array", "tickvals": list(result.layers)}
+    return {"title": {"text": layer_axis("injection x_l ← x_l + u·v_l, before block l")}, "tickmode": "array",
+            "tickvals": list(result.layers)}
 
 
 def mean_curves_figure(result: GainsResult) -> go.Figure:
@@ -143,7 +145,7 @@ def direction_norms_figure(result: GainsResult) -> go.Figure:
                              line={"color": "#c62828", "dash": "dash"}, hoverinfo="skip"))
     fig.update_layout(
         title={"text": "Concept direction strength per layer (grey: flagged, left out of the agreement)"},
-        xaxis={"title": {"text": "layer l (residual stream x_l, entering block l)"}, "dtick": 1},
+        xaxis={"title": {"text": layer_axis("residual stream x_l, entering block l")}, "dtick": 1},
         yaxis={"title": {"text": "‖E_l‖ / rms ‖x_l‖"}}, height=340, margin=_MARGIN,
     )
     return fig
@@ -208,7 +210,7 @@ def prompt_table(result: GainsResult) -> pd.DataFrame:
         "Pearson": np.asarray(result.pearson, dtype=float),
     }
     for curve in CURVES:
-        table[f"best layer ({curve})"] = best_layers(result, curve)
+        table[f"best layer l ({curve})"] = best_layers(result, curve)
     return pd.DataFrame(table)
 
 
@@ -219,7 +221,7 @@ def curves_table(result: GainsResult) -> pd.DataFrame:
     table: dict[str, Any] = {
         "prompt": prompt.ravel(),
         "text": [result.prompts[p] for p in prompt.ravel()],
-        "layer": [int(result.layers[k]) for k in layer.ravel()],
+        "layer l (x_l)": [int(result.layers[k]) for k in layer.ravel()],
     }
     for curve in CURVES:
         table[curve] = np.asarray(getattr(result, curve), dtype=float).ravel()

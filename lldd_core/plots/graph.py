@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..analysis.graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON
+from ..layering import block_axis
 from .common import plotly_text, token_labels
 
 if TYPE_CHECKING:
@@ -128,7 +129,8 @@ def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping
                        f"replacement score {graph.replacement_score:.3f}"},
         xaxis={"title": {"text": "prompt position"}, "tickmode": "array", "tickvals": [-1, *range(T)],
                "ticktext": ["bias", *token_labels(tokens)], "range": [-1.6, T - 0.4], "zeroline": False},
-        yaxis={"title": {"text": "depth"}, "tickmode": "array", "tickvals": [-1, *range(L), L],
+        yaxis={"title": {"text": block_axis("its MLP neurons; x_0 below, logits above")}, "tickmode": "array",
+               "tickvals": [-1, *range(L), L],
                "ticktext": ["x_0 (embeddings)", *[f"block {b} MLP" for b in range(L)], "logits"],
                "range": [-1.6, L + 0.6], "zeroline": False},
         legend={"orientation": "h", "y": -0.18}, height=max(420, 90 * (L + 2)), margin={"l": 120, "r": 20, "t": 60},

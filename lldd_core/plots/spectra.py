@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..forward.views import SITE_LABELS
+from ..layering import BLOCK_SITES, SITE_LABELS, block_axis, layer_axis, stream
 from .common import DETACHED_COLOR, PLAIN_COLOR, plotly_text, positive_or_nan, token_label, token_labels
 
 if TYPE_CHECKING:  # types only: importing the analyses at run time would pull in torch
@@ -217,7 +217,7 @@ def norm_distribution_figure(result: SpectrumResult, token: int) -> go.Figure:
     fig.update_yaxes(title_text="count", row=1, col=1)
     fig.update_layout(
         title={"text": f"Row and column norms of J_i, token {token_label(i, result.tokens[i])} "
-                       f"(layer {result.layer}/{result.n_layers})"},
+                       f"(output {stream(result.layer)}, layer {result.layer} of 0..{result.n_layers})"},
         height=380, margin=_MARGIN, showlegend=False, bargap=0.05,
     )
     return fig
@@ -231,7 +231,18 @@ def _site(result: LayersResult, site: str) -> int:
 
 
 def _layers(result: LayersResult) -> np.ndarray:
+    """The output layers ``l = 1..L`` of the views, in the result's order (``x_l`` is what each writes)."""
     return np.arange(1, result.n_layers + 1)
+
+
+def _site_axis(result: LayersResult, site: str) -> tuple[np.ndarray, str, str]:
+    """(the numbers, axis title, hover word) of ``site``'s views over depth: a cumulative view by its layer
+    ``l`` (``x_0 → x_l``, ``1..L``), a block view by its block ``b`` (``x_b → x_{b+1}``, ``0..L-1``)."""
+    if site in BLOCK_SITES:
+        detail = {"block": "x_b → x_{b+1}", "attention": "its attention term, into x_{b+1}",
+                  "mlp": "its MLP term, into x_{b+1}"}[site]
+        return _layers(result) - 1, block_axis(detail), "block"
+    return _layers(result), layer_axis("cumulative x_0 → x_l"), "layer"
 
 
 def singular_value_heatmap(result: LayersResult, site: str, token: int) -> go.Figure:
@@ -242,19 +253,20 @@ def singular_value_heatmap(result: LayersResult, site: str, token: int) -> go.Fi
     """
     si, i = _site(result, site), _position(result.tokens, token)
     sv = np.asarray(result.singular_values[si, :, i, :], dtype=float)  # [L, k]
+    depth, title, word = _site_axis(result, site)
     with np.errstate(invalid="ignore"):
         z = np.log10(positive_or_nan(sv))
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=np.arange(1, result.k + 1), y=_layers(result), customdata=sv,
+            z=z, x=np.arange(1, result.k + 1), y=depth, customdata=sv,
             colorscale="Viridis", colorbar={"title": {"text": "log₁₀ σ"}},
-            hovertemplate="layer %{y}<br>σ_%{x} = %{customdata:.4g}<extra></extra>",
+            hovertemplate=word + " %{y}<br>σ_%{x} = %{customdata:.4g}<extra></extra>",
         )
     )
     fig.update_layout(
         title={"text": f"Singular values, {SITE_LABELS[site]}, token {token_label(i, result.tokens[i])}"},
         xaxis={"title": {"text": "index j"}, "dtick": 1},
-        yaxis={"title": {"text": "layer k"}, "dtick": 1},
+        yaxis={"title": {"text": title}, "dtick": 1},
         height=420, margin=_MARGIN,
     )
     return fig
@@ -262,7 +274,10 @@ def singular_value_heatmap(result: LayersResult, site: str, token: int) -> go.Fi
 
 def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Figure:
     """Stable rank ``‖J_i‖_F² / σ_1²`` over layers, one line per site, for one token (or the mean
-    over tokens when ``token`` is ``None``). Error bars: the standard error on the matrix-free path."""
+    over tokens when ``token`` is ``None``). Error bars: the standard error on the matrix-free path.
+
+    Every view is drawn over the layer ``l`` it writes into (bottom axis, ``x_l``); the top axis names the
+    same columns by block (block ``b = l - 1``: ``x_b → x_{b+1}``), the index of the block views."""
     i = None if token is None else _position(result.tokens, token)
     sr = np.asarray(result.stable_rank, dtype=float)
     se = np.asarray(result.stable_rank_se, dtype=float)
@@ -278,13 +293,20 @@ def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Fig
                 x=_layers(result), y=y, mode="lines+markers", name=SITE_LABELS[site],
                 line={"color": SITE_COLORS.get(site)},
                 error_y={"type": "data", "array": err, "visible": bool(np.any(err > 0))},
-                hovertemplate="layer %{x}<br>stable rank %{y:.4g}<extra>" + plotly_text(site) + "</extra>",
+                customdata=_layers(result) - 1,
+                hovertemplate="layer %{x} (block %{customdata})<br>stable rank %{y:.4g}<extra>"
+                + plotly_text(site) + "</extra>",
             )
         )
     which = "mean over tokens" if i is None else f"token {token_label(i, result.tokens[i])}"
+    layers = _layers(result).tolist()
+    # the block index of each column, on a top axis tied to the bottom one (an invisible trace shows it)
+    fig.add_trace(go.Scatter(x=layers, y=[None] * len(layers), xaxis="x2", showlegend=False, hoverinfo="skip"))
     fig.update_layout(
-        title={"text": f"Stable rank over layers ({which})"},
-        xaxis={"title": {"text": "layer k"}, "dtick": 1},
+        title={"text": f"Stable rank over depth ({which})"},
+        xaxis={"title": {"text": layer_axis("the view's output x_l")}, "tickmode": "array", "tickvals": layers},
+        xaxis2={"title": {"text": block_axis("block views: x_b → x_{b+1}")}, "overlaying": "x", "side": "top",
+                "matches": "x", "tickmode": "array", "tickvals": layers, "ticktext": [str(b - 1) for b in layers]},
         yaxis={"title": {"text": "stable rank ‖J_i‖²_F / σ_1²"}},
         height=420, margin=_MARGIN, legend={"title": {"text": "view"}}, hovermode="x unified",
     )
@@ -300,17 +322,18 @@ def emergence_figure(result: LayersResult, site: str = "cumulative") -> go.Figur
     """
     si = _site(result, site)
     proj = np.asarray(result.projection[si], dtype=float)  # [L, T]
+    depth, title, word = _site_axis(result, site)
     fig = go.Figure()
     for i, label in enumerate(token_labels(result.tokens)):
         fig.add_trace(
             go.Scatter(
-                x=_layers(result), y=proj[:, i], mode="lines+markers", name=label, text=[label] * proj.shape[0],
-                hovertemplate="%{text}<br>layer %{x}<br>‖U_L^T u_1‖ = %{y:.3f}<extra></extra>",
+                x=depth, y=proj[:, i], mode="lines+markers", name=label, text=[label] * proj.shape[0],
+                hovertemplate="%{text}<br>" + word + " %{x}<br>‖U_L^T u_1‖ = %{y:.3f}<extra></extra>",
             )
         )
     fig.update_layout(
         title={"text": f"Emergence of the final top directions, {SITE_LABELS[site]}"},
-        xaxis={"title": {"text": "layer k"}, "dtick": 1},
+        xaxis={"title": {"text": title}, "dtick": 1},
         yaxis={"title": {"text": "‖U_L^T u_1‖"}, "range": [0, 1.05]},
         height=420, margin=_MARGIN, legend={"title": {"text": "token"}},
     )
@@ -332,7 +355,8 @@ def emergence_table(result: LayersResult, site: str, vector: int = 0, space: str
     if not 0 <= vector < n_vectors:
         raise ValueError(f"vector must lie in 0..{n_vectors - 1}; got {vector}")
     n = max(1, min(int(n), result.n_decode))
-    table = {"layer": _layers(result)}
+    depth, _, word = _site_axis(result, site)
+    table = {"layer l (x_0 → x_l)" if word == "layer" else "block b": depth}
     for i, tok in enumerate(result.tokens):
         table[column_label(i, tok)] = [token_cell(decoded[si][li][i][vector], n) for li in range(result.n_layers)]
     return pd.DataFrame(table)
@@ -346,7 +370,8 @@ def stable_rank_table(result: LayersResult) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "site": [result.sites[s] for s in site.ravel()],
-            "layer": layer.ravel() + 1,
+            "layer l (output x_l)": layer.ravel() + 1,
+            "block b (writing x_l)": layer.ravel(),
             "position": pos.ravel(),
             "token": [result.tokens[p] for p in pos.ravel()],
             "σ_1": np.asarray(result.singular_values, dtype=float)[..., 0].ravel(),

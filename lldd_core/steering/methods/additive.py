@@ -27,7 +27,7 @@ class AdditiveParams:
     (``None``: ``‖E_l‖`` at each layer) and ``positions`` (:data:`~lldd_core.forward.interventions.POSITIONS`)."""
 
     layers: Sequence[int] | None = option(
-        None, f"block-input layer(s), comma-separated, each {R.STEER_LAYER.describe()}", range=R.STEER_LAYERS,
+        None, f"layer(s) l, comma-separated: the residual stream x_l (block l's input), each {R.STEER_LAYER.describe()}", range=R.STEER_LAYERS,
         many=True, default_text="two thirds of the depth")
     strength: float | None = option(None, "α along the unit direction v_l", range=R.STRENGTH,
                                     default_text="one class-mean distance ||E_l|| at the layer")

@@ -32,7 +32,8 @@ class JacobianParams:
     (``None``: :data:`~lldd_core.steering.pieces.DEFAULT_LAMBDA` of the variant) and the ``variant``."""
 
     steer_text: str = option("", "the steering phrase, e.g. 'The Golden Gate'")
-    layers: Sequence[int] | None = option(None, f"x_layer, {R.JACOBIAN_LAYER.describe()}", range=R.STEER_LAYERS,
+    layers: Sequence[int] | None = option(None, f"layer l: the phrase's Jacobian x_0 → x_l steers at x_l (block l-1's output), "
+                                          f"{R.JACOBIAN_LAYER.describe()}", range=R.STEER_LAYERS,
                                           many=True, default_text="two thirds of the depth")
     lam: float | None = option(None, LAM_HELP, range=R.LAM)
     variant: str = option("blend", "the paper's blend or the reference implementation's norm-matched addition",
