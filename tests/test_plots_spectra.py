@@ -168,9 +168,12 @@ def test_singular_value_heatmap_is_log_sv_over_layers(layers: LayersResult) -> N
     assert np.asarray(heat.z).shape == (layers.n_layers, layers.k)
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float), np.log10(expected))
     np.testing.assert_array_equal(heat.customdata, expected)  # the hover shows the value itself
-    np.testing.assert_array_equal(heat.y, np.arange(1, layers.n_layers + 1))
+    np.testing.assert_array_equal(heat.y, np.arange(layers.n_layers))  # a block view: by block b = 0..L-1
     np.testing.assert_array_equal(heat.x, np.arange(1, layers.k + 1))
-    assert SITE_LABELS["attention"] in fig.layout.title.text
+    assert SITE_LABELS["attention"] in fig.layout.title.text and fig.layout.yaxis.title.text.startswith("block b")
+    cumulative = ps.singular_value_heatmap(layers, "cumulative", 3)  # x_0 -> x_l: by layer l = 1..L
+    np.testing.assert_array_equal(cumulative.data[0].y, np.arange(1, layers.n_layers + 1))
+    assert "x_l" in cumulative.layout.yaxis.title.text
     sv = layers.singular_values.copy()
     sv[si, 0, 3, -1] = 0.0  # an exact zero is a gap, not -inf
     z = np.asarray(ps.singular_value_heatmap(dataclasses.replace(layers, singular_values=sv), "attention", 3).data[0].z,
@@ -215,8 +218,10 @@ def test_emergence_table_layers_by_tokens(layers: LayersResult) -> None:
     si = layers.site_index("block")
     table = ps.emergence_table(layers, "block", vector=1, space="u", n=2)
     assert table.shape == (layers.n_layers, len(layers.tokens) + 1)
-    assert list(table.columns) == ["layer l (x_0 → x_l)", *(ps.column_label(i, t) for i, t in enumerate(layers.tokens))]
-    np.testing.assert_array_equal(table["layer l (x_0 → x_l)"], np.arange(1, layers.n_layers + 1))
+    assert list(table.columns) == ["block b", *(ps.column_label(i, t) for i, t in enumerate(layers.tokens))]
+    np.testing.assert_array_equal(table["block b"], np.arange(layers.n_layers))
+    cumulative = ps.emergence_table(layers, "cumulative")
+    np.testing.assert_array_equal(cumulative["layer l (x_0 → x_l)"], np.arange(1, layers.n_layers + 1))
     for li in range(layers.n_layers):
         for i in range(len(layers.tokens)):
             cell = table.iloc[li, i + 1]
@@ -238,7 +243,8 @@ def test_stable_rank_table_is_long(layers: LayersResult) -> None:
     table = ps.stable_rank_table(layers)
     S, L, T = layers.stable_rank.shape
     assert len(table) == S * L * T
-    row = table[(table.site == "mlp") & (table.layer == 2) & (table.position == 5)]
+    row = table[(table.site == "mlp") & (table["layer l (output x_l)"] == 2) & (table.position == 5)]
+    assert row["block b (writing x_l)"].item() == 1
     si = layers.site_index("mlp")
     assert row["token"].item() == layers.tokens[5]
     assert row["stable rank"].item() == layers.stable_rank[si, 1, 5]

@@ -146,7 +146,7 @@ def test_layers_summary_has_the_hand_listed_keys():
                      u_tokens_neg=[[[[["-u"]]] * T] * L], v_tokens=[[[[[f"v{t}{li}"]] for t in range(T)] for li in range(L)]],
                      singular_values=grid(S, L, T, 2), stable_rank=grid(S, L, T), stable_rank_se=np.zeros((S, L, T)),
                      projection=grid(S, L, T) / 4)
-    layers = [{"layer": li + 1, "cumulative": {
+    layers = [{"layer": li + 1, "of_block": li, "cumulative": {
         "stable_rank": r.stable_rank[0, li].tolist(), "singular_values": r.singular_values[0, li].tolist(),
         "top_u_tokens": [cell[0] for cell in r.u_tokens[0][li]], "top_v_tokens": [cell[0] for cell in r.v_tokens[0][li]],
         "projection_on_final": r.projection[0, li].tolist()}} for li in range(L)]

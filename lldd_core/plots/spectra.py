@@ -276,8 +276,8 @@ def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Fig
     """Stable rank ``‖J_i‖_F² / σ_1²`` over layers, one line per site, for one token (or the mean
     over tokens when ``token`` is ``None``). Error bars: the standard error on the matrix-free path.
 
-    Every view is drawn over the layer ``l`` it writes into (bottom axis, ``x_l``); the top axis names the
-    same columns by block (block ``b = l - 1``: ``x_b → x_{b+1}``), the index of the block views."""
+    Every view is drawn over the layer ``l`` it writes into (``x_l``); each tick also names the block
+    ``b = l - 1`` (``x_b → x_{b+1}``) whose block views stand there."""
     i = None if token is None else _position(result.tokens, token)
     sr = np.asarray(result.stable_rank, dtype=float)
     se = np.asarray(result.stable_rank_se, dtype=float)
@@ -300,13 +300,10 @@ def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Fig
         )
     which = "mean over tokens" if i is None else f"token {token_label(i, result.tokens[i])}"
     layers = _layers(result).tolist()
-    # the block index of each column, on a top axis tied to the bottom one (an invisible trace shows it)
-    fig.add_trace(go.Scatter(x=layers, y=[None] * len(layers), xaxis="x2", showlegend=False, hoverinfo="skip"))
     fig.update_layout(
         title={"text": f"Stable rank over depth ({which})"},
-        xaxis={"title": {"text": layer_axis("the view's output x_l")}, "tickmode": "array", "tickvals": layers},
-        xaxis2={"title": {"text": block_axis("block views: x_b → x_{b+1}")}, "overlaying": "x", "side": "top",
-                "matches": "x", "tickmode": "array", "tickvals": layers, "ticktext": [str(b - 1) for b in layers]},
+        xaxis={"title": {"text": layer_axis("the view's output x_l; block views: block l − 1")},
+               "tickmode": "array", "tickvals": layers, "ticktext": [f"{l}<br>block {l - 1}" for l in layers]},
         yaxis={"title": {"text": "stable rank ‖J_i‖²_F / σ_1²"}},
         height=420, margin=_MARGIN, legend={"title": {"text": "view"}}, hovermode="x unified",
     )
