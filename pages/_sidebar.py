@@ -81,7 +81,7 @@ def model_note(model: str) -> str:
     """One caption under the picker about where the chosen model comes from."""
     if is_demo(model) and demo_name(model) in DEMO_CONFIGS:
         cfg, info = DEMO_CONFIGS[demo_name(model)], read_info(demo_name(model))
-        shape = f"{cfg.arch}, {cfg.n_layers} blocks, d={cfg.d_model}"
+        shape = f"{cfg.arch}, {cfg.n_layers} layers, d={cfg.d_model}"
         if info is None:
             return f"Demo model ({shape}), not built yet. {FIRST_USE_BUILD}"
         return (

@@ -130,7 +130,7 @@ def test_layer_and_final_norm_reach_the_service(app: AppTest) -> None:
     app.checkbox(key="dj_final_norm").set_value(False)
     compute(app)
     assert_clean(app)
-    assert any("layer 1/2" in c.value and "final norm off" in c.value for c in app.caption)
+    assert any("output x_1 (layer 1 of 0..2)" in c.value and "final norm off" in c.value for c in app.caption)
     assert float(metrics(app)["Detached reconstruction error"]) < 1e-4  # float32 default
 
 
@@ -465,7 +465,7 @@ def test_layers_page_errors_keep_the_session(app: AppTest) -> None:
     compute_layers(app)  # the session keeps working
     assert_clean(app)
     assert any("views: mlp" in c.value and "logit lens off" in c.value for c in app.caption)
-    assert app.selectbox(key="ly_site").options == ["MLP term of block k"]
+    assert app.selectbox(key="ly_site").options == ["MLP term of block b (into x_{b+1})"]
     app.text_area(key="ly_prompt").set_value("")
     compute_layers(app)
     assert not app.exception and len(app.error) == 1

@@ -162,7 +162,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         out.write(f"decoding   {'through the final norm (logit lens)' if r.lens else 'raw stream, W_U u'}; "
                   f"method {r.method}, max residual {r.max_residual:.1e}\n")
         for si, site in enumerate(r.sites):
-            out.write(f"{SITE_LABELS[site]}: stable rank of the last token, s1, top tokens of u1 (last token)\n")
+            out.write(f"{site}: {SITE_LABELS[site]}; stable rank of the last token, s1, top tokens of u1 (last token)\n")
             for li in range(r.n_layers):
                 where = f"block {li:>3}" if site in BLOCK_SITES else f"layer {li + 1:>3}"
                 out.write(f"  {where}  stable rank {r.stable_rank[si, li, -1]:7.2f}  "
