@@ -26,6 +26,14 @@ from .analysis.gains import GainsResult, GainsSetup, analyze_gains, prepare_gain
 from .analysis.graph import ANALYSIS as GRAPH
 from .analysis.graph import analyze_graph
 from .analysis.graph import target_id as graph_target_id
+from .analysis.graph_intervention import ANALYSIS as GRAPH_INTERVENTION
+from .analysis.graph_intervention import (
+    Factors,
+    InterventionResult,
+    analyze_intervention,
+    check_intervention,
+    intervention_params,
+)
 from .analysis.graph_result import GraphResult
 from .analysis.jacobian import ANALYSIS as JACOBIAN
 from .analysis.jacobian import JacobianResult, analyze_jacobian
@@ -219,7 +227,17 @@ class Service:
         s = s.check()
         return self._cached(GRAPH, spec, info, ids, s.cache_params(tid), lambda h: analyze_graph(
             h, ids, target=tid, node_threshold=s.node_threshold, edge_threshold=s.edge_threshold,
-            max_nodes=s.max_nodes, progress=progress), progress)
+            max_nodes=s.max_nodes, n_decode=s.n_decode, progress=progress), progress)
+
+    def graph_intervention(self, spec: ModelSpec, prompt: str, factors: Factors, targets: list[int], *,
+                           progress: ProgressFn | None = None) -> Computed[InterventionResult]:
+        """Scale neurons ``(layer, position, index)`` of ``prompt``'s graph: the target logits' frozen and measured
+        change (:mod:`lldd_core.analysis.graph_intervention`), to set beside the graph's prediction."""
+        info, ids = self._prompt(spec, prompt, progress)
+        f, t = check_intervention(factors, targets, info.n_layers, len(ids),
+                                  int(getattr(info.config, "vocab_size", 0) or len(info.tokenizer)))
+        return self._cached(GRAPH_INTERVENTION, spec, info, ids, intervention_params(f, t),
+                            lambda h: analyze_intervention(h, ids, f, t), progress)
 
     def spectrum(self, spec: ModelSpec, prompt: str, settings: SpectrumSettings | None = None, *,
                  progress: ProgressFn | None = None, **overrides: Any) -> Computed[SpectrumResult]:

@@ -2,8 +2,9 @@
 
 UI only: a prompt and the graph settings -> ``get_service().graph(...)`` -> the layered figure of
 :mod:`lldd_core.plots.graph` (click nodes to pin them), the pinned nodes' strongest inputs and
-outputs, the pinned subgraph, and the graph's linear prediction of what scaling or zeroing the
-pinned neurons does to the target logits. Every node's value is the sum of its incoming edges:
+outputs and (neurons) decodings, the pinned subgraph, and what scaling or zeroing the pinned neurons
+does to the target logits: the graph's linear prediction beside the frozen model's exact response and
+the change measured in the full model (``get_service().graph_intervention``). Every node's value is the sum of its incoming edges:
 no transcoder and no error nodes (the detached model makes every MLP neuron a linear node).
 """
 
@@ -18,7 +19,7 @@ import streamlit as st
 from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
 from lldd_core.analysis.settings import GraphSettings
 from lldd_core.models.loading import ModelSpec
-from lldd_core.plots.graph import graph_figure, node_edges_table
+from lldd_core.plots.graph import decodings_table, graph_figure, node_edges_table
 from lldd_core.plots.spectra import download_config, file_slug
 from lldd_core.ranges import EDGE_THRESHOLD, MAX_NODES, NODE_THRESHOLD
 from lldd_core.service import get_service
@@ -39,6 +40,9 @@ residual stream and attention (OV) paths, `value(s) × ∂t/∂s` — never thro
 activations and attention detached the map is linear, so **every node's value is exactly the sum of its
 incoming edges** (no error nodes). **Pruning** keeps the nodes and edges that carry the stated shares of the
 influence on the targets; the *replacement score* is the share of the target logits the pruned graph keeps.
+**Decodings** (hover a neuron, or pin it): the tokens its output vector (its column of the MLP's output
+projection) raises and lowers through the unembedding, and the tokens whose embeddings its input direction
+(its row of the input projection, and of the gate where there is one) reads, by cosine similarity.
 """
 
 
@@ -104,10 +108,50 @@ def pinned_nodes(g: GraphResult, clicked: list[int]) -> list[int]:
                           format_func=g.node_id)
 
 
-def show_pinned(g: GraphResult, pinned: list[int], fmt: str, slug: str) -> None:
-    """Each pinned node's strongest inputs and outputs, the pinned subgraph and the scaled-neuron prediction."""
+INTERVENTION_CAPTION = (
+    "**Predicted**: the graph's linear circuit along its visited, kept edges. **Frozen**: the detached model's "
+    "exact linear response (norm scales, attention weights and gates frozen, every downstream neuron responding). "
+    "Theory: the prediction equals the frozen change exactly when every neuron on the paths was visited and kept "
+    "(for an unpruned graph that visits every neuron, always; one scaled neuron's direct edges always are); what "
+    "differs is what pruning and the visiting cap left out. **Measured**: the full model, intervened minus clean "
+    "forward. It recomputes norm scales, softmax weights and gates, so it differs from the frozen change by the "
+    "model's nonlinear effects, even for small scalings (the frozen derivative is not the ordinary one).")
+
+
+def show_decodings(g: GraphResult, node: int) -> None:
+    """A pinned neuron's decodings (what it writes, what it reads), when the graph has them."""
+    table = decodings_table(g, node)
+    if table is not None:
+        st.markdown("**Decodings** (output through the unembedding, input by cosine with the embeddings)")
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def show_intervention(shown: Shown, neurons: list[int]) -> None:
+    """Scale or zero the pinned neurons: the graph's prediction beside the frozen and the measured change."""
+    g: GraphResult = shown.result
+    st.subheader("Intervene on the pinned neurons")
+    factor = st.slider("Scale the pinned neurons by", -2.0, 3.0, 0.0, 0.1, key="gr_factor",
+                       help="0 zeroes them (ablation), 1 leaves them as they are.")
+    delta = g.predict_intervention({i: factor for i in neurons})
+    factors = {(int(g.node_layer[i]), int(g.node_position[i]), int(g.node_index[i])): float(factor) for i in neurons}
+    computed = run_with_status("intervention", lambda progress: get_service().graph_intervention(
+        shown.spec, shown.prompt, factors, g.target_ids, progress=progress))
+    logits = np.nonzero(g.node_kind == KIND_LOGIT)[0]
+    table = {"target": [repr(t) for t in g.target_tokens], "baseline logit": g.node_activation[logits],
+             "predicted change": delta}
+    if computed is not None:
+        m = computed.result
+        table.update({"baseline logit": m.baseline, "frozen change": m.frozen, "measured change": m.measured})
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    st.caption(INTERVENTION_CAPTION)
+
+
+def show_pinned(shown: Shown, pinned: list[int], fmt: str, slug: str) -> None:
+    """Each pinned node's decodings and strongest inputs and outputs, the pinned subgraph, the intervention."""
+    g: GraphResult = shown.result
     for i in pinned:
         with st.expander(f"{g.node_id(i)} — activation {g.node_activation[i]:.4g}", expanded=len(pinned) == 1):
+            show_decodings(g, i)
             left, right = st.columns(2)
             left.markdown("**Strongest inputs**")
             left.dataframe(node_edges_table(g, i, "in"), hide_index=True, width="stretch")
@@ -118,17 +162,7 @@ def show_pinned(g: GraphResult, pinned: list[int], fmt: str, slug: str) -> None:
         chart(graph_figure(g, nodes=pinned, pinned=pinned), "gr_subgraph", fmt, f"graph_{slug}_pinned")
     neurons = [i for i in pinned if g.node_kind[i] == KIND_NEURON]
     if neurons:
-        st.subheader("Intervene on the pinned neurons")
-        factor = st.slider("Scale the pinned neurons by", -2.0, 3.0, 0.0, 0.1, key="gr_factor",
-                           help="0 zeroes them (ablation), 1 leaves them as they are.")
-        delta = g.predict_intervention({i: factor for i in neurons})
-        logits = np.nonzero(g.node_kind == KIND_LOGIT)[0]
-        st.dataframe(pd.DataFrame({"target": [repr(t) for t in g.target_tokens],
-                                   "logit": g.node_activation[logits],
-                                   "predicted change": delta,
-                                   "predicted logit": g.node_activation[logits] + delta}),
-                     hide_index=True, width="stretch")
-        st.caption("The graph's linear prediction (exact for the detached map along the visited, kept neurons).")
+        show_intervention(shown, neurons)
 
 
 def show_result(shown: Shown, fmt: str) -> None:
@@ -148,7 +182,7 @@ def show_result(shown: Shown, fmt: str) -> None:
                             config=download_config(fmt, f"graph_{slug}"))
     clicked = [int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p]
     pinned = pinned_nodes(g, clicked)
-    show_pinned(g, pinned, fmt, slug)
+    show_pinned(shown, pinned, fmt, slug)
     st.download_button("Download the graph (lldd JSON)", data=json.dumps(g.to_json()), file_name=f"graph_{slug}.json",
                        mime="application/json", on_click="ignore", key="gr_json")
     edges = pd.DataFrame(g.edges())

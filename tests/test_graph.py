@@ -14,10 +14,10 @@ from lldd_core.analysis.graph import (
     _bias_groups,
     _Capture,
     build_graph,
-    measure_intervention,
     mlp_down_modules,
     raw_logits,
 )
+from lldd_core.analysis.graph_intervention import measure_intervention
 from lldd_core.analysis.graph_prune import prune
 from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
 from lldd_core.forward.linearize import detached_mode

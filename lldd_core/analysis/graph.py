@@ -17,12 +17,14 @@ neuron ``(layer, position, index)``, and the target logits (raw, before any soft
 last position). Rows are filled by batched backward passes (``is_grads_batched``), logits first,
 then neurons in order of their current influence on the logits, up to ``max_nodes`` neurons.
 Unvisited neurons stay as sources (their outgoing edges are exact; they have no incoming edges).
-Pruning and the replacement score live in :mod:`lldd_core.analysis.graph_prune`.
+Pruning and the replacement score live in :mod:`lldd_core.analysis.graph_prune`, the neurons'
+decodings in :mod:`lldd_core.analysis.graph_decode`, interventions in :mod:`lldd_core.analysis.graph_intervention`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +34,11 @@ from torch import nn
 
 from ..errors import InputError, NumericalError
 from ..forward.hooks import hooks, replace_input
-from ..forward.linearize import detached_mode, live_mode
+from ..forward.linearize import detached_mode
 from ..forward.residual import run_to_layer
 from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, model_dtype, scaled_biases
+from .graph_decode import decode_graph_neurons
 from .graph_prune import influence, prune
 from .graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
 
@@ -230,51 +233,6 @@ def build_pruned_graph(model: nn.Module, adapter: FamilyAdapter, input_ids: torc
     return graph if node_threshold is None else prune(graph, node_threshold, edge_threshold)
 
 
-def measure_intervention(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor,
-                         nodes: dict[tuple[int, int, int], float], targets: Sequence[int], *,
-                         linear: bool = False) -> np.ndarray:
-    """Change of the raw target logits when neurons ``(layer, position, index)`` are scaled by the factors.
-
-    ``linear=False``: measured in the full model (live mode), intervened forward minus clean forward.
-    It differs from the graph's prediction wherever a recomputed norm scale, softmax or gate lies on a
-    path (even to first order: the detached derivative is not the ordinary one); the gap is the
-    model's nonlinearity, shown beside the prediction as lldd's predicted-vs-measured check.
-    ``linear=True``: the detached map's exact linear response, ``d logit / d alpha`` at ``alpha = 1``
-    times ``alpha - 1`` (downstream neurons respond through the frozen paths; the graph's
-    :meth:`GraphResult.predict_intervention` must match it exactly when every neuron was visited).
-    """
-    ids = input_ids.reshape(1, -1).to(input_device(model))
-    n_layers = len(adapter.layers(model))
-    dtype = model_dtype(model)
-    downs = mlp_down_modules(model, adapter)
-    d_mlp = getattr(downs[0], "in_features", None) or downs[0].weight.shape[0]  # Linear, or GPT-2's Conv1D
-
-    def per_layer(values: dict[tuple[int, int, int], float], base: float) -> list[torch.Tensor]:
-        f = torch.full((n_layers, ids.shape[1], d_mlp), base, dtype=dtype, device=ids.device)
-        for (lay, pos, idx), a in values.items():
-            f[lay, pos, idx] = a
-        return [f[i].unsqueeze(0) for i in range(n_layers)]
-
-    tgt = list(targets)
-    if linear:
-        # scale = 1 + t * (alpha - 1): at t = 0 the forward is the clean one, and d logit / dt is the
-        # detached (linear) map's response to the whole step t = 1
-        t = torch.zeros((), dtype=dtype, device=ids.device, requires_grad=True)
-        scale = [1 + t * u for u in per_layer({k: v - 1.0 for k, v in nodes.items()}, 0.0)]
-        capture = _Capture(downs, scale=scale, inject=False)
-        with detached_mode(model, adapter), torch.enable_grad(), capture.active():
-            logits = raw_logits(model, adapter, run_to_layer(model, adapter, ids, n_layers).xk)
-            grads = [torch.autograd.grad(logits[j], t, retain_graph=True)[0] for j in tgt]
-        return np.array([float(g) for g in grads])
-    outs = []
-    for values in ({}, nodes):
-        capture = _Capture(downs, scale=per_layer(values, 1.0), inject=False)
-        with live_mode(model, adapter), torch.no_grad(), capture.active():
-            logits = raw_logits(model, adapter, run_to_layer(model, adapter, ids, n_layers).xk)
-        outs.append(logits.double().cpu().numpy()[tgt])
-    return outs[1] - outs[0]
-
-
 ANALYSIS = "graph"
 
 
@@ -288,8 +246,9 @@ def target_id(info: ModelInfo, token: str) -> int:
 
 def analyze_graph(handle: ModelHandle, input_ids: list[int], *, target: int | None = None,
                   node_threshold: float | None = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = 1024,
-                  progress: ProgressFn | None = None) -> GraphResult:
-    """The (pruned unless ``node_threshold`` is ``None``) graph of a loaded model, with token strings filled in."""
+                  n_decode: int = 5, progress: ProgressFn | None = None) -> GraphResult:
+    """The (pruned unless ``node_threshold`` is ``None``) graph of a loaded model, with token strings and the
+    kept neurons' decodings (``n_decode`` tokens each, :mod:`lldd_core.analysis.graph_decode`) filled in."""
     report = progress or (lambda frac, msg: None)
     report(0.0, "Detached forward pass")
     graph = build_graph(handle.model, handle.adapter, torch.tensor(input_ids), None if target is None else [target],
@@ -299,6 +258,9 @@ def analyze_graph(handle: ModelHandle, input_ids: list[int], *, target: int | No
     report(0.9, "Pruning")
     if node_threshold is not None:
         graph = prune(graph, node_threshold, edge_threshold)
+    report(0.95, "Decoding the neurons")
+    graph = dataclasses.replace(graph, **decode_graph_neurons(handle.model, handle.adapter, graph,
+                                                              handle.info.tokenizer, n_decode))
     graph.tokens = handle.info.token_strings(input_ids)
     graph.target_tokens = handle.info.token_strings(graph.target_ids)
     graph.model = handle.spec.model

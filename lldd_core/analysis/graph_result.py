@@ -5,6 +5,10 @@ embeddings; ``n_layers`` for logits and the final norm's bias), a position (``-1
 index (neuron index; token id for embeddings and logits) and an activation (the neuron value, the
 raw logit, ``|x_0|`` at the position for embeddings, 1 for a bias). Edge ``k`` runs from
 ``edge_source[k]`` to ``edge_target[k]`` with weight ``edge_weight[k]`` (``value * derivative``).
+
+Decodings (:mod:`lldd_core.analysis.graph_decode`) are kept per ``(layer, neuron)``, shared by the
+neuron's nodes at every position: row ``r`` of ``decoded_ids`` / ``decoded_scores`` / ``decoded_tokens``
+belongs to neuron ``decoded_index[r]`` of block ``decoded_layer[r]``, slot ``s`` is ``decode_kinds[s]``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,26 @@ class GraphResult(Result):
     tokens: list[str] = dataclasses.field(default_factory=list)
     target_tokens: list[str] = dataclasses.field(default_factory=list)
     model: str = ""
+    decode_kinds: list[str] = dataclasses.field(default_factory=list)
+    decoded_layer: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # [D]
+    decoded_index: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # [D]
+    decoded_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0), np.int64))  # [D, S, n]
+    decoded_scores: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))  # [D, S, n]
+    decoded_tokens: list = dataclasses.field(default_factory=list)  # [D][S][n] token strings
+
+    def validate(self) -> None:
+        """Consistent shapes (the cache calls this before storing and after reading); ``ValueError`` otherwise."""
+        n, e, d = len(self.node_kind), self.edge_weight.size, self.decoded_layer.size
+        if any(len(a) != n for a in (self.node_layer, self.node_position, self.node_index, self.node_activation,
+                                     self.node_influence, self.node_visited)):
+            raise ValueError("node arrays of different lengths")
+        if self.edge_source.size != e or self.edge_target.size != e or (e and (
+                max(self.edge_source.max(), self.edge_target.max()) >= n or min(self.edge_source.min(),
+                                                                                self.edge_target.min()) < 0)):
+            raise ValueError("edges out of range")
+        if self.decoded_index.size != d or self.decoded_ids.shape != self.decoded_scores.shape or (d and (
+                self.decoded_ids.shape[:2] != (d, len(self.decode_kinds)) or len(self.decoded_tokens) != d)):
+            raise ValueError("decodings of inconsistent shape")
 
     # --- ids and plain lists -----------------------------------------------------------------
     def node_id(self, i: int) -> str:
@@ -66,10 +90,37 @@ class GraphResult(Result):
         return int(hit[0])
 
     def nodes(self) -> list[dict[str, Any]]:
-        return [{"id": self.node_id(i), "kind": KIND_NAMES[int(self.node_kind[i])], "layer": int(self.node_layer[i]),
-                 "position": int(self.node_position[i]), "index": int(self.node_index[i]),
-                 "activation": float(self.node_activation[i]), "influence": float(self.node_influence[i])}
-                for i in range(len(self.node_kind))]
+        """Node dicts; decoded neurons carry ``decodings``: ``{kind: [[token, score], ...]}``."""
+        rows = self.decoding_rows()
+        out = []
+        for i in range(len(self.node_kind)):
+            node = {"id": self.node_id(i), "kind": KIND_NAMES[int(self.node_kind[i])], "layer": int(self.node_layer[i]),
+                    "position": int(self.node_position[i]), "index": int(self.node_index[i]),
+                    "activation": float(self.node_activation[i]), "influence": float(self.node_influence[i])}
+            dec = self.decoding(i, rows)
+            if dec is not None:
+                node["decodings"] = {k: [[t, s] for t, s in v] for k, v in dec.items()}
+            out.append(node)
+        return out
+
+    # --- decodings ---------------------------------------------------------------------------
+    def decoding_rows(self) -> dict[tuple[int, int], int]:
+        """``(layer, neuron) -> row`` of the decoding arrays."""
+        return {(int(la), int(ix)): r for r, (la, ix) in enumerate(zip(self.decoded_layer, self.decoded_index,
+                                                                         strict=True))}
+
+    def decoding(self, node: int, rows: dict[tuple[int, int], int] | None = None
+                 ) -> dict[str, list[tuple[str, float]]] | None:
+        """A neuron node's decodings, ``{kind: [(token, score), ...]}`` best first; ``None`` when it has none."""
+        if int(self.node_kind[node]) != KIND_NEURON:
+            return None
+        r = (self.decoding_rows() if rows is None else rows).get((int(self.node_layer[node]),
+                                                                   int(self.node_index[node])))
+        if r is None:
+            return None
+        return {k: [(str(t), float(s)) for t, s in zip(self.decoded_tokens[r][j], self.decoded_scores[r, j],
+                                                        strict=True)]
+                for j, k in enumerate(self.decode_kinds)}
 
     def edges(self) -> list[dict[str, Any]]:
         ids = [self.node_id(i) for i in range(len(self.node_kind))]
@@ -89,9 +140,18 @@ class GraphResult(Result):
                 "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
                 "replacement_score": self.replacement_score}
 
+    def top_paths(self) -> list[dict[str, Any]]:
+        """Each target logit's :meth:`top_path`: the target token, the node ids source first, the path's share."""
+        out = []
+        for j, node in enumerate(np.nonzero(self.node_kind == KIND_LOGIT)[0]):
+            path, share = self.top_path(int(node))
+            token = self.target_tokens[j] if self.target_tokens else str(self.target_ids[j])
+            out.append({"target": token, "path": [self.node_id(n) for n in path], "share": share})
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        """lldd's graph JSON: the summary plus ``nodes`` and ``edges``."""
-        return {**self.summary(), "nodes": self.nodes(), "edges": self.edges()}
+        """lldd's graph JSON: the summary, ``top_path`` (per target), ``nodes`` and ``edges``."""
+        return {**self.summary(), "top_path": self.top_paths(), "nodes": self.nodes(), "edges": self.edges()}
 
     def top_path(self, target: int) -> tuple[list[int], float]:
         """The strongest path into node ``target`` (node numbers, source first) and its score.
@@ -154,6 +214,7 @@ class GraphResult(Result):
         """
         T = len(self.token_ids)
         tokens = self.tokens or [str(t) for t in self.token_ids]
+        rows = self.decoding_rows()
         ids, out = [], []
         for i in range(len(self.node_kind)):
             kind, layer, pos, idx = (int(self.node_kind[i]), int(self.node_layer[i]), int(self.node_position[i]),
@@ -161,8 +222,10 @@ class GraphResult(Result):
             act, infl = float(self.node_activation[i]), float(self.node_influence[i])
             if kind == KIND_NEURON:
                 nid, js = f"{layer}_{idx}_{pos}", f"{layer}_{idx}-0"
+                dec = self.decoding(i, rows)  # the viewer shows the clerp as the node's label: its top output tokens
+                says = f": writes {', '.join(repr(t) for t, _ in dec['out+'][:3])}" if dec else ""
                 node = {"feature": (layer + idx) * (layer + idx + 1) // 2 + idx, "layer": str(layer), "ctx_idx": pos,
-                        "feature_type": "cross layer transcoder", "clerp": f"MLP neuron {layer}/{idx}"}
+                        "feature_type": "cross layer transcoder", "clerp": f"MLP neuron {layer}/{idx}{says}"}
             elif kind == KIND_EMBEDDING:
                 nid, js = f"E_{idx}_{pos}", f"E_{idx}-{pos}"
                 node = {"feature": pos, "layer": "E", "ctx_idx": pos, "feature_type": "embedding", "clerp": ""}

@@ -170,12 +170,14 @@ class LayersSettings(Settings):
 @dataclass(frozen=True)
 class GraphSettings(Settings):
     """The exact attribution graph (:mod:`lldd_core.analysis.graph`). ``target``: one token's text (default:
-    the top next tokens); ``node_threshold = None`` keeps every node; ``max_nodes = None`` visits all."""
+    the top next tokens); ``node_threshold = None`` keeps every node; ``max_nodes = None`` visits all;
+    ``n_decode``: tokens per decoding of each kept neuron."""
 
     target: str | None = None
     node_threshold: float | None = 0.8
     edge_threshold: float = 0.98
     max_nodes: int | None = 1024
+    n_decode: int = 5
 
     def check(self) -> GraphSettings:
         return replace(
@@ -183,12 +185,13 @@ class GraphSettings(Settings):
             node_threshold=None if self.node_threshold is None else ranges.NODE_THRESHOLD.check(self.node_threshold),
             edge_threshold=ranges.EDGE_THRESHOLD.check(self.edge_threshold),
             max_nodes=None if self.max_nodes is None else ranges.MAX_NODES.check(self.max_nodes),
+            n_decode=ranges.DECODE.check(self.n_decode),
         )
 
     def cache_params(self, target_id: int | None) -> dict[str, Any]:
         """The key holds the target's token id (two spellings of one token are one entry)."""
         return {"target": target_id, "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
-                "max_nodes": self.max_nodes}
+                "max_nodes": self.max_nodes, "n_decode": self.n_decode}
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def _print_jacobian(p: dict[str, Any], k: int) -> None:
 def cmd_graph(args: argparse.Namespace) -> int:
     """Exact attribution graph (lldd_core.analysis.graph): lldd's JSON to --json, the Neuronpedia JSON to --neuronpedia."""
     start = time.perf_counter()
-    settings = GraphSettings.from_args(args, node_threshold=None if args.no_prune else args.node_threshold)
+    settings = GraphSettings.from_args(args, node_threshold=None if args.no_prune else args.node_threshold,
+                                       n_decode=args.decode)
     computed = run_analysis(args, lambda svc, spec, progress: svc.graph(spec, args.prompt, settings, progress=progress))
     r, elapsed = computed.result, time.perf_counter() - start
     warn_not_cached(computed)
@@ -119,10 +120,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     out.write(f"graph      {s['nodes']} nodes, {s['edges']} edges, {s['visited']} visited; "
               f"{'pruned' if r.pruned else 'unpruned'} (node {r.node_threshold}, edge {r.edge_threshold}); "
               f"replacement score {r.replacement_score:.4f}\n")
-    logits = [i for i, kind in enumerate(r.node_kind) if kind == 3]
-    for tok, node in zip(r.target_tokens, logits, strict=True):
-        path, score = r.top_path(node)
-        out.write(f"top path   into {tok!r}: {' -> '.join(r.node_id(n) for n in path)} (share {score:.3f})\n")
+    for top in r.top_paths():
+        out.write(f"top path   into {top['target']!r}: {' -> '.join(top['path'])} (share {top['share']:.3f})\n")
     out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {elapsed:.2f} s\n")
     return 0
 
@@ -190,6 +189,7 @@ def register(sub: Any) -> None:
     number_option(p, R.NODE_THRESHOLD, GraphSettings.default("node_threshold"), "share of the neurons' influence the kept neurons cover")
     number_option(p, R.EDGE_THRESHOLD, GraphSettings.default("edge_threshold"), "share of the edges' influence the kept edges cover")
     number_option(p, R.MAX_NODES, GraphSettings.default("max_nodes"), "neurons visited as targets, most influential first")
+    number_option(p, R.DECODE, GraphSettings.default("n_decode"), "decoded tokens per kept neuron's output and input")
     p.add_argument("--neuronpedia", metavar="FILE", default=None, help="also write the Neuronpedia graph JSON")
     p.set_defaults(func=cmd_graph)
 

@@ -4,7 +4,9 @@ The layered picture: prompt positions across, depth up — embeddings at the bot
 neurons at their block, the target logits on top (above the last position) and the bias nodes, the
 constants that close every node's sum, in a column of their own on the left. Node size grows with
 influence on the targets (with ``|activation|`` for an unpruned graph); edges are the strongest
-``max_edges`` by ``|weight|``, their width by ``|weight|`` and their colour by sign.
+``max_edges`` by ``|weight|``, their width by ``|weight|`` and their colour by sign. A neuron's hover
+shows its decodings (:mod:`lldd_core.analysis.graph_decode`): the tokens its output raises and lowers,
+and the tokens whose embeddings its input (and gate) direction reads, both signs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ POSITIVE_COLOR = "rgba(31, 119, 180, {a})"
 NEGATIVE_COLOR = "rgba(214, 39, 40, {a})"
 #: Edge widths in px for the weight terciles (thin, middle, thick).
 EDGE_WIDTHS = (0.6, 1.6, 3.2)
+#: What each decoding kind says (hover lines and the pinned-node table).
+DECODING_LABELS = {"out+": "raises (output)", "out-": "lowers (output)", "in+": "reads + (input)",
+                   "in-": "reads − (input)", "gate+": "gate + (input)", "gate-": "gate − (input)"}
 
 
 def node_xy(graph: GraphResult) -> tuple[np.ndarray, np.ndarray]:
@@ -52,9 +57,31 @@ def node_xy(graph: GraphResult) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def decoding_hover(graph: GraphResult, node: int, rows: dict[tuple[int, int], int] | None = None) -> str | None:
+    """A neuron's decodings as hover lines (plotly-escaped tokens); ``None`` when it has none."""
+    dec = graph.decoding(node, rows)
+    if dec is None:
+        return None
+    return "<br>".join(f"{DECODING_LABELS.get(k, k)}: " + " ".join(plotly_text(repr(t)) for t, _ in v)
+                       for k, v in dec.items())
+
+
+def decodings_table(graph: GraphResult, node: int) -> pd.DataFrame | None:
+    """A neuron's decodings, one row per kind: the tokens best first and their scores (logit per unit value
+    for the output, cosine with the embeddings for the input); ``None`` when it has none."""
+    dec = graph.decoding(node)
+    if dec is None:
+        return None
+    return pd.DataFrame({"decoding": [DECODING_LABELS.get(k, k) for k in dec],
+                         "tokens": [" ".join(repr(t) for t, _ in v) for v in dec.values()],
+                         "scores": [" ".join(f"{s:.3g}" for _, s in v) for v in dec.values()]})
+
+
 def node_labels(graph: GraphResult, decodings: Mapping[int, str] | None = None) -> list[str]:
-    """Hover text per node: its id and kind, activation, influence, and ``decodings[i]`` when given."""
+    """Hover text per node: its id and kind, activation, influence, and its decodings (``decodings[i]``
+    when given, else the graph's own, :func:`decoding_hover`)."""
     tokens = graph.tokens or [str(t) for t in graph.token_ids]
+    rows = graph.decoding_rows()
     out = []
     for i in range(len(graph.node_kind)):
         kind, pos = int(graph.node_kind[i]), int(graph.node_position[i])
@@ -66,8 +93,9 @@ def node_labels(graph: GraphResult, decodings: Mapping[int, str] | None = None) 
             name = graph.target_tokens[j] if graph.target_tokens else str(graph.node_index[i])
             head += f" {plotly_text(repr(name))} (p = {graph.target_probs[j]:.3f})"
         text = f"{head}<br>activation {graph.node_activation[i]:.4g} · influence {graph.node_influence[i]:.3g}"
-        if decodings and i in decodings:
-            text += "<br>" + decodings[i]
+        extra = decodings.get(i) if decodings is not None else decoding_hover(graph, i, rows)
+        if extra:
+            text += "<br>" + extra
         out.append(text)
     return out
 
@@ -87,7 +115,8 @@ def strongest_edges(graph: GraphResult, max_edges: int, among: np.ndarray | None
 def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping[int, str] | None = None,
                  pinned: Sequence[int] = (), nodes: Sequence[int] | None = None) -> go.Figure:
     """The layered attribution graph (module doc). ``nodes``: draw only these (and the edges between
-    them), e.g. a pinned subgraph; ``pinned`` nodes get a black ring; ``decodings`` add hover lines.
+    them), e.g. a pinned subgraph; ``pinned`` nodes get a black ring; ``decodings`` replace the neurons'
+    own decodings in the hover.
 
     Node markers carry their node number as ``customdata`` (a page's click selection reads it).
     """

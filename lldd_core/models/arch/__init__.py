@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...errors import UnsupportedFamilyError
-from .base import FamilyAdapter, is_activation, is_norm
+from .base import FamilyAdapter, is_activation, is_layer_norm, is_norm
 from .gemma import GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
@@ -52,6 +52,7 @@ __all__ = [
     "FamilyAdapter",
     "adapter_for",
     "is_activation",
+    "is_layer_norm",
     "is_norm",
     "supported_families_text",
     "supported_model_types",

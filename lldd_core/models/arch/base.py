@@ -26,6 +26,11 @@ def is_activation(module: nn.Module) -> bool:
     return cls.__module__ in _ACTIVATION_MODULES and "Attention" not in cls.__name__
 
 
+def is_layer_norm(module: nn.Module) -> bool:
+    """True for mean-centering norms (LayerNorm variants); other norms are RMSNorms."""
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
+
+
 def is_norm(module: nn.Module) -> bool:
     """True for LayerNorm and RMSNorm variants (matched by class, since each family defines its own)."""
     name = type(module).__name__
@@ -48,6 +53,10 @@ class FamilyAdapter:
             and MLP terms added to the residual stream (after any post-norm, before the add).
         mlp_down: dotted path, inside a block, of the MLP's output projection; its input is the MLP's
             hidden vector (``act(gate) * up`` or ``act(z)``), one value per neuron (attribution graphs).
+        mlp_up / mlp_gate: the projections the neurons read with: ``up`` (plain MLPs: the input
+            projection ``fc_in``, before the activation) and the gate (``None`` for plain MLPs).
+            ``mlp_gate_up_fused``: ``mlp_up`` is one fused projection, gate rows first, then up rows (Phi-3).
+        mlp_norm: the norm in front of the MLP (``None`` when the MLP reads the stream directly, OLMo 2).
     """
 
     name: str = "?"
@@ -58,6 +67,10 @@ class FamilyAdapter:
     attention_output: str = "self_attn"
     mlp_output: str = "mlp"
     mlp_down: str = "mlp.down_proj"
+    mlp_up: str = "mlp.up_proj"
+    mlp_gate: str | None = "mlp.gate_proj"
+    mlp_gate_up_fused: bool = False
+    mlp_norm: str | None = "post_attention_layernorm"
 
     # --- where things live -------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:

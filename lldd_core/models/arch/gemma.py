@@ -11,3 +11,4 @@ class GemmaAdapter(FamilyAdapter):
     attention_output = "post_attention_layernorm"
     mlp_output = "post_feedforward_layernorm"
     norm_weight_offset = 1.0
+    mlp_norm = "pre_feedforward_layernorm"

@@ -11,6 +11,9 @@ class GPT2Adapter(FamilyAdapter):
     attention_output = "attn"
     mlp_output = "mlp"
     mlp_down = "mlp.c_proj"
+    mlp_up = "mlp.c_fc"
+    mlp_gate = None
+    mlp_norm = "ln_2"
     gated_mlp = False
     biases = True
 

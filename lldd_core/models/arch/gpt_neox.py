@@ -11,6 +11,8 @@ class GPTNeoXAdapter(FamilyAdapter):
     attention_output = "attention"
     mlp_output = "mlp"
     mlp_down = "mlp.dense_4h_to_h"
+    mlp_up = "mlp.dense_h_to_4h"
+    mlp_gate = None
     gated_mlp = False
     biases = True
 

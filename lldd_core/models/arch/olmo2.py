@@ -8,3 +8,4 @@ class Olmo2Adapter(FamilyAdapter):
     model_types = ("olmo2",)
     attention_output = "post_attention_layernorm"
     mlp_output = "post_feedforward_layernorm"
+    mlp_norm = None

@@ -12,3 +12,6 @@ from .base import FamilyAdapter
 class Phi3Adapter(FamilyAdapter):
     name = "Phi-3 / Phi-4"
     model_types = ("phi3",)
+    mlp_up = "mlp.gate_up_proj"
+    mlp_gate = "mlp.gate_up_proj"
+    mlp_gate_up_fused = True
