@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
 from lldd_core.analysis.settings import GraphSettings
+from lldd_core.service import get_service
 from tests.apptest import assert_clean, metrics, open_page
 
 SMALL = {"gr_max_nodes": 64}
@@ -74,11 +75,25 @@ def test_pinning_shows_edges_subgraph_and_a_predicted_intervention(app: AppTest)
     sub = pio.from_json(charts[1].proto.spec)
     numbers = sorted(int(i) for trace in sub.data if trace.mode == "markers" for i in trace.customdata)
     assert numbers == sorted([neuron, logit])
+    dec = g.decoding(neuron)
+    assert dec is not None and any(  # the pinned neuron's decodings
+        d.value["tokens"].iloc[0] == " ".join(repr(t) for t, _ in dec["out+"]) for d in app.dataframe
+        if "tokens" in d.value.columns)
     app.slider(key="gr_factor").set_value(0.0).run()
+    assert_clean(app)
     table = app.dataframe[-1].value
     expected = g.predict_intervention({neuron: 0.0})
     assert np.allclose(table["predicted change"].to_numpy(), expected)
     assert np.any(expected != 0)  # the neuron feeds the target directly
+    # beside it, the frozen and the measured change, computed through the service (cached)
+    key = {(int(g.node_layer[neuron]), int(g.node_position[neuron]), int(g.node_index[neuron])): 0.0}
+    spec = app.session_state["graph.last"].spec
+    measured = get_service().graph_intervention(spec, app.session_state["graph.last"].prompt, key, g.target_ids)
+    assert measured.cache_hit
+    assert np.allclose(table["measured change"].to_numpy(), measured.result.measured)
+    assert np.allclose(table["frozen change"].to_numpy(), measured.result.frozen)
+    assert np.all(np.isfinite(table["measured change"].to_numpy())) and np.any(table["measured change"] != 0)
+    assert any("Theory" in c.value for c in app.caption)
 
 
 def test_a_bad_target_is_one_error_and_the_page_keeps_working(app: AppTest) -> None:

@@ -86,10 +86,13 @@ CASES: dict[str, tuple[Any, str, bool, str]] = {
         '{"final_norm":false,"layer":1}'),
     "graph": (
         lambda s, m: s.graph(m, PROMPT), "graph", True,
-        '{"edge_threshold":0.98,"max_nodes":1024,"node_threshold":0.8,"target":null}'),
+        '{"edge_threshold":0.98,"max_nodes":1024,"n_decode":5,"node_threshold":0.8,"target":null}'),
     "graph-unpruned": (
         lambda s, m: s.graph(m, PROMPT, node_threshold=None, edge_threshold=0.5, max_nodes=None), "graph", True,
-        '{"edge_threshold":0.5,"max_nodes":null,"node_threshold":null,"target":null}'),
+        '{"edge_threshold":0.5,"max_nodes":null,"n_decode":5,"node_threshold":null,"target":null}'),
+    "graph-intervention": (
+        lambda s, m: s.graph_intervention(m, PROMPT, {(1, 2, 7): 0.0, (0, 1, 3): 2.0}, [5, 9]), "graph-intervention",
+        True, '{"factors":[[0,1,3,2.0],[1,2,7,0.0]],"targets":[5,9]}'),
     "spectrum": (
         lambda s, m: s.spectrum(m, PROMPT), "spectrum", True,
         '{"final_norm":true,"k":8,"layer":2,"method":"auto","n_decode":8}'),

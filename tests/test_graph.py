@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -17,12 +18,16 @@ from lldd_core.analysis.graph import (
     mlp_down_modules,
     raw_logits,
 )
-from lldd_core.analysis.graph_intervention import measure_intervention
+from lldd_core.analysis.graph_decode import decode_graph_neurons, decoded_neurons, neuron_vectors
+from lldd_core.analysis.graph_intervention import measure_intervention, mlp_width
 from lldd_core.analysis.graph_prune import prune
 from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
-from lldd_core.forward.linearize import detached_mode
+from lldd_core.errors import InputError
+from lldd_core.forward.hooks import capture, hooks, replace_input
+from lldd_core.forward.linearize import detached_mode, live_mode
 from lldd_core.forward.residual import run_to_layer
 from lldd_core.models.arch import adapter_for
+from lldd_core.models.loading import ModelSpec
 from lldd_core.models.placement import scaled_biases
 from lldd_core.store.results import from_bytes, to_bytes
 from tests.tiny import BIASED, FAMILIES, PROMPT
@@ -211,9 +216,16 @@ def test_interventions_predicted_by_the_graph(tiny_dirs, family):
 
 
 def test_exports_and_cache_round_trip(tiny_dirs):
-    _, _, _, g = _full(tiny_dirs, "llama")
+    model, adapter, _, g = _full(tiny_dirs, "llama")
     p = prune(g)
+    p = dataclasses.replace(p, **decode_graph_neurons(model, adapter, p, AutoTokenizer.from_pretrained(
+        tiny_dirs["llama"]), n=3))
     data = json.loads(json.dumps(p.to_json()))
+    decoded = [n for n in data["nodes"] if "decodings" in n]
+    assert len(decoded) == int((p.node_kind == KIND_NEURON).sum()) and all(n["kind"] == "neuron" for n in decoded)
+    assert set(decoded[0]["decodings"]) == {"out+", "out-", "in+", "in-", "gate+", "gate-"}
+    assert all(len(v) == 3 and isinstance(v[0][0], str) for v in decoded[0]["decodings"].values())
+    assert [t["path"][-1] for t in data["top_path"]] == [f"L_{t}" for t in p.target_ids]
     assert {n["kind"] for n in data["nodes"]} == {"embedding", "neuron", "logit"}
     node_ids = {n["id"] for n in data["nodes"]}
     assert len(node_ids) == len(data["nodes"]) and all(e["source"] in node_ids and e["target"] in node_ids
@@ -226,8 +238,12 @@ def test_exports_and_cache_round_trip(tiny_dirs):
         "embedding", "cross layer transcoder", "logit"}
     assert all(link["source"] in set(np_ids) and link["target"] in set(np_ids) for link in npd["links"])
     assert sum(n["is_target_logit"] for n in npd["nodes"]) == 3
+    assert all("writes" in n["clerp"] for n in npd["nodes"] if n["feature_type"] == "cross layer transcoder")
     back = from_bytes(to_bytes(p))
+    back.validate()
     assert back.to_json() == p.to_json()
+    with pytest.raises(ValueError):
+        dataclasses.replace(p, decoded_tokens=p.decoded_tokens[1:]).validate()
 
 
 def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, capsys, tmp_path):
@@ -236,14 +252,16 @@ def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, c
     base = ["graph", "--model", str(tiny_dirs["qwen2"]), "--prompt", PROMPT, "--dtype", "float64", "--device", "cpu",
             "--quiet", "--max-nodes", "200"]
     npd = tmp_path / "np.json"
-    assert main([*base, "--json", "-", "--neuronpedia", str(npd)]) == 0
+    assert main([*base, "--json", "-", "--neuronpedia", str(npd), "--decode", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
+    assert all(len(v) == 2 for n in data["nodes"] if n["kind"] == "neuron" for v in n["decodings"].values())
+    assert len(data["top_path"]) == 3 and data["tokens"]
     assert not data["cache_hit"] and data["pruned"] and 0 < data["replacement_score"]
     assert {"id", "kind", "layer", "position", "index", "activation"} <= data["nodes"][0].keys()
     assert {"source", "target", "weight"} == data["edges"][0].keys()
     assert {n["kind"] for n in data["nodes"]} >= {"embedding", "bias", "neuron", "logit"}  # qwen2 has biases
     assert json.loads(npd.read_text())["metadata"]["prompt_tokens"]
-    assert main([*base, "--json", "-"]) == 0
+    assert main([*base, "--json", "-", "--decode", "2"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["cache_hit"] and again["edges"] == data["edges"]
     assert main(base) == 0
@@ -252,7 +270,7 @@ def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, c
     assert main([*base, "--target", " Golden", "--no-prune", "--json", "-"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert len(one["targets"]) == 1 and not one["pruned"] and one["replacement_score"] == 1.0
-    for bad in (["--target", "Golden Gate Bridge"], ["--node-threshold", "0"], ["--max-nodes", "0"]):
+    for bad in (["--target", "Golden Gate Bridge"], ["--node-threshold", "0"], ["--max-nodes", "0"], ["--decode", "0"]):
         assert main([*base, *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
@@ -278,3 +296,162 @@ def test_top_path_is_the_best_path_by_exhaustive_search(tiny_dirs):
         want_score, want_path = best(int(logit))
         assert score == pytest.approx(want_score, rel=1e-12) and score > 0
         assert path == want_path and p.node_kind[path[0]] in (0, 1) and path[-1] == logit
+
+
+# --- decodings -----------------------------------------------------------------------------------
+
+def _assert_positively_parallel(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Each row of ``a`` is a positive multiple of the same row of ``b`` (cosine 1 to rounding)."""
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    assert torch.all(cos >= 1 - 1e-12), cos
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_neuron_vectors_are_what_a_neuron_writes_and_reads(tiny_dirs, family):
+    """By autograd in the detached model, where the adapters' paths cannot hide a mistake: the MLP term's
+    derivative by ``h_i`` is a positive multiple of ``write``; the pre-activation's (``up``, ``gate``)
+    derivative by the stream the MLP reads is a positive multiple of ``read`` (``gate``)."""
+    model, adapter, ids = _load(tiny_dirs, family, tokens=5)
+    n_layers, pos = len(adapter.layers(model)), 3
+    layer = n_layers - 1
+    block = adapter.layers(model)[layer]
+    index = torch.tensor([0, 5, 17, 63])
+    vec = neuron_vectors(model, adapter, layer, index)
+    stream: dict = {}
+
+    def leaf(x: torch.Tensor) -> torch.Tensor:
+        stream["r"] = x.detach().clone().requires_grad_(True)
+        return stream["r"]
+
+    reads_at = block.get_submodule(adapter.mlp_norm or adapter.mlp_down.rsplit(".", 1)[0])
+    seen: dict = {}
+    extra = [capture(block.get_submodule(adapter.mlp_gate), seen, "gate")] if adapter.mlp_gate else []
+    cap = _Capture(mlp_down_modules(model, adapter))
+    with detached_mode(model, adapter), torch.enable_grad(), cap.active(), hooks(
+            replace_input(reads_at, leaf), capture(block.get_submodule(adapter.mlp_up), seen, "up"),
+            capture(adapter.sublayer(block, "mlp"), seen, "term"), *extra):
+        run_to_layer(model, adapter, ids.reshape(1, -1), n_layers)
+
+    def jac(out: torch.Tensor, wrt: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """``d out[0, pos, c] / d wrt[0, pos]`` for each ``c`` in ``cols`` (rows)."""
+        cot = torch.zeros(len(cols), *out.shape, dtype=out.dtype)
+        cot[torch.arange(len(cols)), 0, pos, cols] = 1.0
+        g = torch.autograd.grad(out, wrt, cot, is_grads_batched=True, retain_graph=True)[0]
+        return g[:, 0, pos]
+
+    d = seen["term"].shape[-1]
+    write = jac(seen["term"], cap.leaves[layer], torch.arange(d))[:, index].T  # column i: d term / d h_i
+    _assert_positively_parallel(write, vec["write"])
+    m = cap.leaves[layer].shape[-1]
+    up_cols = index + m if adapter.mlp_gate_up_fused else index
+    _assert_positively_parallel(jac(seen["up"], stream["r"], up_cols), vec["read"])
+    assert ("gate" in vec) == adapter.gated_mlp
+    if adapter.gated_mlp:
+        _assert_positively_parallel(jac(seen["gate"], stream["r"], index), vec["gate"])
+
+
+def _brute_force_vectors(model, family: str, layer: int, i: int) -> dict[str, torch.Tensor]:
+    """Each family's decoding vectors spelled out from its named weights: the logit direction ``W_U F P col``
+    and the read (and gate) directions ``Nᵀ row`` in residual coordinates."""
+    with torch.no_grad():
+        if family == "gpt2":
+            blk, lnf = model.transformer.h[layer], model.transformer.ln_f
+            col = blk.mlp.c_proj.weight[i]  # Conv1D: [in, out]
+            logit = model.lm_head.weight @ ((col - col.mean()) * lnf.weight)
+            row = blk.mlp.c_fc.weight[:, i] * blk.ln_2.weight
+            return {"logit": logit, "read": row - row.mean()}
+        blk, final = model.model.layers[layer], model.model.norm
+        if family == "gemma2":
+            col = (1 + blk.post_feedforward_layernorm.weight) * blk.mlp.down_proj.weight[:, i]
+            g = 1 + blk.pre_feedforward_layernorm.weight
+            return {"logit": model.lm_head.weight @ ((1 + final.weight) * col), "read": g * blk.mlp.up_proj.weight[i],
+                    "gate": g * blk.mlp.gate_proj.weight[i]}
+        g = blk.post_attention_layernorm.weight
+        out = {"logit": model.lm_head.weight @ (final.weight * blk.mlp.down_proj.weight[:, i])}
+        if family == "phi3":  # fused: gate rows, then up rows
+            W, m = blk.mlp.gate_up_proj.weight, blk.mlp.down_proj.weight.shape[1]
+            return {**out, "read": g * W[m + i], "gate": g * W[i]}
+        return {**out, "read": g * blk.mlp.up_proj.weight[i], "gate": g * blk.mlp.gate_proj.weight[i]}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2", "phi3"])
+def test_decodings_equal_a_brute_force_from_the_weights(tiny_dirs, family):
+    """Every decoded neuron of a pruned graph: top tokens and scores of all four (six) decodings equal
+    a full sort of the vocabulary scored from the weights (gpt2: tied embeddings and LayerNorms)."""
+    model, adapter, ids, g = _full(tiny_dirs, family)
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[family])
+    p = prune(g)
+    p = dataclasses.replace(p, **decode_graph_neurons(model, adapter, p, tok, n=4))
+    p.validate()
+    nodes = decoded_neurons(p)
+    assert nodes.size and set(map(tuple, np.stack([p.node_layer[nodes], p.node_index[nodes]], 1).tolist())) == set(
+        zip(p.decoded_layer.tolist(), p.decoded_index.tolist(), strict=True))  # each (layer, neuron) once
+    W_E = model.get_input_embeddings().weight.detach()
+    unit_E = torch.nan_to_num(W_E / W_E.norm(dim=-1, keepdim=True))  # a zero (padding) row: cosine 0
+    for node in nodes[:: max(1, nodes.size // 12)]:
+        vec = _brute_force_vectors(model, family, int(p.node_layer[node]), int(p.node_index[node]))
+        scores = {"out": vec["logit"], "in": unit_E @ (vec["read"] / vec["read"].norm())}
+        if "gate" in vec:
+            scores["gate"] = unit_E @ (vec["gate"] / vec["gate"].norm())
+        dec = p.decoding(int(node))
+        assert set(dec) == {f"{k}{s}" for k in scores for s in "+-"}
+        for name, full in scores.items():
+            for sign, values in (("+", full), ("-", -full)):
+                order = torch.argsort(values, descending=True)[:4]
+                got = dec[f"{name}{sign}"]
+                assert [t for t, _ in got] == [tok.decode([int(j)]) for j in order]
+                np.testing.assert_allclose([s for _, s in got], values[order].numpy(), rtol=1e-12, atol=1e-12)
+
+
+# --- interventions through the service ------------------------------------------------------------
+
+def _live_derivative(model, adapter, ids, spec: dict, targets) -> np.ndarray:
+    """``d logit / dt`` at ``t = 0`` in the live (ordinary) model for the scale ``1 + t (alpha - 1)``."""
+    n_layers = len(adapter.layers(model))
+    t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    u = torch.zeros(n_layers, 1, len(ids), mlp_width(mlp_down_modules(model, adapter)[0]), dtype=torch.float64)
+    for (lay, pos, idx), a in spec.items():
+        u[lay, 0, pos, idx] = a - 1.0
+    cap = _Capture(mlp_down_modules(model, adapter), scale=[1 + t * u[i] for i in range(n_layers)], inject=False)
+    with live_mode(model, adapter), torch.enable_grad(), cap.active():
+        logits = raw_logits(model, adapter, run_to_layer(model, adapter, ids.reshape(1, -1), n_layers).xk)
+        return np.array([float(torch.autograd.grad(logits[j], t, retain_graph=True)[0]) for j in targets])
+
+
+def test_service_intervention_frozen_equals_the_graph_and_measured_is_the_full_model(tiny_dirs, fresh_service):
+    from lldd_core.service import get_service
+
+    svc, spec = get_service(), ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu")
+    g = svc.graph(spec, PROMPT, node_threshold=None, max_nodes=None).result
+    assert g.decoded_layer.size == int((g.node_kind == KIND_NEURON).sum()) // len(g.token_ids)  # all visited
+    neurons = np.nonzero(g.node_kind == KIND_NEURON)[0]
+    first = neurons[g.node_layer[neurons] == 0]
+    chosen = first[np.argsort(-np.abs(g.node_activation[first]))[:2]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], dtype=torch.float64).eval()
+    adapter, ids = adapter_for("llama"), torch.tensor(g.token_ids)
+    for factors in ({int(chosen[0]): 0.0}, {int(chosen[0]): 0.0, int(chosen[1]): 2.0}):
+        key = {(int(g.node_layer[n]), int(g.node_position[n]), int(g.node_index[n])): a for n, a in factors.items()}
+        computed = svc.graph_intervention(spec, PROMPT, key, g.target_ids)
+        r = computed.result
+        assert not computed.cache_hit and svc.graph_intervention(spec, PROMPT, key, g.target_ids).cache_hit
+        predicted = g.predict_intervention(factors)
+        # theory: in the frozen model the graph's prediction is exact (unpruned, every neuron visited)
+        np.testing.assert_allclose(predicted, r.frozen, rtol=1e-10, atol=1e-10 * np.abs(r.frozen).max())
+        np.testing.assert_allclose(r.measured, measure_intervention(model, adapter, ids, key, g.target_ids),
+                                   rtol=1e-12, atol=1e-12)
+        # the clean live logits are the graph's (the live forward rounds at ~1e-7 in places, as the stock one does)
+        np.testing.assert_allclose(r.baseline, g.node_activation[g.node_kind == KIND_LOGIT], rtol=1e-6, atol=1e-6)
+    # the full model: for small scalings the measured change is the ordinary derivative's step (second order
+    # off), not the frozen one — the gap is the model's nonlinearity (norm scales, softmax, gates recomputed)
+    key = {k: 1.001 for k in key}
+    r = svc.graph_intervention(spec, PROMPT, key, g.target_ids).result
+    live = _live_derivative(model, adapter, ids, key, g.target_ids)  # the step t = 1 to first order
+    np.testing.assert_allclose(r.measured, live, rtol=1e-2, atol=1e-2 * np.abs(live).max())
+    np.testing.assert_allclose(r.frozen, g.predict_intervention({int(n): 1.001 for n in chosen}), rtol=1e-9, atol=1e-14)
+    for bad in ({(9, 0, 0): 0.0}, {(0, 99, 0): 0.0}, {(0, 0, 0): float("nan")}, {}):
+        with pytest.raises(InputError):
+            svc.graph_intervention(spec, PROMPT, bad, g.target_ids)
+    with pytest.raises(InputError):
+        svc.graph_intervention(spec, PROMPT, {(0, 0, 10**6): 0.0}, g.target_ids)
+    with pytest.raises(InputError):
+        svc.graph_intervention(spec, PROMPT, {(0, 0, 0): 0.0}, [10**9])

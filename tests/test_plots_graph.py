@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,10 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lldd_core.analysis.graph import build_graph
+from lldd_core.analysis.graph_decode import decode_graph_neurons
 from lldd_core.analysis.graph_prune import prune
 from lldd_core.analysis.graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
 from lldd_core.models.arch import adapter_for
 from lldd_core.plots import graph as pg
+from lldd_core.plots.common import plotly_text
 from tests.tiny import PROMPT
 
 
@@ -22,7 +25,9 @@ def graph(tiny_dirs) -> GraphResult:
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"], dtype=torch.float64).eval()
     tok = AutoTokenizer.from_pretrained(tiny_dirs["gpt2"])
     ids = torch.tensor(tok(PROMPT)["input_ids"][:6])
-    g = prune(build_graph(model, adapter_for(model.config.model_type), ids, max_nodes=64, batch_size=64))
+    adapter = adapter_for(model.config.model_type)
+    g = prune(build_graph(model, adapter, ids, max_nodes=64, batch_size=64))
+    g = dataclasses.replace(g, **decode_graph_neurons(model, adapter, g, tok, n=3))
     g.tokens = tok.convert_ids_to_tokens(ids.tolist())
     return g
 
@@ -85,3 +90,20 @@ def test_edge_tables_are_each_nodes_strongest_inputs_and_outputs(graph: GraphRes
     assert logit in outputs["number"].tolist()
     with pytest.raises(ValueError):
         pg.node_edges_table(graph, logit, "sideways")
+
+
+def test_neuron_hover_and_table_show_the_decodings(graph: GraphResult) -> None:
+    """Without explicit ``decodings`` every decoded neuron's hover lists its decodings, tokens escaped for plotly."""
+    labels = pg.node_labels(graph)
+    neuron = int(np.nonzero(graph.node_kind == KIND_NEURON)[0][0])
+    dec = graph.decoding(neuron)
+    assert dec is not None and set(dec) == {"out+", "out-", "in+", "in-"}  # gpt2: a plain MLP, no gate
+    for kind, tokens in dec.items():
+        line = next(ln for ln in labels[neuron].split("<br>") if ln.startswith(pg.DECODING_LABELS[kind]))
+        assert all(plotly_text(repr(t)) in line for t, _ in tokens)
+    logit = int(np.nonzero(graph.node_kind == KIND_LOGIT)[0][0])
+    assert graph.decoding(logit) is None and "raises" not in labels[logit]
+    table = pg.decodings_table(graph, neuron)
+    assert table["decoding"].tolist() == [pg.DECODING_LABELS[k] for k in dec]
+    assert table["tokens"].iloc[0] == " ".join(repr(t) for t, _ in dec["out+"])
+    assert pg.decodings_table(graph, logit) is None

@@ -81,6 +81,13 @@ class GraphResult(Result):
         return {KIND_EMBEDDING: f"E_{pos}", KIND_BIAS: f"B_{layer}", KIND_NEURON: f"N_{layer}_{pos}_{idx}",
                 KIND_LOGIT: f"L_{idx}"}[kind]
 
+    def node_label(self, i: int) -> str:
+        """The node's id, with its token for an embedding (``E_5 ' Marin'``)."""
+        pos = int(self.node_position[i])
+        if int(self.node_kind[i]) == KIND_EMBEDDING and self.tokens and 0 <= pos < len(self.tokens):
+            return f"{self.node_id(i)} {self.tokens[pos]!r}"
+        return self.node_id(i)
+
     def find(self, kind: int, layer: int, position: int, index: int) -> int:
         """The node number of a node given by its fields (``ValueError`` when absent)."""
         hit = np.nonzero((self.node_kind == kind) & (self.node_layer == layer) & (self.node_position == position)
@@ -134,7 +141,7 @@ class GraphResult(Result):
     def summary(self) -> dict[str, Any]:
         """Small JSON-able facts for the CLI: counts and thresholds, none of the arrays or token lists."""
         counts = {name: int((self.node_kind == k).sum()) for k, name in enumerate(KIND_NAMES)}
-        return {"model": self.model, "n_tokens": len(self.token_ids), "targets": self.target_ids,
+        return {"model": self.model, "n_tokens": len(self.token_ids), "tokens": self.tokens, "targets": self.target_ids,
                 "target_tokens": self.target_tokens, "target_probs": self.target_probs, "nodes": counts,
                 "edges": int(self.edge_weight.size), "visited": int(self.node_visited.sum()), "pruned": self.pruned,
                 "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
@@ -146,7 +153,8 @@ class GraphResult(Result):
         for j, node in enumerate(np.nonzero(self.node_kind == KIND_LOGIT)[0]):
             path, share = self.top_path(int(node))
             token = self.target_tokens[j] if self.target_tokens else str(self.target_ids[j])
-            out.append({"target": token, "path": [self.node_id(n) for n in path], "share": share})
+            out.append({"target": token, "path": [self.node_id(n) for n in path],
+                        "labels": [self.node_label(n) for n in path], "share": share})
         return out
 
     def to_json(self) -> dict[str, Any]:

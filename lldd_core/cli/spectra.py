@@ -121,7 +121,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
               f"{'pruned' if r.pruned else 'unpruned'} (node {r.node_threshold}, edge {r.edge_threshold}); "
               f"replacement score {r.replacement_score:.4f}\n")
     for top in r.top_paths():
-        out.write(f"top path   into {top['target']!r}: {' -> '.join(top['path'])} (share {top['share']:.3f})\n")
+        out.write(f"top path   into {top['target']!r}: {' -> '.join(top['labels'])} (share {top['share']:.3f})\n")
     out.write(f"{'cache hit' if computed.cache_hit else 'computed'} in {elapsed:.2f} s\n")
     return 0
 
