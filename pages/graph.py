@@ -111,9 +111,9 @@ def pinned_nodes(g: GraphResult, clicked: list[int]) -> list[int]:
 INTERVENTION_CAPTION = (
     "**Predicted**: the graph's linear circuit along its visited, kept edges. **Frozen**: the detached model's "
     "exact linear response (norm scales, attention weights and gates frozen, every downstream neuron responding). "
-    "Theory: the prediction equals the frozen change exactly when every neuron on the paths was visited and kept "
-    "(for an unpruned graph that visits every neuron, always; one scaled neuron's direct edges always are); what "
-    "differs is what pruning and the visiting cap left out. **Measured**: the full model, intervened minus clean "
+    "Theory: the prediction equals the frozen change exactly when every neuron on the paths from the scaled "
+    "neurons to the targets was visited and kept (e.g. a single neuron of an unpruned graph that visited every "
+    "neuron); a difference is what pruning and the visiting cap left out. **Measured**: the full model, intervened minus clean "
     "forward. It recomputes norm scales, softmax weights and gates, so it differs from the frozen change by the "
     "model's nonlinear effects, even for small scalings (the frozen derivative is not the ordinary one).")
 
@@ -142,8 +142,12 @@ def show_intervention(shown: Shown, neurons: list[int]) -> None:
     if computed is not None:
         m = computed.result
         table.update({"baseline logit": m.baseline, "frozen change": m.frozen, "measured change": m.measured})
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    frame = pd.DataFrame(table)
+    st.dataframe(frame, hide_index=True, width="stretch")
     st.caption(INTERVENTION_CAPTION)
+    st.download_button("Download the intervention (CSV)", data=csv_text(frame),
+                       file_name=f"graph_{file_slug(g.model)}_intervention.csv", mime="text/csv", on_click="ignore",
+                       key="gr_intervention_csv")
 
 
 def show_pinned(shown: Shown, pinned: list[int], fmt: str, slug: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -216,7 +217,8 @@ def test_gain_curves_page_in_a_real_browser(server: str) -> None:
 
 
 def test_attribution_graph_page_in_a_real_browser(server: str) -> None:
-    """The Attribution graph page by its URL: compute, the layered figure, metrics, no error; a screenshot."""
+    """The Attribution graph page by its URL: compute, hover a neuron (its decodings), pin it by a click,
+    intervene (prediction beside the full model's change), export the intervention and the graph; a screenshot."""
     from playwright.sync_api import expect
 
     shot = ROOT / "test-output" / "browser_attribution_graph.png"
@@ -230,5 +232,33 @@ def test_attribution_graph_page_in_a_real_browser(server: str) -> None:
         expect(page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first).to_be_attached()
         expect(page.get_by_text("Targets: ")).to_be_visible()
         expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
-        full_screenshot(page, shot, 6000)
+        # marker traces in kind order (embedding, bias, MLP neuron, logit): the neurons' first point
+        traces = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace:has(path.point)')
+        expect(traces).to_have_count(4)
+        point = traces.nth(2).locator("path.point").first
+        point.scroll_into_view_if_needed()
+        box = point.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x - 30, y)  # plotly's drag layer takes the pointer: hover and click by coordinates
+        page.mouse.move(x, y, steps=5)
+        expect(page.locator(".hoverlayer")).to_contain_text("MLP neuron")
+        expect(page.locator(".hoverlayer")).to_contain_text("raises (output)")  # the neuron's decodings
+        page.mouse.click(x, y)  # click to pin: the page reruns with the node pinned and the intervention measured
+        expect(page.get_by_text("Intervene on the pinned neurons")).to_be_visible()
+        expect(page.get_by_text("Decodings (output through the unembedding")).to_be_visible()
+        expect(page.get_by_text("Intervention ready")).to_be_attached()
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download the intervention (CSV)").click()
+        rows = Path(download.value.path()).read_text().splitlines()
+        header = rows[0].split(",")
+        assert {"baseline logit", "predicted change", "frozen change", "measured change"} <= set(header)
+        measured = [float(r.split(",")[header.index("measured change")]) for r in rows[1:]]
+        assert len(measured) == 3 and all(math.isfinite(m) for m in measured)  # zeroed: the full model's change
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download the graph (lldd JSON)").click()
+        saved = json.loads(Path(download.value.path()).read_text())
+        assert saved["model"] == "demo:gpt2-small" and len(saved["top_path"]) == 3
+        assert any("decodings" in n for n in saved["nodes"])
+        full_screenshot(page, shot, 8000)
         assert_no_errors(page)
