@@ -32,6 +32,7 @@ from lldd_core.models.placement import scaled_biases
 from lldd_core.store.results import from_bytes, to_bytes
 from tests.tiny import BIASED, FAMILIES, PROMPT
 
+SHORT = "The Golden Gate Bridge is"  # the service's unpruned graph visits every neuron of these few tokens
 TOKENS = 8  # short prompts keep every family's full graph (all neurons visited) to about a second
 
 
@@ -422,7 +423,7 @@ def test_service_intervention_frozen_equals_the_graph_and_measured_is_the_full_m
     from lldd_core.service import get_service
 
     svc, spec = get_service(), ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu")
-    g = svc.graph(spec, PROMPT, node_threshold=None, max_nodes=None).result
+    g = svc.graph(spec, SHORT, node_threshold=None, max_nodes=None).result
     assert g.decoded_layer.size == int((g.node_kind == KIND_NEURON).sum()) // len(g.token_ids)  # all visited
     neurons = np.nonzero(g.node_kind == KIND_NEURON)[0]
     first = neurons[g.node_layer[neurons] == 0]
@@ -431,9 +432,9 @@ def test_service_intervention_frozen_equals_the_graph_and_measured_is_the_full_m
     adapter, ids = adapter_for("llama"), torch.tensor(g.token_ids)
     for factors in ({int(chosen[0]): 0.0}, {int(chosen[0]): 0.0, int(chosen[1]): 2.0}):
         key = {(int(g.node_layer[n]), int(g.node_position[n]), int(g.node_index[n])): a for n, a in factors.items()}
-        computed = svc.graph_intervention(spec, PROMPT, key, g.target_ids)
+        computed = svc.graph_intervention(spec, SHORT, key, g.target_ids)
         r = computed.result
-        assert not computed.cache_hit and svc.graph_intervention(spec, PROMPT, key, g.target_ids).cache_hit
+        assert not computed.cache_hit and svc.graph_intervention(spec, SHORT, key, g.target_ids).cache_hit
         predicted = g.predict_intervention(factors)
         # theory: in the frozen model the graph's prediction is exact (unpruned, every neuron visited)
         np.testing.assert_allclose(predicted, r.frozen, rtol=1e-10, atol=1e-10 * np.abs(r.frozen).max())
@@ -444,14 +445,14 @@ def test_service_intervention_frozen_equals_the_graph_and_measured_is_the_full_m
     # the full model: for small scalings the measured change is the ordinary derivative's step (second order
     # off), not the frozen one — the gap is the model's nonlinearity (norm scales, softmax, gates recomputed)
     key = {k: 1.001 for k in key}
-    r = svc.graph_intervention(spec, PROMPT, key, g.target_ids).result
+    r = svc.graph_intervention(spec, SHORT, key, g.target_ids).result
     live = _live_derivative(model, adapter, ids, key, g.target_ids)  # the step t = 1 to first order
     np.testing.assert_allclose(r.measured, live, rtol=1e-2, atol=1e-2 * np.abs(live).max())
     np.testing.assert_allclose(r.frozen, g.predict_intervention({int(n): 1.001 for n in chosen}), rtol=1e-9, atol=1e-14)
     for bad in ({(9, 0, 0): 0.0}, {(0, 99, 0): 0.0}, {(0, 0, 0): float("nan")}, {}):
         with pytest.raises(InputError):
-            svc.graph_intervention(spec, PROMPT, bad, g.target_ids)
+            svc.graph_intervention(spec, SHORT, bad, g.target_ids)
     with pytest.raises(InputError):
-        svc.graph_intervention(spec, PROMPT, {(0, 0, 10**6): 0.0}, g.target_ids)
+        svc.graph_intervention(spec, SHORT, {(0, 0, 10**6): 0.0}, g.target_ids)
     with pytest.raises(InputError):
-        svc.graph_intervention(spec, PROMPT, {(0, 0, 0): 0.0}, [10**9])
+        svc.graph_intervention(spec, SHORT, {(0, 0, 0): 0.0}, [10**9])

@@ -143,6 +143,7 @@ def build_graph(
         logits = raw_logits(model, adapter, run.xk)
     probs = torch.softmax(logits.detach().double(), -1)
     targets = list(targets) if targets is not None else top_targets(logits, top_k)
+    target_t = torch.tensor(targets, device=logits.device)
     d_mlp = capture.leaves[0].shape[-1]
     x0 = run.x0.detach()[0]
     h = torch.stack([leaf.detach()[0] for leaf in capture.leaves])  # [L, T, m]
@@ -154,11 +155,10 @@ def build_graph(
         """Incoming edges of each target (``-1 - j``: logit ``j``; else a flat neuron index)."""
         gl = torch.zeros(len(batch), logits.shape[0], dtype=dtype, device=x0.device)
         gh = torch.zeros(len(batch), n_layers, T, d_mlp, dtype=dtype, device=x0.device)
-        for b, t in enumerate(batch):
-            if t < 0:
-                gl[b, targets[-1 - t]] = 1.0
-            else:
-                gh.view(len(batch), -1)[b, t] = 1.0
+        rows, at = torch.arange(len(batch), device=x0.device), torch.tensor(batch, device=x0.device)
+        logit = at < 0  # one-hot cotangents, set in two scatters
+        gl[rows[logit], target_t[-1 - at[logit]]] = 1.0
+        gh.view(len(batch), -1)[rows[~logit], at[~logit]] = 1.0
         outs, leaves = (logits, *capture.live), (run.x0, *scales, *capture.leaves)
         cots = (gl, *(gh[:, i].unsqueeze(1) for i in range(n_layers)))
         if batched:

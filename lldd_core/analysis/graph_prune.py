@@ -28,27 +28,48 @@ import torch
 
 from .graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
 
+#: Elements of ``A`` touched per step of the column-chunked passes (bounds the temporary ``|A|`` slices).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _column_chunks(A: torch.Tensor) -> range:
+    step = max(1, _CHUNK_ELEMENTS // max(1, A.shape[0]))
+    return range(0, A.shape[1], step)
+
 
 def influence(A: torch.Tensor, row_ids: list[int], neuron0: int, weights: torch.Tensor) -> torch.Tensor:
     """Influence on the targets of every source column of the row block ``A`` ``[rows, sources]``.
 
     ``row_ids[k]``: ``-1 - j`` for target logit ``j`` (weight ``weights[j]``), else the flat neuron
     index of the row (its column is ``neuron0 + index``).
+
+    With ``Â = |A| / rowsum`` and ``r_0`` the targets' weights on their rows, ``r_{k+1}`` is ``r_k Â``
+    restricted to the visited neurons' columns (a ``[rows, rows]`` block ``S``), and the influence is
+    ``(sum_k r_k) Â``: the series runs on ``S`` and the full ``A`` is read twice (row sums, the final
+    product), in column chunks, never copied whole.
     """
-    An = A.abs()
-    An = An / An.sum(1, keepdim=True).clamp_min(torch.finfo(An.dtype).tiny)
     ids = torch.tensor(row_ids, device=A.device)
     is_neuron = ids >= 0
-    r = torch.zeros(len(row_ids), dtype=An.dtype, device=A.device)
-    r[~is_neuron] = weights.to(An.dtype).to(A.device)[-1 - ids[~is_neuron]]
-    total = torch.zeros(A.shape[1], dtype=An.dtype, device=A.device)
-    for _ in range(len(row_ids) + 1):
-        col = r @ An
-        total += col
-        r = torch.zeros_like(r)
-        r[is_neuron] = col[neuron0 + ids[is_neuron]]
-        if not bool(r.any()):
+    chunks = _column_chunks(A)
+    rowsum = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    for c in chunks:
+        rowsum += A[:, c: c + chunks.step].abs().sum(1)
+    scale = 1.0 / rowsum.clamp_min(torch.finfo(A.dtype).tiny)
+    S = A[:, neuron0 + ids[is_neuron]].abs() * scale[:, None]  # [rows, visited neurons]
+    r = torch.zeros(len(row_ids), dtype=A.dtype, device=A.device)
+    r[~is_neuron] = weights.to(A.dtype).to(A.device)[-1 - ids[~is_neuron]]
+    total_r = torch.zeros_like(r)
+    for _ in range(len(row_ids) + 1):  # a DAG: the series ends after its depth
+        total_r += r
+        nxt = torch.zeros_like(r)
+        nxt[is_neuron] = r @ S
+        if not bool(nxt.any()):
             break
+        r = nxt
+    weighted = total_r * scale
+    total = torch.empty(A.shape[1], dtype=A.dtype, device=A.device)
+    for c in chunks:
+        total[c: c + chunks.step] = weighted @ A[:, c: c + chunks.step].abs()
     return total
 
 
