@@ -93,7 +93,8 @@ def split_size_inputs(prefix: str) -> tuple[int, int, int]:
     """Concept / operating / evaluation examples per class (:class:`~lldd_core.analysis.settings.SplitSizes`'
     defaults, the paper's), keyed ``{prefix}_{split}``."""
     defaults = SplitSizes()
-    st.markdown("**Split sizes per class** (balanced, disjoint, seeded; shrink when a class is smaller)")
+    st.markdown("**Split sizes per class** (balanced, disjoint, seeded; the default is fitted to a smaller "
+                "dataset, other sizes shrink when a class is smaller)")
     cols = st.columns(3)
     return tuple(  # type: ignore[return-value]
         int(cols[i].number_input(name.capitalize(), **rng.widget(), value=defaults[i],

@@ -15,6 +15,7 @@ from streamlit.delta_generator import DeltaGenerator
 
 from lldd_core.demo import DEMO_CONFIGS, DEMO_PREFIX, demo_name, is_demo, read_info
 from lldd_core.errors import LLDDError
+from lldd_core.models.hub import is_cached
 from lldd_core.models.loading import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, ModelSpec, default_model
 from lldd_core.models.memory import format_bytes
 from lldd_core.service import get_service
@@ -49,7 +50,7 @@ OTHER_KEY = "sidebar_model"
 #: changes (a demo model becomes "built") and forgets it when the widget is hidden (the text field).
 LAST_CHOICE_KEY = "sidebar_model_choice.last"
 LAST_OTHER_KEY = "sidebar_model.last"
-#: The demo models that were built when the picker was last drawn (its labels depend on it).
+#: The listed models that were on this machine when the picker was last drawn (its labels depend on it).
 BUILT_KEY = "sidebar_model_choice.built"
 
 DEVICE_HELP = (
@@ -63,8 +64,15 @@ def initial_model() -> str:
     return default_model().strip()
 
 
+def local_models() -> frozenset[str]:
+    """The listed models usable without the network: built demo models and hub models in the local HF cache."""
+    built = (m for m in DEMO_MODELS if read_info(demo_name(m)) is not None)
+    return frozenset((*built, *(m for m in HUB_MODELS if is_cached(m))))
+
+
 def choice_label(choice: str, built: Collection[str] = ()) -> str:
-    """How the picker shows ``choice``: the default is marked, demo models say whether they are ``built``.
+    """How the picker shows ``choice``: the default is marked, demo models say whether they are built, and
+    ✓ marks the models in ``built`` (on this machine: :func:`local_models`).
 
     Short on purpose: the sidebar cuts labels after about 32 characters.
     """
@@ -88,6 +96,8 @@ def model_note(model: str) -> str:
             f"Demo model ({shape}, {info.parameters / 1e6:.1f}M parameters) trained by lldd on its own "
             f"corpus; nothing is downloaded. Held-out loss {info.heldout_loss:.2f} (unigram {info.unigram_loss:.2f})."
         )
+    if model in HUB_MODELS and is_cached(model):
+        return "In the local Hugging Face cache: works without the network."
     if model in HUB_MODELS:
         return "Downloaded from the Hugging Face hub on first use (needs the network once, some need a login)."
     return ""
@@ -100,7 +110,7 @@ def pick_model(sb: DeltaGenerator) -> str:
     last = st.session_state.get(LAST_CHOICE_KEY, first_choice)
     index = MODEL_CHOICES.index(last) if last in MODEL_CHOICES else 0
     # One snapshot per run: the labels must not change between drawing the picker and reading it.
-    built = frozenset(m for m in DEMO_MODELS if read_info(demo_name(m)) is not None)
+    built = local_models()
     labels_changed = st.session_state.get(BUILT_KEY, built) != built
     st.session_state[BUILT_KEY] = built
     current = st.session_state.get(CHOICE_KEY)  # read with last run's labels, so still right
@@ -115,8 +125,9 @@ def pick_model(sb: DeltaGenerator) -> str:
         index=index,
         format_func=functools.partial(choice_label, built=built),
         key=CHOICE_KEY,
-        help="Demo models are small GPT-2 / Llama models that lldd trains itself (nothing is downloaded; "
-        "✓ = built, the others are built on first use). Hub models are downloaded once. "
+        help="✓ = on this machine: a built demo model, or a hub model in the local Hugging Face cache. "
+        "Demo models are small GPT-2 / Llama models that lldd trains itself (nothing is downloaded; "
+        "the others are built on first use). Hub models are downloaded once. "
         "'Other' takes any hub id or the path of a local model directory.",
     )
     choice = choice if choice in MODEL_CHOICES else last  # defensive: never an unknown choice

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 # Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_build.py).
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
@@ -22,6 +23,7 @@ from lldd_core.concepts.catalog import DatasetListing, list_datasets
 from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
+from lldd_core.plots.gains import splits_line
 from lldd_core.plots.scaling import cells_table, scaling_figure
 from lldd_core.ranges import ORDER, SIZES
 from lldd_core.service import Computed, get_service
@@ -55,6 +57,8 @@ DEFAULT_DATASETS = ["sentiment"]
 #: Session-state key of the failures of earlier sweeps: {(cell key): message}, so a failed cell keeps
 #: saying why after the rerun that follows (the cache has no record of failures).
 FAILED_KEY = "scaling.failed"
+#: The "Compute missing" button's widget key.
+COMPUTE_KEY = "sc_compute"
 
 EXPLANATION = """
 Every **cell** is one model on one concept dataset, analysed exactly as on the *Gain curves* page (same settings,
@@ -230,10 +234,34 @@ def compute(models: list[str], data: list[str | ConceptData], spec: ModelSpec,
     return report, done is None and report is not None
 
 
-def show_cells(cells: list[SweepCell], spec: ModelSpec, failures_shown: bool = False) -> None:
-    """The status table, what is wrong with the cells that cannot be computed, and the figure."""
+def to_compute(cells: list[SweepCell]) -> int:
+    """How many cells the button would compute: the missing ones and those that failed."""
+    return sum(c.status in ("missing", "failed") for c in cells)
+
+
+def compute_button(slot: DeltaGenerator, todo: int) -> None:
+    """The sweep's button in ``slot``: "Compute missing (n cells)", or disabled once every cell has a result."""
+    label = f"Compute missing ({plural(todo, 'cell')})" if todo else "All cells cached"
+    slot.button(label, type="primary", key=COMPUTE_KEY, disabled=todo == 0,
+                help="Computes every cell without a result, model by model; finished cells are stored at once.")
+
+
+def splits_caption(cells: list[SweepCell], settings: GainsSettings) -> str | None:
+    """The splits the results used, per dataset (they depend on the data, not the model); ``None`` without results."""
+    by_dataset = {c.dataset: c.split_sizes for c in cells if c.done and c.split_sizes}
+    if not by_dataset:
+        return None
+    parts = [f"`{name}` {splits_line(sizes, settings.sizes)[0]}" for name, sizes in by_dataset.items()]
+    return "Split sizes: " + "; ".join(parts) + "."
+
+
+def show_cells(cells: list[SweepCell], spec: ModelSpec, settings: GainsSettings, failures_shown: bool = False) -> None:
+    """The status table, the splits used, what is wrong with the cells that cannot be computed, and the figure."""
     st.subheader("Cells")
     st.caption(f"{summary_line(cells)} · precision {spec.dtype}, device {spec.device} (from the sidebar)")
+    splits = splits_caption(cells, settings)
+    if splits is not None:
+        st.caption(splits)
     table = cells_table(fill_params(cells))
     st.dataframe(
         table, hide_index=True, width="stretch", key="sc_table",
@@ -283,16 +311,17 @@ def main() -> None:
     except LLDDError as err:  # settings no model can run with
         st.error(str(err))
         return
-    todo = sum(c.status in ("missing", "failed") for c in cells)
-    if st.button(f"Compute missing ({plural(todo, 'cell')})", type="primary", key="sc_compute", disabled=todo == 0,
-                 help="Computes every cell without a result, model by model; finished cells are stored at once."):
+    # The button is drawn after the sweep, in its place above the sweep's status box, so that its label
+    # counts what is missing once the sweep has run; a press is read from its state before it is drawn.
+    button = st.empty()
+    report, failures_shown = None, False
+    if st.session_state.get(COMPUTE_KEY) and to_compute(cells):
         report, failures_shown = compute(models, data, spec, settings)
         if report is not None:
             remember(report, spec, settings)
             cells = report.cells
-            show_cells(cells, spec, failures_shown)
-            return
-    show_cells(cells, spec)
+    compute_button(button, to_compute(cells))
+    show_cells(cells, spec, settings, failures_shown)
 
 
 main()

@@ -39,6 +39,7 @@ from lldd_core.plots.control import (
     text_html,
     tokens_html,
 )
+from lldd_core.plots.gains import splits_line
 from lldd_core.plots.spectra import file_slug
 from lldd_core.service import get_service
 from lldd_core.steering.compare import SteeringResult
@@ -296,7 +297,8 @@ def show_details(shown: list[Shown], fmt: str) -> None:
     first = results[0]
     slug = file_slug(f"{first.model}_steer")
     st.caption(f"`{first.model}` ({first.family}, {first.dtype}) · {settings_line(first)}"
-               + (f" · dataset `{first.dataset}`" if first.dataset else ""))
+               + (f" · dataset `{first.dataset}`" if first.dataset else "")
+               + (f", splits {splits_line(first.split_sizes)[0]}" if first.split_sizes else ""))
     st.subheader("Concept readout")
     if has_readout(results):
         st.caption(READOUT_NOTE)

@@ -67,6 +67,22 @@ def test_compute_shows_schedules_and_then_hits_the_cache(app: AppTest) -> None:
     assert "Loaded from cache" in app.status[0].label
 
 
+def test_default_splits_are_fitted_to_the_dataset_and_stated(app: AppTest) -> None:
+    from lldd_core.concepts.catalog import load
+    from lldd_core.concepts.splits import default_sizes
+
+    for key in ("ct_order_of_32", "ct_n_eval"):  # small where it costs; the split sizes stay at their defaults
+        app.number_input(key=key).set_value(SMALL[key])
+    app.text_input(key="ct_targets").set_value("1")
+    app.button(key="ct_compute").click().run()
+    assert_clean(app)  # no "shrunk" box
+    used = default_sizes(min(load("sentiment").class_counts()))
+    line = (f"Split sizes: {used['concept']}/{used['operating']}/{used['evaluation']} per class "
+            "(concept/operating/evaluation), the default 400/200/200 fitted to the dataset's smaller class.")
+    assert line in [c.value for c in app.caption]
+    assert not [i.value for i in app.info if i.value.startswith("Split sizes")]
+
+
 @pytest.mark.parametrize(("targets", "message"), [("abc", "'abc' is not a number"), ("1, 0", "non-zero"),
                                                    ("", "one or more")])
 def test_bad_targets_are_an_error_and_the_last_result_stays(app: AppTest, targets: str, message: str) -> None:

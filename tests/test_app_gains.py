@@ -77,6 +77,26 @@ def test_compute_shows_curves_tables_and_then_hits_the_cache(app: AppTest) -> No
     assert "Loaded from cache" in app.status[0].label
 
 
+def test_default_splits_are_fitted_to_the_dataset_and_stated(app: AppTest) -> None:
+    """No built-in dataset holds the paper's 800 per class: the default sizes are fitted to it, without a warning."""
+    from lldd_core.concepts.catalog import load
+    from lldd_core.concepts.splits import default_sizes
+
+    assert [app.number_input(key=f"gn_{s}").value for s in ("concept", "operating", "evaluation")] == [400, 200, 200]
+    for key in ("gn_order_of_32", "gn_n_eval"):  # small where it costs; the split sizes stay at their defaults
+        app.number_input(key=key).set_value(SMALL[key])
+    app.button(key="gn_compute").click().run()
+    assert_clean(app)
+    assert not [i.value for i in app.info if i.value.startswith("Split sizes")]
+    used = default_sizes(min(load("sentiment").class_counts()))
+    spec = app.session_state["model_spec"]
+    result = service_module.get_service().cached_gains(spec, "sentiment", order=4, n_eval=3)
+    assert result is not None and result.split_sizes == used  # the result's stamp says what was used
+    line = (f"Split sizes: {used['concept']}/{used['operating']}/{used['evaluation']} per class "
+            "(concept/operating/evaluation), the default 400/200/200 fitted to the dataset's smaller class.")
+    assert line in [c.value for c in app.caption]
+
+
 def test_ablation_tab_sweeps_eps_with_the_submitted_settings(app: AppTest) -> None:
     compute(app)
     assert_clean(app)

@@ -70,6 +70,9 @@ def test_status_then_compute_missing_then_cached(family: list[str], fresh_servic
     assert_clean(at)
     assert at.status[0].label.startswith("Scaling sweep ready — Computed in")
     assert statuses(at) == ["computed", "computed"]
+    # the button counts what is missing after the sweep, not before it
+    assert at.button(key="sc_compute").disabled and at.button(key="sc_compute").label == "All cells cached"
+    assert "Split sizes: `sentiment` 6/4/3 per class (concept/operating/evaluation)." in [c.value for c in at.caption]
     (frame,) = at.dataframe
     assert frame.value["model"].tolist() == family and frame.value["dataset"].tolist() == ["sentiment"] * 2
     assert len(at.get("plotly_chart")) == 1
@@ -82,7 +85,7 @@ def test_status_then_compute_missing_then_cached(family: list[str], fresh_servic
     at.run()  # a plain rerun reads the cache: everything cached, nothing to compute
     assert_clean(at)
     assert statuses(at) == ["cached", "cached"]
-    assert at.button(key="sc_compute").disabled and at.button(key="sc_compute").label == "Compute missing (0 cells)"
+    assert at.button(key="sc_compute").disabled and at.button(key="sc_compute").label == "All cells cached"
     at.checkbox(key="sc_paper").check().run()
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 1
@@ -112,6 +115,7 @@ def test_failed_cells_say_why_and_are_remembered(family: list[str], fresh_servic
     assert not at.exception and not at.warning
     assert at.status[0].label.startswith("Scaling sweep ready — Computed in")
     assert statuses(at) == ["failed", "computed"]
+    assert at.button(key="sc_compute").label == "Compute missing (1 cell)"  # the failed one, after the sweep
     (error,) = [e.value for e in at.error]
     assert error.startswith("1 cell failed") and "hidden size 16" in error
     at.run()  # the cache knows nothing of failures; the page remembers them

@@ -81,6 +81,9 @@ def test_additive_generates_beside_the_unsteered_text_and_then_hits_the_cache(
     assert len(r.steered_tokens) == 6
     assert [t[-1] for t in texts] == [r.unsteered, r.steered] and all(len(t) >= 6 for t in texts)
     assert any(c.value.startswith(f"{plots_control.differing(marks)} of 6 tokens differ") for c in app.caption)
+    assert r.split_sizes == {"concept": 6, "operating": 4, "evaluation": 3}  # the concept's splits as used
+    assert any(c.value.endswith("dataset `sentiment`, splits 6/4/3 per class (concept/operating/evaluation)")
+               for c in app.caption)
     assert len(app.get("plotly_chart")) == 2  # the readout along the tokens, the schedule over layers
     means = {m.label: m.value for m in app.metric}
     assert means == {f"Mean readout: {k}": f"{v:.4g}" for k, v in plots_control.mean_readouts([r]).items()}

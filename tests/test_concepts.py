@@ -357,10 +357,15 @@ def test_splits_are_disjoint_balanced_and_deterministic():
 def test_paper_defaults_and_shrinking():
     big = split(make_data(900, 850))
     assert big.per_class == {"concept": 400, "operating": 200, "evaluation": 200}
-    small = split(make_data(40, 55))
-    assert small.per_class == {"concept": 20, "operating": 10, "evaluation": 10} and small.shrunk
-    assert "shrunk from 400/200/200" in small.describe() and "only 40 examples" in small.describe()
+    small = split(make_data(40, 55))  # the default request is fitted to the data: asked for, not shrunk
+    assert small.per_class == {"concept": 20, "operating": 10, "evaluation": 10}
+    assert small.fitted and not small.shrunk
+    assert small.describe() == ("20/10/10 per class (concept/operating/evaluation): the default 400/200/200 "
+                                "fitted to the 40 examples of the smaller class of 'toy'")
     assert small.concept.class_counts() == (20, 20)
+    chosen = split(make_data(40, 55), n_concept=30, n_operating=20, n_eval=10)  # the user's sizes do not fit
+    assert chosen.shrunk and not chosen.fitted and chosen.per_class == {"concept": 20, "operating": 13, "evaluation": 6}
+    assert "shrunk from 30/20/10" in chosen.describe() and "only 40 examples" in chosen.describe()
     tiny = split(make_data(4, 9))
     assert tiny.per_class == {"concept": 2, "operating": 1, "evaluation": 1}
     with pytest.raises(InputError, match="cannot be split.*3 example\\(s\\).*at least 4 per class.*3 'yes' and 9 'no'"):
@@ -385,6 +390,25 @@ def test_split_sizes_rule():
     assert lopsided == {"concept": 3, "operating": 1, "evaluation": 1}
     with pytest.raises(InputError, match="at least 4 per class"):
         split_sizes(3, requested)
+
+
+@pytest.mark.parametrize("name", list(builtin.BUILTIN))
+def test_the_default_sizes_fit_every_builtin_dataset(name: str) -> None:
+    """The default request on a built-in dataset gives the largest balanced 2:1:1 splits it holds, without
+    a "too small" note (no built-in set has the paper's 800 per class)."""
+    from lldd_core.analysis.settings import GainsSettings
+    from lldd_core.concepts.splits import default_sizes
+
+    data = load(name)
+    available = min(data.class_counts())
+    n_concept, n_operating, n_eval = GainsSettings().sizes  # what every analysis asks for by default
+    s = split(data, n_concept=n_concept, n_operating=n_operating, n_eval=n_eval)
+    assert not s.shrunk and "shrunk" not in s.describe() and "too" not in s.describe()
+    assert s.per_class == default_sizes(available)
+    used = s.per_class
+    assert used["concept"] >= 2 * used["operating"] - 1 and used["operating"] == used["evaluation"]
+    assert available - 4 < sum(used.values()) <= available  # as large as the proportions allow
+    assert f"{used['concept']}/{used['operating']}/{used['evaluation']} per class" in s.describe()
 
 
 def test_builtin_split_runs():

@@ -49,7 +49,7 @@ def test_missing_directory():
 
 
 def test_unknown_hub_id_offline():
-    with pytest.raises(ModelLoadError, match="cannot be reached|neither a local directory"):
+    with pytest.raises(ModelLoadError, match="cannot be reached|neither a local directory|HF_HUB_OFFLINE is set"):
         resolve_model(ModelSpec("nobody-here/no-such-model-xyz"))
 
 

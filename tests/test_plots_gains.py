@@ -92,8 +92,13 @@ def test_splits_line_says_when_sizes_shrank() -> None:
     sizes = {"concept": 6, "operating": 4, "evaluation": 3}
     assert pg.splits_line(sizes, (6, 4, 3)) == ("6/4/3 per class (concept/operating/evaluation)", False)
     assert pg.splits_line(sizes) == ("6/4/3 per class (concept/operating/evaluation)", False)
-    line, shrunk = pg.splits_line(sizes, (400, 200, 200))
-    assert shrunk and "shrunk from 400/200/200" in line
+    line, shrunk = pg.splits_line(sizes, (8, 4, 4))
+    assert shrunk and "shrunk from 8/4/4" in line
+    line, shrunk = pg.splits_line(sizes, (400, 200, 200))  # the default, fitted to a small dataset
+    assert not shrunk and line == ("6/4/3 per class (concept/operating/evaluation), the default 400/200/200 fitted "
+                                   "to the dataset's smaller class")
+    full = {"concept": 400, "operating": 200, "evaluation": 200}
+    assert pg.splits_line(full, (400, 200, 200)) == ("400/200/200 per class (concept/operating/evaluation)", False)
 
 
 # --- one configuration -----------------------------------------------------------------------------------

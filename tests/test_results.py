@@ -163,9 +163,10 @@ def test_steering_result_summary_is_the_hand_listed_one() -> None:
     r = SteeringResult(model="m", revision="r", dtype="float32", family="gpt2", prompt="p", method="additive",
                        params={"layers": [2]}, settings={"max_new_tokens": 4}, dataset="d", unsteered="u",
                        steered="s", unsteered_tokens=["a"], steered_tokens=["b"], elapsed_s=1.0,
-                       readout_unsteered=np.zeros(2), readout_steered=np.ones(2), schedule=np.arange(3.0))
+                       readout_unsteered=np.zeros(2), readout_steered=np.ones(2), schedule=np.arange(3.0),
+                       split_sizes={"concept": 6, "operating": 4, "evaluation": 3})
     keys = ("model", "revision", "dtype", "family", "prompt", "method", "params", "settings", "dataset",
-            "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s")
+            "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s", "split_sizes")
     expected = {**{k: getattr(r, k) for k in keys}, "readout_unsteered": [0.0, 0.0], "readout_steered": [1.0, 1.0],
                 "schedule": [0.0, 1.0, 2.0]}
     assert list(r.summary().items()) == list(expected.items())

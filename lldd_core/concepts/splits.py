@@ -1,7 +1,14 @@
-"""The paper's balanced, disjoint concept / operating / evaluation splits of a concept dataset."""
+"""The paper's balanced, disjoint concept / operating / evaluation splits of a concept dataset.
+
+The default request, the paper's 400/200/200 per class, means *the paper's sizes as far as the
+dataset allows*: a dataset with fewer than 800 examples in its smaller class gets the largest balanced
+sizes in the same 2:1:1 proportions (:func:`default_sizes`), and that is what was asked for — no
+"shrunk" note. Any other request that does not fit is shrunk by the same rule and says so.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,15 +35,23 @@ class Splits:
     available_per_class: int = field(default=0)
 
     @property
+    def fitted(self) -> bool:
+        """The default request (the paper's sizes) was fitted to a smaller dataset: expected, not a warning."""
+        return is_fitted(self.requested, self.per_class)
+
+    @property
     def shrunk(self) -> bool:
-        """Whether the sizes were reduced because the dataset was too small."""
-        return self.per_class != self.requested
+        """Whether sizes the user chose were reduced because the dataset was too small."""
+        return self.per_class != self.requested and not self.fitted
 
     def describe(self) -> str:
         """One line for the UI: the sizes, and why they are smaller than asked if they are."""
         sizes = "/".join(str(self.per_class[s]) for s in MIN_PER_SPLIT)
         line = f"{sizes} per class (concept/operating/evaluation)"
-        if self.shrunk:
+        if self.fitted:
+            line += (f": the default {'/'.join(map(str, PAPER_PER_CLASS.values()))} fitted to the "
+                     f"{self.available_per_class} examples of the smaller class of {self.concept.name!r}")
+        elif self.shrunk:
             asked = "/".join(str(self.requested[s]) for s in MIN_PER_SPLIT)
             line += (f", shrunk from {asked}: the smaller class has only {self.available_per_class} examples "
                      f"in {self.concept.name!r}")
@@ -68,6 +83,24 @@ def split_sizes(available: int, requested: dict[str, int]) -> dict[str, int]:
     return sizes
 
 
+def default_sizes(available: int) -> dict[str, int]:
+    """The default split sizes when each class has ``available`` examples: the paper's 400/200/200 when they
+    fit, else the largest balanced sizes in the same proportions (:func:`split_sizes`' rule)."""
+    return split_sizes(available, PAPER_PER_CLASS)
+
+
+def is_default_request(requested: Sequence[int] | dict[str, int]) -> bool:
+    """Whether ``requested`` (concept, operating, evaluation) is the default, the paper's sizes."""
+    values = requested.values() if isinstance(requested, dict) else requested
+    return [int(n) for n in values] == list(PAPER_PER_CLASS.values())
+
+
+def is_fitted(requested: Sequence[int] | dict[str, int], used: Sequence[int] | dict[str, int]) -> bool:
+    """The default request, answered with smaller sizes because the dataset is smaller (:func:`default_sizes`)."""
+    values = used.values() if isinstance(used, dict) else used
+    return is_default_request(requested) and [int(n) for n in values] != list(PAPER_PER_CLASS.values())
+
+
 def split(data: ConceptData, *, n_concept: int = 400, n_operating: int = 200, n_eval: int = 200,
           seed: int = 0) -> Splits:
     """Balanced, seeded, disjoint splits with ``n_*`` examples **per class** (paper: 400/200/200).
@@ -76,7 +109,8 @@ def split(data: ConceptData, *, n_concept: int = 400, n_operating: int = 200, n_
     operating and evaluation parts of the same size for both classes; each split is then shuffled
     so that the classes are interleaved. When the smaller class has fewer than
     ``n_concept + n_operating + n_eval`` examples the sizes shrink proportionally
-    (:func:`split_sizes`). The same data and seed always give the same splits.
+    (:func:`split_sizes`): for the default request that is the dataset's default (:attr:`Splits.fitted`),
+    for any other a shrink (:attr:`Splits.shrunk`). The same data and seed always give the same splits.
     """
     requested = {"concept": n_concept, "operating": n_operating, "evaluation": n_eval}
     for s, n in requested.items():

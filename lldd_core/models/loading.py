@@ -21,6 +21,7 @@ from ..demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_
 from ..errors import InputError, LLDDError, ModelLoadError, ResourceError
 from ..progress import ProgressFn
 from .arch import FamilyAdapter, adapter_for
+from .hub import hub_access, hub_revision
 from .placement import input_device
 
 DTYPES: dict[str, torch.dtype] = {
@@ -337,14 +338,15 @@ def explain_load_error(model: str, revision: str | None, err: BaseException) -> 
     offline = (
         any(isinstance(e, hub.LocalEntryNotFoundError) for e in chain)
         or "OfflineModeIsEnabled" in names
+        or "RevisionResolutionError" in names
         or "couldn't connect" in text.lower()
         or "offline mode" in text.lower()
         or any(isinstance(e, (ConnectionError, TimeoutError)) for e in chain)
     )
     if offline:
         return ModelLoadError(
-            f"'{model}' is not in the local Hugging Face cache and the hub cannot be reached: connect to the "
-            "network once to download it, or give the path of a local copy."
+            f"'{model}' is not in the local Hugging Face cache and the hub cannot be reached: use a local path "
+            "or a demo model, or connect to the network once to download it."
         )
     if "safetensors" in text.lower() and ("no file named" in text.lower() or "does not appear to have" in text.lower()):
         return ModelLoadError(
@@ -396,6 +398,12 @@ def resolve_model(
     if local and not os.path.isdir(source):
         raise ModelLoadError(f"No model directory at '{spec.model}': check the path.")
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if not local:
+        common.update(hub_access(spec.model, spec.revision))  # fails at once when the hub cannot be reached
+        try:
+            common["revision"] = hub_revision(spec.model, spec.revision, common)
+        except Exception as err:
+            raise explain_load_error(spec.model, spec.revision, err) from err
     try:
         config = AutoConfig.from_pretrained(source, **common)
     except Exception as err:  # the hub and transformers raise many types; classify them
@@ -405,10 +413,8 @@ def resolve_model(
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except Exception as err:
         raise explain_load_error(spec.model, spec.revision, err) from err
-    if local:
-        revision = local_revision(source, revision_memo)
-    else:
-        revision = getattr(config, "_commit_hash", None) or spec.revision or "unknown"
+    # the commit of a hub model (transformers 5 configs no longer carry ``_commit_hash``)
+    revision = local_revision(source, revision_memo) if local else common["revision"].resolved
     return ModelInfo(spec=spec, config=config, tokenizer=tokenizer, adapter=adapter, revision=revision)
 
 
@@ -430,6 +436,8 @@ def load_model(spec: ModelSpec | ModelInfo, revision_memo: MutableMapping | None
         "dtype": DTYPES[spec.dtype],
         "use_safetensors": None if spec.allow_pickle else True,  # None: safetensors first, then .bin
     }
+    if not (is_local(spec.model) or is_demo(spec.model)):  # the commit the config and tokenizer came from
+        load_kwargs.update(hub_access(spec.model, spec.revision), revision=info.revision)
     load_kwargs.update(check_quantization(spec))
     if spec.device == "map":
         # blocks that do not fit the devices (max_memory) are offloaded and loaded per call by

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..concepts.data import PAPER_PER_CLASS
+from ..concepts.splits import is_fitted
 from ..layering import layer_axis
 from .common import plotly_text
 
@@ -70,10 +72,17 @@ def best_layers(result: GainsResult, curve: str) -> list[int]:
 
 
 def splits_line(split_sizes: dict[str, int], requested: Sequence[int] | None = None) -> tuple[str, bool]:
-    """(``"6/4/3 per class (concept/operating/evaluation)"`` plus why it shrank, whether it shrank)."""
+    """(``"6/4/3 per class (concept/operating/evaluation)"`` plus how it came about, whether it shrank).
+
+    The default request fitted to a smaller dataset (:func:`~lldd_core.concepts.splits.default_sizes`) says so
+    and is not a shrink; other sizes that did not fit are.
+    """
     names = ("concept", "operating", "evaluation")
     used = [int(split_sizes[s]) for s in names]
     line = f"{'/'.join(map(str, used))} per class (concept/operating/evaluation)"
+    if requested is not None and is_fitted(requested, used):
+        default = "/".join(map(str, PAPER_PER_CLASS.values()))
+        return line + f", the default {default} fitted to the dataset's smaller class", False
     shrunk = requested is not None and [int(n) for n in requested] != used
     if shrunk:
         line += f", shrunk from {'/'.join(str(int(n)) for n in requested)}: the smaller class has too few examples"

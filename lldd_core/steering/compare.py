@@ -39,6 +39,8 @@ class SteeringResult(ModelStamp):
     readout_unsteered: np.ndarray  # [n_unsteered] v_L^T x_L per generated token, as the unsteered model reads it
     readout_steered: np.ndarray  # [n_steered]
     schedule: np.ndarray  # [L] per-layer amplitudes applied (additive / llv; empty otherwise)
+    #: per class: concept / operating / evaluation examples of the concept's splits as used (empty without one)
+    split_sizes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +66,7 @@ def compare(
     settings: GenerationSettings = DEFAULT_SETTINGS,
     *,
     dataset: str = "",
+    split_sizes: dict | None = None,
     streamers: tuple[object | None, object | None] = (None, None),
     plain: Generated | None = None,
 ) -> SteeringResult:
@@ -89,5 +92,5 @@ def compare(
         elapsed_s=time.perf_counter() - t0,
         readout_unsteered=readout_along(handle, plain, plan.readout) if plan.readout is not None else empty,
         readout_steered=readout_along(handle, steered, plan.readout) if plan.readout is not None else empty,
-        schedule=np.asarray(plan.schedule, dtype=np.float64),
+        schedule=np.asarray(plan.schedule, dtype=np.float64), split_sizes=dict(split_sizes or {}),
     )

@@ -117,4 +117,5 @@ def run_steering(source: SteeringSource, handle: ModelHandle, request: SteerRequ
         progress(0.5, "Generating")
     plain = source.unsteered(handle, handle.info.encode(request.prompt), request.settings, streamers[0])
     return compare(handle, request.prompt, plan, request.settings, dataset=data.name if data is not None else "",
+                   split_sizes=dict(setup.splits.per_class) if setup is not None else None,
                    streamers=streamers, plain=plain)

@@ -88,6 +88,8 @@ class SweepCell:
     spearman_of_means: float | None = None
     pearson_of_means: float | None = None
     elapsed_s: float | None = None
+    #: per class: concept / operating / evaluation examples the result's splits used
+    split_sizes: dict[str, int] | None = None
 
     @property
     def done(self) -> bool:
@@ -106,7 +108,7 @@ class SweepCell:
             d_model=int(result.directions.shape[1]), order=int(result.order), n_prompts=len(result.prompts),
             mean_spearman=float(result.mean_spearman), mean_pearson=float(result.mean_pearson),
             spearman_of_means=float(result.spearman_of_means), pearson_of_means=float(result.pearson_of_means),
-            elapsed_s=float(result.elapsed_s),
+            elapsed_s=float(result.elapsed_s), split_sizes={k: int(n) for k, n in result.split_sizes.items()},
         )
 
 
