@@ -11,13 +11,14 @@ from streamlit.testing.v1 import AppTest
 
 import lldd_core.service as service_module
 from lldd_core.plots import control as plots_control
+from lldd_core.steering.examples import examples
 from lldd_core.steering.generate import CallbackStreamer, GenerationSettings
 from lldd_core.steering.methods.additive import AdditiveParams
 from lldd_core.steering.methods.registry import get
 from tests.apptest import assert_clean, open_page
 
 SMALL = {"st_max_new_of_63": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}
-PROMPT = "The food at this restaurant was"
+PROMPT = examples("sentiment")[0]  # the page's default prompt: a negative review, begun
 SIZES = (6, 4, 3)
 SETTINGS = GenerationSettings(max_new_tokens=6)
 
@@ -60,8 +61,9 @@ def test_additive_generates_beside_the_unsteered_text_and_then_hits_the_cache(
         app: AppTest, streamed: list[tuple[int, str]]) -> None:
     assert [t.value for t in app.title] == ["Steering"]
     assert app.multiselect(key="st_methods").value == ["additive"]
-    assert app.multiselect(key="st_add_layers_of_2").value == [1]  # default_layer(2)
-    assert app.number_input(key="st_add_strength").value is None  # default: one class-mean distance
+    assert app.text_area(key="st_prompt").value == PROMPT
+    assert app.multiselect(key="st_add_layers_of_2").value == []  # default: the layer of largest gain
+    assert app.number_input(key="st_add_strength").value is None  # default: calibrated
     assert any(get("additive").help in m.value for m in app.markdown)
     generate(app)
     assert_clean(app)
@@ -71,7 +73,7 @@ def test_additive_generates_beside_the_unsteered_text_and_then_hits_the_cache(
     texts = [[t for i, t in streamed if i == s] for s in streams]
 
     spec = app.session_state["model_spec"]
-    computed = service_module.get_service().steer(spec, PROMPT, "additive", AdditiveParams(layers=[1]), dataset="sentiment",
+    computed = service_module.get_service().steer(spec, PROMPT, "additive", AdditiveParams(), dataset="sentiment",
                                                   settings=SETTINGS, sizes=SIZES)
     assert computed.cache_hit
     r = computed.result
@@ -143,10 +145,6 @@ def test_user_errors_show_and_keep_the_last_result(app: AppTest) -> None:
     assert len(app.error) == 1 and "steering phrase" in app.error[0].value
     assert html_blocks(app) == good
 
-    app.multiselect(key="st_methods").set_value(["additive"]).run()
-    app.multiselect(key="st_add_layers_of_2").set_value([]).run()
-    assert app.button(key="st_generate").disabled  # nothing to run: said, not an error
-    assert any("at least one layer" in i.value for i in app.info)
     app.multiselect(key="st_methods").set_value([]).run()
     assert app.button(key="st_generate").disabled
     assert any("at least one method" in i.value for i in app.info)
