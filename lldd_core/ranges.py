@@ -279,6 +279,8 @@ STEER_LAYERS = Range("layer", "a steering layer", int, 0, hi_name="the number of
 #: Jacobian steering: ``x_l``, the output of block ``l - 1``, ``l = 1..L``.
 JACOBIAN_LAYER = Range("layer", "the Jacobian steering layer", int, 1, hi_name="the number of layers")
 STRENGTH = Range("strength", "the additive strength α", float, -1e4, 1e4)
+#: Calibrated steering (additive α, LLV Δy): the predicted readout shift in class-mean distances ‖E_L‖.
+SHIFT = Range("shift", "the calibrated shift in class-mean distances ‖E_L‖", float, -5, 5, nonzero=True)
 DY = Range("dy", "the LLV target shift Δy", float, -1e4, 1e4)  # 0: the unsteered text (a check)
 #: λ of the Jacobian blend ``h ← λh + (1 − λ)a``: an interpolation (1 = unsteered, 0 = the phrase's image only).
 LAM_BLEND = Range("lam", "λ of the blend variant", float, 0, 1)

@@ -42,7 +42,9 @@ from lldd_core.plots.control import (
 from lldd_core.plots.gains import splits_line
 from lldd_core.plots.spectra import file_slug
 from lldd_core.service import get_service
+from lldd_core.steering.calibrate import DEFAULT_SHIFT
 from lldd_core.steering.compare import SteeringResult
+from lldd_core.steering.examples import examples
 from lldd_core.steering.generate import CallbackStreamer, GenerationSettings
 from lldd_core.steering.methods.additive import AdditiveParams
 from lldd_core.steering.methods.base import SteeringMethod, options
@@ -51,7 +53,7 @@ from lldd_core.steering.methods.llv import LLVParams
 from lldd_core.steering.methods.lqr import LQRParams
 from lldd_core.steering.methods.registry import get as get_method
 from lldd_core.steering.methods.registry import names as method_names
-from lldd_core.steering.pieces import default_jacobian_layer, default_layer
+from lldd_core.steering.pieces import default_jacobian_layer
 from lldd_core.store.export import csv_text
 from pages._datasets import dataset_picker
 from pages._forms import order_input, prompt_area, seed_input, view_start
@@ -59,7 +61,10 @@ from pages._ui import Shown, chart, figure_format, plural, run_with_status
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
 RESULT_KEY = "steer.last"
-DEFAULT_PROMPT = "The food at this restaurant was"
+#: The example datasets the page offers prompts of, and the default prompt: a negative review, begun.
+EXAMPLE_DATASETS = ("sentiment", "politeness", "topic", "truth")
+DEFAULT_PROMPT = examples("sentiment")[0]
+OWN_TEXT = "(your own text)"
 DEFAULT_STEER_TEXT = "The Golden Gate"
 DEFAULT_MAX_NEW = 40
 DECODINGS = {"greedy": "greedy", "sampling": "sampling (seeded)"}
@@ -104,34 +109,46 @@ def generation_settings(context: int | None) -> GenerationSettings:
 def additive_controls(n_layers: int, d: int) -> AdditiveParams | str:
     """The additive method's controls: its settings, or a message saying what is missing."""
     c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns([1.3, 1, 1, 1])
     layers = c1.multiselect(
-        f"Layers l: x_l (0–{n_layers - 1})", list(range(n_layers)), default=[default_layer(n_layers)],
-        key=f"st_add_layers_of_{n_layers}",
-        help=f"The residual streams x_l (l = 0..{n_layers - 1}: the input of block l) that get α·v_l. "
-        "Default: two thirds of the depth.",
+        f"Layers l: x_l (0–{n_layers - 1})", list(range(n_layers)), default=[], key=f"st_add_layers_of_{n_layers}",
+        placeholder="calibrated: largest gain",
+        help=f"Residual-stream layers x_l (0..{n_layers - 1}; block l reads x_l) that get α·v_l. Empty: the layer "
+        "whose concept direction moves the readout most (largest exact gain, trusted directions only).",
     )
     strength = c2.number_input(
         "Strength α", **ranges.STRENGTH.widget(), value=None, step=0.5, format="%.4g", key="st_add_strength",
-        placeholder="default: ‖E_l‖",
-        help=f"Amount along the unit direction v_l, {ranges.STRENGTH.describe()}. Empty: one class-mean distance "
-        "‖E_l‖ at each layer (the concept's own scale); negative values push towards the other class.",
+        placeholder="calibrated",
+        help=f"Amount along the unit direction v_l, {ranges.STRENGTH.describe()}. Empty: calibrated, α = shift · "
+        "‖E_L‖ / gain, so the predicted readout shift is the shift in class-mean distances; negative values push "
+        "towards the other class.",
     )
-    positions = c3.radio("Positions", POSITIONS, horizontal=True, key="st_add_positions",
+    shift = shift_input(c3, "st_add_shift")
+    positions = c4.radio("Positions", POSITIONS, horizontal=True, key="st_add_positions",
                          help="last: only the newest token of every forward; all: every position.")
-    if not layers:
-        return "Choose at least one layer for the additive method."
-    return AdditiveParams(layers=sorted(int(layer) for layer in layers),
-                          strength=None if strength is None else float(strength), positions=str(positions))
+    return AdditiveParams(layers=sorted(int(layer) for layer in layers) or None,
+                          strength=None if strength is None else float(strength), positions=str(positions),
+                          shift=shift)
+
+
+def shift_input(col: DeltaGenerator, key: str) -> float:
+    """The calibration's target: the predicted readout shift in class-mean distances ‖E_L‖."""
+    return float(col.number_input(
+        "Shift (class-mean distances)", **ranges.SHIFT.widget(), value=DEFAULT_SHIFT, step=0.1, format="%.3g",
+        key=key, help="Target of the calibrated default: the predicted readout shift at x_L, in class-mean distances "
+        f"‖E_L‖ (0.5: from a class mean to the boundary, 1: to the other mean); {ranges.SHIFT.describe()}."))
 
 
 def llv_controls(n_layers: int, d: int) -> LLVParams:
-    c1, c2 = st.columns(2)
-    dy = c1.number_input("Target shift Δy", **ranges.DY.widget(), value=1.0, step=0.5, format="%.4g",
-                         key="st_llv_dy", help="Readout change the surrogate's least-energy schedule aims for "
-                         f"({ranges.DY.describe()}).")
-    order = order_input(c2, d, "st_llv_order", help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.",
+    c1, c2, c3 = st.columns(3)
+    dy = c1.number_input("Target shift Δy", **ranges.DY.widget(), value=None, step=0.5, format="%.4g",
+                         key="st_llv_dy", placeholder="calibrated",
+                         help="Readout change the surrogate's least-energy schedule aims for "
+                         f"({ranges.DY.describe()}). Empty: calibrated, Δy = shift · ‖E_L‖.")
+    shift = shift_input(c2, "st_llv_shift")
+    order = order_input(c3, d, "st_llv_order", help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.",
                         value=LLVParams.order)
-    return LLVParams(dy=float(dy), order=int(order))
+    return LLVParams(dy=None if dy is None else float(dy), order=int(order), shift=shift)
 
 
 def jacobian_controls(n_layers: int, d: int) -> JacobianParams:
@@ -288,6 +305,16 @@ def show_texts(shown: list[Shown]) -> None:
             st.markdown(f"**Steered: {r.method}**")
             st.markdown(tokens_html(r.steered_tokens, marks), unsafe_allow_html=True)
             st.caption(f"{differing(marks)} of {plural(len(marks), 'token')} differ from the unsteered text · {origin}")
+            if r.params.get("rule"):
+                st.caption(f"{r.params['rule']}.")
+            verdict = r.verdict(r.readout_steered)
+            if verdict:
+                st.caption(f"Verdict (mean readout against the class-mean boundary {r.boundary:.3g}): "
+                           f"{r.verdict(r.readout_unsteered)} → **{verdict}**")
+            if r.steered_loop:
+                st.warning(f"The steered text loops: it repeats “{r.steered_loop.strip()}”. The steering is too "
+                           "strong here: lower the strength (or the shift)."
+                           + (" The unsteered text loops too." if r.unsteered_loop else ""), icon="⚠️")
     st.caption("Highlighted: tokens only the steered text has (the two token sequences aligned by difflib).")
 
 
@@ -323,9 +350,27 @@ def show_details(shown: list[Shown], fmt: str) -> None:
     )
 
 
+def _use_example() -> None:
+    """Copy the chosen example into the prompt box (its own text stays when "your own text" is chosen)."""
+    choice = st.session_state.get("st_example")
+    if isinstance(choice, tuple):
+        st.session_state["st_prompt"] = choice[1]
+
+
+def example_prompt() -> str:
+    """A pick of in-domain examples (texts of the class steering moves away from, per built-in dataset) and the
+    prompt box they fill; the default prompt is the first negative review."""
+    choices: list[Any] = [(name, text) for name in EXAMPLE_DATASETS for text in examples(name)]
+    st.selectbox("Example prompt", [*choices, OWN_TEXT], key="st_example", on_change=_use_example,
+                 format_func=lambda c: c if isinstance(c, str) else f"{c[0]}: {c[1]}",
+                 help="Begun texts of the class the concept moves away from (a negative review, a rude request, "
+                 "...), none of them in the concept split. Steer them towards the dataset's first class.")
+    return prompt_area("st_prompt", DEFAULT_PROMPT, height=80)
+
+
 def inputs(n_layers: int, d: int, context: int | None) -> tuple[str, dict[str, Any], dict, list[str]]:
     """Every input widget; (prompt, per-method settings, common keyword arguments, problems)."""
-    prompt = prompt_area("st_prompt", DEFAULT_PROMPT, height=80)
+    prompt = example_prompt()
     settings = generation_settings(context)
     methods = st.multiselect(
         "Methods", list(method_names()), default=["additive"], key="st_methods",
@@ -374,9 +419,11 @@ def main() -> None:
         for problem in problems:
             st.info(problem)
         submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems))
-    status = st.container()
-    area = st.empty()
+    area = st.empty()  # the texts: live while they stream, at the top of the result area
+    status = st.container()  # the status boxes, under the text (each collapses when done)
+    details = st.empty()  # readout, schedules and parameters; emptied first, so nothing stale sits under the text
     if submitted:
+        details.empty()
         with area.container():
             slots = live_columns(list(plan))
         shown = generate(spec, prompt, plan, common, status, slots)
@@ -389,10 +436,10 @@ def main() -> None:
     if has_result:
         with area.container():
             show_texts(last)
-        fmt = figure_format("st_figure_format")
-        show_details(last, fmt)
-    elif shape is not None:
-        st.info("Type a prompt, choose one or more methods and press **Generate**.")
+        with details.container():
+            show_details(last, figure_format("st_figure_format"))
+    elif shape is not None and not submitted:
+        details.info("Type a prompt, choose one or more methods and press **Generate**.")
 
 
 main()

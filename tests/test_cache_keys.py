@@ -140,7 +140,7 @@ CASES: dict[str, tuple[Any, str, bool, str]] = {
     "steer-llv": (
         lambda s, m: s.steer(m, PROMPT, "llv", LLVParams(dy=2.0, order=8), dataset=DATA, settings=STEER_SETTINGS),
         "steer", True,
-        '{"dataset":"toy","dy":2.0,"fingerprint":"@FP","lam":null,"layers":null,"method":"llv","order":8,'
+        '{"dataset":"toy","dy":2.0,"fingerprint":"@FP","lam":null,"layers":"trusted","method":"llv","order":8,'
         '"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,'
         '"settings":{"do_sample":false,"max_new_tokens":4,"seed":0,"temperature":1.0,"top_p":1.0},'
         '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
@@ -251,14 +251,15 @@ CLI_CASES: dict[str, tuple[list[str], str, str]] = {
                 '"n_eval":16,"order":32,"seed":0,"sizes":[400,200,200],"targets":[1.0],"tol":0.01}'),
     "steer-additive": (
         ["steer", "--prompt", PROMPT, "--method", "additive", "--dataset", "sentiment"], "steer",
-        '{"dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,"layers":null,"method":"additive",'
-        '"order":null,"positions":"last","prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,' + _GEN40 + ','
-        '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
+        '{"dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,"layer_rule":"largest-gain","layers":null,'
+        '"method":"additive","order":null,"positions":"last","prompt":"@PROMPT","q":null,"qf":null,"r":null,'
+        '"seed":0,' + _GEN40 + ',"shift":0.5,"sizes":[400,200,200],"steer_text":null,"strength":null,'
+        '"variant":null}'),
     "steer-llv": (
         ["steer", "--prompt", PROMPT, "--method", "llv", "--dataset", "sentiment"], "steer",
-        '{"dataset":"sentiment","dy":1.0,"fingerprint":"@FP","lam":null,"layers":null,"method":"llv","order":32,'
-        '"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,' + _GEN40 + ','
-        '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
+        '{"dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,"layers":"trusted","method":"llv",'
+        '"order":32,"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,' + _GEN40 + ','
+        '"shift":0.5,"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
     "steer-jacobian": (
         ["steer", "--prompt", PROMPT, "--method", "jacobian", "--steer-text", "Golden Gate"], "steer",
         '{"dataset":null,"dy":null,"fingerprint":null,"lam":null,"layers":null,"method":"jacobian",'

@@ -15,7 +15,8 @@ from tests.helpers import load
 from tests.tiny import BIASED
 
 PHRASE = "The bridge out of Marin is the"
-PROMPTS = ["The service at the diner was terrible and I", "Please could you pass the"]
+PROMPTS = ["The service at the diner was terrible and I", "Please could you pass the",
+           "We went to the cafe and the food was"]
 
 
 def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:

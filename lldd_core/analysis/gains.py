@@ -119,6 +119,7 @@ class GainsSetup:
     texts: list[str]
     pad: int
     differences: torch.Tensor  # [L + 1, d] class-mean differences E_l (v_l = E_l / ||E_l||)
+    class_means: torch.Tensor | None = None  # [2, L + 1, d] μ_1 (label 1), μ_0 of the concept split
     direction_norms: np.ndarray | None = None  # [L + 1] ‖E_l‖ (direction_reliability)
     direction_noise: np.ndarray | None = None  # [L + 1]
     direction_strength: np.ndarray | None = None  # [L + 1]
@@ -208,7 +209,9 @@ def prepare_gains(
     V = torch.as_tensor(class_directions(states, splits.concept.labels, allow_zero=True))
     V = V.to(dtype=model_dtype(model), device=handle.device)
     positive = np.asarray(splits.concept.labels) == 1
-    E = torch.as_tensor(states[positive].mean(0) - states[~positive].mean(0)).to(V)
+    mu = np.stack([states[positive].mean(0), states[~positive].mean(0)])
+    E = torch.as_tensor(mu[0] - mu[1]).to(V)
+    means = torch.as_tensor(mu).to(V)
     norms, noise, strength, flagged = direction_reliability(states, splits.concept.labels)
     layers = list(range(L))
     if float(V[0].norm()) == 0.0:
@@ -221,7 +224,8 @@ def prepare_gains(
         raise NumericalError(f"The two classes have the same mean state at layers {zero}: no concept direction there.")
     texts = list(splits.evaluation.texts[:n_eval])
     return GainsSetup(handle, data, splits, V, layers, [encode(t) for t in splits.operating.texts],
-                      [encode(t) for t in texts], texts, pad, differences=E, direction_norms=norms,
+                      [encode(t) for t in texts], texts, pad, differences=E, class_means=means,
+                      direction_norms=norms,
                       direction_noise=noise, direction_strength=strength, flagged_layers=flagged)
 
 

@@ -21,7 +21,7 @@ from ..concepts.data import ConceptData
 from ..errors import InputError
 from ..models.loading import ModelHandle, ModelInfo, ModelSpec
 from ..progress import ProgressFn
-from .compare import SteeringResult, compare
+from .compare import ReadoutScale, SteeringResult, compare
 from .generate import Generated, GenerationSettings, check_context
 from .methods.base import KEY_FIELDS, SteeringContext, SteeringMethod
 from .methods.registry import get
@@ -118,4 +118,14 @@ def run_steering(source: SteeringSource, handle: ModelHandle, request: SteerRequ
     plain = source.unsteered(handle, handle.info.encode(request.prompt), request.settings, streamers[0])
     return compare(handle, request.prompt, plan, request.settings, dataset=data.name if data is not None else "",
                    split_sizes=dict(setup.splits.per_class) if setup is not None else None,
-                   streamers=streamers, plain=plain)
+                   streamers=streamers, plain=plain, scale=readout_scale(setup))
+
+
+def readout_scale(setup: GainsSetup | None) -> ReadoutScale | None:
+    """The concept's classes and its class means' readouts ``v_Lᵀ μ_c`` at ``x_L`` (the verdicts' boundary)."""
+    if setup is None or setup.class_means is None:
+        return None
+    L = setup.handle.n_layers
+    v = setup.directions[L]
+    means = tuple(float(setup.class_means[c, L] @ v) for c in range(2))
+    return ReadoutScale((str(setup.data.classes[0]), str(setup.data.classes[1])), means)
