@@ -1,6 +1,6 @@
 """Control view: how much energy each multi-layer schedule needs to move a concept readout by Δy.
 
-UI only: a concept dataset (:mod:`pages._datasets`), target shifts and settings ->
+UI only: a concept dataset (:mod:`pages.common.datasets`), target shifts and settings ->
 ``get_service().control(...)`` -> figures and tables from :mod:`lldd_core.plots.control`. The
 least-energy LLV schedule against uniform and single-layer heuristics, each scaled by bisection until
 the full model's mean readout change reaches the target. Errors a user can cause show as
@@ -31,9 +31,10 @@ from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import MAX_TARGETS, TARGET, TOL
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._datasets import dataset_picker
-from pages._forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
-from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.datasets import dataset_picker
+from pages.common.forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
@@ -192,4 +193,4 @@ def main() -> None:
                    "Choose a concept dataset and target shifts, then press **Compute schedules**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

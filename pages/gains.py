@@ -1,6 +1,6 @@
 """Gain curves view: where in depth a concept injection moves the concept readout most.
 
-UI only: a concept dataset (registered or uploaded, :mod:`pages._datasets`) and settings ->
+UI only: a concept dataset (registered or uploaded, :mod:`pages.common.datasets`) and settings ->
 ``get_service().gains(...)`` / ``gains_ablation(...)`` -> figures and tables from
 :mod:`lldd_core.plots.gains`. Predicted (LLV surrogate), measured (injection) and exact linear gain
 curves per evaluation prompt, their agreement, and ablations over the order, ``ε`` and the basis
@@ -36,9 +36,10 @@ from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import EPS
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._datasets import dataset_picker
-from pages._forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
-from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.datasets import dataset_picker
+from pages.common.forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the settings it was asked with.
 RESULT_KEY = "gains.last"
@@ -285,4 +286,4 @@ def main() -> None:
                 ablation_tab(vary, spec, dataset, settings, None if shape is None else shape[1], fmt)
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

@@ -23,8 +23,9 @@ from lldd_core.plots.spectra import download_config, file_slug
 from lldd_core.ranges import EDGE_THRESHOLD, MAX_NODES, NODE_THRESHOLD
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._forms import prompt_area, view_start
-from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.forms import prompt_area, view_start
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state keys: the last graph (a :class:`Shown`) and the pinned node numbers.
@@ -173,4 +174,4 @@ def main() -> None:
                    lambda last, fmt: show_result(last, fmt), "Enter a prompt and press **Compute graph**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

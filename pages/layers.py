@@ -35,8 +35,9 @@ from lldd_core.plots.spectra import (
 from lldd_core.ranges import TOP_K
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._forms import decode_input, prompt_area, top_k_input, view_start
-from pages._ui import Shown, chart, figure_format, format_sci, kept, not_converged, plural, run_with_status
+from pages.common.forms import decode_input, prompt_area, top_k_input, view_start
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, figure_format, format_sci, kept, not_converged, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -226,4 +227,4 @@ def main() -> None:
         st.info("Enter a prompt and press **Compute**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

@@ -2,7 +2,7 @@
 
 UI only: a prompt, generation settings, the registered steering methods
 (:mod:`lldd_core.steering.methods.registry`) with their controls (the built-in ones laid out by hand, any
-other built from its ``Params`` fields) and a concept dataset (:mod:`pages._datasets`) -> one
+other built from its ``Params`` fields) and a concept dataset (:mod:`pages.common.datasets`) -> one
 ``get_service().steer(spec, prompt, method, params)`` per method, tokens streamed into the page
 as they are generated -> texts side by side with the differences highlighted, the concept readout
 along the generated tokens, the schedules and parameters from :mod:`lldd_core.plots.control`.
@@ -51,9 +51,10 @@ from lldd_core.steering.methods.registry import get as get_method
 from lldd_core.steering.methods.registry import names as method_names
 from lldd_core.steering.pieces import default_jacobian_layer, default_layer
 from lldd_core.store.export import csv_text
-from pages._datasets import dataset_picker
-from pages._forms import order_input, prompt_area, seed_input, view_start
-from pages._ui import Shown, chart, figure_format, plural, run_with_status
+from pages.common.datasets import dataset_picker
+from pages.common.forms import order_input, prompt_area, seed_input, view_start
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, figure_format, plural, run_with_status
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
 RESULT_KEY = "steer.last"
@@ -389,4 +390,4 @@ def main() -> None:
         st.info("Type a prompt, choose one or more methods and press **Generate**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

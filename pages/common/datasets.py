@@ -4,7 +4,7 @@ UI only. Returns what the service's concept analyses accept: a registry name (bu
 :func:`lldd_core.concepts.catalog.list_datasets`) or loaded :class:`~lldd_core.concepts.data.ConceptData` from
 an upload. Hub datasets that are not in the local cache are listed too; using one offline makes the
 service raise :class:`~lldd_core.concepts.data.DatasetUnavailableError`, which the page shows as
-``st.error`` (via ``run_with_status``). Not a page: app.py lists its pages explicitly.
+``st.error`` (via ``run_with_status``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 UI only. Each input takes the container to draw in (a column) and its widget key; bounds come
 from the range objects the CLI and the service check against, so a widget never offers a value
 the core refuses. Inputs whose bound is the model's size (the hidden size ``d``) key their widget
-by that size: another model gets a fresh widget, never an out-of-range value. Not a page: app.py
-lists its pages explicitly with ``st.navigation``.
+by that size: another model gets a fresh widget, never an out-of-range value.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.ranges import DECODE, EPS, N_EVAL, ORDER, SEED, SIZES, TOP_K
 from lldd_core.service import get_service
-from pages._build import ensure_model_ready
-from pages._sidebar import current_spec
+from pages.common.build import ensure_model_ready
+from pages.common.sidebar import current_spec
 
 
 def model_shape(spec: ModelSpec) -> tuple[int, int] | None:

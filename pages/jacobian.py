@@ -3,7 +3,7 @@
 UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots.common`. Below
 it, "Spectra and token decodings" runs ``get_service().spectrum(...)`` for the same request (its own
 form and progress) -> tables and figures from :mod:`lldd_core.plots.spectra`.
-A demo model that is not built yet is built first (:func:`pages._build.ensure_model_ready`).
+A demo model that is not built yet is built first (:func:`pages.common.build.ensure_model_ready`).
 Errors a user can cause (:class:`~lldd_core.errors.LLDDError`) show as ``st.error``; the last
 good result stays in session state, so widget changes and reruns keep showing it.
 """
@@ -36,8 +36,19 @@ from lldd_core.ranges import LAYER, TOP_K
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from lldd_core.store.results import to_jsonable
-from pages._forms import decode_input, prompt_area, top_k_input, view_start
-from pages._ui import Shown, chart, figure_format, format_norm, format_sci, kept, not_converged, plural, run_with_status
+from pages.common.forms import decode_input, prompt_area, top_k_input, view_start
+from pages.common.nav import run_view
+from pages.common.ui import (
+    Shown,
+    chart,
+    figure_format,
+    format_norm,
+    format_sci,
+    kept,
+    not_converged,
+    plural,
+    run_with_status,
+)
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: This page's figure-format help (it also says what SVG is for).
@@ -331,4 +342,4 @@ def main() -> None:
         st.info("Enter a prompt and press **Compute**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

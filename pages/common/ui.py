@@ -2,8 +2,7 @@
 
 UI only. A result is kept in session state as a :class:`Shown` (with the request that produced it)
 so the page can show it again on every rerun; computations run inside :func:`run_with_status`;
-figures go through :func:`chart` with the toolbar format of :func:`figure_format`. Not a page:
-app.py lists its pages explicitly with ``st.navigation``.
+figures go through :func:`chart` with the toolbar format of :func:`figure_format`.
 """
 
 from __future__ import annotations
