@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages.common import link
 from pages.common.nav import inside_app, view_links
 
 st.set_page_config(page_title="lldd", page_icon="📐", layout="wide")
@@ -35,8 +36,10 @@ page = st.navigation(PAGES + ALIASES, position="hidden")
 
 from pages.common.sidebar import render_cache_sidebar, render_model_sidebar  # noqa: E402  (torch: after navigation)
 
+link.begin()  # before any widget: an opened permalink seeds the widgets (pages/common/link.py)
 view_links(PAGES)
 render_model_sidebar()  # after the links, so the page list sits above the model settings
-with inside_app():
+with inside_app(), link.guard():
     page.run()
 render_cache_sidebar()  # after the page, so it counts what the page just stored
+link.finish()  # the URL follows the widgets; the link to copy

@@ -33,6 +33,7 @@ from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from pages.common.datasets import dataset_picker
 from pages.common.forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages.common.link import fields, replaying
 from pages.common.nav import run_view
 from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
@@ -80,6 +81,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, ControlSettings]:
         seed = seed_input(c5, "ct_seed", help="Seed of the splits, of random bases and of the random schedule's layer.",
                           value=C.default("seed"))
         submitted = st.form_submit_button("Compute schedules", type="primary", key="ct_compute", disabled=not ready)
+    fields("ct_targets", "ct_tol", "ct_complement")
     settings = ControlSettings(order=int(order), complement=str(complement), n_eval=int(n_eval),
                                sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed), tol=float(tol))
     return submitted, targets, settings
@@ -183,7 +185,7 @@ def main() -> None:
         explain()
         dataset = dataset_picker("ct_ds")
         submitted, targets_text, settings = settings_form(d, dataset is not None)
-        if submitted and dataset is not None:
+        if (submitted or replaying()) and dataset is not None:
             shown = compute(spec, dataset, targets_text, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown

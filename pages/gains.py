@@ -38,6 +38,7 @@ from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from pages.common.datasets import dataset_picker
 from pages.common.forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages.common.link import fields, replaying
 from pages.common.nav import run_view
 from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
@@ -110,6 +111,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, GainsSettings]:
         )
         seed = seed_input(c2, "gn_seed", help="Seed of the splits and of random bases.", value=G.default("seed"))
         submitted = st.form_submit_button("Compute gain curves", type="primary", key="gn_compute", disabled=not ready)
+    fields("gn_mode", "gn_complement", "gn_include_flagged")
     settings = GainsSettings(order=int(order), eps=float(eps), complement=str(complement), n_eval=int(n_eval),
                              mode=str(mode), sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed))
     return submitted, settings
@@ -269,7 +271,7 @@ def main() -> None:
         st.caption(f"`{spec.model}`: {plural(n_layers, 'layer')}, hidden size {d}.")
         dataset = dataset_picker("gn_ds")
         submitted, settings = settings_form(d, dataset is not None)
-        if submitted and dataset is not None:
+        if (submitted or replaying()) and dataset is not None:
             shown = compute(spec, dataset, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown

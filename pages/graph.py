@@ -24,6 +24,7 @@ from lldd_core.ranges import EDGE_THRESHOLD, MAX_NODES, NODE_THRESHOLD
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from pages.common.forms import prompt_area, view_start
+from pages.common.link import fields, replaying
 from pages.common.nav import run_view
 from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
@@ -59,6 +60,7 @@ def request_form() -> tuple[bool, str, GraphSettings]:
         max_nodes = st.number_input("Neurons visited (most influential first)", **MAX_NODES.widget(),
                                     value=G.default("max_nodes"), step=64, key="gr_max_nodes")
         submitted = st.form_submit_button("Compute graph", type="primary", key="gr_compute")
+    fields("gr_target", "gr_node_threshold", "gr_edge_threshold", "gr_max_nodes", "gr_prune")
     settings = GraphSettings(target=target or None, node_threshold=float(node) if prune else None,
                              edge_threshold=float(edge), max_nodes=int(max_nodes))
     return submitted, prompt, settings
@@ -166,7 +168,7 @@ def main() -> None:
     )
     if shape is not None:
         submitted, prompt, settings = request_form()
-        if submitted:
+        if submitted or replaying():
             shown = compute(spec, prompt, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown

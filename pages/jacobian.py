@@ -37,6 +37,7 @@ from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from lldd_core.store.results import to_jsonable
 from pages.common.forms import decode_input, prompt_area, top_k_input, view_start
+from pages.common.link import fields, replaying
 from pages.common.nav import run_view
 from pages.common.ui import (
     Shown,
@@ -99,6 +100,7 @@ def request_form(n_layers: int) -> tuple[bool, str, int, bool]:
             help="Pass the residual stream through the model's final norm before reading y.",
         )
         submitted = st.form_submit_button("Compute", type="primary", key="dj_compute")
+    fields(f"dj_layer_of_{n_layers}", "dj_final_norm")
     return submitted, prompt, int(layer), bool(final_norm)
 
 
@@ -229,6 +231,7 @@ def spectra_form(d: int) -> tuple[bool, int, int, str]:
             "matrix_free: top-k by products only (big models).",
         )
         submitted = st.form_submit_button("Compute spectra", key="dj_spec_compute")
+    fields("dj_spec_method")
     return submitted, int(k), int(n_decode), str(method)
 
 
@@ -311,7 +314,7 @@ def spectra_section(shown: Shown, fmt: str) -> None:
         f"{'on' if r.final_norm else 'off'}), decoded to tokens."
     )
     submitted, k, n_decode, method = spectra_form(int(r.singular_values.shape[1]))  # min(d_out, d_in) = d
-    if submitted:
+    if submitted or replaying():
         spectrum = compute_spectra(shown, k, n_decode, method)
         if spectrum is not None:
             st.session_state[SPECTRUM_KEY] = spectrum
@@ -330,7 +333,7 @@ def main() -> None:
     n_layers = None if shape is None else shape[0]
     if n_layers is not None:
         submitted, prompt, layer, final_norm = request_form(n_layers)
-        if submitted:
+        if submitted or replaying():
             shown = compute(spec, prompt, layer, final_norm)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown

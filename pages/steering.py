@@ -53,6 +53,7 @@ from lldd_core.steering.pieces import default_jacobian_layer, default_layer
 from lldd_core.store.export import csv_text
 from pages.common.datasets import dataset_picker
 from pages.common.forms import order_input, prompt_area, seed_input, view_start
+from pages.common.link import replaying
 from pages.common.nav import run_view
 from pages.common.ui import Shown, chart, figure_format, plural, run_with_status
 
@@ -368,7 +369,8 @@ def main() -> None:
         prompt, plan, common, problems = inputs(n_layers, d, context)
         for problem in problems:
             st.info(problem)
-        submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems))
+        submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems)) or (
+            replaying() and not problems)
     status = st.container()
     area = st.empty()
     if submitted:

@@ -15,6 +15,7 @@ from lldd_core.concepts.catalog import DatasetListing, list_datasets
 from lldd_core.concepts.data import MIN_PER_CLASS, ConceptData
 from lldd_core.concepts.files import MAX_FILE_BYTES, load_user_file
 from lldd_core.errors import LLDDError
+from pages.common.link import fields
 
 #: The two ways of choosing a dataset (the radio's options).
 REGISTRY = "Registered dataset"
@@ -90,5 +91,6 @@ def _uploaded(key: str) -> ConceptData | None:
 def dataset_picker(key: str = "ds") -> str | ConceptData | None:
     """Draw the picker; returns a registry name, the uploaded file's data, or ``None`` (nothing usable yet:
     no file, or one with errors, which are shown with ``st.error``)."""
+    fields(f"{key}_source", f"{key}_name")  # an upload is not linkable: the link opens the registry choice
     source = st.radio("Dataset source", SOURCES, horizontal=True, key=f"{key}_source", label_visibility="collapsed")
     return _uploaded(key) if source == UPLOAD else _registered(key)

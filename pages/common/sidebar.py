@@ -18,6 +18,7 @@ from lldd_core.models.loading import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, Mode
 from lldd_core.models.memory import format_bytes
 from lldd_core.service import get_service
 from pages.common.build import FIRST_USE_BUILD
+from pages.common.link import fields
 from pages.common.ui import plural
 
 #: Where app.py leaves the sidebar's model choice for the pages.
@@ -141,6 +142,9 @@ def render_model_sidebar() -> ModelSpec:
     """Draw the model settings in the sidebar, store the resulting spec in session state, return it."""
     sb = st.sidebar
     sb.header("Model")
+    # Linkable; never the two safety switches: a link must not turn on remote code or pickles.
+    fields(CHOICE_KEY, OTHER_KEY, "sidebar_revision", "sidebar_dtype", "sidebar_device", "sidebar_max_memory",
+           "sidebar_quantization")
     model = pick_model(sb)
     revision = sb.text_input(
         "Revision (optional)",
