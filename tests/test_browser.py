@@ -291,3 +291,40 @@ def test_first_seconds_after_start_show_only_views(server: str) -> None:
             assert all(href in allowed and text in titles for href, text in entries), (where, entries)
             if where == "/jacobian":
                 assert not [s for s in seen if s.startswith("dialog")], seen  # no "Page not found"
+
+
+def test_a_permalink_reopens_the_same_result_from_the_cache(server: str) -> None:
+    """Compute on the Jacobian view with other settings, take the address (pages/common/link.py), open it in a
+    new browser: the form is filled the same and the same metrics appear from the cache, nothing clicked."""
+    from playwright.sync_api import expect
+
+    prompt = "The river flows to the"
+    with opened(server, "/jacobian", "Detached Jacobian") as page:
+        page.get_by_label("Prompt").fill(prompt)
+        layer = page.locator('[data-testid="stNumberInputField"]').first  # the layer (its label names the convention)
+        layer.fill("2")
+        layer.press("Tab")
+        page.get_by_text("Apply final norm").click()
+        page.get_by_role("button", name="Compute").click()
+        metrics = page.locator('[data-testid="stMetric"]')
+        expect(metrics).to_have_count(8)
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        values = {m.locator('[data-testid="stMetricLabel"]').inner_text(): m.locator(
+            '[data-testid="stMetricValue"]').inner_text() for m in metrics.all()}
+        assert values.pop("From cache") == "no"
+        link = page.url
+        assert "dj_layer=2" in link and "dj_final_norm=0" in link and "sidebar_model_choice=" in link
+        shown_link = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]').inner_text()
+        assert shown_link.strip() == link  # the copy-link box holds the address itself
+    with opened(server, link[len(server):], "Detached Jacobian") as fresh:
+        expect(fresh.get_by_label("Prompt")).to_have_value(prompt)
+        expect(fresh.locator('[data-testid="stNumberInputField"]').first).to_have_value("2")
+        metrics = fresh.locator('[data-testid="stMetric"]')
+        expect(metrics).to_have_count(8)  # without a click
+        again = {m.locator('[data-testid="stMetricLabel"]').inner_text(): m.locator(
+            '[data-testid="stMetricValue"]').inner_text() for m in metrics.all()}
+        assert again.pop("From cache") == "yes"
+        assert again == values
+        expect(fresh.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+        assert_no_errors(fresh)
+        assert fresh.url == link  # the reopened view writes the same link
