@@ -279,6 +279,7 @@ def test_first_seconds_after_start_show_only_views(server: str) -> None:
             # not run: Streamlit says so and runs app.py's default view instead
             expect(probe.get_by_role("dialog")).to_contain_text("Page not found")
             expect(probe.get_by_role("heading", name="Detached Jacobian")).to_be_visible()
+            expect(probe.locator('[data-testid="stPageLink-NavLink"]')).to_have_count(len(titles))
             assert probe.locator(ERROR_SELECTOR).count() == 0, (path, probe.locator(ERROR_SELECTOR).all_inner_texts())
         page.wait_for_timeout(max(0.0, 10.0 - (time.monotonic() - start)) * 1000)
         links = page.locator('[data-testid="stPageLink-NavLink"]')
