@@ -8,10 +8,12 @@ model), store, return. Errors a user can cause arrive as :class:`~lldd_core.erro
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -72,6 +74,23 @@ from .store.keys import make_key
 
 R = TypeVar("R")
 _log = logging.getLogger(__name__)
+#: Set by :func:`cache_only` for the calls made inside it (per thread / context, so other sessions compute).
+_CACHE_ONLY: ContextVar[bool] = ContextVar("lldd_cache_only", default=False)
+
+
+class NotCachedError(LLDDError):
+    """Inside :func:`cache_only`, the requested result is not stored (nothing was loaded or computed)."""
+
+
+@contextlib.contextmanager
+def cache_only() -> Iterator[None]:
+    """Inside: every cached analysis returns its stored result or raises :class:`NotCachedError`, never loads
+    weights or computes (a permalink shows a stored result, and never starts a long computation)."""
+    token = _CACHE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHE_ONLY.reset(token)
 
 
 @dataclass
@@ -176,6 +195,8 @@ class Service:
         hit = self.cache.get(key)
         if hit is not None:
             return Computed(hit, True)
+        if _CACHE_ONLY.get():
+            raise NotCachedError(f"No stored '{analysis}' result for these settings.")
         with self._lock:
             hit = self.cache.get(key)  # another session may have computed it while we waited
             if hit is not None:

@@ -1,7 +1,6 @@
-"""Dashboard views, one file per page (run by ``st.navigation`` in app.py).
+"""Dashboard views: every top-level file here is one view, named by its URL path (``pages/<url>.py`` is
+``/<url>``), run by ``st.navigation`` in app.py.
 
-Files starting with ``_`` are shared UI helpers, not pages: ``_sidebar`` (model picker and settings,
-cache), ``_build`` (first-use demo builds), ``_ui`` (kept results, status box, charts, captions),
-``_forms`` (number inputs from :mod:`lldd_core.ranges`, the prompt box), ``_datasets`` (the concept
-dataset picker).
+Nothing else may sit at this level: Streamlit's legacy multipage mode serves every top-level ``pages/*.py``
+as a page (see :mod:`pages.common.nav`). Shared UI helpers live in :mod:`pages.common`.
 """

@@ -1,6 +1,6 @@
 """Control view: how much energy each multi-layer schedule needs to move a concept readout by Δy.
 
-UI only: a concept dataset (:mod:`pages._datasets`), target shifts and settings ->
+UI only: a concept dataset (:mod:`pages.common.datasets`), target shifts and settings ->
 ``get_service().control(...)`` -> figures and tables from :mod:`lldd_core.plots.control`. The
 least-energy LLV schedule against uniform and single-layer heuristics, each scaled by bisection until
 the full model's mean readout change reaches the target. Errors a user can cause show as
@@ -32,9 +32,11 @@ from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import MAX_TARGETS, TARGET, TOL
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._datasets import dataset_picker
-from pages._forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
-from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.datasets import dataset_picker
+from pages.common.forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages.common.link import fields, replaying
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
@@ -80,6 +82,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, str, ControlSettings]:
         seed = seed_input(c5, "ct_seed", help="Seed of the splits, of random bases and of the random schedule's layer.",
                           value=C.default("seed"))
         submitted = st.form_submit_button("Compute schedules", type="primary", key="ct_compute", disabled=not ready)
+    fields("ct_targets", "ct_tol", "ct_complement")
     settings = ControlSettings(order=int(order), complement=str(complement), n_eval=int(n_eval),
                                sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed), tol=float(tol))
     return submitted, targets, settings
@@ -183,7 +186,7 @@ def main() -> None:
         explain()
         dataset = dataset_picker("ct_ds")
         submitted, targets_text, settings = settings_form(d, dataset is not None)
-        if submitted and dataset is not None:
+        if (submitted or replaying()) and dataset is not None:
             shown = compute(spec, dataset, targets_text, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
@@ -193,4 +196,4 @@ def main() -> None:
                    "Choose a concept dataset and target shifts, then press **Compute schedules**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

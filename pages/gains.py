@@ -1,6 +1,6 @@
 """Gain curves view: where in depth a concept injection moves the concept readout most.
 
-UI only: a concept dataset (registered or uploaded, :mod:`pages._datasets`) and settings ->
+UI only: a concept dataset (registered or uploaded, :mod:`pages.common.datasets`) and settings ->
 ``get_service().gains(...)`` / ``gains_ablation(...)`` -> figures and tables from
 :mod:`lldd_core.plots.gains`. Predicted (LLV surrogate), measured (injection) and exact linear gain
 curves per evaluation prompt, their agreement, and ablations over the order, ``ε`` and the basis
@@ -37,9 +37,11 @@ from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import EPS
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._datasets import dataset_picker
-from pages._forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
-from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.datasets import dataset_picker
+from pages.common.forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
+from pages.common.link import fields, replaying
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the settings it was asked with.
 RESULT_KEY = "gains.last"
@@ -110,6 +112,7 @@ def settings_form(d: int, ready: bool) -> tuple[bool, GainsSettings]:
         )
         seed = seed_input(c2, "gn_seed", help="Seed of the splits and of random bases.", value=G.default("seed"))
         submitted = st.form_submit_button("Compute gain curves", type="primary", key="gn_compute", disabled=not ready)
+    fields("gn_mode", "gn_complement", "gn_include_flagged")
     settings = GainsSettings(order=int(order), eps=float(eps), complement=str(complement), n_eval=int(n_eval),
                              mode=str(mode), sizes=SplitSizes(*(int(n) for n in sizes)), seed=int(seed))
     return submitted, settings
@@ -269,7 +272,7 @@ def main() -> None:
         st.caption(f"`{spec.model}`: {depth(n_layers)}, hidden size {d}.")
         dataset = dataset_picker("gn_ds")
         submitted, settings = settings_form(d, dataset is not None)
-        if submitted and dataset is not None:
+        if (submitted or replaying()) and dataset is not None:
             shown = compute(spec, dataset, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
@@ -286,4 +289,4 @@ def main() -> None:
                 ablation_tab(vary, spec, dataset, settings, None if shape is None else shape[1], fmt)
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

@@ -24,8 +24,10 @@ from lldd_core.plots.spectra import download_config, file_slug
 from lldd_core.ranges import EDGE_THRESHOLD, MAX_NODES, NODE_THRESHOLD
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._forms import prompt_area, view_start
-from pages._ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.forms import prompt_area, view_start
+from pages.common.link import fields, replaying
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state keys: the last graph (a :class:`Shown`) and the pinned node numbers.
@@ -62,6 +64,7 @@ def request_form() -> tuple[bool, str, GraphSettings]:
         max_nodes = st.number_input("Neurons visited (most influential first)", **MAX_NODES.widget(),
                                     value=G.default("max_nodes"), step=64, key="gr_max_nodes")
         submitted = st.form_submit_button("Compute graph", type="primary", key="gr_compute")
+    fields("gr_target", "gr_node_threshold", "gr_edge_threshold", "gr_max_nodes", "gr_prune")
     settings = GraphSettings(target=target or None, node_threshold=float(node) if prune else None,
                              edge_threshold=float(edge), max_nodes=int(max_nodes))
     return submitted, prompt, settings
@@ -203,7 +206,7 @@ def main() -> None:
     )
     if shape is not None:
         submitted, prompt, settings = request_form()
-        if submitted:
+        if submitted or replaying():
             shown = compute(spec, prompt, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
@@ -211,4 +214,4 @@ def main() -> None:
                    lambda last, fmt: show_result(last, fmt), "Enter a prompt and press **Compute graph**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

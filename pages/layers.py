@@ -36,8 +36,10 @@ from lldd_core.plots.spectra import (
 from lldd_core.ranges import TOP_K
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
-from pages._forms import decode_input, prompt_area, top_k_input, view_start
-from pages._ui import Shown, chart, figure_format, format_sci, kept, not_converged, plural, run_with_status
+from pages.common.forms import decode_input, prompt_area, top_k_input, view_start
+from pages.common.link import fields, replaying
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, figure_format, format_sci, kept, not_converged, plural, run_with_status
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -94,6 +96,7 @@ def request_form(d: int) -> tuple[bool, str, int, int, list[str], bool, str]:
         )
         lens = st.checkbox("Logit lens: decode through the final norm", value=True, key="ly_lens", help=LENS_HELP)
         submitted = st.form_submit_button("Compute", type="primary", key="ly_compute")
+    fields("ly_sites", "ly_lens", "ly_method")
     return submitted, prompt, int(k), int(n_decode), list(sites), bool(lens), str(method)
 
 
@@ -218,7 +221,7 @@ def main() -> None:
     if shape is not None:
         st.caption(f"`{spec.model}` has {depth(n_layers)}; every view is analysed at each depth.")
         submitted, prompt, k, n_decode, sites, lens, method = request_form(shape[1])
-        if submitted:
+        if submitted or replaying():
             shown = compute(spec, prompt, k, n_decode, sites, lens, method)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
@@ -229,4 +232,4 @@ def main() -> None:
         st.info("Enter a prompt and press **Compute**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

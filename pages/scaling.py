@@ -15,7 +15,7 @@ from collections.abc import Callable
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-# Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/_build.py).
+# Private, but the only way to recognise Streamlit's rerun/stop signals (see pages/common/build.py).
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from lldd_core.analysis.settings import COMPLEMENTS, MODES, GainsSettings
@@ -40,10 +40,11 @@ from lldd_core.sweep.study import (
     summary_line,
     sweep_status,
 )
-from pages._datasets import listing_label
-from pages._forms import eps_input, n_eval_input
-from pages._sidebar import current_spec
-from pages._ui import chart, figure_format, plural, run_with_status
+from pages.common.datasets import listing_label
+from pages.common.forms import eps_input, n_eval_input
+from pages.common.nav import run_view
+from pages.common.sidebar import current_spec
+from pages.common.ui import chart, figure_format, plural, run_with_status
 
 #: The family choice that reveals a free list of models.
 CUSTOM = "custom"
@@ -324,4 +325,4 @@ def main() -> None:
     show_cells(cells, spec, settings, failures_shown)
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

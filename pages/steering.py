@@ -2,7 +2,7 @@
 
 UI only: a prompt, generation settings, the registered steering methods
 (:mod:`lldd_core.steering.methods.registry`) with their controls (the built-in ones laid out by hand, any
-other built from its ``Params`` fields) and a concept dataset (:mod:`pages._datasets`) -> one
+other built from its ``Params`` fields) and a concept dataset (:mod:`pages.common.datasets`) -> one
 ``get_service().steer(spec, prompt, method, params)`` per method, tokens streamed into the page
 as they are generated -> texts side by side with the differences highlighted, the concept readout
 along the generated tokens, the schedules and parameters from :mod:`lldd_core.plots.control`.
@@ -55,9 +55,11 @@ from lldd_core.steering.methods.registry import get as get_method
 from lldd_core.steering.methods.registry import names as method_names
 from lldd_core.steering.pieces import default_jacobian_layer
 from lldd_core.store.export import csv_text
-from pages._datasets import dataset_picker
-from pages._forms import order_input, prompt_area, seed_input, view_start
-from pages._ui import Shown, chart, figure_format, plural, run_with_status
+from pages.common.datasets import dataset_picker
+from pages.common.forms import order_input, prompt_area, seed_input, view_start
+from pages.common.link import replaying
+from pages.common.nav import run_view
+from pages.common.ui import Shown, chart, figure_format, plural, run_with_status
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
 RESULT_KEY = "steer.last"
@@ -418,7 +420,8 @@ def main() -> None:
         prompt, plan, common, problems = inputs(n_layers, d, context)
         for problem in problems:
             st.info(problem)
-        submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems))
+        submitted = st.button("Generate", type="primary", key="st_generate", disabled=bool(problems)) or (
+            replaying() and not problems)
     area = st.empty()  # the texts: live while they stream, at the top of the result area
     status = st.container()  # the status boxes, under the text (each collapses when done)
     details = st.empty()  # readout, schedules and parameters; emptied first, so nothing stale sits under the text
@@ -442,4 +445,4 @@ def main() -> None:
         details.info("Type a prompt, choose one or more methods and press **Generate**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

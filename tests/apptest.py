@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def views() -> dict[str, tuple[str, str]]:
+    """app.py's views, read from its ``st.Page(...)`` calls: the URL path each answers at (``""`` for the
+    default view, which a hidden alias also serves at its file's name) -> (file, title)."""
+    found = {}
+    for node in ast.walk(ast.parse(Path(APP).read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Page":
+            kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+            found["" if kw.get("default") else kw["url_path"]] = (ast.literal_eval(node.args[0]), kw["title"])
+    return found
 
 
 def assert_clean(at: AppTest) -> None:

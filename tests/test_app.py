@@ -23,9 +23,9 @@ from lldd_core.demo import build as build_module
 from lldd_core.forward.views import SITES
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots import spectra as plots_spectra
-from pages import _build
-from pages._build import BuildProgress, DemoBuild, follow_build
-from pages._sidebar import OTHER
+from pages.common import build as _build
+from pages.common.build import BuildProgress, DemoBuild, follow_build
+from pages.common.sidebar import OTHER
 from tests.apptest import APP, assert_clean, metrics, open_page
 
 METRICS = (

@@ -16,7 +16,7 @@ import lldd_core.service as service_module
 from lldd_core.analysis.ablation import EPS_VALUES
 from lldd_core.concepts.catalog import list_datasets
 from lldd_core.plots import gains as plots_gains
-from pages._datasets import UPLOAD
+from pages.common.datasets import UPLOAD
 from tests.apptest import assert_clean, metrics, open_page
 
 SMALL = {"gn_concept": 6, "gn_operating": 4, "gn_evaluation": 3, "gn_order_of_32": 4, "gn_n_eval": 3}

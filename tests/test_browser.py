@@ -87,13 +87,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def opened(server: str, path: str, heading: str) -> Iterator[Any]:
-    """A headless Chromium page on ``server + path`` showing ``heading``; the browser is always closed.
-
-    Streamlit's first run in a fresh process resolves pages from the pages/ directory, does not know
-    a ``st.navigation`` URL such as /depth, says "Page not found" in a dialog and runs app.py, whose
-    navigation then shows the right page (later sessions get no dialog): the dialog is closed here.
-    """
+def browser_page() -> Iterator[Any]:
+    """A headless Chromium page (1400×1000); the browser is always closed."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=COMPUTE_S * 1000)
@@ -102,16 +97,22 @@ def opened(server: str, path: str, heading: str) -> Iterator[Any]:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(server + path, wait_until="domcontentloaded")
-            expect(page.get_by_role("heading", name=heading)).to_be_visible()
-            page.wait_for_timeout(1500)
-            dialog = page.get_by_role("dialog")
-            if dialog.count():
-                page.keyboard.press("Escape")
-                expect(dialog).to_have_count(0)
             yield page
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def opened(server: str, path: str, heading: str) -> Iterator[Any]:
+    """A headless Chromium page on ``server + path`` showing ``heading`` (no "Page not found" dialog, also on a
+    fresh server's first request: pages/common/nav.py); the browser is always closed."""
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        page.goto(server + path, wait_until="domcontentloaded")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        yield page
 
 
 def full_screenshot(page: Any, path: Path, max_height: int) -> None:
@@ -171,7 +172,7 @@ def test_layers_page_in_a_real_browser(server: str) -> None:
 
     shot = ROOT / "test-output" / "browser_layers.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    with opened(server, "/depth", "Layers") as page:
+    with opened(server, "/layers", "Layers") as page:
         page.get_by_role("button", name="Compute").click()
         expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
         expect(page.get_by_role("heading", name="Emergence table")).to_be_visible()
@@ -190,7 +191,7 @@ def test_gain_curves_page_in_a_real_browser(server: str) -> None:
 
     shot = ROOT / "test-output" / "browser_gain_curves.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    with opened(server, "/gain-curves", "Gain curves") as page:
+    with opened(server, "/gains", "Gain curves") as page:
         expect(page.get_by_role("combobox", name="Concept dataset")).to_have_value(re.compile(r"^sentiment"))
         # small settings (Tab, not Enter: Enter would submit the form at the first field)
         for label, value in [("Concept", "6"), ("Operating", "4"), ("Evaluation", "3"), ("Reduced order d", "4"),
@@ -223,7 +224,7 @@ def test_attribution_graph_page_in_a_real_browser(server: str) -> None:
 
     shot = ROOT / "test-output" / "browser_attribution_graph.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    with opened(server, "/circuit", "Attribution graph") as page:
+    with opened(server, "/graph", "Attribution graph") as page:
         field = page.get_by_label("Neurons visited (most influential first)", exact=True)
         field.fill("128")
         field.press("Tab")
@@ -262,3 +263,103 @@ def test_attribution_graph_page_in_a_real_browser(server: str) -> None:
         assert any("decodings" in n for n in saved["nodes"])
         full_screenshot(page, shot, 8000)
         assert_no_errors(page)
+
+
+#: Every navigation entry the browser can show: Streamlit's page list (sidebar or top) and app.py's own links.
+NAV_LINKS = ('[data-testid="stSidebarNav"] a, [data-testid="stSidebarNavLink"], [data-testid="stTopNav"] a, '
+             '[data-testid="stPageLink-NavLink"]')
+#: Installed before any page script: records every navigation entry (path | text) and dialog ever drawn.
+WATCH_NAV = """
+window.__seen = new Set();
+new MutationObserver(() => {
+  document.querySelectorAll('%s').forEach(a =>
+    window.__seen.add(new URL(a.href, location.href).pathname + ' | ' + a.innerText.trim().split('\\n').pop()));  // icons are ligature text
+  document.querySelectorAll('[role="dialog"]').forEach(d => window.__seen.add('dialog | ' + d.innerText.trim()));
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
+""" % NAV_LINKS
+#: URLs of files in pages/ that are not views, and of the old names: none may run anything but app.py.
+NOT_VIEWS = ("/_datasets", "/_ui", "/common", "/ui", "/nav", "/link", "/sidebar", "/detached_jacobian", "/depth",
+             "/app")
+
+
+def test_first_seconds_after_start_show_only_views(server: str) -> None:
+    """From the server's first request on (Streamlit's legacy pages/ mode, pages/common/nav.py) for 10 s: a deep
+    link shows its view with no dialog, no navigation entry is anything but a view, and no helper file URL runs."""
+    import time
+
+    from playwright.sync_api import expect
+
+    from tests.apptest import views
+
+    start = time.monotonic()  # the server just answered its health check; no session has run yet
+    allowed = {f"/{url}" for url in views()}
+    titles = {title for _, title in views().values()}
+    with browser_page() as page:
+        page.add_init_script(WATCH_NAV)
+        page.goto(server + "/jacobian", wait_until="domcontentloaded")  # the very first request of the process
+        expect(page.get_by_role("heading", name="Detached Jacobian")).to_be_visible()
+        expect(page.get_by_role("button", name="Compute")).to_be_enabled()
+        probes = []
+        for path in NOT_VIEWS:  # while the first run may still be in the legacy mode
+            probe = page.context.browser.new_page()
+            probe.add_init_script(WATCH_NAV)
+            probe.goto(server + path, wait_until="domcontentloaded")
+            probes.append((path, probe))
+        for path, probe in probes:
+            # not run: Streamlit says so and runs app.py's default view instead
+            expect(probe.get_by_role("dialog")).to_contain_text("Page not found")
+            expect(probe.get_by_role("heading", name="Detached Jacobian")).to_be_visible()
+            expect(probe.locator('[data-testid="stPageLink-NavLink"]')).to_have_count(len(titles))
+            assert probe.locator(ERROR_SELECTOR).count() == 0, (path, probe.locator(ERROR_SELECTOR).all_inner_texts())
+        page.wait_for_timeout(max(0.0, 10.0 - (time.monotonic() - start)) * 1000)
+        links = page.locator('[data-testid="stPageLink-NavLink"]')
+        assert sorted(text.strip().split("\n")[-1] for text in links.all_inner_texts()) == sorted(titles)
+        assert_no_errors(page)
+        for where, seen in [("/jacobian", page.evaluate("[...window.__seen]"))] + [
+                (path, probe.evaluate("[...window.__seen]")) for path, probe in probes]:
+            entries = [s.split(" | ", 1) for s in seen if not s.startswith("dialog")]
+            assert entries, where
+            assert all(href in allowed and text in titles for href, text in entries), (where, entries)
+            if where == "/jacobian":
+                assert not [s for s in seen if s.startswith("dialog")], seen  # no "Page not found"
+
+
+def test_a_permalink_reopens_the_same_result_from_the_cache(server: str) -> None:
+    """Compute on the Jacobian view with other settings, take the address (pages/common/link.py), open it in a
+    new browser: the form is filled the same and the same metrics appear from the cache, nothing clicked."""
+    import re
+
+    from playwright.sync_api import expect
+
+    prompt = "The river flows to the"
+    with opened(server, "/jacobian", "Detached Jacobian") as page:
+        page.get_by_label("Prompt").fill(prompt)
+        layer = page.locator('[data-testid="stNumberInputField"]').first  # the layer (its label names the convention)
+        layer.fill("2")
+        layer.press("Tab")
+        page.get_by_text("Apply final norm").click()
+        page.get_by_role("button", name="Compute").click()
+        metrics = page.locator('[data-testid="stMetric"]')
+        expect(metrics).to_have_count(8)
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        values = {m.locator('[data-testid="stMetricLabel"]').inner_text(): m.locator(
+            '[data-testid="stMetricValue"]').inner_text() for m in metrics.all()}
+        assert values.pop("From cache") == "no"
+        # the address follows the widgets at the end of the run (wait for it: the run may still be finishing)
+        expect(page).to_have_url(re.compile(r"^(?=.*[?&]dj_final_norm=0)(?=.*[?&]dj_layer=2)(?=.*dj_prompt=The\+river)"))
+        link = page.url
+        assert "sidebar_model_choice=" in link
+        shown_link = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]').inner_text()
+        assert shown_link.strip() == link  # the copy-link box holds the address itself
+    with opened(server, link[len(server):], "Detached Jacobian") as fresh:
+        expect(fresh.get_by_label("Prompt")).to_have_value(prompt)
+        expect(fresh.locator('[data-testid="stNumberInputField"]').first).to_have_value("2")
+        metrics = fresh.locator('[data-testid="stMetric"]')
+        expect(metrics).to_have_count(8)  # without a click
+        again = {m.locator('[data-testid="stMetricLabel"]').inner_text(): m.locator(
+            '[data-testid="stMetricValue"]').inner_text() for m in metrics.all()}
+        assert again.pop("From cache") == "yes"
+        assert again == values
+        expect(fresh.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+        assert_no_errors(fresh)
+        expect(fresh).to_have_url(link)  # the reopened view writes the same link

@@ -43,7 +43,7 @@ def jacobian(at: AppTest, prompt: str) -> AppTest:
 @pytest.mark.parametrize("prompt, message", [("   ", "The prompt is empty"), ("\n\t\n", "The prompt is empty"),
                                              (LONG, "handles at most 64: shorten it")])
 def test_jacobian_page_refuses_a_bad_prompt_and_recovers(page, prompt, message):
-    at = jacobian(page("detached_jacobian"), prompt)
+    at = jacobian(page("jacobian"), prompt)
     assert message in assert_one_line_error(at)
     jacobian(at, "The cat says")
     assert_clean(at)
@@ -51,7 +51,7 @@ def test_jacobian_page_refuses_a_bad_prompt_and_recovers(page, prompt, message):
 
 
 def test_garbage_jacobian_limit_in_the_environment_is_one_error(page, monkeypatch):
-    at = jacobian(page("detached_jacobian"), "The cat says")
+    at = jacobian(page("jacobian"), "The cat says")
     assert_clean(at)
     monkeypatch.setenv("LLDD_MAX_JACOBIAN_GB", "nan")
     at.selectbox(key="dj_spec_method").set_value("full")

@@ -161,7 +161,7 @@ def test_the_rules_keep_what_is_fine() -> None:
 
 
 def test_gain_page_upload_of_a_bad_file_is_one_error(tiny_dirs, fresh_service, monkeypatch) -> None:
-    from pages._datasets import UPLOAD
+    from pages.common.datasets import UPLOAD
     from tests.apptest import open_page
 
     at = open_page("pages/gains.py", tiny_dirs["gpt2"], monkeypatch)

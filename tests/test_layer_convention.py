@@ -46,7 +46,7 @@ from tests.tiny import PROMPT
 
 L = 2  # the tiny models' depth
 SMALL = (6, 4, 3)
-PAGES = ("pages/detached_jacobian.py", "pages/layers.py", "pages/graph.py", "pages/gains.py", "pages/scaling.py",
+PAGES = ("pages/jacobian.py", "pages/layers.py", "pages/graph.py", "pages/gains.py", "pages/scaling.py",
          "pages/control.py", "pages/steering.py")
 MENTIONS = re.compile(r"layer|block|x_", re.IGNORECASE)
 STREAM = re.compile(r"x_l\b")

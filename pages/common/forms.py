@@ -3,8 +3,7 @@
 UI only. Each input takes the container to draw in (a column) and its widget key; bounds come
 from the range objects the CLI and the service check against, so a widget never offers a value
 the core refuses. Inputs whose bound is the model's size (the hidden size ``d``) key their widget
-by that size: another model gets a fresh widget, never an out-of-range value. Not a page: app.py
-lists its pages explicitly with ``st.navigation``.
+by that size: another model gets a fresh widget, never an out-of-range value.
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.ranges import DECODE, EPS, N_EVAL, ORDER, SEED, SIZES, TOP_K
 from lldd_core.service import get_service
-from pages._build import ensure_model_ready
-from pages._sidebar import current_spec
+from pages.common.build import ensure_model_ready
+from pages.common.link import fields
+from pages.common.sidebar import current_spec
 
 
 def model_shape(spec: ModelSpec) -> tuple[int, int] | None:
@@ -43,41 +43,48 @@ def view_start(title: str, caption: str) -> tuple[ModelSpec, tuple[int, int] | N
 
 def prompt_area(key: str, value: str, height: int = 90) -> str:
     """The prompt text box."""
+    fields(key)
     return st.text_area("Prompt", value=value, key=key, height=height)
 
 
 def seed_input(col: DeltaGenerator, key: str, help: str | None = None,
                value: int = ConceptSettings.default("seed")) -> int:
     """A seed (:data:`~lldd_core.ranges.SEED`), the settings' default (0) unless ``value``."""
+    fields(key)
     return int(col.number_input("Seed", **SEED.widget(), value=value, step=1, key=key, help=help))
 
 
 def order_input(col: DeltaGenerator, d: int, key: str, help: str, value: int = GainsSettings.default("order")) -> int:
     """The reduced order ``d`` of the LLV surrogate (1..hidden size ``d``, starting at ``value`` or ``d``), keyed
     ``{key}_of_{d}``."""
+    fields(f"{key}_of_{d}")
     return int(col.number_input("Reduced order d", **ORDER.widget(hi=d), value=min(value, d), step=1,
                                 key=f"{key}_of_{d}", help=help))
 
 
 def eps_input(col: DeltaGenerator, key: str, value: float, help: str) -> float:
     """The injection size ε of the measured gains (:data:`~lldd_core.ranges.EPS`)."""
+    fields(key)
     return float(col.number_input("ε (injection size)", **EPS.widget(), value=value, step=0.01, format="%.4g",
                                   key=key, help=help))
 
 
 def n_eval_input(col: DeltaGenerator, key: str, value: int, help: str | None = None) -> int:
     """How many evaluation prompts (:data:`~lldd_core.ranges.N_EVAL`)."""
+    fields(key)
     return int(col.number_input("Evaluation prompts", **N_EVAL.widget(), value=value, step=1, key=key, help=help))
 
 
 def top_k_input(col: DeltaGenerator, d: int, key: str, help: str) -> int:
     """Top-k singular values (1..hidden size ``d``, 8 by default), keyed ``{key}_of_{d}``."""
+    fields(f"{key}_of_{d}")
     return int(col.number_input("Top-k singular values", **TOP_K.widget(hi=d), value=min(8, d), step=1,
                                 key=f"{key}_of_{d}", help=help))
 
 
 def decode_input(col: DeltaGenerator, key: str, value: int) -> int:
     """Decoded tokens per singular vector (:data:`~lldd_core.ranges.DECODE`)."""
+    fields(key)
     return int(col.number_input("Decoded tokens per vector", **DECODE.widget(), value=value, step=1, key=key,
                                 help=DECODE.sentence()))
 
@@ -93,6 +100,7 @@ def split_size_inputs(prefix: str) -> tuple[int, int, int]:
     """Concept / operating / evaluation examples per class (:class:`~lldd_core.analysis.settings.SplitSizes`'
     defaults, the paper's), keyed ``{prefix}_{split}``."""
     defaults = SplitSizes()
+    fields(*(f"{prefix}_{name}" for name in SPLIT_HELP))
     st.markdown("**Split sizes per class** (balanced, disjoint, seeded; the default is fitted to a smaller "
                 "dataset, other sizes shrink when a class is smaller)")
     cols = st.columns(3)

@@ -3,7 +3,7 @@
 UI only: widgets -> ``get_service().jacobian(...)`` -> figures from :mod:`lldd_core.plots.common`. Below
 it, "Spectra and token decodings" runs ``get_service().spectrum(...)`` for the same request (its own
 form and progress) -> tables and figures from :mod:`lldd_core.plots.spectra`.
-A demo model that is not built yet is built first (:func:`pages._build.ensure_model_ready`).
+A demo model that is not built yet is built first (:func:`pages.common.build.ensure_model_ready`).
 Errors a user can cause (:class:`~lldd_core.errors.LLDDError`) show as ``st.error``; the last
 good result stays in session state, so widget changes and reruns keep showing it.
 """
@@ -36,8 +36,20 @@ from lldd_core.ranges import LAYER, TOP_K
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from lldd_core.store.results import to_jsonable
-from pages._forms import decode_input, prompt_area, top_k_input, view_start
-from pages._ui import Shown, chart, figure_format, format_norm, format_sci, kept, not_converged, plural, run_with_status
+from pages.common.forms import decode_input, prompt_area, top_k_input, view_start
+from pages.common.link import fields, replaying
+from pages.common.nav import run_view
+from pages.common.ui import (
+    Shown,
+    chart,
+    figure_format,
+    format_norm,
+    format_sci,
+    kept,
+    not_converged,
+    plural,
+    run_with_status,
+)
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: This page's figure-format help (it also says what SVG is for).
@@ -89,6 +101,7 @@ def request_form(n_layers: int) -> tuple[bool, str, int, bool]:
             help="Pass the residual stream through the model's final norm before reading y.",
         )
         submitted = st.form_submit_button("Compute", type="primary", key="dj_compute")
+    fields(f"dj_layer_of_{n_layers}", "dj_final_norm")
     return submitted, prompt, int(layer), bool(final_norm)
 
 
@@ -219,6 +232,7 @@ def spectra_form(d: int) -> tuple[bool, int, int, str]:
             "matrix_free: top-k by products only (big models).",
         )
         submitted = st.form_submit_button("Compute spectra", key="dj_spec_compute")
+    fields("dj_spec_method")
     return submitted, int(k), int(n_decode), str(method)
 
 
@@ -301,7 +315,7 @@ def spectra_section(shown: Shown, fmt: str) -> None:
         f"{'on' if r.final_norm else 'off'}), decoded to tokens."
     )
     submitted, k, n_decode, method = spectra_form(int(r.singular_values.shape[1]))  # min(d_out, d_in) = d
-    if submitted:
+    if submitted or replaying():
         spectrum = compute_spectra(shown, k, n_decode, method)
         if spectrum is not None:
             st.session_state[SPECTRUM_KEY] = spectrum
@@ -320,7 +334,7 @@ def main() -> None:
     n_layers = None if shape is None else shape[0]
     if n_layers is not None:
         submitted, prompt, layer, final_norm = request_form(n_layers)
-        if submitted:
+        if submitted or replaying():
             shown = compute(spec, prompt, layer, final_norm)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
@@ -332,4 +346,4 @@ def main() -> None:
         st.info("Enter a prompt and press **Compute**.")
 
 
-main()
+run_view(main)  # under app.py, also when Streamlit runs this file directly

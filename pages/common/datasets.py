@@ -4,7 +4,7 @@ UI only. Returns what the service's concept analyses accept: a registry name (bu
 :func:`lldd_core.concepts.catalog.list_datasets`) or loaded :class:`~lldd_core.concepts.data.ConceptData` from
 an upload. Hub datasets that are not in the local cache are listed too; using one offline makes the
 service raise :class:`~lldd_core.concepts.data.DatasetUnavailableError`, which the page shows as
-``st.error`` (via ``run_with_status``). Not a page: app.py lists its pages explicitly.
+``st.error`` (via ``run_with_status``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from lldd_core.concepts.catalog import DatasetListing, list_datasets
 from lldd_core.concepts.data import MIN_PER_CLASS, ConceptData
 from lldd_core.concepts.files import MAX_FILE_BYTES, load_user_file
 from lldd_core.errors import LLDDError
+from pages.common.link import fields
 
 #: The two ways of choosing a dataset (the radio's options).
 REGISTRY = "Registered dataset"
@@ -90,5 +91,6 @@ def _uploaded(key: str) -> ConceptData | None:
 def dataset_picker(key: str = "ds") -> str | ConceptData | None:
     """Draw the picker; returns a registry name, the uploaded file's data, or ``None`` (nothing usable yet:
     no file, or one with errors, which are shown with ``st.error``)."""
+    fields(f"{key}_source", f"{key}_name")  # an upload is not linkable: the link opens the registry choice
     source = st.radio("Dataset source", SOURCES, horizontal=True, key=f"{key}_source", label_visibility="collapsed")
     return _uploaded(key) if source == UPLOAD else _registered(key)

@@ -1,8 +1,7 @@
 """The sidebar: the model picker and settings (stored as a ``ModelSpec`` for the pages), memory and cache.
 
 UI only: widgets and session state here, every computation goes through
-:func:`lldd_core.service.get_service`. Not a page: app.py lists its pages explicitly with
-``st.navigation``.
+:func:`lldd_core.service.get_service`.
 """
 
 from __future__ import annotations
@@ -19,8 +18,9 @@ from lldd_core.models.hub import is_cached
 from lldd_core.models.loading import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, ModelSpec, default_model
 from lldd_core.models.memory import format_bytes
 from lldd_core.service import get_service
-from pages._build import FIRST_USE_BUILD
-from pages._ui import plural
+from pages.common.build import FIRST_USE_BUILD
+from pages.common.link import fields
+from pages.common.ui import plural
 
 #: Where app.py leaves the sidebar's model choice for the pages.
 SPEC_KEY = "model_spec"
@@ -153,6 +153,9 @@ def render_model_sidebar() -> ModelSpec:
     """Draw the model settings in the sidebar, store the resulting spec in session state, return it."""
     sb = st.sidebar
     sb.header("Model")
+    # Linkable; never the two safety switches: a link must not turn on remote code or pickles.
+    fields(CHOICE_KEY, OTHER_KEY, "sidebar_revision", "sidebar_dtype", "sidebar_device", "sidebar_max_memory",
+           "sidebar_quantization")
     model = pick_model(sb)
     revision = sb.text_input(
         "Revision (optional)",

@@ -1,7 +1,6 @@
 """First use of a demo model: build it with progress, robust to clicks (reruns) and to other tabs.
 
-UI only: the build itself is :meth:`lldd_core.service.Service.ensure_demo`. Not a page: app.py lists
-its pages explicitly with ``st.navigation``.
+UI only: the build itself is :meth:`lldd_core.service.Service.ensure_demo`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 UI only. A result is kept in session state as a :class:`Shown` (with the request that produced it)
 so the page can show it again on every rerun; computations run inside :func:`run_with_status`;
-figures go through :func:`chart` with the toolbar format of :func:`figure_format`. Not a page:
-app.py lists its pages explicitly with ``st.navigation``.
+figures go through :func:`chart` with the toolbar format of :func:`figure_format`.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from streamlit.delta_generator import DeltaGenerator
 from lldd_core.errors import LLDDError
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.spectra import FIGURE_FORMATS, download_config
+from lldd_core.service import cache_only
+from pages.common.link import replaying
 
 #: The help of the figure format radio on most pages.
 FIGURE_FORMAT_HELP = "Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector)."
@@ -71,6 +72,8 @@ def run_with_status(noun: str, call: Callable[[Callable[[float, str], None]], An
     not only the analysis's own ``elapsed_s``). Returns the service's ``Computed``; on a user error (:class:`LLDDError`) shows it with
     ``st.error`` below the collapsed box and returns ``None``.
     """
+    if replaying():  # an opened link: the stored result or nothing, never a computation
+        return stored(call)
     failure: LLDDError | None = None
     with st.status(f"Computing {noun}…", expanded=True) as status:
         bar = st.progress(0.0, text="Resolving the model and tokenizing")
@@ -91,6 +94,16 @@ def run_with_status(noun: str, call: Callable[[Callable[[float, str], None]], An
     if getattr(computed, "warning", None):
         st.warning(computed.warning, icon="⚠️")  # e.g. a full or damaged cache: shown, but not stored
     return computed
+
+
+def stored(call: Callable[[Callable[[float, str], None]], Any]) -> Any | None:
+    """``call``'s stored result (``cache_hit``), or ``None`` when it is not stored or cannot be asked for:
+    cache only, so nothing is loaded or computed (the user's next Compute shows any error)."""
+    try:
+        with cache_only():
+            return call(lambda fraction, message: None)
+    except LLDDError:
+        return None
 
 
 def plural(n: int, noun: str) -> str:
