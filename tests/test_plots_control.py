@@ -63,6 +63,8 @@ def steering_result(method: str, steered: list[str], readout: bool = True, sched
         readout_unsteered=np.arange(len(unsteered), dtype=float) if readout else np.zeros(0),
         readout_steered=np.arange(len(steered), dtype=float) * 2.0 if readout else np.zeros(0),
         schedule=np.zeros(0) if schedule is None else schedule,
+        classes=["positive", "negative"] if readout else [], class_readouts=[3.0, -3.0] if readout else [],
+        steered_loop="", unsteered_loop="",
     )
 
 

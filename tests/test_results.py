@@ -164,10 +164,14 @@ def test_steering_result_summary_is_the_hand_listed_one() -> None:
                        params={"layers": [2]}, settings={"max_new_tokens": 4}, dataset="d", unsteered="u",
                        steered="s", unsteered_tokens=["a"], steered_tokens=["b"], elapsed_s=1.0,
                        readout_unsteered=np.zeros(2), readout_steered=np.ones(2), schedule=np.arange(3.0),
-                       split_sizes={"concept": 6, "operating": 4, "evaluation": 3})
+                       classes=["positive", "negative"], class_readouts=[2.0, -1.0], steered_loop="",
+                       unsteered_loop="a b c", split_sizes={"concept": 6, "operating": 4, "evaluation": 3})
     keys = ("model", "revision", "dtype", "family", "prompt", "method", "params", "settings", "dataset",
-            "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s", "split_sizes")
+            "unsteered", "steered", "unsteered_tokens", "steered_tokens", "elapsed_s", "classes", "class_readouts",
+            "steered_loop", "unsteered_loop", "split_sizes")
+    # boundary (2 - 1) / 2 = 0.5: readout 0 reads negative, 1 positive
     expected = {**{k: getattr(r, k) for k in keys}, "readout_unsteered": [0.0, 0.0], "readout_steered": [1.0, 1.0],
-                "schedule": [0.0, 1.0, 2.0]}
+                "schedule": [0.0, 1.0, 2.0], "boundary": 0.5, "loops": False,
+                "verdict": {"unsteered": "negative", "steered": "positive"}}
     assert list(r.summary().items()) == list(expected.items())
     assert from_bytes(to_bytes(r)).summary() == expected
