@@ -27,6 +27,7 @@ from .. import ranges as R
 from ..analysis.gains import GainsSetup
 from ..errors import InputError
 from ..forward.depth import prompt_context
+from ..linalg.agreement import kept_layers
 from .methods.base import option
 
 #: The default target, in class-mean distances: half of one, the distance from a class mean to the boundary.
@@ -45,8 +46,8 @@ def shift_option() -> float:
 
 def trusted_layers(setup: GainsSetup) -> list[int]:
     """The injection layers with a concept direction that is not flagged as too weak (module doc)."""
-    flagged = set(setup.flagged_layers)
-    kept = [layer for layer in setup.layers if layer not in flagged]
+    keep = kept_layers(setup.layers, setup.flagged_layers)
+    kept = [int(layer) for layer, k in zip(setup.layers, keep) if k]
     return kept or list(setup.layers)
 
 
