@@ -34,6 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..errors import UnsupportedFamilyError
 from ..models.arch import FamilyAdapter
+from ..models.arch.base import is_layer_norm
 from ..models.placement import model_dtype, replaced_forwards
 
 DETACHED_ATTENTION = "lldd_detached"
@@ -236,7 +237,7 @@ def detached_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Modul
     """
     patches: list[tuple[nn.Module, Callable]] = []
     for norm in _unique(adapter.norms(model)):
-        if isinstance(norm, nn.LayerNorm) or type(norm).__name__.endswith("LayerNorm"):
+        if is_layer_norm(norm):
             patches.append((norm, _detached_layer_norm))
         else:
             patches.append((norm, _detached_rms_norm(adapter.norm_weight_offset)))
@@ -259,6 +260,6 @@ def live_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
     patches: list[tuple[nn.Module, Callable]] = []
     if model_dtype(model) == torch.float64:
         patches = [(n, _float64_rms_norm(adapter.norm_weight_offset)) for n in _unique(adapter.norms(model))
-                   if not (isinstance(n, nn.LayerNorm) or type(n).__name__.endswith("LayerNorm"))]
+                   if not is_layer_norm(n)]
     with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION), _patched_forwards(patches):
         yield model
