@@ -79,3 +79,22 @@ def fresh_service(cache_dir, monkeypatch):
     yield
     if service_module._SERVICE is not None:
         service_module._SERVICE.cache.close()
+
+
+@pytest.fixture(scope="module")
+def module_service(request, tmp_path_factory):
+    """A service on an empty cache shared by one test module (results computed once per module)."""
+    from lldd_core.service import Service
+    from lldd_core.store.cache import ResultCache
+
+    svc = Service(ResultCache(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "cache"))
+    yield svc
+    svc.cache.close()
+
+
+@pytest.fixture(scope="session")
+def gpt2_f64(tiny_dirs):
+    """The tiny GPT-2 as a float64 CPU model spec (the usual subject of the exact-equality tests)."""
+    from lldd_core.models.loading import ModelSpec
+
+    return ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")

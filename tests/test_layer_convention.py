@@ -40,7 +40,6 @@ from lldd_core.models.loading import ModelSpec, load_model
 from lldd_core.plots import common, control, gains, graph, spectra
 from lldd_core.service import Service
 from lldd_core.steering.pieces import analyze_steering_jacobian
-from lldd_core.store.cache import ResultCache
 from tests.apptest import assert_clean, open_page
 from tests.tiny import PROMPT
 
@@ -111,20 +110,8 @@ def test_every_pages_layer_controls_follow_the_convention(tiny_dirs, fresh_servi
 
 # --- figures and tables -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory) -> Iterator[Service]:
-    s = Service(ResultCache(tmp_path_factory.mktemp("layer_convention") / "cache"))
-    yield s
-    s.cache.close()
-
-
-@pytest.fixture(scope="module")
-def spec(tiny_dirs) -> ModelSpec:
-    return ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def handle(tiny_dirs):
-    return load_model(ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu"))
+def handle(gpt2_f64):
+    return load_model(gpt2_f64)
 
 
 def _ints(labels: list) -> list[int]:
@@ -184,13 +171,13 @@ def check_table_columns(columns: list[str]) -> None:
             assert meaning(column) or "layer l" in column, f"column {column!r} names neither x_l nor block b"
 
 
-def test_spectra_figures(svc: Service, spec: ModelSpec) -> None:
-    jac = svc.jacobian(spec, PROMPT, layer=1).result
-    full = svc.spectrum(spec, PROMPT, layer=1, k=3, n_decode=3, method="full").result
+def test_spectra_figures(module_service: Service, gpt2_f64: ModelSpec) -> None:
+    jac = module_service.jacobian(gpt2_f64, PROMPT, layer=1).result
+    full = module_service.spectrum(gpt2_f64, PROMPT, layer=1, k=3, n_decode=3, method="full").result
     for fig in (common.spectrum_figure(jac), common.reconstruction_scatter(jac), common.token_contribution_figure(jac),
                 spectra.norm_distribution_figure(full, -1)):
         check_figure(fig)
-    r = svc.layers(spec, PROMPT, k=3, n_decode=3, method="full").result
+    r = module_service.layers(gpt2_f64, PROMPT, k=3, n_decode=3, method="full").result
     assert check_figure(spectra.stable_rank_figure(r, -1)) and check_figure(spectra.stable_rank_figure(r))
     for site in r.sites:
         expected = ["stream"] if site == "cumulative" else ["block"]
@@ -218,11 +205,11 @@ def test_gains_control_graph_figures(handle) -> None:
     assert check_figure(graph.graph_figure(attribution)) == ["block"]
 
 
-def test_steering_schedule_figure(svc: Service, spec: ModelSpec) -> None:
+def test_steering_schedule_figure(module_service: Service, gpt2_f64: ModelSpec) -> None:
     from lldd_core.steering.generate import GenerationSettings
     from lldd_core.steering.methods.additive import AdditiveParams
 
-    r = svc.steer(spec, "The food was", "additive", AdditiveParams(layers=[1]), dataset="sentiment",
+    r = module_service.steer(gpt2_f64, "The food was", "additive", AdditiveParams(layers=[1]), dataset="sentiment",
                   settings=GenerationSettings(max_new_tokens=2), sizes=SMALL).result
     assert r.schedule.shape == (L,) and r.schedule[1] != 0 and r.schedule[0] == 0  # indexed by l of x_l
     assert check_figure(control.steering_schedule_figure([r])) == ["stream"]

@@ -17,35 +17,22 @@ from lldd_core.models.loading import ModelSpec
 from lldd_core.plots import spectra as ps
 from lldd_core.plots.common import token_labels
 from lldd_core.service import Service
-from lldd_core.store.cache import ResultCache
 from tests.tiny import PROMPT
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Service:
-    svc = Service(ResultCache(tmp_path_factory.mktemp("plots_spectra") / "cache"))
-    yield svc
-    svc.cache.close()
+def full(module_service: Service, gpt2_f64: ModelSpec) -> SpectrumResult:
+    return module_service.spectrum(gpt2_f64, PROMPT, k=4, n_decode=5, method="full").result
 
 
 @pytest.fixture(scope="module")
-def spec(tiny_dirs) -> ModelSpec:
-    return ModelSpec(str(tiny_dirs["gpt2"]), dtype="float64", device="cpu")
+def matrix_free(module_service: Service, gpt2_f64: ModelSpec) -> SpectrumResult:
+    return module_service.spectrum(gpt2_f64, PROMPT, k=4, n_decode=5, method="matrix_free").result
 
 
 @pytest.fixture(scope="module")
-def full(service: Service, spec: ModelSpec) -> SpectrumResult:
-    return service.spectrum(spec, PROMPT, k=4, n_decode=5, method="full").result
-
-
-@pytest.fixture(scope="module")
-def matrix_free(service: Service, spec: ModelSpec) -> SpectrumResult:
-    return service.spectrum(spec, PROMPT, k=4, n_decode=5, method="matrix_free").result
-
-
-@pytest.fixture(scope="module")
-def layers(service: Service, spec: ModelSpec) -> LayersResult:
-    return service.layers(spec, PROMPT, k=4, n_decode=4, method="full").result
+def layers(module_service: Service, gpt2_f64: ModelSpec) -> LayersResult:
+    return module_service.layers(gpt2_f64, PROMPT, k=4, n_decode=4, method="full").result
 
 
 def _json(fig: go.Figure) -> dict:
