@@ -14,9 +14,13 @@ Nodes: one embedding node per position (value ``x_0`` there; its edge is ``g . x
 node per block whose modules own biases (``s_l = 1``, the bias channel of
 :func:`lldd_core.models.placement.scaled_biases`) plus one for the final norm / unembedding, every MLP
 neuron ``(layer, position, index)``, and the target logits (raw, before any soft-capping, at the
-last position). Rows are filled by batched backward passes (``is_grads_batched``), logits first,
-then neurons in order of their current influence on the logits, up to ``max_nodes`` neurons.
-Unvisited neurons stay as sources (their outgoing edges are exact; they have no incoming edges).
+last position). Rows (:func:`graph_rows`) are filled by batched backward passes
+(``is_grads_batched``), logits first, then neurons in order of their current influence on the
+logits, up to ``max_nodes`` neurons; each batch of neuron targets is grouped by block and every
+group's backward starts at its block (:mod:`lldd_core.analysis.graph_rows`), so a neuron's row
+costs the blocks below it only. Unvisited neurons stay as sources (their outgoing edges are exact;
+they have no incoming edges). :func:`assemble` turns the rows into the result: every nonzero entry
+as an edge, or each row's largest ``edges_per_row`` with the rest summed per node (``node_rest``).
 Pruning and the replacement score live in :mod:`lldd_core.analysis.graph_prune`, the neurons'
 decodings in :mod:`lldd_core.analysis.graph_decode`, interventions in :mod:`lldd_core.analysis.graph_intervention`.
 """
