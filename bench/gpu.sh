@@ -19,9 +19,11 @@
 #   spectral.py  part 2 (every layer's cumulative spectra) on a Llama with GPT-2-large's sizes (d 1280, 36 layers,
 #                MLP 5120, 20 heads): the reference recomputes each of 36 layers from scratch, which at 8B would be
 #                ~16 full Jacobians twice over. Last, so it only gets what the budget has left.
-#   graph.py     Llama-3.2-1B shape (d 2048, 16 layers, MLP 8192, 32/8 heads, vocab 128256), 16 tokens: the exact
-#                attribution graph's rows for 512 visited targets by batched backward passes (128 per pass) against
-#                one backward per target; 2.1M neuron sources, so the row buffer stays ~4 GiB.
+#   graph.py     Llama-3.2-1B shape (d 2048, 16 layers, MLP 8192, 32/8 heads, vocab 128256), 64 tokens: the exact
+#                attribution graph's rows for 3 logits + 512 visited neurons by one batched backward per block
+#                (128 targets per ranking step) against one backward per target through the whole graph; 8.4M
+#                neuron sources, so each method's row buffer is 17 GiB (float32) and the result keeps each row's
+#                4096 largest edges (the rest summed per node: 2.1M edges instead of 4.3G).
 #
 # Each bench runs under its own time limit and within the total budget (LLDD_GPU_BUDGET_S, default 480 s);
 # one that fails or runs out of time is a row saying so, and the script exits 1. Outputs go to
@@ -108,8 +110,8 @@ if [ "$MODE" = gpu ]; then
       --prompt-tokens 16 --tokens 64 --repeats 5
   run jacobian-3b 120 bench/jacobian.py "${DEV[@]}" --hidden 3072 --intermediate 8192 --layers 28 --heads 24 \
       --kv-heads 8 --vocab 128256 --tokens 8 --repeats 2
-  run graph-1b 90 bench/graph.py "${DEV[@]}" --hidden 2048 --intermediate 8192 --layers 16 --heads 32 \
-      --kv-heads 8 --vocab 128256 --tokens 16 --max-nodes 512 --batch-size 128
+  run graph-1b 120 bench/graph.py "${DEV[@]}" --hidden 2048 --intermediate 8192 --layers 16 --heads 32 \
+      --kv-heads 8 --vocab 128256 --tokens 64 --max-nodes 512 --batch-size 128 --edges-per-row 4096
   run spectral-layers-1280 150 bench/spectral.py "${DEV[@]}" --hidden 1280 --intermediate 5120 --layers 36 \
       --heads 20 --kv-heads 20 --vocab 50257 --tokens 8 --k 8 --shaping qr --parts 2 --repeats 1 --warmup 1
 else
@@ -125,7 +127,7 @@ else
   run jacobian 120 bench/jacobian.py "${DEV[@]}" --hidden 64 --intermediate 128 --layers 2 --heads 4 \
       --kv-heads 2 --vocab 512 --tokens 4 --repeats 1
   run graph 120 bench/graph.py "${DEV[@]}" --hidden 64 --intermediate 128 --layers 2 --heads 4 \
-      --kv-heads 2 --vocab 512 --tokens 4 --max-nodes 16 --batch-size 8
+      --kv-heads 2 --vocab 512 --tokens 4 --max-nodes 16 --batch-size 8 --edges-per-row 64
 fi
 
 [ "$DRY" = 1 ] && exit 0

@@ -14,9 +14,13 @@ Nodes: one embedding node per position (value ``x_0`` there; its edge is ``g . x
 node per block whose modules own biases (``s_l = 1``, the bias channel of
 :func:`lldd_core.models.placement.scaled_biases`) plus one for the final norm / unembedding, every MLP
 neuron ``(layer, position, index)``, and the target logits (raw, before any soft-capping, at the
-last position). Rows are filled by batched backward passes (``is_grads_batched``), logits first,
-then neurons in order of their current influence on the logits, up to ``max_nodes`` neurons.
-Unvisited neurons stay as sources (their outgoing edges are exact; they have no incoming edges).
+last position). Rows (:func:`graph_rows`) are filled by batched backward passes
+(``is_grads_batched``), logits first, then neurons in order of their current influence on the
+logits, up to ``max_nodes`` neurons; each batch of neuron targets is grouped by block and every
+group's backward starts at its block (:mod:`lldd_core.analysis.graph_rows`), so a neuron's row
+costs the blocks below it only. Unvisited neurons stay as sources (their outgoing edges are exact;
+they have no incoming edges). :func:`assemble` turns the rows into the result: every nonzero entry
+as an edge, or each row's largest ``edges_per_row`` with the rest summed per node (``node_rest``).
 Pruning and the replacement score live in :mod:`lldd_core.analysis.graph_prune`, the neurons'
 decodings in :mod:`lldd_core.analysis.graph_decode`, interventions in :mod:`lldd_core.analysis.graph_intervention`.
 """
@@ -39,8 +43,9 @@ from ..forward.residual import run_to_layer
 from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, model_dtype, scaled_biases
 from .graph_decode import decode_graph_neurons
-from .graph_prune import influence, prune
+from .graph_prune import influence, prune, replacement_score
 from .graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
+from .graph_rows import GraphRows, RetainedForward, write_rows, write_rows_one_by_one
 
 if TYPE_CHECKING:
     from ..models.loading import ModelHandle, ModelInfo
@@ -106,7 +111,7 @@ def top_targets(logits: torch.Tensor, k: int) -> list[int]:
     return [int(i) for i in torch.topk(logits.detach(), k).indices]
 
 
-def build_graph(
+def graph_rows(
     model: nn.Module,
     adapter: FamilyAdapter,
     input_ids: torch.Tensor,
@@ -117,18 +122,24 @@ def build_graph(
     batch_size: int = 256,
     batched: bool = True,
     progress: ProgressFn | None = None,
-) -> GraphResult:
-    """The unpruned exact graph of ``input_ids`` (``[T]``) for the target token ids (default: top ``top_k``).
+) -> GraphRows:
+    """The visited targets' rows of the exact graph of ``input_ids`` (``[T]``), on the model's device.
 
-    ``max_nodes`` caps the neurons visited as targets (``None``: all, for exact completeness of every
-    neuron on small models); ``batch_size`` is the number
-    of target rows per batched backward pass (``batched=False``: one backward per target instead,
-    the same rows, for benchmarks). Memory: one dense row of length
-    ``T + n_bias + L*T*d_mlp`` per visited target, in the model's dtype.
+    Targets: the token ids (default: the top ``top_k``), whose logit rows come first; then neurons,
+    ``batch_size`` at a time, the most influential on the logits (:func:`lldd_core.analysis.graph_prune.influence`
+    over the rows so far) first, until ``max_nodes`` (``None``: every neuron). Each batch is sorted
+    by block and its rows written by :func:`lldd_core.analysis.graph_rows.write_rows` (one batched
+    backward per block, from that block), or with ``batched=False`` by one backward per target
+    through the whole graph (:func:`~lldd_core.analysis.graph_rows.write_rows_one_by_one`, the
+    benchmark baseline): the same rows in the same order.
+
+    Memory: the row buffer ``(n_targets + max_nodes) * (T + n_bias + L*T*d_mlp)`` in the model's
+    dtype (the influence ranking reads every row's every column), the retained forward's graph, and
+    one block group's backward (:mod:`lldd_core.analysis.graph_rows`); nothing ``[rows, n_src]``
+    is copied per batch.
     """
     ids = input_ids.reshape(1, -1).to(input_device(model))
-    layers = adapter.layers(model)
-    n_layers, T = len(layers), ids.shape[1]
+    n_layers = len(adapter.layers(model))
     dtype = model_dtype(model)
     groups = _bias_groups(model, adapter)
     scales = [torch.ones((), dtype=dtype, device=ids.device, requires_grad=True) for _ in groups]
@@ -143,86 +154,102 @@ def build_graph(
         logits = raw_logits(model, adapter, run.xk)
     probs = torch.softmax(logits.detach().double(), -1)
     targets = list(targets) if targets is not None else top_targets(logits, top_k)
-    target_t = torch.tensor(targets, device=logits.device)
-    d_mlp = capture.leaves[0].shape[-1]
-    x0 = run.x0.detach()[0]
-    h = torch.stack([leaf.detach()[0] for leaf in capture.leaves])  # [L, T, m]
-    n_src = T + len(groups) + n_layers * T * d_mlp
-    n_neuron = n_layers * T * d_mlp
-    neuron0 = T + len(groups)
-
-    def rows_for(batch: list[int]) -> torch.Tensor:
-        """Incoming edges of each target (``-1 - j``: logit ``j``; else a flat neuron index)."""
-        gl = torch.zeros(len(batch), logits.shape[0], dtype=dtype, device=x0.device)
-        gh = torch.zeros(len(batch), n_layers, T, d_mlp, dtype=dtype, device=x0.device)
-        rows, at = torch.arange(len(batch), device=x0.device), torch.tensor(batch, device=x0.device)
-        logit = at < 0  # one-hot cotangents, set in two scatters
-        gl[rows[logit], target_t[-1 - at[logit]]] = 1.0
-        gh.view(len(batch), -1)[rows[~logit], at[~logit]] = 1.0
-        outs, leaves = (logits, *capture.live), (run.x0, *scales, *capture.leaves)
-        cots = (gl, *(gh[:, i].unsqueeze(1) for i in range(n_layers)))
-        if batched:
-            grads = torch.autograd.grad(outs, leaves, grad_outputs=cots, is_grads_batched=True, retain_graph=True,
-                                        allow_unused=True, materialize_grads=True)
-        else:  # the baseline of bench/graph.py: one backward pass per target
-            single = [torch.autograd.grad(outs, leaves, grad_outputs=tuple(c[b] for c in cots), retain_graph=True,
-                                          allow_unused=True, materialize_grads=True) for b in range(len(batch))]
-            grads = tuple(torch.stack(parts) for parts in zip(*single, strict=True))
-        gx, gs, gn = grads[0], grads[1:1 + len(scales)], grads[1 + len(scales):]
-        emb = (gx[:, 0] * x0).sum(-1)  # [B, T]
-        bias = torch.stack([g.reshape(-1).expand(len(batch)) for g in gs], 1) if gs else emb[:, :0]
-        neur = torch.cat([g[:, 0].reshape(len(batch), -1) for g in gn], 1) * h.reshape(-1)
-        return torch.cat([emb, bias, neur], 1)
-
+    fw = RetainedForward(run.x0, scales, capture.live, capture.leaves, logits,
+                         torch.tensor(targets, device=logits.device))
+    write = write_rows if batched else write_rows_one_by_one
+    n_neuron, neuron0 = fw.n_sources - fw.neuron0, fw.neuron0
     cap = n_neuron if max_nodes is None else min(max_nodes, n_neuron)
-    row_ids: list[int] = [-1 - j for j in range(len(targets))]
-    # one preallocated row buffer on the model's device: influence is ranked there, nothing is copied per batch
-    A = torch.empty(len(targets) + cap, n_src, dtype=dtype, device=x0.device)
-    A[: len(targets)] = rows_for(row_ids)
-    visited = torch.zeros(n_neuron, dtype=torch.bool, device=x0.device)
-    weights = (probs[targets] / probs[targets].sum()).to(x0.device)
-    while len(row_ids) - len(targets) < cap:
-        score = influence(A[: len(row_ids)], row_ids, neuron0, weights)[neuron0:]
+    rows = GraphRows(fw, torch.empty(len(targets) + cap, fw.n_sources, dtype=dtype, device=ids.device), [],
+                     [g for g, _ in groups], probs, ids)
+    rowsum = torch.empty(len(targets) + cap, dtype=dtype, device=ids.device)  # sum |A| of each row, kept
+
+    def add(batch: list[int]) -> None:
+        r0, r1 = len(rows.row_ids), len(rows.row_ids) + len(batch)
+        write(fw, batch, rows.A[r0:r1])
+        torch.linalg.vector_norm(rows.A[r0:r1], ord=1, dim=1, out=rowsum[r0:r1])
+        rows.row_ids.extend(batch)
+
+    add([-1 - j for j in range(len(targets))])
+    visited = torch.zeros(n_neuron, dtype=torch.bool, device=ids.device)
+    weights = (probs[targets] / probs[targets].sum()).to(ids.device)
+    while len(rows.row_ids) - len(targets) < cap:
+        n = len(rows.row_ids)
+        score = influence(rows.A[:n], rows.row_ids, neuron0, weights, rowsum=rowsum[:n], first_column=neuron0)
         score[visited] = -1.0
-        take = min(batch_size, cap - (len(row_ids) - len(targets)))
-        batch = torch.topk(score, take).indices.tolist()
+        take = min(batch_size, cap - (n - len(targets)))
+        batch = sorted(torch.topk(score, take).indices.tolist())  # by block: one backward per block
         visited[batch] = True
-        A[len(row_ids): len(row_ids) + take] = rows_for(batch)
-        row_ids += batch
+        add(batch)
         if progress is not None:
-            done = len(row_ids) - len(targets)
+            done = len(rows.row_ids) - len(targets)
             progress(done / cap, f"attribution rows {done}/{cap}")
-    A = A.cpu().numpy()
-    return _assemble(A, row_ids, x0, h, groups, targets, logits, probs, ids, n_layers, d_mlp, n_src)
+    return rows
 
 
-def _assemble(A: np.ndarray, row_ids: list[int], x0: torch.Tensor, h: torch.Tensor,
-              groups: list[tuple[int, list[nn.Module]]], targets: list[int], logits: torch.Tensor,
-              probs: torch.Tensor, ids: torch.Tensor,
-              n_layers: int, d_mlp: int, n_src: int) -> GraphResult:
-    """Nodes (sources, then logits) and the nonzero edges as arrays; the result is unpruned."""
-    T = x0.shape[0]
-    nb = len(groups)
+def build_graph(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor,
+                targets: Sequence[int] | None = None, **kwargs: Any) -> GraphResult:
+    """The unpruned exact graph: :func:`graph_rows` (``kwargs``: its options), then :func:`assemble`."""
+    return assemble(graph_rows(model, adapter, input_ids, targets, **kwargs))
+
+
+def assemble(rows: GraphRows, *, edges_per_row: int | None = None) -> GraphResult:
+    """Nodes (sources, then logits) and the rows' nonzero entries as edges; the result is unpruned.
+
+    ``edges_per_row``: keep only each row's that many largest ``|w|`` (for graphs too large to list
+    every entry: ``rows * L*T*d_mlp`` edges); the kept edges are exact and each visited node's
+    ``node_rest`` holds the sum of the ones left out, so ``incoming + rest = value`` still checks
+    completeness. ``None``: every nonzero entry, ``node_rest`` empty.
+    """
+    fw, A = rows.fw, rows.A
+    x0, h = fw.x0.detach()[0], fw.values()
+    T, nb, n_layers, d_mlp, n_src = fw.n_tokens, len(fw.scales), fw.n_layers, fw.d_mlp, fw.n_sources
+    targets = fw.targets.tolist()
     kind = np.concatenate([np.full(T, KIND_EMBEDDING), np.full(nb, KIND_BIAS),
                            np.full(n_layers * T * d_mlp, KIND_NEURON), np.full(len(targets), KIND_LOGIT)])
     grid_l, grid_p, grid_i = np.meshgrid(np.arange(n_layers), np.arange(T), np.arange(d_mlp), indexing="ij")
-    layer = np.concatenate([np.full(T, -1), [g for g, _ in groups], grid_l.ravel(), np.full(len(targets), n_layers)])
+    layer = np.concatenate([np.full(T, -1), rows.bias_layers, grid_l.ravel(), np.full(len(targets), n_layers)])
     position = np.concatenate([np.arange(T), np.full(nb, -1), grid_p.ravel(), np.full(len(targets), T - 1)])
-    index = np.concatenate([ids[0].cpu().numpy(), np.full(nb, -1), grid_i.ravel(), np.asarray(targets)])
-    logit_values = logits.detach().double().cpu().numpy()
+    index = np.concatenate([rows.ids[0].cpu().numpy(), np.full(nb, -1), grid_i.ravel(), np.asarray(targets)])
+    logit_values = fw.logits.detach().double().cpu().numpy()
     activation = np.concatenate([torch.linalg.vector_norm(x0.double(), dim=-1).cpu().numpy(), np.ones(nb),
                                  h.double().reshape(-1).cpu().numpy(), logit_values[targets]])
-    target_node = np.array([n_src + (-1 - r) if r < 0 else T + nb + r for r in row_ids])
-    t_idx, s_idx = np.nonzero(A)
-    return GraphResult(
+    target_node = np.array([n_src + (-1 - r) if r < 0 else T + nb + r for r in rows.row_ids], dtype=np.int64)
+    visited = np.zeros(len(kind), bool)
+    visited[target_node] = True
+    at, weight, rest = _edges(A, edges_per_row)  # on the rows' device: only the edges come to the host
+    node_rest = np.zeros(len(kind) if rest is not None else 0)
+    if rest is not None:
+        node_rest[target_node] = rest
+    graph = GraphResult(
         node_kind=kind.astype(np.int8), node_layer=layer.astype(np.int64), node_position=position.astype(np.int64),
         node_index=index.astype(np.int64), node_activation=activation, node_influence=np.zeros(len(kind)),
-        node_visited=np.isin(np.arange(len(kind)), target_node),
-        edge_source=s_idx.astype(np.int64), edge_target=target_node[t_idx], edge_weight=A[t_idx, s_idx].astype(np.float64),
-        token_ids=[int(i) for i in ids[0]], target_ids=[int(t) for t in targets],
-        target_probs=[float(probs[t]) for t in targets], n_layers=n_layers, d_mlp=d_mlp,
-        pruned=False, node_threshold=1.0, edge_threshold=1.0, replacement_score=1.0,
+        node_visited=visited, edge_source=at[:, 1], edge_target=target_node[at[:, 0]], edge_weight=weight,
+        token_ids=[int(i) for i in rows.ids[0]], target_ids=targets,
+        target_probs=[float(rows.probs[t]) for t in targets], n_layers=n_layers, d_mlp=d_mlp,
+        pruned=False, node_threshold=1.0, edge_threshold=1.0, replacement_score=1.0, node_rest=node_rest,
     )
+    if rest is not None:  # left-out edges: the full graph no longer keeps the whole logit
+        graph.replacement_score = replacement_score(graph, np.ones(weight.size, bool))[0]
+    return graph
+
+
+def _edges(A: torch.Tensor, per_row: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``([E, 2] (row, column), [E] float64 weights, per-row sum of the entries left out or None)``."""
+    if per_row is None or per_row >= A.shape[1]:
+        at = torch.nonzero(A)
+        return at.cpu().numpy(), A[at[:, 0], at[:, 1]].double().cpu().numpy(), None
+    step = max(1, (1 << 24) // A.shape[1])  # row chunks bound the |A| temporary of topk
+    ats, weights, rests = [], [], []
+    for r0 in range(0, A.shape[0], step):
+        block = A[r0: r0 + step]
+        col = torch.topk(block.abs(), per_row, dim=1, sorted=False).indices
+        w = block.gather(1, col)
+        rests.append(block.sum(1, dtype=torch.float64) - w.sum(1, dtype=torch.float64))
+        nz = w != 0
+        row = torch.arange(r0, r0 + block.shape[0], device=A.device)[:, None].expand_as(col)
+        ats.append(torch.stack([row[nz], col[nz]], 1))
+        weights.append(w[nz].double())
+    return (torch.cat(ats).cpu().numpy(), torch.cat(weights).cpu().numpy(), torch.cat(rests).cpu().numpy())
 
 
 def build_pruned_graph(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor,

@@ -37,8 +37,9 @@ def _column_chunks(A: torch.Tensor) -> range:
     return range(0, A.shape[1], step)
 
 
-def influence(A: torch.Tensor, row_ids: list[int], neuron0: int, weights: torch.Tensor) -> torch.Tensor:
-    """Influence on the targets of every source column of the row block ``A`` ``[rows, sources]``.
+def influence(A: torch.Tensor, row_ids: list[int], neuron0: int, weights: torch.Tensor, *,
+              rowsum: torch.Tensor | None = None, first_column: int = 0) -> torch.Tensor:
+    """Influence on the targets of the source columns ``first_column..`` of the row block ``A`` ``[rows, sources]``.
 
     ``row_ids[k]``: ``-1 - j`` for target logit ``j`` (weight ``weights[j]``), else the flat neuron
     index of the row (its column is ``neuron0 + index``).
@@ -46,14 +47,13 @@ def influence(A: torch.Tensor, row_ids: list[int], neuron0: int, weights: torch.
     With ``Â = |A| / rowsum`` and ``r_0`` the targets' weights on their rows, ``r_{k+1}`` is ``r_k Â``
     restricted to the visited neurons' columns (a ``[rows, rows]`` block ``S``), and the influence is
     ``(sum_k r_k) Â``: the series runs on ``S`` and the full ``A`` is read twice (row sums, the final
-    product), in column chunks, never copied whole.
+    product), in column chunks, never copied whole. ``rowsum``: the rows' ``sum |A|`` when the caller
+    keeps them (then ``A`` is read once).
     """
     ids = torch.tensor(row_ids, device=A.device)
     is_neuron = ids >= 0
-    chunks = _column_chunks(A)
-    rowsum = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
-    for c in chunks:
-        rowsum += A[:, c: c + chunks.step].abs().sum(1)
+    if rowsum is None:
+        rowsum = torch.linalg.vector_norm(A, ord=1, dim=1)  # sum |A| without an |A| temporary
     scale = 1.0 / rowsum.clamp_min(torch.finfo(A.dtype).tiny)
     S = A[:, neuron0 + ids[is_neuron]].abs() * scale[:, None]  # [rows, visited neurons]
     r = torch.zeros(len(row_ids), dtype=A.dtype, device=A.device)
@@ -67,9 +67,10 @@ def influence(A: torch.Tensor, row_ids: list[int], neuron0: int, weights: torch.
             break
         r = nxt
     weighted = total_r * scale
-    total = torch.empty(A.shape[1], dtype=A.dtype, device=A.device)
-    for c in chunks:
-        total[c: c + chunks.step] = weighted @ A[:, c: c + chunks.step].abs()
+    total = torch.empty(A.shape[1] - first_column, dtype=A.dtype, device=A.device)
+    chunks = _column_chunks(A)
+    for c in range(0, len(total), chunks.step):
+        total[c: c + chunks.step] = weighted @ A[:, first_column + c: first_column + c + chunks.step].abs()
     return total
 
 
@@ -120,7 +121,8 @@ def kept_logits(graph: GraphResult, keep_edge: np.ndarray) -> np.ndarray:
     for layer in range(graph.n_layers + 1):
         at = recomputed & (graph.node_layer == layer)
         sel = at[tgt]
-        new = np.bincount(tgt[sel], weights=w[sel] * ratio[src[sel]], minlength=len(ratio))
+        # (float even when no edge is selected: bincount of nothing is int64)
+        new = np.bincount(tgt[sel], weights=w[sel] * ratio[src[sel]], minlength=len(ratio)).astype(np.float64)
         ratio = np.where(at, np.divide(new, value, out=np.zeros_like(new), where=value != 0), ratio)
         if layer == graph.n_layers:
             out = new
@@ -170,7 +172,8 @@ def prune(graph: GraphResult, node_threshold: float = 0.8, edge_threshold: float
         node_kind=graph.node_kind[keep_node], node_layer=graph.node_layer[keep_node],
         node_position=graph.node_position[keep_node], node_index=graph.node_index[keep_node],
         node_activation=graph.node_activation[keep_node], node_influence=infl[keep_node],
-        node_visited=graph.node_visited[keep_node], edge_source=new_number[s[edge_mask]],
+        node_visited=graph.node_visited[keep_node], node_rest=graph.node_rest[keep_node] if graph.node_rest.size
+        else graph.node_rest, edge_source=new_number[s[edge_mask]],
         edge_target=new_number[t[edge_mask]], edge_weight=graph.edge_weight[edge_mask], pruned=True,
         node_threshold=node_threshold, edge_threshold=edge_threshold, replacement_score=score_value,
         kept_logits=[float(x) for x in kept], node_influence_kept=node_kept, edge_score_kept=edge_kept,

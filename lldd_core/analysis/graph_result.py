@@ -53,6 +53,8 @@ class GraphResult(Result):
     tokens: list[str] = dataclasses.field(default_factory=list)
     target_tokens: list[str] = dataclasses.field(default_factory=list)
     model: str = ""
+    # [N] sum of a visited node's incoming edges left out (graph.assemble's edges_per_row); empty: none left out
+    node_rest: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     decode_kinds: list[str] = dataclasses.field(default_factory=list)
     decoded_layer: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # [D]
     decoded_index: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # [D]
@@ -64,7 +66,7 @@ class GraphResult(Result):
         """Consistent shapes (the cache calls this before storing and after reading); ``ValueError`` otherwise."""
         n, e, d = len(self.node_kind), self.edge_weight.size, self.decoded_layer.size
         if any(len(a) != n for a in (self.node_layer, self.node_position, self.node_index, self.node_activation,
-                                     self.node_influence, self.node_visited)):
+                                     self.node_influence, self.node_visited)) or self.node_rest.size not in (0, n):
             raise ValueError("node arrays of different lengths")
         if self.edge_source.size != e or self.edge_target.size != e or (e and (
                 max(self.edge_source.max(), self.edge_target.max()) >= n or min(self.edge_source.min(),
@@ -135,7 +137,7 @@ class GraphResult(Result):
                 for s, t, w in zip(self.edge_source, self.edge_target, self.edge_weight, strict=True)]
 
     def incoming_sums(self) -> np.ndarray:
-        """For every node, the sum of its incoming edges (equals its activation for visited nodes)."""
+        """For every node, the sum of its incoming edges (plus ``node_rest``: its activation for visited nodes)."""
         return np.bincount(self.edge_target, weights=self.edge_weight, minlength=len(self.node_kind))
 
     def summary(self) -> dict[str, Any]:
