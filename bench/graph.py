@@ -1,15 +1,16 @@
 """Benchmark: attribution-graph rows by batched backward passes against one backward pass per target.
 
-Both run in one process on the same random Llama-style model and the same random prompt, through
-:func:`lldd_core.analysis.graph.graph_rows` (the rows of every visited target, on the device):
-ours, ``batched=True`` (targets grouped by block, one ``torch.autograd.grad(is_grads_batched=True)``
-per block from that block's neuron vector, ``--batch-size`` targets per ranking step) and the
-baseline, ``batched=False`` (the same visiting order and cap, one ``torch.autograd.grad`` per target
-through the whole retained graph: the straightforward way). The script prints each method's time,
-the speed ratio, the largest difference between their rows and how many rows were compared, then
-times the assembly of the result (:func:`lldd_core.analysis.graph.assemble`, the same for both: the
-nonzero entries as edges, or the ``--edges-per-row`` largest with the rest summed per node) and
-checks completeness on it. It exits non-zero when the rows disagree by more than the dtype's
+All three run in one process on the same random Llama-style model and the same random prompt, through
+:func:`lldd_core.analysis.graph.graph_rows` (the rows of every visited target, on the device), with the
+same visiting order and cap: ours (``ROW_WRITERS["batched"]``: targets grouped by block, one
+``torch.autograd.grad(is_grads_batched=True)`` per block from that block's neuron vector,
+``--batch-size`` targets per ranking step); the baseline (``"one_by_one"``: one ``torch.autograd.grad``
+per target from the target itself, the same traversal: what batching alone buys); and baseline 2
+(``"whole_graph"``: one backward per target through the whole retained graph, as lldd's first version
+did). The script prints each path's time, the two speed ratios, the largest difference between the rows
+and how many rows were compared, then times the assembly of the result
+(:func:`lldd_core.analysis.graph.assemble`, the same for all: the nonzero entries as edges, or the
+``--edges-per-row`` largest with the rest summed per node) and checks completeness on it. It exits non-zero when the rows disagree by more than the dtype's
 tolerance. Run from the repository root: ``python bench/graph.py --help`` (``--hidden 64 --layers 2
 --tokens 8`` for a smoke run).
 """
@@ -34,7 +35,7 @@ from summary import add_row, seconds
 
 from lldd_core.analysis.graph import assemble, graph_rows
 from lldd_core.analysis.graph_result import KIND_BIAS, KIND_EMBEDDING
-from lldd_core.analysis.graph_rows import GraphRows
+from lldd_core.analysis.graph_rows import ROW_WRITERS, GraphRows
 from lldd_core.models.arch import adapter_for
 
 T = TypeVar("T")
@@ -72,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         cpu[name] = time.process_time() - c0
         return out, time.perf_counter() - t0
 
-    def rows(batched: bool) -> GraphRows:
-        return graph_rows(model, adapter, ids, max_nodes=args.max_nodes, batch_size=args.batch_size, batched=batched)
+    def rows(writer: str) -> GraphRows:
+        return graph_rows(model, adapter, ids, max_nodes=args.max_nodes, batch_size=args.batch_size,
+                          writer=ROW_WRITERS[writer])
 
     graph_rows(model, adapter, ids[: min(4, args.tokens)], max_nodes=8, batch_size=8)  # warm-up
-    ours, t_ours = timed(lambda: rows(True), "ours")
-    ref, t_ref = timed(lambda: rows(False), "ref")
-    same_order = ours.row_ids == ref.row_ids
+    ours, t_ours = timed(lambda: rows("batched"), "ours")
+    ref, t_ref = timed(lambda: rows("one_by_one"), "ref")
+    whole, t_whole = timed(lambda: rows("whole_graph"), "whole")
+    same_order = ours.row_ids == ref.row_ids == whole.row_ids
     # the same visiting order gives the same row numbers; otherwise compare the rows both visited
     shared = sorted(set(ours.row_ids) & set(ref.row_ids))
     at_ours = {r: k for k, r in enumerate(ours.row_ids)}
@@ -88,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         part = shared[i: i + 16]
         a = ours.A[[at_ours[r] for r in part]].double()
         b = ref.A[[at_ref[r] for r in part]].double()
-        diff = max(diff, float((a - b).abs().max()))
+        c = whole.A[[at_ref[r] for r in part]].double() if same_order else b
+        diff = max(diff, float((a - b).abs().max()), float((c - b).abs().max()))
         scale = max(scale, float(b.abs().max()))
     rel = diff / (scale or 1.0)
     n_rows = len(ours.row_ids)
-    del ref
+    del ref, whole
     graph, t_asm = timed(lambda: assemble(ours, edges_per_row=args.edges_per_row), "asm")
     visited = graph.node_visited & (graph.node_kind != KIND_EMBEDDING) & (graph.node_kind != KIND_BIAS)
     inc = graph.incoming_sums() + (graph.node_rest if graph.node_rest.size else 0.0)
@@ -109,20 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'rows of the visited targets':<60} {'wall s':>9} {'CPU s':>9}")
     print(f"{'ours: batched backward per block, ' + str(args.batch_size) + ' targets per step':<60} {t_ours:>9.3f} "
           f"{cpu['ours']:>9.3f}")
-    print(f"{'baseline: one backward per target, whole graph':<60} {t_ref:>9.3f} {cpu['ref']:>9.3f}")
+    print(f"{'baseline: one backward per target, from the target':<60} {t_ref:>9.3f} {cpu['ref']:>9.3f}")
+    print(f"{'baseline 2: one backward per target, whole graph (first version)':<60} {t_whole:>9.3f} "
+          f"{cpu['whole']:>9.3f}")
     keep = "all nonzero entries" if args.edges_per_row is None else f"top {args.edges_per_row} per row"
     print(f"{'assembly of the result (shared), ' + keep:<60} {t_asm:>9.3f} {cpu['asm']:>9.3f}")
     print()
     print(f"speed ratio (baseline / ours), rows: {t_ref / t_ours:.2f}x wall, {cpu['ref'] / cpu['ours']:.2f}x CPU; "
           f"with the shared assembly: {(t_ref + t_asm) / (t_ours + t_asm):.2f}x wall")
+    print(f"speed ratio (baseline 2 / ours), rows: {t_whole / t_ours:.2f}x wall, {cpu['whole'] / cpu['ours']:.2f}x CPU; "
+          f"with the shared assembly: {(t_whole + t_asm) / (t_ours + t_asm):.2f}x wall")
     print(f"visiting order identical: {same_order}; rows compared: {len(shared)}/{n_rows}")
-    print(f"max |A_ours - A_baseline|: {diff:.3e}   (max |A| = {scale:.3e}; relative {rel:.3e}, "
+    print(f"max |A - A_baseline| (ours, baseline 2): {diff:.3e}   (max |A| = {scale:.3e}; relative {rel:.3e}, "
           f"tolerance {TOLERANCE[dtype]:.0e})")
     print(f"edges: {graph.edge_weight.size}; completeness (kept edges + rest = value), max rel. error {completeness:.1e}")
     ok = rel <= TOLERANCE[dtype] and len(shared) >= 0.9 * n_rows and completeness <= 10 * TOLERANCE[dtype]
     add_row(args.summary, "graph", f"attribution graph rows, {args.tokens} tokens, {n_rows} target rows, {args.dtype}",
             f"random Llama d={args.hidden}, {args.layers} layers, MLP {model.config.intermediate_size}",
-            args.device, seconds(t_ours), f"{seconds(t_ref)} (one backward per target)", t_ref / t_ours,
+            args.device, seconds(t_ours), f"{seconds(t_ref)} (one backward per target; whole graph {seconds(t_whole)})",
+            t_ref / t_ours,
             f"max rel. diff {rel:.1e}; assembly {seconds(t_asm)}" + ("" if ok else " FAIL"))
     print("OK" if ok else "FAIL: the rows disagree")
     return 0 if ok else 1

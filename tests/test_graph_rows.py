@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lldd_core.analysis.graph import assemble, graph_rows
 from lldd_core.analysis.graph_prune import prune
 from lldd_core.analysis.graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT
-from lldd_core.analysis.graph_rows import write_rows, write_rows_one_by_one
+from lldd_core.analysis.graph_rows import write_rows, write_rows_one_by_one, write_rows_whole_graph
 from lldd_core.models.arch import adapter_for
 from tests.test_graph import _evaluate_kept_logits
 from tests.tiny import PROMPT
@@ -44,6 +44,9 @@ def test_batched_rows_equal_one_backward_per_target(tiny_dirs, family):
     write_rows(fw, batch, fast)
     write_rows_one_by_one(fw, batch, slow)
     assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-12 * float(slow.abs().max()))
+    whole = torch.empty_like(fast)
+    write_rows_whole_graph(fw, batch, whole)
+    assert torch.allclose(whole, slow, rtol=1e-12, atol=1e-12 * float(slow.abs().max()))
     neuron_cols = fast[3:, fw.neuron0:].reshape(len(neurons), fw.n_layers, fw.n_tokens, fw.d_mlp)
     for k, n in enumerate(neurons):
         block, position = n // per_block, (n % per_block) // fw.d_mlp

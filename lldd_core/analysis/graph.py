@@ -45,7 +45,7 @@ from ..models.placement import input_device, model_dtype, scaled_biases
 from .graph_decode import decode_graph_neurons
 from .graph_prune import influence, prune, replacement_score
 from .graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON, GraphResult
-from .graph_rows import GraphRows, RetainedForward, write_rows, write_rows_one_by_one
+from .graph_rows import GraphRows, RetainedForward, RowWriter, write_rows
 
 if TYPE_CHECKING:
     from ..models.loading import ModelHandle, ModelInfo
@@ -120,7 +120,7 @@ def graph_rows(
     top_k: int = 3,
     max_nodes: int | None = 1024,
     batch_size: int = 256,
-    batched: bool = True,
+    writer: RowWriter = write_rows,
     progress: ProgressFn | None = None,
 ) -> GraphRows:
     """The visited targets' rows of the exact graph of ``input_ids`` (``[T]``), on the model's device.
@@ -128,10 +128,9 @@ def graph_rows(
     Targets: the token ids (default: the top ``top_k``), whose logit rows come first; then neurons,
     ``batch_size`` at a time, the most influential on the logits (:func:`lldd_core.analysis.graph_prune.influence`
     over the rows so far) first, until ``max_nodes`` (``None``: every neuron). Each batch is sorted
-    by block and its rows written by :func:`lldd_core.analysis.graph_rows.write_rows` (one batched
-    backward per block, from that block), or with ``batched=False`` by one backward per target
-    through the whole graph (:func:`~lldd_core.analysis.graph_rows.write_rows_one_by_one`, the
-    benchmark baseline): the same rows in the same order.
+    by block and its rows written by ``writer``: :func:`lldd_core.analysis.graph_rows.write_rows` (one batched
+    backward per block, from that block) or a baseline of
+    :data:`~lldd_core.analysis.graph_rows.ROW_WRITERS` (bench/graph.py): the same rows in the same order.
 
     Memory: the row buffer ``(n_targets + max_nodes) * (T + n_bias + L*T*d_mlp)`` in the model's
     dtype (the influence ranking reads every row's every column), the retained forward's graph, and
@@ -156,7 +155,6 @@ def graph_rows(
     targets = list(targets) if targets is not None else top_targets(logits, top_k)
     fw = RetainedForward(run.x0, scales, capture.live, capture.leaves, logits,
                          torch.tensor(targets, device=logits.device))
-    write = write_rows if batched else write_rows_one_by_one
     n_neuron, neuron0 = fw.n_sources - fw.neuron0, fw.neuron0
     cap = n_neuron if max_nodes is None else min(max_nodes, n_neuron)
     rows = GraphRows(fw, torch.empty(len(targets) + cap, fw.n_sources, dtype=dtype, device=ids.device), [],
@@ -165,7 +163,7 @@ def graph_rows(
 
     def add(batch: list[int]) -> None:
         r0, r1 = len(rows.row_ids), len(rows.row_ids) + len(batch)
-        write(fw, batch, rows.A[r0:r1])
+        writer(fw, batch, rows.A[r0:r1])
         torch.linalg.vector_norm(rows.A[r0:r1], ord=1, dim=1, out=rowsum[r0:r1])
         rows.row_ids.extend(batch)
 

@@ -16,9 +16,10 @@ Targets are grouped by block: one ``torch.autograd.grad(is_grads_batched=True)``
 one-hot cotangents ``[B, 1, T, d_mlp]`` on ``h_b`` (``[B, V]`` on the logits).
 
 :func:`write_rows_one_by_one` is the benchmark baseline (``build_graph(batched=False)``): the
-straightforward one backward per target through the whole retained graph, with the target's one-hot
-cotangent on the logits and on every block's ``h`` (zeros but one) and all leaves as inputs, so each
-backward runs through every block and every MLP read-in.
+straightforward one backward per target, from the target itself (the same start and the same traversal
+as the fast path, so the benchmark measures what batching buys and nothing else);
+:func:`write_rows_whole_graph` the second one: one backward per target through the whole graph (every
+block and MLP read-in, whatever the target), as lldd's first version computed every row.
 
 Memory of one group: the cotangents ``B*T*d_mlp``, the leaf gradients ``B*b*T*d_mlp`` (the size of
 the rows being written) and autograd's batched intermediates (``B*T*d`` per block), model dtype.
@@ -27,7 +28,7 @@ the rows being written) and autograd's batched intermediates (``B*T*d`` per bloc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -116,33 +117,53 @@ def _groups(batch: Sequence[int], per_block: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-def write_rows(fw: RetainedForward, batch: Sequence[int], out: torch.Tensor) -> None:
+def _start(fw: RetainedForward, at: torch.Tensor, block: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Where the rows of ``at`` (all logits, ``block = -1``, or all neurons of ``block``) start their backward:
+    the output, the leaves below it and the one-hot cotangents ``[len(at), *output.shape]``."""
+    rows = torch.arange(len(at), device=at.device)
+    if block < 0:
+        output, leaves = fw.logits, fw.leaves
+        cot = torch.zeros(len(at), *output.shape, dtype=output.dtype, device=at.device)
+        cot[rows, fw.targets[-1 - at]] = 1.0
+    else:
+        output, leaves = fw.live[block], fw.leaves[:block]
+        cot = torch.zeros(len(at), *output.shape, dtype=output.dtype, device=at.device)
+        cot.view(len(at), -1)[rows, at - block * fw.n_tokens * fw.d_mlp] = 1.0
+    return output, leaves, cot
+
+
+def write_rows(fw: RetainedForward, batch: Sequence[int], out: torch.Tensor, *, batched: bool = True) -> None:
     """Rows of ``batch`` into ``out`` ``[len(batch), n_src]``, one batched backward per block (module doc).
 
     ``batch[k]``: ``-1 - j`` for target logit ``j``, else a flat neuron index ``(b*T + p)*d_mlp + i``;
-    sorted (logits first, then by index), so each block's targets are one run of rows.
+    sorted (logits first, then by index), so each block's targets are one run of rows. ``batched=False``
+    (the benchmark baseline, :func:`write_rows_one_by_one`): the same backward from the same start, one
+    target at a time.
     """
     per_block = fw.n_tokens * fw.d_mlp
+    n_s = len(fw.scales)
     for start, stop, block in _groups(batch, per_block):
-        at = torch.tensor(batch[start:stop], device=fw.x0.device)
-        rows = torch.arange(stop - start, device=at.device)
-        if block < 0:
-            output, leaves = fw.logits, fw.leaves
-            cot = torch.zeros(len(at), *fw.logits.shape, dtype=fw.logits.dtype, device=at.device)
-            cot[rows, fw.targets[-1 - at]] = 1.0
+        output, leaves, cot = _start(fw, torch.tensor(batch[start:stop], device=fw.x0.device), block)
+        inputs = (fw.x0, *fw.scales, *leaves)
+        if batched:
+            grads = torch.autograd.grad((output,), inputs, grad_outputs=(cot,), is_grads_batched=True,
+                                        retain_graph=True, allow_unused=True, materialize_grads=True)
         else:
-            output, leaves = fw.live[block], fw.leaves[:block]
-            cot = torch.zeros(len(at), *output.shape, dtype=output.dtype, device=at.device)
-            cot.view(len(at), -1)[rows, at - block * per_block] = 1.0
-        grads = torch.autograd.grad((output,), (fw.x0, *fw.scales, *leaves), grad_outputs=(cot,),
-                                    is_grads_batched=True, retain_graph=True, allow_unused=True,
-                                    materialize_grads=True)
-        n_s = len(fw.scales)
+            single = [torch.autograd.grad((output,), inputs, grad_outputs=(c,), retain_graph=True, allow_unused=True,
+                                          materialize_grads=True) for c in cot]
+            grads = tuple(torch.stack(parts) for parts in zip(*single, strict=True))
         _fill(fw, out[start:stop], grads[0], grads[1:1 + n_s], grads[1 + n_s:])
 
 
 def write_rows_one_by_one(fw: RetainedForward, batch: Sequence[int], out: torch.Tensor) -> None:
-    """The same rows by one backward per target through the whole graph (the baseline; module doc)."""
+    """The same rows by one backward per target, each from the target itself (the baseline; module doc)."""
+    write_rows(fw, batch, out, batched=False)
+
+
+def write_rows_whole_graph(fw: RetainedForward, batch: Sequence[int], out: torch.Tensor) -> None:
+    """The same rows by one backward per target through the whole graph: the target's one-hot cotangent on the
+    logits and on every block's ``h`` (zeros but one), every leaf an input, so each backward runs through every
+    block and every MLP read-in (lldd's first graph version, kept as the second baseline of bench/graph.py)."""
     outputs = (fw.logits, *fw.live)
     inputs = (fw.x0, *fw.scales, *fw.leaves)
     n_s = len(fw.scales)
@@ -159,3 +180,12 @@ def write_rows_one_by_one(fw: RetainedForward, batch: Sequence[int], out: torch.
                                     materialize_grads=True)
         _fill(fw, out[k:k + 1], grads[0][None], [g[None] for g in grads[1:1 + n_s]],
               [g[None] for g in grads[1 + n_s:]])
+
+
+RowWriter = Callable[[RetainedForward, Sequence[int], torch.Tensor], None]
+#: How rows are written: the fast path and the two baselines of bench/graph.py (the same rows, to rounding).
+ROW_WRITERS: dict[str, RowWriter] = {
+    "batched": write_rows,
+    "one_by_one": write_rows_one_by_one,
+    "whole_graph": write_rows_whole_graph,
+}
