@@ -293,13 +293,11 @@ def show_spectrum(spectrum: Shown) -> None:
     if not s.has_rows:
         st.caption("Rows and columns of largest norm need every J_i in full: choose the full method to see them.")
         return
-    left, right = st.columns(2)
-    for col, which, what in ((left, "rows", "input space, cosine"), (right, "columns", "output space, logits")):
-        col.markdown(f"**{which.capitalize()} of J_{token} of largest norm** ({what})")
+    for which, what in (("rows", "input space, cosine"), ("columns", "output space, logits")):  # full width each:
+        st.markdown(f"**{which.capitalize()} of J_{token} of largest norm** ({what})")  # half would cut the tokens
         extremes = norm_table(s, token, which)
-        table(highlight_table(extremes, colors), key=f"dj_spec_{which}", name=f"{which}_token{token}", container=col)
-        with col:
-            csv_button(f"Download {which} (CSV)", extremes, f"{which}_{slug}_token{token}.csv", f"dj_spec_{which}_csv")
+        table(highlight_table(extremes, colors), key=f"dj_spec_{which}", name=f"{which}_token{token}")
+        csv_button(f"Download {which} (CSV)", extremes, f"{which}_{slug}_token{token}.csv", f"dj_spec_{which}_csv")
     chart(norm_distribution_figure(s, token, theme=current_theme()), "dj_spec_norms", figure_name(s, f"norms_token{token}"))
 
 

@@ -135,8 +135,9 @@ def test_every_view_after_its_main_action(server: str) -> None:  # noqa: F811  (
             try:
                 action(page)
                 settle(page)
-            finally:
-                page.screenshot(path=str(SHOTS / f"{path.strip('/')}.last.png"))  # where it stopped, if it did
+            except Exception:
+                page.screenshot(path=str(SHOTS / f"{path.strip('/')}.failed.png"))  # where it stopped
+                raise
             assert_no_errors(page)
             full_screenshot(page, SHOTS / f"{path.strip('/')}.png", 7000)
             if os.environ.get("LLDD_SCREENS_BEFORE") == "1":

@@ -157,7 +157,7 @@ def log_axis(values: Any, label: Any = log_tick_text, max_labels: int = 8) -> di
     ticks between, and a range with a little room around the data."""
     v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v) & (v > 0)]
-    axis: dict[str, Any] = {"type": "log", "minor": {"ticks": "outside", "ticklen": 3, "showgrid": False}}
+    axis: dict[str, Any] = {"type": "log"}
     if v.size == 0:
         return axis
     lo, hi = math.log10(float(v.min())), math.log10(float(v.max()))
@@ -171,7 +171,11 @@ def log_axis(values: Any, label: Any = log_tick_text, max_labels: int = 8) -> di
         if len(ticks) < 2:  # a narrow range: plotly's own linear-looking ticks read well there
             return axis
     pad = max(0.05 * (hi - lo), 0.08)
-    axis.update(tickmode="array", tickvals=ticks, ticktext=[label(t) for t in ticks], range=[lo - pad, hi + pad])
+    # minor ticks (unlabelled) at 2..9 × 10^e, only while there are few decades (else they would blacken the axis)
+    minor = [m * 10.0**e for e in range(first - 1, last + 1) for m in range(2, 10)] if last - first <= 6 else []
+    minor = [t for t in minor if lo - pad <= math.log10(t) <= hi + pad]
+    axis.update(tickmode="array", tickvals=ticks, ticktext=[label(t) for t in ticks], range=[lo - pad, hi + pad],
+                minor={"tickmode": "array", "tickvals": minor, "ticks": "outside", "ticklen": 3, "showgrid": False})
     return axis
 
 
