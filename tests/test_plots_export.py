@@ -15,10 +15,10 @@ import zipfile
 
 import plotly.graph_objects as go
 import pytest
-from lldd_core.plots.export import ExportError, ExportSettings, figure_bytes, figure_size, toolbar_config
 
 from lldd_core.plots import export
 from lldd_core.plots.common import REPORT
+from lldd_core.plots.export import ExportError, ExportSettings, figure_bytes, figure_size, toolbar_config
 
 FAMILY = REPORT.font_family.split(",")[0].strip()  # "DejaVu Sans"
 
