@@ -9,8 +9,10 @@ report bundle in the sidebar.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,5 +147,27 @@ def test_every_view_after_its_main_action(server: str) -> None:  # noqa: F811  (
             figures = page.locator('[data-testid="stPlotlyChart"]').count()
             exports = page.locator('[data-testid="stPopover"]', has_text="Export figure").count()
             assert exports == figures, (path, exports, figures)
-            expect(page.locator('[data-testid="stSidebar"]').get_by_role(
-                "button", name="Download report (zip)")).to_be_visible()
+            bundle = page.locator('[data-testid="stSidebar"]').get_by_role("button", name="Download report (zip)")
+            expect(bundle).to_be_visible()
+            if path == "/jacobian":
+                downloads_work(page, bundle, figures)
+
+
+def downloads_work(page: Any, bundle: Any, figures: int) -> None:
+    """The first figure's PNG export and the report bundle, as a user downloads them: drawn at the export scale."""
+    from tests.test_plots_export import png_size
+
+    page.locator('[data-testid="stPopover"]', has_text="Export figure").first.click()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="PNG", exact=True).first.click()
+    width, height = png_size(Path(download.value.path()).read_bytes())
+    assert (width, height) == (2 * 1000, 2 * 430)  # the reconstruction figure: 1000 × its 430 px, at 2×
+    page.keyboard.press("Escape")
+    with page.expect_download() as download:
+        bundle.click()
+    with zipfile.ZipFile(download.value.path()) as z:
+        names = z.namelist()
+        settings = json.loads(z.read("settings.json"))
+    assert sum(n.endswith(".svg") for n in names) == sum(n.endswith(".png") for n in names) == figures
+    assert settings["view"] == "Detached Jacobian" and settings["query"]["dj_prompt"] and settings["lldd_version"]
+    assert settings["figure_problems"] == []

@@ -143,6 +143,11 @@ REPORT = register_theme(Theme(
 
 
 # --- log axes --------------------------------------------------------------------------------------------
+#: Below this many decades (or with fewer than three powers of ten in view) a log axis is also labelled at 2 and 5:
+#: there is room, and 1 and 10 alone say little.
+FEW_DECADES = 2.5
+
+
 def log_tick_text(value: float) -> str:
     """A log axis' tick label: ``0.01``, ``1``, ``100`` in plain digits from 1e-3 to 1e4, else ``1e-5``, ``2e6``."""
     if 1e-3 <= value < 1e4:
@@ -152,9 +157,10 @@ def log_tick_text(value: float) -> str:
 
 
 def log_axis(values: Any, label: Any = log_tick_text, max_labels: int = 8) -> dict[str, Any]:
-    """Layout of a readable log axis over the finite positive ``values``: labels only at powers of ten (every
-    few decades when there are many; 1-2-5 steps inside one decade), each ``label(value)``, unlabelled minor
-    ticks between, and a range with a little room around the data."""
+    """Layout of a readable log axis over the finite positive ``values``: labels at powers of ten (every few
+    decades when there are many), also at 2 and 5 when the data span under :data:`FEW_DECADES` or fewer than three
+    powers of ten are in view; each tick labelled ``label(value)``; unlabelled minor ticks between (while there are
+    few decades); a range with a little room around the data."""
     v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v) & (v > 0)]
     axis: dict[str, Any] = {"type": "log"}
@@ -162,19 +168,26 @@ def log_axis(values: Any, label: Any = log_tick_text, max_labels: int = 8) -> di
         return axis
     lo, hi = math.log10(float(v.min())), math.log10(float(v.max()))
     first, last = math.floor(lo), math.ceil(hi)
-    step = max(1, math.ceil((last - first) / max_labels))
-    ticks = [10.0**e for e in range(first, last + 1) if e % step == 0]  # aligned, so 1 is labelled when in range
-    inside = [t for t in ticks if lo - 1e-9 <= math.log10(t) <= hi + 1e-9]
-    if len(inside) < 2:  # less than a decade: 1-2-5 steps
-        ticks = [m * 10.0**e for e in range(first - 1, last + 1) for m in (1, 2, 5)]
-        ticks = [t for t in ticks if lo - 0.05 <= math.log10(t) <= hi + 0.05]
-        if len(ticks) < 2:  # a narrow range: plotly's own linear-looking ticks read well there
-            return axis
     pad = max(0.05 * (hi - lo), 0.08)
-    # minor ticks (unlabelled) at 2..9 × 10^e, only while there are few decades (else they would blacken the axis)
-    minor = [m * 10.0**e for e in range(first - 1, last + 1) for m in range(2, 10)] if last - first <= 6 else []
-    minor = [t for t in minor if lo - pad <= math.log10(t) <= hi + pad]
-    axis.update(tickmode="array", tickvals=ticks, ticktext=[label(t) for t in ticks], range=[lo - pad, hi + pad],
+    shown = (lo - pad, hi + pad)
+    step = max(1, math.ceil((last - first) / max_labels))
+
+    def inside(mantissas: tuple[int, ...]) -> list[float]:  # aligned to the step, so 1 is labelled when in view
+        ticks = [m * 10.0**e for e in range(first - 1, last + 1) if e % step == 0 for m in mantissas]
+        return [t for t in ticks if shown[0] <= math.log10(t) <= shown[1]]
+
+    mantissas: tuple[int, ...] = (1,)
+    ticks = inside(mantissas)
+    if hi - lo < FEW_DECADES or len(ticks) < 3:
+        mantissas = (1, 2, 5)
+        ticks = inside(mantissas)
+    if len(ticks) < 2:  # a narrow range: plotly's own linear-looking ticks read well there
+        return axis
+    # minor ticks (unlabelled) at the other m × 10^e, only while there are few decades (else they blacken the axis)
+    minor = [m * 10.0**e for e in range(first - 1, last + 1) for m in range(2, 10) if m not in mantissas] \
+        if last - first <= 6 else []
+    minor = [t for t in minor if shown[0] <= math.log10(t) <= shown[1]]
+    axis.update(tickmode="array", tickvals=ticks, ticktext=[label(t) for t in ticks], range=list(shown),
                 minor={"tickmode": "array", "tickvals": minor, "ticks": "outside", "ticklen": 3, "showgrid": False})
     return axis
 
