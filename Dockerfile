@@ -7,9 +7,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     LLDD_CACHE_DIR=/data/lldd-cache \
-    HF_HOME=/data/hf
+    HF_HOME=/data/hf \
+    BROWSER_PATH=/usr/bin/chromium
 
-RUN apt-get update && apt-get install -y --no-install-recommends curl \
+# chromium: kaleido draws the figure exports (PNG, SVG, PDF) in it; DejaVu: the report theme's font, the same in
+# every format.
+RUN apt-get update && apt-get install -y --no-install-recommends curl chromium fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -34,12 +34,16 @@ ALIASES = [st.Page("pages/jacobian.py", title="Detached Jacobian", icon="🧮", 
 # Streamlit's page list would also show the legacy mode's list of files; view_links draws ours.
 page = st.navigation(PAGES + ALIASES, position="hidden")
 
-from pages.common.sidebar import render_cache_sidebar, render_model_sidebar  # noqa: E402  (torch: after navigation)
+from pages.common import ui  # noqa: E402
+from pages.common.sidebar import render_cache_sidebar, render_figure_sidebar, render_model_sidebar  # noqa: E402
 
 link.begin()  # before any widget: an opened permalink seeds the widgets (pages/common/link.py)
+ui.begin_report()  # the view's figures and tables are collected for the report bundle as they are drawn
 view_links(PAGES)
 render_model_sidebar()  # after the links, so the page list sits above the model settings
+report_slot = render_figure_sidebar()  # the theme and export size, before the view draws its figures
 with inside_app(), link.guard():
     page.run()
+ui.report_button(report_slot, page.title, page.url_path)  # what the view drew, with its settings and link
 render_cache_sidebar()  # after the page, so it counts what the page just stored
 link.finish()  # the URL follows the widgets; the link to copy

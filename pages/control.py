@@ -36,7 +36,7 @@ from pages.common.datasets import dataset_picker
 from pages.common.forms import n_eval_input, order_input, seed_input, split_size_inputs, view_start
 from pages.common.link import fields, replaying
 from pages.common.nav import run_view
-from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.ui import Shown, chart, current_theme, kept, plural, result_or_hint, run_with_status, table
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the split sizes it was asked with.
 RESULT_KEY = "control.last"
@@ -117,13 +117,15 @@ def show_metrics(shown: Shown) -> None:
     row[0].metric("Targets", len(r.targets))
     row[1].metric("Reached", f"{reached} / {r.reached.size}",
                   help="Schedule × target pairs whose full-model shift came within the tolerance.")
-    row[2].metric("Tolerance", f"±{r.tol:g}·|Δy|")
+    # short enough for a sixth of the page: "±5%" (a "±0.05·|Δy|" value was cut to "±0.05·…")
+    row[2].metric("Tolerance", f"±{100 * r.tol:.3g}%",
+                  help=f"A schedule reaches Δy when its mean readout change lies within ±{r.tol:g}·|Δy| of it.")
     row[3].metric("Evaluation prompts", r.n_prompts)
     row[4].metric("Compute time", f"{r.elapsed_s:.2f} s", help="Time of the original computation.")
     row[5].metric("From cache", "yes" if shown.cache_hit else "no")
 
 
-def show_result(shown: Shown, sizes: tuple | None, fmt: str) -> None:
+def show_result(shown: Shown, sizes: tuple | None) -> None:
     """Everything about one result: request, metrics, figures, the table and downloads."""
     r: ControlResult = shown.result
     slug = file_slug(f"{r.model}_{r.dataset}")
@@ -132,11 +134,12 @@ def show_result(shown: Shown, sizes: tuple | None, fmt: str) -> None:
     line, shrunk = splits_line(r.split_sizes, sizes)
     (st.info if shrunk else st.caption)(f"Split sizes: {line}.")
     show_metrics(shown)
+    theme = current_theme()
     left, right = st.columns(2)
     with left:
-        chart(energy_figure(r), "ct_energy_chart", fmt, f"control_{slug}_energy")
+        chart(energy_figure(r, theme=theme), "ct_energy_chart", f"control_{slug}_energy")
     with right:
-        chart(relative_energy_figure(r), "ct_ratio_chart", fmt, f"control_{slug}_ratio")
+        chart(relative_energy_figure(r, theme=theme), "ct_ratio_chart", f"control_{slug}_ratio")
     st.subheader("Schedules over layers")
     c1, c2 = st.columns([2, 1])
     N = len(r.targets)
@@ -145,20 +148,19 @@ def show_result(shown: Shown, sizes: tuple | None, fmt: str) -> None:
                     key="ct_schedule_view",
                     help="validated: amplitude × schedule as applied in the full model; surrogate: the schedule "
                     "that reaches Δy in the LLV surrogate.")
-    chart(schedule_figure(r, int(j), surrogate=view == "surrogate"), "ct_schedule_chart", fmt,
+    chart(schedule_figure(r, int(j), surrogate=view == "surrogate", theme=theme), "ct_schedule_chart",
           f"control_{slug}_schedules_{j}")
-    chart(gains_figure(r), "ct_gains_chart", fmt, f"control_{slug}_gains")
+    chart(gains_figure(r, theme=theme), "ct_gains_chart", f"control_{slug}_gains")
     st.subheader("Per schedule and target")
-    table = control_table(r)
-    fmt3 = st.column_config.NumberColumn(format="%.4g")
-    st.dataframe(table, hide_index=True, width="stretch", key="ct_table",
-                 column_config={c: fmt3 for c in ("amplitude", "energy ‖u‖²", "energy / LLV", "surrogate energy",
-                                                  "achieved shift", "relative miss")})
+    rows = control_table(r)
+    table(rows, key="ct_table", name="schedules_and_targets",
+          column_config={c: st.column_config.NumberColumn(format="%.4g") for c in (
+              "amplitude", "energy ‖u‖²", "energy / LLV", "surrogate energy", "achieved shift", "relative miss")})
     st.caption("Energy is empty where the schedule did not reach the target (the achieved shift is then the closest "
                "found). Relative miss = |achieved − Δy| / |Δy|.")
     c1, c2 = st.columns(2)
     c1.download_button(
-        "Download table (CSV)", data=lambda: csv_text(table), file_name=f"control_{slug}.csv",
+        "Download table (CSV)", data=lambda: csv_text(rows), file_name=f"control_{slug}.csv",
         mime="text/csv", on_click="ignore", key="ct_table_csv",
     )
     c2.download_button(
@@ -191,8 +193,8 @@ def main() -> None:
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
                 st.session_state[SIZES_KEY] = settings.sizes
-    result_or_hint(kept(RESULT_KEY, ControlResult), shape is not None, "ct_figure_format",
-                   lambda last, fmt: show_result(last, st.session_state.get(SIZES_KEY), fmt),
+    result_or_hint(kept(RESULT_KEY, ControlResult), shape is not None,
+                   lambda last: show_result(last, st.session_state.get(SIZES_KEY)),
                    "Choose a concept dataset and target shifts, then press **Compute schedules**.")
 
 

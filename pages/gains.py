@@ -41,7 +41,7 @@ from pages.common.datasets import dataset_picker
 from pages.common.forms import eps_input, n_eval_input, order_input, seed_input, split_size_inputs, view_start
 from pages.common.link import fields, replaying
 from pages.common.nav import run_view
-from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.ui import Shown, chart, current_theme, kept, plural, result_or_hint, run_with_status, table
 
 #: Session-state keys: the last successful result (a :class:`Shown`) and the settings it was asked with.
 RESULT_KEY = "gains.last"
@@ -161,7 +161,7 @@ def show_metrics(shown: Shown, include_flagged: bool = False) -> None:
     row[4].metric("Evaluation prompts", len(r.prompts))
 
 
-def show_prompt(r: GainsResult, fmt: str, slug: str) -> None:
+def show_prompt(r: GainsResult, slug: str) -> None:
     """One prompt's three curves, its agreement and best layers."""
     P = len(r.prompts)
     i = st.selectbox(
@@ -170,7 +170,7 @@ def show_prompt(r: GainsResult, fmt: str, slug: str) -> None:
     )
     left, right = st.columns([4, 1])
     with left:
-        chart(prompt_curves_figure(r, int(i)), "gn_prompt_chart", fmt, f"gains_{slug}_prompt{i}")
+        chart(prompt_curves_figure(r, int(i), theme=current_theme()), "gn_prompt_chart", f"gains_{slug}_prompt{i}")
     with right:
         st.metric("Prompt Spearman", format_corr(float(r.spearman[i])))
         st.metric("Prompt Pearson", format_corr(float(r.pearson[i])))
@@ -180,7 +180,7 @@ def show_prompt(r: GainsResult, fmt: str, slug: str) -> None:
         st.text(r.prompts[i])
 
 
-def show_result(shown: Shown, settings: GainsSettings | None, fmt: str) -> None:
+def show_result(shown: Shown, settings: GainsSettings | None) -> None:
     """Everything about one result: request, splits, metrics, figures, the per-prompt table and downloads."""
     r = shown.result
     slug = file_slug(f"{r.model}_{r.dataset}")
@@ -204,18 +204,19 @@ def show_result(shown: Shown, settings: GainsSettings | None, fmt: str) -> None:
     show_metrics(shown, include)
     with st.expander("What are predicted, measured and exact gains?"):
         st.markdown(EXPLANATION)
-    chart(mean_curves_figure(r), "gn_mean_chart", fmt, f"gains_{slug}_mean")
-    chart(direction_norms_figure(r), "gn_norms_chart", fmt, f"gains_{slug}_direction_norms")
+    theme = current_theme()
+    chart(mean_curves_figure(r, theme=theme), "gn_mean_chart", f"gains_{slug}_mean")
+    chart(direction_norms_figure(r, theme=theme), "gn_norms_chart", f"gains_{slug}_direction_norms")
     st.subheader("Per prompt")
-    show_prompt(r, fmt, slug)
-    chart(agreement_histogram(r), "gn_histogram", fmt, f"gains_{slug}_agreement")
-    table = prompt_table(r)
-    st.dataframe(table, hide_index=True, width="stretch", key="gn_prompt_table",
-                 column_config={"Spearman": st.column_config.NumberColumn(format="%.3f"),
-                                "Pearson": st.column_config.NumberColumn(format="%.3f")})
+    show_prompt(r, slug)
+    chart(agreement_histogram(r, theme=theme), "gn_histogram", f"gains_{slug}_agreement")
+    prompts = prompt_table(r)
+    table(prompts, key="gn_prompt_table", name="prompts",
+          column_config={"Spearman": st.column_config.NumberColumn(format="%.3f"),
+                         "Pearson": st.column_config.NumberColumn(format="%.3f")})
     c1, c2 = st.columns(2)
     c1.download_button(
-        "Download per-prompt table (CSV)", data=lambda: csv_text(table),
+        "Download per-prompt table (CSV)", data=lambda: csv_text(prompts),
         file_name=f"gains_{slug}_prompts.csv", mime="text/csv", on_click="ignore", key="gn_prompts_csv",
     )
     c2.download_button(
@@ -224,23 +225,23 @@ def show_result(shown: Shown, settings: GainsSettings | None, fmt: str) -> None:
     )
 
 
-def show_ablation(shown: Shown, fmt: str) -> None:
+def show_ablation(shown: Shown) -> None:
     """One ablation's figure, table and CSV download."""
     ab = shown.result
     slug = file_slug(f"{ab.model}_{ab.dataset}_{ab.vary}")
     origin = "from cache" if shown.cache_hit else f"computed in {ab.elapsed_s:.2f} s"
     st.caption(f"{describe_settings(ab)} · {origin}")
-    chart(ablation_figure(ab), f"gn_ablation_chart_{ab.vary}", fmt, f"gains_ablation_{slug}")
-    table = ablation_table(ab)
-    st.dataframe(table, hide_index=True, width="stretch", key=f"gn_ablation_table_{ab.vary}")
+    chart(ablation_figure(ab, theme=current_theme()), f"gn_ablation_chart_{ab.vary}", f"gains_ablation_{slug}")
+    ablation = ablation_table(ab)
+    table(ablation, key=f"gn_ablation_table_{ab.vary}", name=f"ablation_{ab.vary}")
     st.download_button(
-        "Download ablation table (CSV)", data=lambda: csv_text(table), file_name=f"gains_ablation_{slug}.csv",
+        "Download ablation table (CSV)", data=lambda: csv_text(ablation), file_name=f"gains_ablation_{slug}.csv",
         mime="text/csv", on_click="ignore", key=f"gn_ablation_csv_{ab.vary}",
     )
 
 
 def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, settings: GainsSettings | None,
-                 d: int | None, fmt: str) -> None:
+                 d: int | None) -> None:
     """A button that sweeps ``vary`` with the current settings, and the last sweep of it."""
     if d is not None and settings is not None:
         values = ablation_values(vary, d)
@@ -256,7 +257,7 @@ def ablation_tab(vary: str, spec: ModelSpec, dataset: str | ConceptData | None, 
                                                                 computed.result.dataset)
     last = kept(ABLATION_KEY.format(vary), GainsAblation)
     if last is not None and last.result.vary == vary:
-        show_ablation(last, fmt)
+        show_ablation(last)
 
 
 def main() -> None:
@@ -277,16 +278,16 @@ def main() -> None:
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
                 st.session_state[SETTINGS_KEY] = settings
-    fmt = result_or_hint(kept(RESULT_KEY, GainsResult), shape is not None, "gn_figure_format",
-                         lambda last, fmt: show_result(last, st.session_state.get(SETTINGS_KEY), fmt),
-                         "Choose a concept dataset and press **Compute gain curves**.")
+    result_or_hint(kept(RESULT_KEY, GainsResult), shape is not None,
+                   lambda last: show_result(last, st.session_state.get(SETTINGS_KEY)),
+                   "Choose a concept dataset and press **Compute gain curves**.")
     if shape is not None or any(isinstance(st.session_state.get(ABLATION_KEY.format(v)), Shown) for v in ABLATION_TABS):
         st.subheader("Ablations")
         # keyed and tracked, so the open tab survives the rerun its own button causes
         tabs = st.tabs(list(ABLATION_TABS.values()), key="gn_ablation_tabs", on_change="rerun")
         for vary, tab in zip(ABLATION_TABS, tabs):
             with tab:
-                ablation_tab(vary, spec, dataset, settings, None if shape is None else shape[1], fmt)
+                ablation_tab(vary, spec, dataset, settings, None if shape is None else shape[1])
 
 
 run_view(main)  # under app.py, also when Streamlit runs this file directly

@@ -20,14 +20,14 @@ from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON, GraphResult
 from lldd_core.analysis.settings import GraphSettings
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.graph import decodings_table, graph_figure, node_edges_table
-from lldd_core.plots.spectra import download_config, file_slug
+from lldd_core.plots.spectra import file_slug
 from lldd_core.ranges import EDGE_THRESHOLD, MAX_NODES, NODE_THRESHOLD
 from lldd_core.service import get_service
 from lldd_core.store.export import csv_text
 from pages.common.forms import prompt_area, view_start
 from pages.common.link import fields, replaying
 from pages.common.nav import run_view
-from pages.common.ui import Shown, chart, kept, plural, result_or_hint, run_with_status
+from pages.common.ui import Shown, chart, current_theme, kept, plural, result_or_hint, run_with_status, table
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state keys: the last graph (a :class:`Shown`) and the pinned node numbers.
@@ -123,10 +123,10 @@ INTERVENTION_CAPTION = (
 
 def show_decodings(g: GraphResult, node: int) -> None:
     """A pinned neuron's decodings (what it writes, what it reads), when the graph has them."""
-    table = decodings_table(g, node)
-    if table is not None:
+    decodings = decodings_table(g, node)
+    if decodings is not None:
         st.markdown("**Decodings** (output through the unembedding, input by cosine with the embeddings)")
-        st.dataframe(table, hide_index=True, width="stretch")
+        table(decodings, name=f"decodings_{g.node_id(node)}")
 
 
 def show_intervention(shown: Shown, neurons: list[int]) -> None:
@@ -140,20 +140,20 @@ def show_intervention(shown: Shown, neurons: list[int]) -> None:
     computed = run_with_status("intervention", lambda progress: get_service().graph_intervention(
         shown.spec, shown.prompt, factors, g.target_ids, progress=progress))
     logits = np.nonzero(g.node_kind == KIND_LOGIT)[0]
-    table = {"target": [repr(t) for t in g.target_tokens], "baseline logit": g.node_activation[logits],
-             "predicted change": delta}
+    columns = {"target": [repr(t) for t in g.target_tokens], "baseline logit": g.node_activation[logits],
+               "predicted change": delta}
     if computed is not None:
         m = computed.result
-        table.update({"baseline logit": m.baseline, "frozen change": m.frozen, "measured change": m.measured})
-    frame = pd.DataFrame(table)
-    st.dataframe(frame, hide_index=True, width="stretch")
+        columns.update({"baseline logit": m.baseline, "frozen change": m.frozen, "measured change": m.measured})
+    frame = pd.DataFrame(columns)
+    table(frame, name="intervention")
     st.caption(INTERVENTION_CAPTION)
     st.download_button("Download the intervention (CSV)", data=csv_text(frame),
                        file_name=f"graph_{file_slug(g.model)}_intervention.csv", mime="text/csv", on_click="ignore",
                        key="gr_intervention_csv")
 
 
-def show_pinned(shown: Shown, pinned: list[int], fmt: str, slug: str) -> None:
+def show_pinned(shown: Shown, pinned: list[int], slug: str) -> None:
     """Each pinned node's decodings and strongest inputs and outputs, the pinned subgraph, the intervention."""
     g: GraphResult = shown.result
     for i in pinned:
@@ -161,18 +161,18 @@ def show_pinned(shown: Shown, pinned: list[int], fmt: str, slug: str) -> None:
             show_decodings(g, i)
             left, right = st.columns(2)
             left.markdown("**Strongest inputs**")
-            left.dataframe(node_edges_table(g, i, "in"), hide_index=True, width="stretch")
+            table(node_edges_table(g, i, "in"), name=f"inputs_{g.node_id(i)}", container=left)
             right.markdown("**Strongest outputs**")
-            right.dataframe(node_edges_table(g, i, "out"), hide_index=True, width="stretch")
+            table(node_edges_table(g, i, "out"), name=f"outputs_{g.node_id(i)}", container=right)
     if len(pinned) > 1:
         st.subheader("Pinned subgraph")
-        chart(graph_figure(g, nodes=pinned, pinned=pinned), "gr_subgraph", fmt, f"graph_{slug}_pinned")
+        chart(graph_figure(g, nodes=pinned, pinned=pinned, theme=current_theme()), "gr_subgraph", f"graph_{slug}_pinned")
     neurons = [i for i in pinned if g.node_kind[i] == KIND_NEURON]
     if neurons:
         show_intervention(shown, neurons)
 
 
-def show_result(shown: Shown, fmt: str) -> None:
+def show_result(shown: Shown) -> None:
     g: GraphResult = shown.result
     slug = file_slug(f"{g.model}_graph")
     st.subheader("Result")
@@ -184,12 +184,11 @@ def show_result(shown: Shown, fmt: str) -> None:
         st.markdown(EXPLANATION)
     max_edges = st.slider("Edges drawn (strongest first)", 10, 2000, 400, 10, key="gr_max_edges")
     pinned_before = st.session_state.get(PINNED_KEY, [])
-    fig = graph_figure(g, max_edges=max_edges, pinned=pinned_before)
-    event = st.plotly_chart(fig, width="stretch", key="gr_figure", on_select="rerun", selection_mode=("points",),
-                            config=download_config(fmt, f"graph_{slug}"))
+    fig = graph_figure(g, max_edges=max_edges, pinned=pinned_before, theme=current_theme())
+    event = chart(fig, "gr_figure", f"graph_{slug}", on_select="rerun", selection_mode=("points",))
     clicked = [int(p["customdata"]) for p in (event.selection.points if event else []) if "customdata" in p]
     pinned = pinned_nodes(g, clicked)
-    show_pinned(shown, pinned, fmt, slug)
+    show_pinned(shown, pinned, slug)
     st.download_button("Download the graph (lldd JSON)", data=json.dumps(g.to_json()), file_name=f"graph_{slug}.json",
                        mime="application/json", on_click="ignore", key="gr_json")
     edges = pd.DataFrame(g.edges())
@@ -210,8 +209,8 @@ def main() -> None:
             shown = compute(spec, prompt, settings)
             if shown is not None:
                 st.session_state[RESULT_KEY] = shown
-    result_or_hint(kept(RESULT_KEY, GraphResult), shape is not None, "gr_figure_format",
-                   lambda last, fmt: show_result(last, fmt), "Enter a prompt and press **Compute graph**.")
+    result_or_hint(kept(RESULT_KEY, GraphResult), shape is not None, show_result,
+                   "Enter a prompt and press **Compute graph**.")
 
 
 run_view(main)  # under app.py, also when Streamlit runs this file directly

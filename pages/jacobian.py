@@ -42,18 +42,17 @@ from pages.common.nav import run_view
 from pages.common.ui import (
     Shown,
     chart,
-    figure_format,
+    current_theme,
     format_norm,
     format_sci,
     kept,
     not_converged,
     plural,
     run_with_status,
+    table,
 )
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
-#: This page's figure-format help (it also says what SVG is for).
-FIGURE_FORMAT_HELP = "Format of the camera button in each figure's toolbar: PNG (bitmap) or SVG (vector, for papers)."
 #: Session-state key of the last successful :class:`Shown` result of this page.
 RESULT_KEY = "detached_jacobian.last"
 #: Session-state key of the last successful spectra (a :class:`Shown` of a SpectrumResult).
@@ -165,12 +164,12 @@ def download_name(result: JacobianResult) -> str:
 
 
 def figure_name(result: JacobianResult | SpectrumResult, what: str) -> str:
-    """File name (no extension) of a figure saved from the plotly toolbar."""
+    """File name (no extension) of a figure saved from the plotly toolbar or the export control."""
     return f"{what}_{file_slug(result.model)}_L{result.layer}"
 
 
-def show_result(shown: Shown) -> str:
-    """Everything about one result: request, metrics, figures, tokens, download; returns the figure format."""
+def show_result(shown: Shown) -> None:
+    """Everything about one result: request, metrics, figures, tokens, download."""
     r = shown.result
     st.subheader("Result")
     st.caption(
@@ -178,20 +177,20 @@ def show_result(shown: Shown) -> str:
         f"final norm {'on' if r.final_norm else 'off'} · {len(r.tokens)} tokens · prompt: {shown.prompt!r}"
     )
     show_metrics(shown)
-    fmt = figure_format("dj_figure_format", help=FIGURE_FORMAT_HELP)
-    chart(reconstruction_scatter(r), "dj_reconstruction", fmt, figure_name(r, "reconstruction"))
+    theme = current_theme()
+    chart(reconstruction_scatter(r, theme=theme), "dj_reconstruction", figure_name(r, "reconstruction"))
     left, right = st.columns(2)
     with left:
-        chart(spectrum_figure(r), "dj_spectrum", fmt, figure_name(r, "spectrum"))
+        chart(spectrum_figure(r, theme=theme), "dj_spectrum", figure_name(r, "spectrum"))
     with right:
-        chart(token_contribution_figure(r), "dj_contributions", fmt, figure_name(r, "contributions"))
+        chart(token_contribution_figure(r, theme=theme), "dj_contributions", figure_name(r, "contributions"))
     with st.expander("What am I looking at?"):
         st.markdown(EXPLANATION)
     st.markdown("**Tokens**")
-    st.dataframe(
+    table(
         token_table(r),
-        hide_index=True,
-        width="stretch",
+        key="dj_tokens",
+        name="tokens",
         column_config={
             "‖J_i x_i‖": st.column_config.ProgressColumn(
                 "‖J_i x_i‖",
@@ -210,7 +209,6 @@ def show_result(shown: Shown) -> str:
         on_click="ignore",
         key="dj_download",
     )
-    return fmt
 
 
 # --- spectra and token decodings ------------------------------------------------------------------------
@@ -254,7 +252,7 @@ def csv_button(label: str, table: pd.DataFrame, file_name: str, key: str) -> Non
     )
 
 
-def show_spectrum(spectrum: Shown, fmt: str) -> None:
+def show_spectrum(spectrum: Shown) -> None:
     """Decoded spectra of one request: per-token table, sign toggle, stable ranks, rows and columns."""
     s = spectrum.result
     slug = f"{file_slug(s.model)}_L{s.layer}"
@@ -284,28 +282,26 @@ def show_spectrum(spectrum: Shown, fmt: str) -> None:
                          help="Decode −u_j and −v_j: the tokens each direction pushes down.")
     colors = highlight_colors([display_token(s.next_token)])
     st.markdown(f"**Top-{s.k} singular pairs of J_{token}** (cells with the next token are highlighted)")
-    table = spectrum_table(s, token, negative=negative)
-    st.dataframe(highlight_table(table, colors), hide_index=True, width="stretch", key="dj_spec_table")
-    csv_button("Download table (CSV)", table, f"spectrum_{slug}_token{token}{'_neg' if negative else ''}.csv",
+    pairs = spectrum_table(s, token, negative=negative)
+    table(highlight_table(pairs, colors), key="dj_spec_table", name=f"spectrum_token{token}{'_neg' if negative else ''}")
+    csv_button("Download table (CSV)", pairs, f"spectrum_{slug}_token{token}{'_neg' if negative else ''}.csv",
                "dj_spec_table_csv")
     st.markdown("**Stable rank per token**" + (" (estimated, ± standard error)" if s.method == "matrix_free" else ""))
     per_token = token_spectrum_table(s)
-    st.dataframe(highlight_table(per_token, {}), hide_index=True, width="stretch", key="dj_spec_tokens")
+    table(highlight_table(per_token, {}), key="dj_spec_tokens", name="stable_rank_per_token")
     csv_button("Download stable ranks (CSV)", per_token, f"stable_rank_{slug}.csv", "dj_spec_tokens_csv")
     if not s.has_rows:
         st.caption("Rows and columns of largest norm need every J_i in full: choose the full method to see them.")
         return
-    left, right = st.columns(2)
-    for col, which, what in ((left, "rows", "input space, cosine"), (right, "columns", "output space, logits")):
-        col.markdown(f"**{which.capitalize()} of J_{token} of largest norm** ({what})")
+    for which, what in (("rows", "input space, cosine"), ("columns", "output space, logits")):  # full width each:
+        st.markdown(f"**{which.capitalize()} of J_{token} of largest norm** ({what})")  # half would cut the tokens
         extremes = norm_table(s, token, which)
-        col.dataframe(highlight_table(extremes, colors), hide_index=True, width="stretch", key=f"dj_spec_{which}")
-        with col:
-            csv_button(f"Download {which} (CSV)", extremes, f"{which}_{slug}_token{token}.csv", f"dj_spec_{which}_csv")
-    chart(norm_distribution_figure(s, token), "dj_spec_norms", fmt, figure_name(s, f"norms_token{token}"))
+        table(highlight_table(extremes, colors), key=f"dj_spec_{which}", name=f"{which}_token{token}")
+        csv_button(f"Download {which} (CSV)", extremes, f"{which}_{slug}_token{token}.csv", f"dj_spec_{which}_csv")
+    chart(norm_distribution_figure(s, token, theme=current_theme()), "dj_spec_norms", figure_name(s, f"norms_token{token}"))
 
 
-def spectra_section(shown: Shown, fmt: str) -> None:
+def spectra_section(shown: Shown) -> None:
     """The spectra of the shown request: settings, computation, and the last matching result."""
     st.divider()
     st.subheader("Spectra and token decodings")
@@ -321,7 +317,7 @@ def spectra_section(shown: Shown, fmt: str) -> None:
             st.session_state[SPECTRUM_KEY] = spectrum
     last = kept(SPECTRUM_KEY, SpectrumResult)
     if last is not None and same_request(last, shown):
-        show_spectrum(last, fmt)
+        show_spectrum(last)
     else:
         st.info("Press **Compute spectra** to decode the singular vectors of this request.")
 
@@ -340,8 +336,8 @@ def main() -> None:
                 st.session_state[RESULT_KEY] = shown
     last = kept(RESULT_KEY, JacobianResult)
     if last is not None:
-        fmt = show_result(last)
-        spectra_section(last, fmt)
+        show_result(last)
+        spectra_section(last)
     elif n_layers is not None:
         st.info("Enter a prompt and press **Compute**.")
 

@@ -39,7 +39,7 @@ from lldd_core.store.export import csv_text
 from pages.common.forms import decode_input, prompt_area, top_k_input, view_start
 from pages.common.link import fields, replaying
 from pages.common.nav import run_view
-from pages.common.ui import Shown, chart, figure_format, format_sci, kept, not_converged, plural, run_with_status
+from pages.common.ui import Shown, chart, current_theme, format_sci, kept, not_converged, plural, run_with_status, table
 
 DEFAULT_PROMPT = "The Golden Gate Bridge is in"
 #: Session-state key of the last successful :class:`Shown` result of this page.
@@ -161,15 +161,15 @@ def show_emergence_table(r: LayersResult, site: str, slug: str) -> None:
             help="Comma- or space-separated; a cell is coloured when one of its tokens equals a word (any case).",
         )
     )
-    table = emergence_table(r, site, vector=int(vector), space=space, n=int(n))
+    emergence = emergence_table(r, site, vector=int(vector), space=space, n=int(n))
     colors = highlight_colors(words)
     if colors:
-        show_legend(colors, [cell for col in table.columns[1:] for cell in table[col]])
-    st.dataframe(highlight_table(table, colors), hide_index=True, width="stretch", key="ly_emergence")
+        show_legend(colors, [cell for col in emergence.columns[1:] for cell in emergence[col]])
+    table(highlight_table(emergence, colors), key="ly_emergence", name=f"emergence_{site}_{space}{int(vector) + 1}")
     c1, c2 = st.columns(2)
     with c1:
         st.download_button(
-            "Download emergence table (CSV)", data=lambda: csv_text(table),
+            "Download emergence table (CSV)", data=lambda: csv_text(emergence),
             file_name=f"emergence_{slug}_{site}_{space}{int(vector) + 1}.csv", mime="text/csv", on_click="ignore",
             key="ly_emergence_csv",
         )
@@ -193,22 +193,22 @@ def show_result(shown: Shown) -> None:
     with st.expander("What am I looking at?"):
         st.markdown(explanation())
     T = len(r.tokens)
-    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    c1, c2 = st.columns(2, vertical_alignment="bottom")
     site = c1.selectbox("View", r.sites, format_func=SITE_LABELS.get, key="ly_site")
     token = c2.selectbox(
         "Input token i", range(T), index=T - 1, format_func=lambda i: column_label(i, r.tokens[i]),
         key=f"ly_token_of_{T}",  # a prompt of another length gets a fresh widget
     )
-    fmt = figure_format("ly_figure_format", c3)
+    theme = current_theme()
     site = site if site in r.sites else r.sites[0]  # a kept choice the new result does not have
     left, right = st.columns(2)
     with left:
-        chart(singular_value_heatmap(r, site, token), "ly_heatmap", fmt, f"singular_values_{slug}_{site}_token{token}")
+        chart(singular_value_heatmap(r, site, token, theme=theme), "ly_heatmap", f"singular_values_{slug}_{site}_token{token}")
     with right:
         mean = st.checkbox("Stable rank: mean over tokens", value=False, key="ly_sr_mean")
-        chart(stable_rank_figure(r, None if mean else token), "ly_stable_rank", fmt,
+        chart(stable_rank_figure(r, None if mean else token, theme=theme), "ly_stable_rank",
               f"stable_rank_{slug}_{'mean' if mean else f'token{token}'}")
-    chart(emergence_figure(r, site), "ly_emergence_figure", fmt, f"emergence_{slug}_{site}")
+    chart(emergence_figure(r, site, theme=theme), "ly_emergence_figure", f"emergence_{slug}_{site}")
     show_emergence_table(r, site, slug)
 
 

@@ -44,7 +44,7 @@ from pages.common.datasets import listing_label
 from pages.common.forms import eps_input, n_eval_input
 from pages.common.nav import run_view
 from pages.common.sidebar import current_spec
-from pages.common.ui import chart, figure_format, plural, run_with_status
+from pages.common.ui import chart, current_theme, plural, run_with_status, table
 
 #: The family choice that reveals a free list of models.
 CUSTOM = "custom"
@@ -263,18 +263,17 @@ def show_cells(cells: list[SweepCell], spec: ModelSpec, settings: GainsSettings,
     splits = splits_caption(cells, settings)
     if splits is not None:
         st.caption(splits)
-    table = cells_table(fill_params(cells))
-    st.dataframe(
-        table, hide_index=True, width="stretch", key="sc_table",
+    cells_frame = cells_table(fill_params(cells))
+    table(
+        cells_frame, key="sc_table", name="cells",
         column_config={
             "parameters": st.column_config.NumberColumn(format="compact"),
             "mean Spearman": st.column_config.NumberColumn(format="%.3f"),
             "mean Pearson": st.column_config.NumberColumn(format="%.3f"),
             "compute s": st.column_config.NumberColumn(format="%.1f"),
-            "note": st.column_config.TextColumn(width="large"),
         },
     )
-    st.download_button("Download cells (CSV)", data=lambda: csv_text(table), file_name="scaling_cells.csv",
+    st.download_button("Download cells (CSV)", data=lambda: csv_text(cells_frame), file_name="scaling_cells.csv",
                        mime="text/csv", on_click="ignore", key="sc_cells_csv")
     for line in reasons(cells, "unavailable"):
         st.warning(line)
@@ -284,10 +283,8 @@ def show_cells(cells: list[SweepCell], spec: ModelSpec, settings: GainsSettings,
     if not any(c.done and c.n_params is not None for c in cells):
         st.info("No cell has a result for these settings yet: press **Compute missing**.")
         return
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    paper = c1.checkbox("Show the LLV paper's GPT-2 family averages", value=False, key="sc_paper")
-    fmt = figure_format("sc_figure_format", c2, help=None)
-    chart(scaling_figure(cells, paper=paper), "sc_figure", fmt, "scaling_agreement")
+    paper = st.checkbox("Show the LLV paper's GPT-2 family averages", value=False, key="sc_paper")
+    chart(scaling_figure(cells, paper=paper, theme=current_theme()), "sc_figure", "scaling_agreement")
 
 
 def main() -> None:

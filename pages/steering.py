@@ -59,7 +59,7 @@ from pages.common.datasets import dataset_picker
 from pages.common.forms import order_input, prompt_area, seed_input, view_start
 from pages.common.link import replaying
 from pages.common.nav import run_view
-from pages.common.ui import Shown, chart, figure_format, plural, run_with_status
+from pages.common.ui import Shown, chart, current_theme, plural, run_with_status, table
 
 #: Session-state key of the last successful run: a list of :class:`Shown`, one per method.
 RESULT_KEY = "steer.last"
@@ -320,7 +320,7 @@ def show_texts(shown: list[Shown]) -> None:
     st.caption("Highlighted: tokens only the steered text has (the two token sequences aligned by difflib).")
 
 
-def show_details(shown: list[Shown], fmt: str) -> None:
+def show_details(shown: list[Shown]) -> None:
     """Readout along the tokens, schedules over layers, parameters, and the CSV download."""
     results = [s.result for s in shown]
     first = results[0]
@@ -338,14 +338,14 @@ def show_details(shown: list[Shown], fmt: str) -> None:
         for col, (method, value) in zip(row[1:], means.items()):
             col.metric(f"Mean readout: {method}", f"{value:.4g}", delta=f"{value - base:+.4g}",
                        help="Mean over the generated tokens; the change is against the unsteered text.")
-        chart(readout_figure(results), "st_readout_chart", fmt, f"{slug}_readout")
+        chart(readout_figure(results, theme=current_theme()), "st_readout_chart", f"{slug}_readout")
     else:
         st.info("No concept readout: the Jacobian method ran without a concept dataset.")
     if has_schedule(results):
         st.subheader("Schedule over layers")
-        chart(steering_schedule_figure(results), "st_schedule_chart", fmt, f"{slug}_schedule")
+        chart(steering_schedule_figure(results, theme=current_theme()), "st_schedule_chart", f"{slug}_schedule")
     st.subheader("Parameters used")
-    st.dataframe(params_table(results), hide_index=True, width="stretch", key="st_params")
+    table(params_table(results), key="st_params", name="parameters")
     st.download_button(
         "Download texts and readouts (CSV)", data=lambda: csv_text(readout_table(results)),
         file_name=f"{slug}.csv", mime="text/csv", on_click="ignore", key="st_readout_csv",
@@ -440,7 +440,7 @@ def main() -> None:
         with area.container():
             show_texts(last)
         with details.container():
-            show_details(last, figure_format("st_figure_format"))
+            show_details(last)
     elif shape is not None and not submitted:
         details.info("Type a prompt, choose one or more methods and press **Generate**.")
 

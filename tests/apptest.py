@@ -41,3 +41,12 @@ def open_page(page: str | None, model: Path | str, monkeypatch: pytest.MonkeyPat
         at.switch_page(page).run()
     assert_clean(at)
     return at
+
+
+#: Labels of the buttons in each figure's export control (pages/common/ui.py).
+EXPORT_LABELS = frozenset({"PNG", "SVG", "PDF"})
+
+
+def downloads(at: AppTest) -> list:
+    """The view's own download buttons: every one in the main area but the figures' export buttons."""
+    return [b for b in at.main.get("download_button") if b.label not in EXPORT_LABELS]

@@ -26,7 +26,7 @@ from lldd_core.plots import spectra as plots_spectra
 from pages.common import build as _build
 from pages.common.build import BuildProgress, DemoBuild, follow_build
 from pages.common.sidebar import OTHER
-from tests.apptest import APP, assert_clean, metrics, open_page
+from tests.apptest import APP, assert_clean, downloads, metrics, open_page
 
 METRICS = (
     "Detached reconstruction error",
@@ -111,7 +111,7 @@ def test_compute_reconstructs_exactly_and_then_hits_the_cache(app: AppTest) -> N
     assert shown["From cache"] == "no"
     assert len(app.get("plotly_chart")) == 3
     assert app.status[0].label.startswith("Detached Jacobian ready")
-    assert len(app.get("download_button")) == 1
+    assert len(downloads(app)) == 1
 
     app.run()  # a plain rerun (any widget change) keeps the last result on screen
     assert_clean(app)
@@ -362,7 +362,7 @@ def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
     assert list(table_with(app, "row").value["row"]) == list(result.top_rows[-1])
     assert list(table_with(app, "column").value["column"]) == list(result.top_cols[-1])
     assert len(app.get("plotly_chart")) == 4
-    assert len(app.get("download_button")) == 5  # the JSON result and four CSV tables
+    assert len(downloads(app)) == 5  # the JSON result and four CSV tables
 
     app.toggle(key="dj_spec_negative").set_value(True).run()
     assert_clean(app)
@@ -374,9 +374,9 @@ def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
     assert_clean(app)
     assert table_with(app, "−U tokens (output, logits)").value.iloc[0, 1] == pytest.approx(result.singular_values[1, 0])
 
-    app.radio(key="dj_figure_format").set_value("svg").run()  # the toolbar's camera saves SVG
+    app.selectbox(key="sidebar_export_scale").set_value(3.0).run()  # the toolbar's camera saves PNG at 3×
     configs = [json.loads(chart.proto.config) for chart in app.get("plotly_chart")]
-    assert {c["toImageButtonOptions"]["format"] for c in configs} == {"svg"}
+    assert {(c["toImageButtonOptions"]["format"], c["toImageButtonOptions"]["scale"]) for c in configs} == {("png", 3.0)}
 
 
 def test_spectra_errors_and_stale_requests(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -427,7 +427,7 @@ def test_layers_page_emergence_table_and_highlights(app: AppTest) -> None:
     assert app.status[0].label.startswith("Layer views ready")
     assert metrics(app)["From cache"] == "no"
     assert len(app.get("plotly_chart")) == 3  # heatmap, stable ranks, emergence
-    assert len(app.get("download_button")) == 2  # emergence table and stable ranks
+    assert len(downloads(app)) == 2  # emergence table and stable ranks
     result = service_module.get_service().layers(app.session_state["model_spec"], "The Golden Gate Bridge is in").result
     (frame,) = app.dataframe
     pd.testing.assert_frame_equal(frame.value, plots_spectra.emergence_table(result, "cumulative"), check_dtype=False)

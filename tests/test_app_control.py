@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 import lldd_core.service as service_module
 from lldd_core.analysis.control import SCHEDULES
 from lldd_core.plots import control as plots_control
-from tests.apptest import assert_clean, metrics, open_page
+from tests.apptest import assert_clean, downloads, metrics, open_page
 
 SMALL = {"ct_concept": 6, "ct_operating": 4, "ct_evaluation": 3, "ct_order_of_32": 4, "ct_n_eval": 2}
 METRICS = ("Targets", "Reached", "Tolerance", "Evaluation prompts", "Compute time", "From cache")
@@ -47,7 +47,7 @@ def test_compute_shows_schedules_and_then_hits_the_cache(app: AppTest) -> None:
     assert tuple(shown) == METRICS
     assert shown["Targets"] == "2" and shown["From cache"] == "no" and shown["Evaluation prompts"] == "2"
     assert len(app.get("plotly_chart")) == 4  # energy, ratio to LLV, schedules over layers, gains
-    assert len(app.get("download_button")) == 2
+    assert len(downloads(app)) == 2
 
     spec = app.session_state["model_spec"]
     computed = service_module.get_service().control(spec, "sentiment", [0.5, 1.0], order=4, n_eval=2, sizes=(6, 4, 3))

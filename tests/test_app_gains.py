@@ -17,7 +17,7 @@ from lldd_core.analysis.ablation import EPS_VALUES
 from lldd_core.concepts.catalog import list_datasets
 from lldd_core.plots import gains as plots_gains
 from pages.common.datasets import UPLOAD
-from tests.apptest import assert_clean, metrics, open_page
+from tests.apptest import assert_clean, downloads, metrics, open_page
 
 SMALL = {"gn_concept": 6, "gn_operating": 4, "gn_evaluation": 3, "gn_order_of_32": 4, "gn_n_eval": 3}
 AGREEMENT = ("Mean Spearman", "Mean Pearson", "Spearman of mean curves", "Pearson of mean curves", "From cache")
@@ -65,7 +65,7 @@ def test_compute_shows_curves_tables_and_then_hits_the_cache(app: AppTest) -> No
     assert shown["Best layer: measured"] == str(result.best_layer_measured)
     (frame,) = app.dataframe
     pd.testing.assert_frame_equal(frame.value, plots_gains.prompt_table(result), check_dtype=False)
-    assert len(app.get("download_button")) == 2  # per-prompt table, all curves
+    assert len(downloads(app)) == 2  # per-prompt table, all curves
 
     app.selectbox(key="gn_prompt_of_3").set_value(2).run()  # another prompt's curves
     assert_clean(app)

@@ -15,7 +15,7 @@ from lldd_core.steering.examples import examples
 from lldd_core.steering.generate import CallbackStreamer, GenerationSettings
 from lldd_core.steering.methods.additive import AdditiveParams
 from lldd_core.steering.methods.registry import get
-from tests.apptest import open_page
+from tests.apptest import downloads, open_page
 
 SMALL = {"st_max_new_of_63": 6, "st_concept": 6, "st_operating": 4, "st_evaluation": 3}
 PROMPT = examples("sentiment")[0]  # the page's default prompt: a negative review, begun
@@ -97,7 +97,7 @@ def test_additive_generates_beside_the_unsteered_text_and_then_hits_the_cache(
     assert means == {f"Mean readout: {k}": f"{v:.4g}" for k, v in plots_control.mean_readouts([r]).items()}
     (params,) = app.dataframe
     pd.testing.assert_frame_equal(params.value, plots_control.params_table([r]), check_dtype=False)
-    assert len(app.get("download_button")) == 1
+    assert len(downloads(app)) == 1
 
     streamed.clear()
     generate(app)  # the same request again: from the disk cache, nothing streamed

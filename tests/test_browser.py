@@ -87,15 +87,15 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def browser_page() -> Iterator[Any]:
-    """A headless Chromium page (1400×1000); the browser is always closed."""
+def browser_page(scale: float = 1) -> Iterator[Any]:
+    """A headless Chromium page (1400×1000 CSS pixels at device scale factor ``scale``); the browser is always closed."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=COMPUTE_S * 1000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=scale)
             page.set_default_timeout(COMPUTE_S * 1000)
             yield page
         finally:

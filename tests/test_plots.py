@@ -82,7 +82,8 @@ def test_spectrum_one_log_line_per_token(result: JacobianResult) -> None:
         np.testing.assert_allclose(trace.y, result.singular_values[i])
         assert "%{text}" in trace.hovertemplate and trace.text[0] == trace.name
     assert data["layout"]["yaxis"]["type"] == "log"
-    assert fig.layout.yaxis.exponentformat == "power"
+    ticks = fig.layout.yaxis.tickvals  # labelled at 1-2-5 or powers of ten (lldd_core.plots.common.log_axis)
+    assert ticks and all(f"{t:.0e}"[0] in "125" for t in ticks) and fig.layout.yaxis.minor.ticks == "outside"
 
 
 def test_spectrum_drops_zeros_on_log_axis(result: JacobianResult) -> None:

@@ -116,7 +116,7 @@ def test_mean_curves_are_the_means_with_a_one_std_band(result: GainsResult, whic
         np.testing.assert_allclose(_y(mean), values.mean(0))
         np.testing.assert_allclose(_y(upper), values.mean(0) + values.std(0))
         np.testing.assert_allclose(_y(lower), values.mean(0) - values.std(0))
-        assert lower["fill"] == "tonexty" and mean["name"] == pg.CURVE_LABELS[curve]
+        assert lower["fill"] == "tonexty" and mean["name"] == f"{pg.CURVE_LABELS[curve]}: mean"
     assert "±1 std" in fig["layout"]["title"]["text"]
     assert fig["layout"]["xaxis"]["tickvals"] == list(r.layers)
 
@@ -213,3 +213,23 @@ def test_ablation_table_and_a_main_setting_outside_the_sweep(by_eps: GainsAblati
     assert fig["data"][-1]["x"] == [3, 3] and fig["data"][-1]["name"] == "main setting: 3"
     assert fig["layout"]["xaxis"]["tickvals"] == [1, 2, 3, 4]
     assert not pg.ablation_table(orders)["main setting"].any()
+
+
+def test_the_three_bands_are_told_apart_by_more_than_colour() -> None:
+    """Each curve's ±1 std band has its own legend entry and its own fill (opacity, hatching) and edge; the mean
+    lines differ in dash, so print in grey or a colour-blind reader still tells them apart."""
+    from lldd_core.plots.common import REPORT
+
+    for theme in (pg.DASHBOARD, REPORT):
+        fig = pg.mean_curves_figure(handmade(), theme=theme)
+        bands = [t for t in fig.data if t.fill == "tonexty"]
+        means = [t for t in fig.data if t.mode == "lines+markers"]
+        assert [t.name for t in bands] == [f"{pg.CURVE_LABELS[c]}: {pg.SPREAD_LABEL}" for c in pg.CURVES]
+        assert all(t.showlegend for t in bands) and all(t.showlegend is not False for t in means)
+        looks = {(t.fillcolor, t.fillpattern.shape if t.fillpattern else "") for t in bands}
+        assert len(looks) == 3 and len({t.fillpattern.shape if t.fillpattern else "" for t in bands}) == 3
+        assert len({t.line.dash for t in means}) == 3
+        assert [t.line.color for t in means] == [theme.color(c) for c in pg.CURVES]
+        mean, std = pg.mean_and_std(handmade().measured)
+        upper, lower = (t for t in fig.data if t.legendgroup == "measured band")
+        assert np.allclose(upper.y, mean + std) and np.allclose(lower.y, mean - std)

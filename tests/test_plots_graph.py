@@ -49,7 +49,7 @@ def test_layout_puts_nodes_at_their_position_and_layer(graph: GraphResult) -> No
 def test_figure_draws_the_strongest_edges_by_sign_and_every_node(graph: GraphResult) -> None:
     fig = pg.graph_figure(graph, max_edges=25, decodings={0: "decoded: 'the'"}, pinned=[0])
     json.loads(fig.to_json())
-    lines = [t for t in fig.data if t.mode == "lines"]
+    lines = [t for t in fig.data if t.mode == "lines" and not t.showlegend]  # the legend's samples draw nothing
     markers = [t for t in fig.data if t.mode == "markers"]
     drawn = sum(int(np.isnan(np.asarray(t.x, dtype=float)).sum()) for t in lines)  # one NaN ends each segment
     assert drawn == min(25, graph.edge_weight.size)
@@ -73,7 +73,8 @@ def test_subgraph_figure_keeps_only_the_chosen_nodes(graph: GraphResult) -> None
     fig = pg.graph_figure(graph, nodes=path)
     markers = [t for t in fig.data if t.mode == "markers"]
     assert sorted(int(i) for t in markers for i in t.customdata) == sorted(path)
-    segments = sum(int(np.isnan(np.asarray(t.x, dtype=float)).sum()) for t in fig.data if t.mode == "lines")
+    segments = sum(int(np.isnan(np.asarray(t.x, dtype=float)).sum()) for t in fig.data
+                   if t.mode == "lines" and not t.showlegend)
     inside = np.isin(graph.edge_source, path) & np.isin(graph.edge_target, path)
     assert segments == int(inside.sum()) >= len(path) - 1  # the path's own edges at least
 
@@ -107,3 +108,19 @@ def test_neuron_hover_and_table_show_the_decodings(graph: GraphResult) -> None:
     assert table["decoding"].tolist() == [pg.DECODING_LABELS[k] for k in dec]
     assert table["tokens"].iloc[0] == " ".join(repr(t) for t, _ in dec["out+"])
     assert pg.decodings_table(graph, logit) is None
+
+
+def test_the_legend_shows_visible_edge_samples_and_nodes_at_one_size(graph: GraphResult) -> None:
+    """The drawn edges are thin and faint (alpha by weight, the thinnest band first): the legend's entries are
+    samples of their own, opaque and wide, one per sign, and a click on one toggles every edge of its sign."""
+    from lldd_core.plots.common import REPORT
+
+    for theme in (pg.DASHBOARD, REPORT):
+        fig = pg.graph_figure(graph, max_edges=50, theme=theme)
+        samples = [t for t in fig.data if t.mode == "lines" and t.showlegend]
+        assert [t.name for t in samples] == ["positive edge", "negative edge"]
+        for t, role in zip(samples, ("positive", "negative"), strict=True):
+            assert t.line.color == theme.color(role) and t.line.width == pg.LEGEND_EDGE_WIDTH >= 3
+            edges = [e for e in fig.data if e.mode == "lines" and e.legendgroup == t.legendgroup and e is not t]
+            assert edges and all(not e.showlegend for e in edges)
+        assert fig.layout.legend.itemsizing == "constant"

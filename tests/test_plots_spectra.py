@@ -240,10 +240,5 @@ def test_stable_rank_table_is_long(layers: LayersResult) -> None:
     assert "stable rank se" in table.columns
 
 
-def test_download_config() -> None:
-    config = ps.download_config("svg", "spectrum of org/model L2")
-    assert config["toImageButtonOptions"] == {"format": "svg", "filename": "spectrum_of_org_model_L2"}
-    assert ps.download_config("png", "x")["toImageButtonOptions"]["format"] == "png"
-    with pytest.raises(ValueError, match="format"):
-        ps.download_config("jpeg", "x")
+def test_file_slug() -> None:
     assert ps.file_slug("/org/some model/") == "org_some_model"

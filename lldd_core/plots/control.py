@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 
 from ..errors import InputError
 from ..layering import layer_axis
-from .common import plotly_text
+from .common import DASHBOARD, ROLE_HUES, Theme, log_axis, plotly_text
 from .spectra import display_token
 
 if TYPE_CHECKING:  # types only: importing the analyses at run time would pull in torch
@@ -41,13 +41,8 @@ SCHEDULE_LINES: dict[str, str] = {
     "early": "one layer, a quarter of the depth (L//4, or the first layer with a direction)",
     "random": "one seeded random layer with a direction",
 }
-SCHEDULE_COLORS: dict[str, str] = {
-    "llv": "#1f77b4", "uniform": "#ff7f0e", "last": "#2ca02c", "middle": "#d62728", "early": "#9467bd",
-    "random": "#8c564b",
-}
-#: The unsteered text and each steering method.
-UNSTEERED_COLOR = "#7f7f7f"
-METHOD_COLORS: dict[str, str] = {"additive": "#1f77b4", "llv": "#2ca02c", "jacobian": "#ff7f0e", "lqr": "#9467bd"}
+#: The colour roles (:data:`~lldd_core.plots.common.ROLE_HUES`) of the steering methods (the schedules use their names).
+METHOD_ROLES: dict[str, str] = {"additive": "additive", "llv": "steer_llv", "jacobian": "jacobian", "lqr": "lqr"}
 #: Background of the tokens that only the steered text has (readable text in light and dark themes).
 DIFF_COLOR = "#ffd166"
 DIFF_TEXT = "#111111"
@@ -90,6 +85,16 @@ def relative_energy(result: ControlResult) -> np.ndarray:
         return energy / llv[None, :]
 
 
+def schedule_color(theme: Theme, name: str) -> str:
+    """A schedule's colour (a schedule without a role of its own: the theme's "other")."""
+    return theme.color(name if name in ROLE_HUES else "other")
+
+
+def method_color(theme: Theme, method: str) -> str:
+    """A steering method's colour (a registered method without a role of its own: the theme's "other")."""
+    return theme.color(METHOD_ROLES.get(method, "other"))
+
+
 def _target_label(dy: float) -> str:
     return f"Δy = {dy:g}"
 
@@ -100,8 +105,9 @@ def _order(result: ControlResult) -> list[int]:
 
 
 # --- control: figures ------------------------------------------------------------------------------
-def energy_figure(result: ControlResult) -> go.Figure:
-    """Energy ``‖u‖²`` of each validated schedule against the target ``Δy`` (one line per schedule, log y)."""
+def energy_figure(result: ControlResult, theme: Theme = DASHBOARD) -> go.Figure:
+    """Energy ``‖u‖²`` of each validated schedule against the target ``Δy`` (one line per schedule; log y labelled
+    at powers of ten, :func:`~lldd_core.plots.common.log_axis`)."""
     order = _order(result)
     x = [float(result.targets[j]) for j in order]
     energy = np.asarray(result.energy, dtype=float)
@@ -109,7 +115,7 @@ def energy_figure(result: ControlResult) -> go.Figure:
     for s, name in enumerate(result.names):
         fig.add_trace(go.Scatter(
             x=x, y=energy[s, order], mode="lines+markers", name=name,
-            line={"color": SCHEDULE_COLORS.get(name)},
+            line={"color": schedule_color(theme, name)},
             hovertemplate="Δy %{x:g}<br>energy %{y:.4g}<extra>" + plotly_text(name) + "</extra>",
         ))
     failed = int((~np.asarray(result.reached, dtype=bool)).sum())
@@ -118,13 +124,13 @@ def energy_figure(result: ControlResult) -> go.Figure:
         title={"text": f"Energy ‖u‖² to reach Δy in the full model{note}"},
         xaxis={"title": {"text": "target shift Δy"}, "tickmode": "array", "tickvals": x,
                "ticktext": [f"{v:g}" for v in x]},
-        yaxis={"title": {"text": "energy ‖u‖²"}, "type": "log"},
+        yaxis={"title": {"text": "energy ‖u‖²"}, **log_axis(energy)},
         height=420, margin=_MARGIN, hovermode="x unified", legend={"title": {"text": "schedule"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
-def relative_energy_figure(result: ControlResult) -> go.Figure:
+def relative_energy_figure(result: ControlResult, theme: Theme = DASHBOARD) -> go.Figure:
     """Energy relative to the LLV schedule: grouped bars per target, one bar per schedule (log y, 1 marked)."""
     order = _order(result)
     labels = [_target_label(float(result.targets[j])) for j in order]
@@ -132,20 +138,20 @@ def relative_energy_figure(result: ControlResult) -> go.Figure:
     fig = go.Figure()
     for s, name in enumerate(result.names):
         fig.add_trace(go.Bar(
-            x=labels, y=ratio[s, order], name=name, marker={"color": SCHEDULE_COLORS.get(name)},
+            x=labels, y=ratio[s, order], name=name, marker={"color": schedule_color(theme, name)},
             hovertemplate="%{x}<br>%{y:.3g} × the LLV energy<extra>" + plotly_text(name) + "</extra>",
         ))
-    fig.add_hline(y=1.0, line={"color": "rgba(90, 90, 90, 0.8)", "dash": "dash"})
+    fig.add_hline(y=1.0, line={"color": theme.rgba("current", 0.8), "dash": "dash"})
     fig.update_layout(
         title={"text": "Energy relative to the LLV schedule (missing bar: not reached)"},
         xaxis={"title": {"text": "target"}, "type": "category"},
-        yaxis={"title": {"text": "energy / LLV energy"}, "type": "log"},
+        yaxis={"title": {"text": "energy / LLV energy"}, **log_axis(np.append(ratio, 1.0))},
         barmode="group", height=420, margin=_MARGIN, legend={"title": {"text": "schedule"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
-def schedule_figure(result: ControlResult, target: int, surrogate: bool = False) -> go.Figure:
+def schedule_figure(result: ControlResult, target: int, surrogate: bool = False, theme: Theme = DASHBOARD) -> go.Figure:
     """The schedules for target index ``target`` as bars over the injection layers, one bar group per layer.
 
     ``surrogate``: the schedules that reach ``Δy`` in the surrogate instead of the validated ones
@@ -160,7 +166,7 @@ def schedule_figure(result: ControlResult, target: int, surrogate: bool = False)
     for s, name in enumerate(result.names):
         label = name if reached[s, target] else f"{name} ({NOT_REACHED})"
         fig.add_trace(go.Bar(
-            x=layers, y=u[s, target], name=label, marker={"color": SCHEDULE_COLORS.get(name)},
+            x=layers, y=u[s, target], name=label, marker={"color": schedule_color(theme, name)},
             hovertemplate="layer %{x}<br>u %{y:.4g}<extra>" + plotly_text(label) + "</extra>",
         ))
     kind = "in the surrogate" if surrogate else "validated in the full model"
@@ -170,15 +176,15 @@ def schedule_figure(result: ControlResult, target: int, surrogate: bool = False)
         yaxis={"title": {"text": "u_l"}}, barmode="group", height=420, margin=_MARGIN,
         legend={"title": {"text": "schedule"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
-def gains_figure(result: ControlResult) -> go.Figure:
+def gains_figure(result: ControlResult, theme: Theme = DASHBOARD) -> go.Figure:
     """The surrogate's gains ``h_l`` over layers (0 where a layer has no concept direction)."""
     layers = list(range(int(result.n_layers)))
     h = np.asarray(result.gains, dtype=float)
     with_direction = {int(k) for k in result.layers}
-    colors = [SCHEDULE_COLORS["llv"] if k in with_direction else UNSTEERED_COLOR for k in layers]
+    colors = [theme.color("llv") if k in with_direction else theme.color("unsteered") for k in layers]
     fig = go.Figure(go.Bar(
         x=layers, y=h, marker={"color": colors}, name="h",
         hovertemplate="layer %{x}<br>h %{y:.4g}<extra></extra>",
@@ -190,7 +196,7 @@ def gains_figure(result: ControlResult) -> go.Figure:
         xaxis={"title": {"text": layer_axis("injection at x_l")}, "tickmode": "array", "tickvals": layers},
         yaxis={"title": {"text": "gain h_l"}}, height=360, margin=_MARGIN, showlegend=False,
     )
-    return fig
+    return theme.apply(fig)
 
 
 # --- control: tables --------------------------------------------------------------------------------
@@ -319,27 +325,27 @@ def _readout_trace(values: np.ndarray, tokens: Sequence[str], name: str, color: 
     )
 
 
-def readout_figure(results: Sequence[SteeringResult]) -> go.Figure:
+def readout_figure(results: Sequence[SteeringResult], theme: Theme = DASHBOARD) -> go.Figure:
     """The concept readout ``v_Lᵀ x_L`` at each generated token: the unsteered text (of the first result;
     every result has the same one) and each method's steered text, all read by the unsteered model."""
     fig = go.Figure()
     if results:
         first = results[0]
-        fig.add_trace(_readout_trace(first.readout_unsteered, first.unsteered_tokens, "unsteered", UNSTEERED_COLOR,
+        fig.add_trace(_readout_trace(first.readout_unsteered, first.unsteered_tokens, "unsteered", theme.color("unsteered"),
                                      "dash"))
     for r in results:
         fig.add_trace(_readout_trace(r.readout_steered, r.steered_tokens, f"steered: {r.method}",
-                                     METHOD_COLORS.get(r.method, "#17becf")))
+                                     method_color(theme, r.method)))
     fig.update_layout(
         title={"text": "Concept readout along the generated tokens (read by the unsteered model)"},
         xaxis={"title": {"text": "generated token"}},
         yaxis={"title": {"text": "readout v_Lᵀ x_L (before the final norm)"}},
         height=400, margin=_MARGIN, hovermode="x unified", legend={"title": {"text": "text"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
-def steering_schedule_figure(results: Sequence[SteeringResult]) -> go.Figure:
+def steering_schedule_figure(results: Sequence[SteeringResult], theme: Theme = DASHBOARD) -> go.Figure:
     """Per-layer amplitudes each method applied (additive: ``α`` at its layers; llv: ``u_l``), grouped bars."""
     fig = go.Figure()
     n_layers = 0
@@ -349,7 +355,7 @@ def steering_schedule_figure(results: Sequence[SteeringResult]) -> go.Figure:
             continue
         n_layers = max(n_layers, sched.size)
         fig.add_trace(go.Bar(
-            x=list(range(sched.size)), y=sched, name=r.method, marker={"color": METHOD_COLORS.get(r.method)},
+            x=list(range(sched.size)), y=sched, name=r.method, marker={"color": method_color(theme, r.method)},
             hovertemplate="layer %{x}<br>amplitude %{y:.4g}<extra>" + plotly_text(r.method) + "</extra>",
         ))
     fig.update_layout(
@@ -359,7 +365,7 @@ def steering_schedule_figure(results: Sequence[SteeringResult]) -> go.Figure:
         yaxis={"title": {"text": "amplitude a_l"}}, barmode="group", height=360, margin=_MARGIN,
         legend={"title": {"text": "method"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
 def has_schedule(results: Sequence[SteeringResult]) -> bool:

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from ..concepts.data import PAPER_PER_CLASS
 from ..concepts.splits import is_fitted
 from ..layering import layer_axis
-from .common import plotly_text
+from .common import DASHBOARD, ROLE_DASHES, Theme, plotly_text
 
 if TYPE_CHECKING:  # types only: importing the analysis at run time would pull in torch
     from ..analysis.ablation import GainsAblation
@@ -36,13 +36,16 @@ CURVE_LABELS: dict[str, str] = {
     "measured": "measured (injection)",
     "exact": "exact linear",
 }
-CURVE_COLORS: dict[str, str] = {"predicted": "#1f77b4", "measured": "#d62728", "exact": "#2ca02c"}
+#: How each curve's ±1 std band is told apart besides its colour: fill opacity and hatching (plotly fill patterns).
+BAND_STYLES: dict[str, dict[str, Any]] = {
+    "predicted": {"alpha": 0.22, "pattern": ""},
+    "measured": {"alpha": 0.10, "pattern": "/"},
+    "exact": {"alpha": 0.10, "pattern": "."},
+}
 #: What the band and the error bars show.
 SPREAD_LABEL = "±1 std over prompts"
 #: How each swept parameter is named on axes and in tables.
 VARY_LABELS: dict[str, str] = {"order": "order d", "eps": "ε", "complement": "complement"}
-AGREEMENT_COLORS: dict[str, str] = {"spearman": "#9467bd", "pearson": "#ff7f0e"}
-CURRENT_COLOR = "rgba(90, 90, 90, 0.8)"
 _MARGIN = {"l": 60, "r": 20, "t": 60, "b": 50}
 
 
@@ -95,47 +98,50 @@ def _axis_layers(result: GainsResult) -> dict[str, Any]:
             "tickvals": list(result.layers)}
 
 
-def mean_curves_figure(result: GainsResult) -> go.Figure:
+def mean_curves_figure(result: GainsResult, theme: Theme = DASHBOARD) -> go.Figure:
     """Mean over prompts of the predicted, measured and exact gains per layer, each with a ±1 std band.
 
-    Per curve three traces: the band's upper edge, its lower edge (filled up to the upper one) and
-    the mean line.
+    Per curve three traces: the band's upper edge (a thin dotted line in the curve's colour), its lower edge
+    filled up to the upper one (its own legend entry; opacity and hatching by :data:`BAND_STYLES`, so
+    overlapping bands stay apart) and the mean line (dashes by :data:`~lldd_core.plots.common.ROLE_DASHES`).
     """
     x = list(result.layers)
     fig = go.Figure()
     for curve in CURVES:
         mean, std = mean_and_std(getattr(result, curve))
-        color, label = CURVE_COLORS[curve], CURVE_LABELS[curve]
-        fig.add_trace(go.Scatter(x=x, y=mean + std, mode="lines", line={"width": 0, "color": color},
-                                 legendgroup=curve, showlegend=False, hoverinfo="skip", name=f"{label} +1 std"))
-        fig.add_trace(go.Scatter(x=x, y=mean - std, mode="lines", line={"width": 0, "color": color},
-                                 fill="tonexty", fillcolor=_transparent(color), legendgroup=curve,
-                                 showlegend=False, hoverinfo="skip", name=f"{label} −1 std"))
-        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", line={"color": color}, legendgroup=curve,
-                                 name=label, customdata=std,
+        color, label, band = theme.color(curve), CURVE_LABELS[curve], BAND_STYLES[curve]
+        edge = {"width": 0.8, "color": theme.rgba(curve, 0.6), "dash": "dot"}
+        fig.add_trace(go.Scatter(x=x, y=mean + std, mode="lines", line=edge, legendgroup=f"{curve} band",
+                                 showlegend=False, hoverinfo="skip", name=f"{label} +1 std"))
+        pattern = {"shape": band["pattern"], "fgcolor": color, "size": 7, "solidity": 0.25} if band["pattern"] else None
+        fig.add_trace(go.Scatter(x=x, y=mean - std, mode="lines", line=edge, fill="tonexty",
+                                 fillcolor=theme.rgba(curve, band["alpha"]), fillpattern=pattern,
+                                 legendgroup=f"{curve} band", showlegend=True, hoverinfo="skip",
+                                 name=f"{label}: {SPREAD_LABEL}"))
+        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", line={"color": color, "dash": ROLE_DASHES[curve],
+                                                                          "width": 2.2},
+                                 legendgroup=curve, name=f"{label}: mean", customdata=std,
                                  hovertemplate="layer %{x}<br>mean %{y:.4g} ± %{customdata:.3g}<extra>"
                                  + plotly_text(label) + "</extra>"))
-    _shade_flagged(fig, result)
+    _shade_flagged(fig, result, theme)
     fig.update_layout(
         title={"text": f"Gain per injection layer: mean over {len(result.prompts)} prompts, band {SPREAD_LABEL}"},
         xaxis=_axis_layers(result), yaxis={"title": {"text": "gain (readout change per unit injection)"}},
-        height=440, margin=_MARGIN, hovermode="x unified", legend={"title": {"text": "curve"}},
+        height=460, margin=_MARGIN, hovermode="x unified",
+        legend={"title": {"text": "curve (line: mean; band: ±1 std)"}, "groupclick": "toggleitem"},
     )
-    return fig
+    return theme.apply(fig)
 
 
-FLAGGED_FILL = "rgba(120, 120, 120, 0.16)"
-
-
-def _shade_flagged(fig: go.Figure, result: GainsResult) -> None:
+def _shade_flagged(fig: go.Figure, result: GainsResult, theme: Theme) -> None:
     """Grey bands over the injection layers whose direction is flagged (left out of the agreement)."""
     for k in getattr(result, "flagged_layers", []):
         if k in result.layers:
-            fig.add_vrect(x0=k - 0.45, x1=k + 0.45, fillcolor=FLAGGED_FILL, line_width=0, layer="below",
-                          annotation_text="flagged", annotation_position="top left")
+            fig.add_vrect(x0=k - 0.45, x1=k + 0.45, fillcolor=theme.rgba("flagged", 0.16), line_width=0,
+                          layer="below", annotation_text="flagged", annotation_position="top left")
 
 
-def direction_norms_figure(result: GainsResult) -> go.Figure:
+def direction_norms_figure(result: GainsResult, theme: Theme = DASHBOARD) -> go.Figure:
     """Relative direction strength ``‖E_l‖ / rms_l`` per layer (bars; flagged layers grey) and the flag line
     ``MIN_RELATIVE_STRENGTH · max_k`` (:func:`lldd_core.linalg.agreement.direction_reliability`)."""
     from ..linalg.agreement import MIN_RELATIVE_STRENGTH
@@ -143,7 +149,7 @@ def direction_norms_figure(result: GainsResult) -> go.Figure:
     strength = np.asarray(result.direction_strength, dtype=float)
     layers = list(range(len(strength)))
     flagged = set(result.flagged_layers)
-    colors = ["#9e9e9e" if k in flagged else CURVE_COLORS["measured"] for k in layers]
+    colors = [theme.rgba("flagged", 0.7) if k in flagged else theme.color("measured") for k in layers]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=layers, y=strength, marker_color=colors, name="‖E_l‖ / rms state norm",
                          customdata=np.asarray(result.direction_norms, dtype=float),
@@ -151,21 +157,16 @@ def direction_norms_figure(result: GainsResult) -> go.Figure:
     line = MIN_RELATIVE_STRENGTH * float(strength.max()) if strength.size else 0.0
     fig.add_trace(go.Scatter(x=layers, y=[line] * len(layers), mode="lines",
                              name=f"flag below ({MIN_RELATIVE_STRENGTH:g} × the strongest layer)",
-                             line={"color": "#c62828", "dash": "dash"}, hoverinfo="skip"))
+                             line={"color": theme.color("flag_line"), "dash": "dash"}, hoverinfo="skip"))
     fig.update_layout(
         title={"text": "Concept direction strength per layer (grey: flagged, left out of the agreement)"},
         xaxis={"title": {"text": layer_axis("residual stream x_l, entering block l")}, "dtick": 1},
         yaxis={"title": {"text": "‖E_l‖ / rms ‖x_l‖"}}, height=340, margin=_MARGIN,
     )
-    return fig
+    return theme.apply(fig)
 
 
-def _transparent(hex_color: str, alpha: float = 0.18) -> str:
-    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r}, {g}, {b}, {alpha})"
-
-
-def prompt_curves_figure(result: GainsResult, prompt: int) -> go.Figure:
+def prompt_curves_figure(result: GainsResult, prompt: int, theme: Theme = DASHBOARD) -> go.Figure:
     """The three gain curves of evaluation prompt ``prompt``, its Spearman and Pearson in the title."""
     if not 0 <= prompt < len(result.prompts):
         raise ValueError(f"prompt must lie in 0..{len(result.prompts) - 1}; got {prompt}")
@@ -173,7 +174,7 @@ def prompt_curves_figure(result: GainsResult, prompt: int) -> go.Figure:
     for curve in CURVES:
         fig.add_trace(go.Scatter(
             x=list(result.layers), y=np.asarray(getattr(result, curve), dtype=float)[prompt], mode="lines+markers",
-            name=CURVE_LABELS[curve], line={"color": CURVE_COLORS[curve]},
+            name=CURVE_LABELS[curve], line={"color": theme.color(curve), "dash": ROLE_DASHES[curve]},
             hovertemplate="layer %{x}<br>gain %{y:.4g}<extra>" + plotly_text(CURVE_LABELS[curve]) + "</extra>",
         ))
     sp, pe = format_corr(float(result.spearman[prompt])), format_corr(float(result.pearson[prompt]))
@@ -182,10 +183,10 @@ def prompt_curves_figure(result: GainsResult, prompt: int) -> go.Figure:
         xaxis=_axis_layers(result), yaxis={"title": {"text": "gain"}},
         height=400, margin=_MARGIN, hovermode="x unified", legend={"title": {"text": "curve"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
-def agreement_histogram(result: GainsResult) -> go.Figure:
+def agreement_histogram(result: GainsResult, theme: Theme = DASHBOARD) -> go.Figure:
     """Histograms of the per-prompt Spearman and Pearson correlations (NaN left out), means as lines."""
     fig = go.Figure()
     missing = []
@@ -195,11 +196,11 @@ def agreement_histogram(result: GainsResult) -> go.Figure:
         if finite.size < values.size:
             missing.append(f"{values.size - finite.size} {name.capitalize()}")
         fig.add_trace(go.Histogram(
-            x=finite, name=name.capitalize(), opacity=0.65, marker={"color": AGREEMENT_COLORS[name]},
+            x=finite, name=name.capitalize(), opacity=0.65, marker={"color": theme.color(name)},
             xbins={"start": -1.0, "end": 1.0001, "size": 0.1}, hovertemplate="%{x}: %{y} prompts<extra></extra>",
         ))
         if finite.size:
-            fig.add_vline(x=float(finite.mean()), line={"color": AGREEMENT_COLORS[name], "dash": "dash"})
+            fig.add_vline(x=float(finite.mean()), line={"color": theme.color(name), "dash": "dash"})
     note = f" ({', '.join(missing)} undefined: constant curve)" if missing else ""
     fig.update_layout(
         title={"text": f"Per-prompt agreement of predicted and measured curves{note}"},
@@ -207,7 +208,7 @@ def agreement_histogram(result: GainsResult) -> go.Figure:
         yaxis={"title": {"text": "prompts"}}, barmode="overlay", height=360, margin=_MARGIN,
         legend={"title": {"text": "dashed: mean"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
 def prompt_table(result: GainsResult) -> pd.DataFrame:
@@ -243,7 +244,7 @@ def current_value(ablation: GainsAblation) -> Any:
     return getattr(ablation, ablation.vary)
 
 
-def ablation_figure(ablation: GainsAblation) -> go.Figure:
+def ablation_figure(ablation: GainsAblation, theme: Theme = DASHBOARD) -> go.Figure:
     """Mean Spearman and mean Pearson (error bars ±1 std over prompts) and the correlations of the mean
     curves against the swept value: log x for the order and ``ε``, grouped bars for the complement.
 
@@ -257,7 +258,7 @@ def ablation_figure(ablation: GainsAblation) -> go.Figure:
     for name in ("spearman", "pearson"):
         _, std = mean_and_std(getattr(ablation, name), axis=1)
         mean = np.asarray(getattr(ablation, f"mean_{name}"), dtype=float)
-        label, color = f"mean {name.capitalize()}", AGREEMENT_COLORS[name]
+        label, color = f"mean {name.capitalize()}", theme.color(name)
         error = {"type": "data", "array": std, "visible": True}
         hover = f"{VARY_LABELS[vary]} %{{x}}<br>{label} %{{y:.3f}} ± %{{error_y.array:.3f}}<extra></extra>"
         if categorical:
@@ -270,8 +271,8 @@ def ablation_figure(ablation: GainsAblation) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=x, y=np.asarray(getattr(ablation, f"{name}_of_means"), dtype=float),
             mode="markers" if categorical else "lines+markers", name=f"{name.capitalize()} of mean curves",
-            line={"color": AGREEMENT_COLORS[name], "dash": "dot"},
-            marker={"symbol": "diamond", "size": 10, "color": AGREEMENT_COLORS[name]},
+            line={"color": theme.color(name), "dash": "dot"},
+            marker={"symbol": "diamond", "size": 10, "color": theme.color(name)},
             hovertemplate=f"{VARY_LABELS[vary]} %{{x}}<br>%{{y:.3f}}<extra>{name.capitalize()} of means</extra>",
             offsetgroup=name if categorical else None,  # on its bar (scattermode "group")
         ))
@@ -283,11 +284,11 @@ def ablation_figure(ablation: GainsAblation) -> go.Figure:
                      ticktext=ticks)
         if str(current) in x:
             i = x.index(str(current))
-            fig.add_vrect(x0=i - 0.5, x1=i + 0.5, fillcolor=CURRENT_COLOR, opacity=0.12, line_width=0, layer="below")
+            fig.add_vrect(x0=i - 0.5, x1=i + 0.5, fillcolor=theme.rgba("current", 0.8), opacity=0.12, line_width=0, layer="below")
     else:
         cx = float(current)
         fig.add_trace(go.Scatter(x=[cx, cx], y=[-1.05, 1.05], mode="lines", name=f"main setting: {current}",
-                                 line={"color": CURRENT_COLOR, "dash": "dash"}, hoverinfo="skip"))
+                                 line={"color": theme.rgba("current", 0.8), "dash": "dash"}, hoverinfo="skip"))
         ticks = sorted({*x, cx})
         pad = 0.1  # decades of room around the outer markers (a log axis' range is in log10 units)
         xaxis.update(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{v:g}" for v in ticks],
@@ -297,7 +298,7 @@ def ablation_figure(ablation: GainsAblation) -> go.Figure:
         xaxis=xaxis, yaxis={"title": {"text": "correlation (predicted vs measured)"}, "range": [-1.05, 1.05]},
         height=420, margin=_MARGIN, barmode="group", scattermode="group" if categorical else None,
     )
-    return fig
+    return theme.apply(fig)
 
 
 def ablation_table(ablation: GainsAblation) -> pd.DataFrame:

@@ -20,16 +20,16 @@ import plotly.graph_objects as go
 
 from ..analysis.graph_result import KIND_BIAS, KIND_EMBEDDING, KIND_LOGIT, KIND_NEURON
 from ..layering import block_axis
-from .common import plotly_text, token_labels
+from .common import DASHBOARD, Theme, plotly_text, token_labels
 
 if TYPE_CHECKING:
     from ..analysis.graph_result import GraphResult
 
-#: Labels and colours by node kind (indexed by KIND_EMBEDDING .. KIND_LOGIT).
+#: Labels and colour roles (:data:`~lldd_core.plots.common.ROLE_HUES`) by node kind (indexed by KIND_EMBEDDING .. KIND_LOGIT).
 KIND_LABELS = ("embedding", "bias", "MLP neuron", "target logit")
-KIND_COLORS = ("#7f7f7f", "#bcbd22", "#1f77b4", "#9467bd")
-POSITIVE_COLOR = "rgba(31, 119, 180, {a})"
-NEGATIVE_COLOR = "rgba(214, 39, 40, {a})"
+KIND_ROLES = ("embedding", "bias_node", "neuron", "logit")
+#: Width of the legend's edge samples (px): the drawn edges are mostly thin and faint, a sample must be seen.
+LEGEND_EDGE_WIDTH = 4.0
 #: Edge widths in px for the weight terciles (thin, middle, thick).
 EDGE_WIDTHS = (0.6, 1.6, 3.2)
 #: What each decoding kind says (hover lines and the pinned-node table).
@@ -113,12 +113,15 @@ def strongest_edges(graph: GraphResult, max_edges: int, among: np.ndarray | None
 
 
 def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping[int, str] | None = None,
-                 pinned: Sequence[int] = (), nodes: Sequence[int] | None = None) -> go.Figure:
+                 pinned: Sequence[int] = (), nodes: Sequence[int] | None = None,
+                 theme: Theme = DASHBOARD) -> go.Figure:
     """The layered attribution graph (module doc). ``nodes``: draw only these (and the edges between
     them), e.g. a pinned subgraph; ``pinned`` nodes get a black ring; ``decodings`` replace the neurons'
     own decodings in the hover.
 
-    Node markers carry their node number as ``customdata`` (a page's click selection reads it).
+    Node markers carry their node number as ``customdata`` (a page's click selection reads it). The legend's
+    edge entries are samples of their own (opaque, :data:`LEGEND_EDGE_WIDTH` wide; a click toggles every edge of
+    that sign), and its node entries are drawn at one size.
     """
     x, y = node_xy(graph)
     shown = np.ones(len(graph.node_kind), dtype=bool) if nodes is None else np.isin(
@@ -128,7 +131,9 @@ def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping
     w = np.abs(graph.edge_weight[edges])
     cuts = np.quantile(w, [1 / 3, 2 / 3]) if w.size else np.zeros(2)
     top = float(w.max()) if w.size else 1.0
-    for sign, color, name in ((1, POSITIVE_COLOR, "positive edge"), (-1, NEGATIVE_COLOR, "negative edge")):
+    for sign, role, name in ((1, "positive", "positive edge"), (-1, "negative", "negative edge")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", hoverinfo="skip", name=name, legendgroup=name,
+                                 line={"color": theme.color(role), "width": LEGEND_EDGE_WIDTH}, showlegend=True))
         for band, width in enumerate(EDGE_WIDTHS):
             sel = edges[(np.sign(graph.edge_weight[edges]) == sign) & (np.digitize(w, cuts) == band)]
             if not sel.size:
@@ -137,18 +142,18 @@ def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping
             ys = np.column_stack([y[graph.edge_source[sel]], y[graph.edge_target[sel]], np.full(sel.size, np.nan)])
             alpha = 0.25 + 0.6 * float(np.abs(graph.edge_weight[sel]).mean()) / top
             fig.add_trace(go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="lines", hoverinfo="skip",
-                                     line={"color": color.format(a=f"{alpha:.2f}"), "width": width},
-                                     name=name, legendgroup=name, showlegend=band == 0))
+                                     line={"color": theme.rgba(role, round(alpha, 2)), "width": width},
+                                     name=name, legendgroup=name, showlegend=False))
     labels, size = node_labels(graph, decodings), _node_size(graph)
     ring = set(int(i) for i in pinned)
-    for kind, (label, color) in enumerate(zip(KIND_LABELS, KIND_COLORS, strict=True)):
+    for kind, (label, role) in enumerate(zip(KIND_LABELS, KIND_ROLES, strict=True)):
         sel = np.nonzero((graph.node_kind == kind) & shown)[0]
         if not sel.size:
             continue
         fig.add_trace(go.Scatter(
             x=x[sel], y=y[sel], mode="markers", name=label, customdata=sel.tolist(), text=[labels[i] for i in sel],
             hovertemplate="%{text}<extra></extra>",
-            marker={"size": size[sel], "color": color, "opacity": 0.9,
+            marker={"size": size[sel], "color": theme.color(role), "opacity": 0.9,
                     "line": {"color": ["black" if int(i) in ring else "white" for i in sel],
                              "width": [3 if int(i) in ring else 1 for i in sel]}}))
     T, L = len(graph.token_ids), graph.n_layers
@@ -162,10 +167,10 @@ def graph_figure(graph: GraphResult, *, max_edges: int = 400, decodings: Mapping
                "tickvals": [-1, *range(L), L],
                "ticktext": ["x_0 (embeddings)", *[f"block {b} MLP" for b in range(L)], "logits"],
                "range": [-1.6, L + 0.6], "zeroline": False},
-        legend={"orientation": "h", "y": -0.18}, height=max(420, 90 * (L + 2)), margin={"l": 120, "r": 20, "t": 60},
-        hovermode="closest", clickmode="event+select",
+        legend={"orientation": "h", "y": -0.18, "itemsizing": "constant"}, height=max(420, 90 * (L + 2)),
+        margin={"l": 120, "r": 20, "t": 60}, hovermode="closest", clickmode="event+select",
     )
-    return fig
+    return theme.apply(fig)
 
 
 def node_edges_table(graph: GraphResult, node: int, direction: str = "in", limit: int = 10) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..sweep.study import SweepCell
-from .common import plotly_text
+from .common import DASHBOARD, Theme, log_axis, plotly_text
 
 #: The two agreement measures the figure shows, as (cell attribute, panel title).
 METRICS: tuple[tuple[str, str], ...] = (("mean_spearman", "mean Spearman"), ("mean_pearson", "mean Pearson"))
@@ -28,7 +28,6 @@ PAPER_GPT2: dict[str, tuple[int, float, float]] = {
     "gpt2-medium": (354_823_168, 0.81, 0.74),
     "gpt2-large": (774_030_080, 0.995, 0.997),
 }
-PAPER_COLOR = "rgba(120, 120, 120, 0.9)"
 #: Columns of :func:`cells_table`, in order.
 TABLE_COLUMNS: tuple[str, ...] = (
     "model", "parameters", "dataset", "status", "mean Spearman", "mean Pearson", "layers", "d_model", "order",
@@ -59,12 +58,14 @@ def plotted_cells(cells: Sequence[SweepCell], dataset: str) -> list[SweepCell]:
     return sorted(chosen, key=lambda c: (c.n_params, c.model))
 
 
-def scaling_figure(cells: Sequence[SweepCell], *, paper: bool = False) -> go.Figure:
+def scaling_figure(cells: Sequence[SweepCell], *, paper: bool = False, theme: Theme = DASHBOARD) -> go.Figure:
     """Mean Spearman (left) and mean Pearson (right) against parameter count (log axis), one line per dataset.
 
     Only cells with a result are drawn (NaN agreement, e.g. a model with a single injection layer,
-    leaves a gap). ``paper`` adds the LLV paper's GPT-2 family averages as a dashed grey line.
+    leaves a gap). ``paper`` adds the LLV paper's GPT-2 family averages as a dashed grey line. The parameter
+    axis is labelled at powers of ten as ``10M``, ``100M``, ``1B`` (:func:`~lldd_core.plots.common.log_axis`).
     """
+    sizes = [c.n_params for c in cells if c.done and c.n_params] + ([p for p, _, _ in PAPER_GPT2.values()] if paper else [])
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in METRICS], horizontal_spacing=0.08)
     for col, (attr, title) in enumerate(METRICS, start=1):
@@ -76,7 +77,7 @@ def scaling_figure(cells: Sequence[SweepCell], *, paper: bool = False) -> go.Fig
                 go.Scatter(
                     x=[c.n_params for c in chosen], y=[_number(getattr(c, attr)) for c in chosen],
                     mode="lines+markers", name=plotly_text(dataset), legendgroup=dataset, showlegend=col == 1,
-                    line={"color": _color(i)}, text=[plotly_text(c.model) for c in chosen],
+                    line={"color": theme.cycle(i)}, text=[plotly_text(c.model) for c in chosen],
                     customdata=[format_params(c.n_params) for c in chosen],
                     hovertemplate="%{text}<br>%{customdata} parameters<br>" + title + " %{y:.3f}<extra>"
                     + plotly_text(dataset) + "</extra>",
@@ -89,25 +90,19 @@ def scaling_figure(cells: Sequence[SweepCell], *, paper: bool = False) -> go.Fig
                 go.Scatter(
                     x=[p for _, (p, _, _) in ref], y=[v[col] for _, v in ref], mode="lines+markers",
                     name="LLV paper, GPT-2 family", legendgroup="paper", showlegend=col == 1,
-                    line={"color": PAPER_COLOR, "dash": "dash"}, text=[m for m, _ in ref],
+                    line={"color": theme.rgba("paper", 0.9), "dash": "dash"}, text=[m for m, _ in ref],
                     hovertemplate="%{text} (paper)<br>" + title + " %{y:.3f}<extra></extra>",
                 ),
                 row=1, col=col,
             )
-        fig.update_xaxes(type="log", title={"text": "parameters"}, row=1, col=col)
+        fig.update_xaxes(title={"text": "parameters"}, **log_axis(sizes, label=lambda n: format_params(int(round(n)))),
+                         row=1, col=col)
         fig.update_yaxes(title={"text": f"{title} (predicted vs measured)"}, row=1, col=col)
     fig.update_layout(
         title={"text": "Agreement of predicted and measured gain curves against model size"},
         height=440, margin=_MARGIN, legend={"title": {"text": "dataset"}}, hovermode="closest",
     )
-    return fig
-
-
-def _color(i: int) -> str:
-    from plotly.colors import qualitative
-
-    palette = qualitative.Plotly
-    return palette[i % len(palette)]
+    return theme.apply(fig)
 
 
 def cells_table(cells: Sequence[SweepCell]) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..layering import BLOCK_SITES, SITE_LABELS, block_axis, layer_axis, stream
-from .common import DETACHED_COLOR, PLAIN_COLOR, plotly_text, positive_or_nan, token_label, token_labels
+from .common import DASHBOARD, Theme, plotly_text, positive_or_nan, token_label, token_labels
 
 if TYPE_CHECKING:  # types only: importing the analyses at run time would pull in torch
     from pandas.io.formats.style import Styler
@@ -31,8 +31,6 @@ if TYPE_CHECKING:  # types only: importing the analyses at run time would pull i
 
 #: Separator of the decoded tokens in a table cell.
 SEP = " · "
-#: Formats the plotly toolbar's camera button can save.
-FIGURE_FORMATS: tuple[str, ...] = ("png", "svg")
 #: Light backgrounds for highlighted words, in the order the words are given (then repeated).
 HIGHLIGHT_COLORS: tuple[str, ...] = (
     "#ffd166", "#8ecae6", "#b5e48c", "#ffadad", "#cdb4db", "#f4a261", "#a0c4ff", "#fdffb6",
@@ -44,10 +42,6 @@ SPACES: dict[str, str] = {
     "u": "U: output space (logits)",
     "u_neg": "−U: output space, opposite sign (logits)",
     "v": "V: input space (cosine to embeddings)",
-}
-#: One colour per site, shared by the layer figures.
-SITE_COLORS: dict[str, str] = {
-    "cumulative": DETACHED_COLOR, "block": "#2ca02c", "attention": "#ff7f0e", "mlp": PLAIN_COLOR,
 }
 _MARGIN = {"l": 60, "r": 20, "t": 60, "b": 50}
 
@@ -193,7 +187,7 @@ def norm_table(result: SpectrumResult, token: int, which: str = "rows") -> pd.Da
     )
 
 
-def norm_distribution_figure(result: SpectrumResult, token: int) -> go.Figure:
+def norm_distribution_figure(result: SpectrumResult, token: int, theme: Theme = DASHBOARD) -> go.Figure:
     """Histograms of the row norms ``‖J_i[r, :]‖`` and column norms ``‖J_i[:, c]‖`` of one token's
     ``J_i`` (full path only). Both sum in square to ``‖J_i‖_F^2``."""
     if not result.has_rows:
@@ -205,7 +199,7 @@ def norm_distribution_figure(result: SpectrumResult, token: int) -> go.Figure:
         rows=1, cols=2, horizontal_spacing=0.1,
         subplot_titles=(f"Row norms ‖J_i[r, :]‖ ({rows.size} rows)", f"Column norms ‖J_i[:, c]‖ ({cols.size} columns)"),
     )
-    for col, (values, name, color) in enumerate(((rows, "rows", DETACHED_COLOR), (cols, "columns", PLAIN_COLOR)), 1):
+    for col, (values, name, color) in enumerate(((rows, "rows", theme.color("detached")), (cols, "columns", theme.color("plain"))), 1):
         fig.add_trace(
             go.Histogram(
                 x=values, name=name, marker={"color": color}, opacity=0.85,
@@ -220,7 +214,7 @@ def norm_distribution_figure(result: SpectrumResult, token: int) -> go.Figure:
                        f"(output {stream(result.layer)}, layer {result.layer} of 0..{result.n_layers})"},
         height=380, margin=_MARGIN, showlegend=False, bargap=0.05,
     )
-    return fig
+    return theme.apply(fig)
 
 
 # --- every layer: LayersResult ----------------------------------------------------------------------
@@ -245,7 +239,7 @@ def _site_axis(result: LayersResult, site: str) -> tuple[np.ndarray, str, str]:
     return _layers(result), layer_axis("cumulative x_0 → x_l"), "layer"
 
 
-def singular_value_heatmap(result: LayersResult, site: str, token: int) -> go.Figure:
+def singular_value_heatmap(result: LayersResult, site: str, token: int, theme: Theme = DASHBOARD) -> go.Figure:
     """Top-``k`` singular values of one site's view of ``J_i`` over layers, for one input token.
 
     Layers on the y axis, singular value index on the x axis, colour ``log10 σ`` (zeros are gaps);
@@ -269,10 +263,10 @@ def singular_value_heatmap(result: LayersResult, site: str, token: int) -> go.Fi
         yaxis={"title": {"text": title}, "dtick": 1},
         height=420, margin=_MARGIN,
     )
-    return fig
+    return theme.apply(fig)
 
 
-def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Figure:
+def stable_rank_figure(result: LayersResult, token: int | None = None, theme: Theme = DASHBOARD) -> go.Figure:
     """Stable rank ``‖J_i‖_F² / σ_1²`` over layers, one line per site, for one token (or the mean
     over tokens when ``token`` is ``None``). Error bars: the standard error on the matrix-free path.
 
@@ -291,7 +285,7 @@ def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Fig
         fig.add_trace(
             go.Scatter(
                 x=_layers(result), y=y, mode="lines+markers", name=SITE_LABELS[site],
-                line={"color": SITE_COLORS.get(site)},
+                line={"color": theme.color(site)},
                 error_y={"type": "data", "array": err, "visible": bool(np.any(err > 0))},
                 customdata=_layers(result) - 1,
                 hovertemplate="layer %{x} (block %{customdata})<br>stable rank %{y:.4g}<extra>"
@@ -307,10 +301,10 @@ def stable_rank_figure(result: LayersResult, token: int | None = None) -> go.Fig
         yaxis={"title": {"text": "stable rank ‖J_i‖²_F / σ_1²"}},
         height=420, margin=_MARGIN, legend={"title": {"text": "view"}}, hovermode="x unified",
     )
-    return fig
+    return theme.apply(fig)
 
 
-def emergence_figure(result: LayersResult, site: str = "cumulative") -> go.Figure:
+def emergence_figure(result: LayersResult, site: str = "cumulative", theme: Theme = DASHBOARD) -> go.Figure:
     """Emergence: ``‖U_L^T u_1‖`` over layers, one line per input token.
 
     How much of the view's top output direction ``u_1`` at layer ``k`` lies in the span of the
@@ -325,6 +319,7 @@ def emergence_figure(result: LayersResult, site: str = "cumulative") -> go.Figur
         fig.add_trace(
             go.Scatter(
                 x=depth, y=proj[:, i], mode="lines+markers", name=label, text=[label] * proj.shape[0],
+                line={"color": theme.cycle(i)},
                 hovertemplate="%{text}<br>" + word + " %{x}<br>‖U_L^T u_1‖ = %{y:.3f}<extra></extra>",
             )
         )
@@ -334,7 +329,7 @@ def emergence_figure(result: LayersResult, site: str = "cumulative") -> go.Figur
         yaxis={"title": {"text": "‖U_L^T u_1‖"}, "range": [0, 1.05]},
         height=420, margin=_MARGIN, legend={"title": {"text": "token"}},
     )
-    return fig
+    return theme.apply(fig)
 
 
 def emergence_table(result: LayersResult, site: str, vector: int = 0, space: str = "u", n: int = 3) -> pd.DataFrame:
@@ -383,11 +378,3 @@ def stable_rank_table(result: LayersResult) -> pd.DataFrame:
 def file_slug(text: str, limit: int = 60) -> str:
     """``text`` made file-name safe (``"org/model name"`` -> ``"org_model_name"``), at most ``limit`` chars."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_")[-limit:] or "model"
-
-
-def download_config(fmt: str, filename: str) -> dict:
-    """Plotly config whose toolbar camera button saves the figure as ``fmt`` (png or svg) under ``filename``."""
-    if fmt not in FIGURE_FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FIGURE_FORMATS)}; got {fmt!r}")
-    return {"toImageButtonOptions": {"format": fmt, "filename": file_slug(filename, 120)}, "displaylogo": False}
-

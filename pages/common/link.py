@@ -198,6 +198,11 @@ def url(params: dict[str, str | list[str]]) -> str:
     return f"{base}?{query}" if query else base
 
 
+def current_params() -> dict[str, str | list[str]]:
+    """This run's linked widgets as query parameters (what the link to this view holds)."""
+    return {name: encode(value) for name, (_, value) in _linked_values().items()}
+
+
 def finish() -> None:
     """At the end of every run (app.py): advance an opening link; otherwise write the widgets into the URL and
     draw the link and any notice in the sidebar."""

@@ -17,10 +17,12 @@ from lldd_core.errors import LLDDError
 from lldd_core.models.hub import is_cached
 from lldd_core.models.loading import DEVICE_CHOICES, DTYPES, QUANTIZATIONS, ModelSpec, default_model
 from lldd_core.models.memory import format_bytes
+from lldd_core.plots.common import THEMES
+from lldd_core.plots.export import SCALES, ExportSettings
 from lldd_core.service import get_service
 from pages.common.build import FIRST_USE_BUILD
 from pages.common.link import fields
-from pages.common.ui import plural
+from pages.common.ui import SCALE_KEY, THEME_KEY, WIDTH_KEY, plural
 
 #: Where app.py leaves the sidebar's model choice for the pages.
 SPEC_KEY = "model_spec"
@@ -223,6 +225,24 @@ def render_memory_estimate(sb: DeltaGenerator, spec: ModelSpec) -> None:
     sb.caption(f"Memory: ≈ {format_bytes(estimate.needed)}{available}", help=f"Estimated before loading.  \n{detail}")
     if estimate.warning:
         sb.warning(estimate.warning, icon="⚠️")
+
+
+def render_figure_sidebar() -> DeltaGenerator:
+    """The figure theme and export size (linkable: a link reproduces the look), and a place for the report
+    bundle's button (filled after the view ran, :func:`pages.common.ui.report_button`); returns that place."""
+    sb = st.sidebar
+    sb.divider()
+    sb.subheader("Figures and report")
+    fields(THEME_KEY, SCALE_KEY, WIDTH_KEY)
+    sb.selectbox("Theme", list(THEMES), format_func=lambda name: THEMES[name].label, key=THEME_KEY,
+                 help="Dashboard: the app's own look (light or dark). Report: white, black axes, colour-blind-safe "
+                 "Okabe–Ito colours and print-sized fonts; figures are then shown exactly as they export.")
+    c1, c2 = sb.columns(2)
+    c1.selectbox("Export scale", SCALES, index=SCALES.index(ExportSettings().scale), format_func=lambda s: f"{s:g}×",
+                 key=SCALE_KEY, help="PNG pixels per layout pixel (2–3× prints sharply). SVG and PDF are vector.")
+    c2.number_input("Export width (px)", min_value=300, max_value=3000, value=ExportSettings().width, step=50,
+                    key=WIDTH_KEY, help="Layout width of exported figures; the height is each figure's own.")
+    return sb.empty()
 
 
 def render_cache_sidebar() -> None:
