@@ -84,8 +84,9 @@ def register(sub: Any) -> None:
     p.add_argument("--method", type=_methods, default=METHODS,
                    help=f"comma-separated methods of {', '.join(METHODS)} (default: all)")
     p.add_argument("--layers", type=R.list_argtype(R.STEER_LAYERS), default=None,
-                   help="layers x_l of the methods that steer at one layer (additive 0..L-1, jacobian 1..L), "
-                   "comma-separated (default: additive 1..L-1, jacobian its default layer)")
+                   help="layers x_l of the methods that steer at one layer (additive 0..L-1, jacobian 1..L): "
+                   f"comma-separated, each {R.STEER_LAYERS.describe()} (default: additive 1..L-1, jacobian its "
+                   "default layer)")
     p.add_argument("--strengths", action="append", default=None, metavar="VALUES",
                    help="each method's own knob (additive α, llv Δy, jacobian λ, lqr q), comma-separated: '0,4,16' "
                    "for every method or 'llv=0,10,20' for one; repeatable (default: each knob's grid)")
