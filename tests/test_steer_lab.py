@@ -184,6 +184,8 @@ def test_pareto_and_recommendation_rules():
     rows = [{"method": "m", "layer": 1, "strength": s, "success": sc, "perplexity": p}
             for s, sc, p in [(0, 0.0, 1.0), (2, 0.5, 1.2), (4, 0.5, 2.0), (8, 1.0, 3.0), (16, 1.0, 9.0)]]
     assert pareto(rows) == [0, 1, 3]  # (4: same success, more perplexity; 16: dominated by 8)
+    tie = [*rows, {**rows[3], "layer": 2, "strength": 8.0}, {**rows[3], "layer": 3, "strength": -4.0}]
+    assert pareto(tie) == [0, 1, 6]  # one setting per point: the least |strength|
     assert recommend(rows, 0.75, 3.0, 1.0)["strength"] == 8
     assert recommend(rows, 0.75, 2.0, 1.0) is None
     assert recommend(rows, 0.5, 10.0, 1.0)["strength"] == 2

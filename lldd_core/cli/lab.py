@@ -63,7 +63,7 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
                       f"{row['repetition']:>7.3f}{row['kl']:>9.4f}{row['readout_shift']:>9.4f}\n")
         for method, rec in r.recommended.items():
             text = "none reaches the target within the budget" if rec is None else (
-                f"layer {rec['layer']}, strength {rec['strength']:g} (success {rec['success']:.3f}, "
+                f"layer {'every' if rec['layer'] is None else rec['layer']}, strength {rec['strength']:g} (success {rec['success']:.3f}, "
                 f"perplexity {rec['perplexity']:.4g})")
             out.write(f"recommended {method}: {text}\n")
         fp = r.forward_passes

@@ -69,16 +69,17 @@ def metrics(cell: CellResult, base: CellResult, by: str) -> dict[str, float]:
 
 def pareto(rows: Sequence[dict]) -> list[int]:
     """Indices of the rows no other row dominates (higher-or-equal success and lower-or-equal perplexity, one
-    strictly), by perplexity."""
-    front = []
-    for i, a in enumerate(rows):
-        if not math.isfinite(a["perplexity"]):
-            continue
-        dominated = any(b is not a and math.isfinite(b["perplexity"]) and b["success"] >= a["success"]
-                        and b["perplexity"] <= a["perplexity"]
-                        and (b["success"] > a["success"] or b["perplexity"] < a["perplexity"]) for b in rows)
-        if not dominated:
-            front.append(i)
+    strictly; of rows at the same point, the least ``|strength|``), by perplexity."""
+    def beats(j: int, i: int) -> bool:
+        a, b = rows[i], rows[j]
+        if not math.isfinite(b["perplexity"]) or b["success"] < a["success"] or b["perplexity"] > a["perplexity"]:
+            return False
+        if b["success"] > a["success"] or b["perplexity"] < a["perplexity"]:
+            return True
+        return (abs(b["strength"]), j) < (abs(a["strength"]), i)  # the same point: the cheapest setting stands for it
+
+    front = [i for i, a in enumerate(rows) if math.isfinite(a["perplexity"])
+             and not any(beats(j, i) for j in range(len(rows)) if j != i)]
     return sorted(front, key=lambda i: (rows[i]["perplexity"], -rows[i]["success"]))
 
 
