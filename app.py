@@ -27,6 +27,7 @@ PAGES = [
     st.Page("pages/scaling.py", title="Scaling", icon=":material/stacked_line_chart:", url_path="scaling"),
     st.Page("pages/control.py", title="Control", icon=":material/tune:", url_path="control"),
     st.Page("pages/steering.py", title="Steering", icon=":material/alt_route:", url_path="steering"),
+    st.Page("pages/lab.py", title="Steering lab", icon=":material/science:", url_path="lab"),
 ]
 ALIASES = [st.Page("pages/jacobian.py", title="Detached Jacobian", icon="🧮", url_path="jacobian", visibility="hidden")]
 

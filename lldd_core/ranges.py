@@ -295,6 +295,14 @@ Q = Range("q", "the LQR state weight q", float, 0, 1e6)
 R = Range("r", "the LQR control weight r", float, 1e-6, 1e6)
 QF = Range("qf", "the LQR terminal weight q_f", float, 0, 1e6)
 
+#: The Steering lab (:mod:`lldd_core.steering.lab`): evaluation prompts, a knob value before its method's own range
+#: is known, the success target (a share of texts) and the fluency budget (perplexity over the unsteered one).
+N_PROMPTS = Range("n_prompts", "the number of evaluation prompts", int, 1, 512, flag="--prompts")
+SWEEP_STRENGTH = Range("strengths", "a swept strength", float, -1e6, 1e6)
+SUCCESS_TARGET = Range("success_target", "the success target (share of texts)", float, 0, 1, lo_open=True,
+                       widget_lo=0.01)
+FLUENCY_BUDGET = Range("fluency_budget", "the fluency budget (perplexity ÷ the unsteered one)", float, 1, 1e6)
+
 MAX_NEW = Range("max_new_tokens", "the number of new tokens", int, 1, MAX_NEW_TOKENS)
 TEMPERATURE = Range("temperature", "the sampling temperature", float, 0.01, 10)
 TOP_P = Range("top_p", "top-p", float, 0, 1, lo_open=True, widget_lo=0.01)

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ from .models.memory import MemoryEstimate, estimate_memory, weight_bytes
 from .progress import ProgressFn
 from .steering.compare import SteeringResult
 from .steering.generate import Generated, GenerationSettings, generate
+from .steering.lab.answers import LayerPrediction, SweepResult, assemble, predict_layers
+from .steering.lab.settings import SweepSettings
+from .steering.lab.sweep import ANALYSIS as SWEEP_CELL
+from .steering.lab.sweep import CellResult, run_cells, sweep_request
 from .steering.pieces import (
     MeanJacobians,
     SteeringJacobian,
@@ -380,6 +385,48 @@ class Service:
         return self._cached("steer", spec, info, info.encode(prompt), request.cache_params(),
                             lambda h: run_steering(self, h, request, streamers, progress), progress)
 
+    def steer_sweep(self, spec: ModelSpec, dataset: str | ConceptData, settings: SweepSettings | None = None, *,
+                    progress: ProgressFn | None = None, **overrides: Any) -> Computed[SweepResult]:
+        """The Steering lab's sweep (:mod:`lldd_core.steering.lab`): every cell cached on its own, so a widened
+        sweep computes only its new cells and an interrupted one resumes; the answers assembled from the cells."""
+        t0 = time.perf_counter()
+        info = self.info(spec, progress)
+        request = sweep_request(info, spec, dataset, SweepSettings.resolve(settings, overrides))
+        s = request.settings
+
+        def key(cell: Any) -> str:
+            return make_key(SWEEP_CELL, model=spec.model, revision=info.revision, dtype=spec.precision, input_ids=[],
+                            params=request.key_params(cell))
+
+        order = [request.baseline, *request.cells]
+        found: dict[Any, CellResult] = {c: r for c in order if (r := self.cache.get(key(c))) is not None}
+        missing = [c for c in order if c not in found]
+        if missing and _CACHE_ONLY.get():
+            raise NotCachedError(f"No stored Steering lab result for {len(missing)} of its {len(order)} settings.")
+        prediction = self._cached(
+            "steer-sweep-prediction", spec, info, [], {"dataset": request.data.name,
+                                                       "fingerprint": request.data.fingerprint(),
+                                                       "sizes": list(s.sizes), "seed": s.seed, "order": s.order},
+            lambda h: predict_layers(self.concept_setup(h, request.data, s.sizes, s.seed, progress), s.order, s.seed),
+            progress)
+        warnings = [prediction.warning] if prediction.warning else []
+        if missing:
+            def store(cell: Any, result: CellResult) -> None:
+                found[cell] = result
+                try:
+                    self.cache.set(key(cell), result)
+                except CacheError as err:
+                    warnings.append(f"Some cells were not cached. {err}")
+
+            with self._lock:
+                handle = self.handle(spec, progress)
+                with handle.lock:
+                    run_cells(self, handle, request, missing, store, progress)
+        prediction_result: LayerPrediction = prediction.result
+        base = found[request.baseline]
+        result = assemble(_stamp(base), request, found, base, prediction_result, len(missing), time.perf_counter() - t0)
+        return Computed(result, not missing, warnings[0] if warnings else None)
+
     def steering_jacobian(self, spec: ModelSpec, steer_text: str, layer: int | None = None, variant: str = "blend",
                           progress: ProgressFn | None = None) -> Computed[SteeringJacobian]:
         """The steering phrase's detached Jacobians and bias channel at ``x_layer`` (default: two thirds of the
@@ -406,6 +453,11 @@ class Service:
                                              n_prompts=n_prompts, max_tokens=max_tokens, progress=progress),
             progress,
         )
+
+
+def _stamp(result: Any) -> dict:
+    """The model stamp fields of a stored result (model, revision, dtype, family)."""
+    return {name: getattr(result, name) for name in ("model", "revision", "dtype", "family")}
 
 
 _SERVICE: Service | None = None

@@ -363,3 +363,31 @@ def test_a_permalink_reopens_the_same_result_from_the_cache(server: str) -> None
         expect(fresh.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
         assert_no_errors(fresh)
         expect(fresh).to_have_url(link)  # the reopened view writes the same link
+
+
+LAB_SCREENSHOT = ROOT / "test-output" / "browser_steering_lab.png"
+
+
+def test_steering_lab_page_in_a_real_browser(server: str) -> None:
+    """The Steering lab opened by a link with small settings (pages/common/link.py fills the form): run the sweep,
+    see the Pareto plot and the table, send the first method's setting to the Steering page; a screenshot."""
+    from playwright.sync_api import expect
+
+    query = "lb_concept=6&lb_operating=4&lb_evaluation=3&lb_n_prompts=2&lb_max_new=4&lb_methods=additive&lb_target=0.01"
+    with opened(server, f"/lab?{query}&lb_budget=1000000&lb_strengths_additive=0,8,64", "Steering lab") as page:
+        run = page.get_by_role("button", name="Run sweep")
+        expect(run).to_be_enabled()
+        expect(page.get_by_role("textbox", name="additive: α (strength)")).to_have_value("0,8,64")
+        run.click()
+        expect(page.locator('[data-testid="stPlotlyChart"] .main-svg').first).to_be_visible()
+        expect(page.locator('[data-testid="stMetric"]', has_text="Cells")).to_contain_text("10 new / 0 cached")  # unsteered + 3 layers × 3
+        expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)
+        LAB_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        full_screenshot(page, LAB_SCREENSHOT, 5000)
+        assert_no_errors(page)
+        send = page.get_by_role("button", name="Open in Steering")
+        if send.count():  # the 5-step demo model may reach the target with none of the three strengths
+            send.first.click()
+            expect(page.get_by_role("heading", name="Steering", exact=True)).to_be_visible()
+            assert_no_errors(page)

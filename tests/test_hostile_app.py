@@ -157,3 +157,27 @@ def test_max_new_tokens_follows_the_models_context(page):
     at = page("steering")
     widget = at.number_input(key="st_max_new_of_63")  # 64 positions: at least one prompt token beside them
     assert widget.max == 63 and widget.min == 1 and "64 positions" in widget.help
+
+
+# --- Steering lab: free-text strengths and classifier path ----------------------------------------------
+
+
+LAB_SMALL = {"lb_concept": 6, "lb_operating": 4, "lb_evaluation": 3, "lb_n_prompts": 1, "lb_max_new": 2}
+
+
+def test_lab_page_refuses_bad_strengths_and_a_missing_classifier_and_recovers(page, tmp_path):
+    at = page("lab")
+    for key, value in LAB_SMALL.items():
+        at.number_input(key=key).set_value(value)
+    at.multiselect(key="lb_methods").set_value(["additive"]).run()
+    at.text_input(key="lb_strengths_additive").set_value("0,abc").run()
+    assert any("empty entry" in i.value or "must be" in i.value for i in at.info), [i.value for i in at.info]
+    assert at.button(key="lb_run").disabled
+    at.text_input(key="lb_strengths_additive").set_value("0,4")
+    at.text_input(key="lb_classifier").set_value(str(tmp_path / "no-such-classifier")).run()
+    at.button(key="lb_run").click().run()
+    assert "Could not load the classifier" in assert_one_line_error(at)
+    at.text_input(key="lb_classifier").set_value("")
+    at.button(key="lb_run").click().run()
+    assert_clean(at)
+    assert "Cells" in metrics(at)

@@ -159,11 +159,15 @@ class ControlResult(ConceptStamp):
 
 
 def population_gains(setup: GainsSetup, order: int, complement: str, seed: int = 0) -> np.ndarray:
-    """The surrogate's gains ``h`` ``[L]`` of the operating prompts' mean reduced model (0 where no direction)."""
-    pred = setup.predicted(setup.bases(complement, order, seed), "population")[0]
-    h = np.zeros(setup.handle.n_layers)
-    h[setup.layers] = pred
-    return h
+    """The surrogate's gains ``h`` ``[L]`` of the operating prompts' mean reduced model (0 where no direction);
+    memoized on ``setup`` (a sweep plans many LLV targets on one setup: one surrogate serves them all)."""
+    key = ("population_gains", int(order), complement, int(seed))
+    if key not in setup.memo:
+        pred = setup.predicted(setup.bases(complement, order, seed), "population")[0]
+        h = np.zeros(setup.handle.n_layers)
+        h[setup.layers] = pred
+        setup.memo[key] = h
+    return setup.memo[key].copy()
 
 
 def analyze_control(

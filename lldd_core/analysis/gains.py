@@ -124,6 +124,8 @@ class GainsSetup:
     direction_noise: np.ndarray | None = None  # [L + 1]
     direction_strength: np.ndarray | None = None  # [L + 1]
     flagged_layers: list[int] = field(default_factory=list)
+    #: results computed from this setup alone, kept with it (e.g. the surrogate's population gains)
+    memo: dict = field(default_factory=dict, repr=False)
 
     def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
         """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""

@@ -10,6 +10,8 @@ Commands::
                                                                      the scaling study: gains of every cell
     python -m lldd_core control --dataset D --target 0.5,1,2        LLV vs heuristic schedules, validated
     python -m lldd_core steer --prompt P --method additive|llv|jacobian|lqr [...]   steered vs unsteered text
+    python -m lldd_core steer-sweep --dataset D --method additive,llv --layers 2,3 --strengths 0,4,16 --prompts N
+                                                                     the Steering lab: success and cost per setting
     python -m lldd_core datasets [--json -]                          concept datasets it can use
     python -m lldd_core demo build [--size S|all] [--arch A] [--force]   build the demo models
     python -m lldd_core demo info [--json -]                        list the demo models
@@ -37,7 +39,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import gains, resources, spectra, steer, sweep
+from . import gains, lab, resources, spectra, steer, sweep
 from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR
 
 
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     prog = "lldd" if os.path.basename(sys.argv[0] or "") == "lldd" else "python -m lldd_core"
     parser = _Parser(prog=prog, description="Locally linear analysis of causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (spectra, gains, sweep, steer, resources):
+    for group in (spectra, gains, sweep, steer, lab, resources):
         group.register(sub)
     return parser
 

@@ -120,6 +120,33 @@ class AddVectors(Intervention):
 
 
 @dataclass
+class AddRowVectors(Intervention):
+    """``x_l <- x_l + W_l[b]`` at block ``l``'s input, a different vector for each batch row ``b``.
+
+    ``vectors``: per layer ``[B, d]`` (a zero row leaves that row alone). Many additive settings, one row
+    group each, then share one generation: row ``b`` gets exactly what :class:`AddVectors` with ``W_l[b]``
+    would add to it alone.
+    """
+
+    vectors: dict[int, torch.Tensor]
+    positions: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+
+    def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
+        registrations = []
+        for layer, W in self.vectors.items():
+            def add(h: torch.Tensor, W: torch.Tensor = W) -> torch.Tensor:
+                mask = _position_mask(h, positions, self.positions)
+                return h + mask.to(h.dtype) * W.to(h)[:, None, :]
+
+            registrations.append(replace_input(blocks[layer], add))
+        return registrations
+
+
+@dataclass
 class LQRFeedback(Intervention):
     """``x_{k+1} <- f_k(x_k) + (β_k - v_k^T x_k) K_k v_k`` at the last position, every layer ``k``.
 
