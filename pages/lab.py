@@ -107,7 +107,8 @@ def show(shown: Shown, n_layers: int) -> None:
                 help=f"A full additive layer sweep ({fp['layers']} layers × {fp['strengths']} strengths) costs "
                 f"{fp['full_layer_sweep']:,} passes; at the predicted layer alone {fp['predicted_layer_sweep']:,}. "
                 f"The prediction took {fp['prediction_jvps']:,} Jacobian-vector products.")
-    m[4].metric("Cells", f"{r.cells_computed} new / {r.cells_cached} cached")
+    m[4].metric("Cells new / cached", f"{r.cells_computed} / {r.cells_cached}",
+                help="Cells computed by this run / read from the cache (a widened sweep computes only its new cells).")
     st.caption(f"`{r.model}` · dataset `{r.dataset}`, steering towards **{r.target}** · {len(r.prompts)} prompts, "
                f"{r.settings['max_new_tokens']} new tokens (greedy) · success by {r.success_by} · every metric read "
                "by the unsteered model; KL on neutral prompts.")

@@ -29,7 +29,7 @@ def test_a_sweep_shows_its_answers_and_hands_over_to_steering(app: AppTest) -> N
     assert_clean(app)
     labels = {m.label: m.value for m in app.metric}
     assert float(labels["Probe held-out accuracy"]) >= 0.0
-    assert labels["Cells"] == "3 new / 0 cached"  # the baseline and two cells
+    assert labels["Cells new / cached"] == "3 / 0"  # the baseline and two cells
     table = app.dataframe[0].value
     assert list(table["method"]) == ["unsteered", "additive", "additive"]
     zero = table.iloc[1]
@@ -38,7 +38,7 @@ def test_a_sweep_shows_its_answers_and_hands_over_to_steering(app: AppTest) -> N
     assert len(app.get("plotly_chart")) == 1
     # the same sweep again: every cell from the cache
     app.button(key="lb_run").click().run()
-    assert {m.label: m.value for m in app.metric}["Cells"] == "0 new / 3 cached"
+    assert {m.label: m.value for m in app.metric}["Cells new / cached"] == "0 / 3"
     app.button(key="lb_send_additive").click().run()
     assert_clean(app)
     assert app.multiselect(key="st_methods").value == ["additive"]

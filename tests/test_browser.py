@@ -103,12 +103,12 @@ def browser_page(scale: float = 1) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def opened(server: str, path: str, heading: str) -> Iterator[Any]:
-    """A headless Chromium page on ``server + path`` showing ``heading`` (no "Page not found" dialog, also on a
-    fresh server's first request: pages/common/nav.py); the browser is always closed."""
+def opened(server: str, path: str, heading: str, scale: float = 1) -> Iterator[Any]:
+    """A headless Chromium page (device scale ``scale``) on ``server + path`` showing ``heading`` (no "Page not
+    found" dialog, also on a fresh server's first request: pages/common/nav.py); the browser is always closed."""
     from playwright.sync_api import expect
 
-    with browser_page() as page:
+    with browser_page(scale) as page:
         page.goto(server + path, wait_until="domcontentloaded")
         expect(page.get_by_role("heading", name=heading)).to_be_visible()
         expect(page.get_by_role("dialog")).to_have_count(0)
@@ -365,7 +365,8 @@ def test_a_permalink_reopens_the_same_result_from_the_cache(server: str) -> None
         expect(fresh).to_have_url(link)  # the reopened view writes the same link
 
 
-LAB_SCREENSHOT = ROOT / "test-output" / "browser_steering_lab.png"
+#: with the other views' screenshots (tests/test_browser_screens.py), at the same export scale
+LAB_SCREENSHOT = ROOT / "test-output" / "screens" / "lab.png"
 
 
 def test_steering_lab_page_in_a_real_browser(server: str) -> None:
@@ -374,13 +375,13 @@ def test_steering_lab_page_in_a_real_browser(server: str) -> None:
     from playwright.sync_api import expect
 
     query = "lb_concept=6&lb_operating=4&lb_evaluation=3&lb_n_prompts=2&lb_max_new=4&lb_methods=additive&lb_target=0.01"
-    with opened(server, f"/lab?{query}&lb_budget=1000000&lb_strengths_additive=0,8,64", "Steering lab") as page:
+    with opened(server, f"/lab?{query}&lb_budget=1000000&lb_strengths_additive=0,8,64", "Steering lab", scale=2) as page:
         run = page.get_by_role("button", name="Run sweep")
         expect(run).to_be_enabled()
         expect(page.get_by_role("textbox", name="additive: α (strength)")).to_have_value("0,8,64")
         run.click()
         expect(page.locator('[data-testid="stPlotlyChart"] .main-svg').first).to_be_visible()
-        expect(page.locator('[data-testid="stMetric"]', has_text="Cells")).to_contain_text("10 new / 0 cached")  # unsteered + 3 layers × 3
+        expect(page.locator('[data-testid="stMetric"]', has_text="Cells new / cached")).to_contain_text("10 / 0")  # unsteered + 3 layers × 3
         expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=15_000)
         expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)
         LAB_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

@@ -180,4 +180,4 @@ def test_lab_page_refuses_bad_strengths_and_a_missing_classifier_and_recovers(pa
     at.text_input(key="lb_classifier").set_value("")
     at.button(key="lb_run").click().run()
     assert_clean(at)
-    assert "Cells" in metrics(at)
+    assert "Cells new / cached" in metrics(at)
