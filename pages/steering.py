@@ -22,7 +22,7 @@ from lldd_core import ranges
 from lldd_core.analysis.settings import SplitSizes
 from lldd_core.concepts.data import ConceptData
 from lldd_core.errors import InputError
-from lldd_core.forward.interventions import JACOBIAN_VARIANTS, POSITIONS
+from lldd_core.forward.interventions import JACOBIAN_VARIANTS, LQR_AT, POSITIONS
 from lldd_core.layering import depth
 from lldd_core.models.loading import ModelSpec
 from lldd_core.plots.control import (
@@ -50,7 +50,7 @@ from lldd_core.steering.methods.additive import AdditiveParams
 from lldd_core.steering.methods.base import SteeringMethod, options
 from lldd_core.steering.methods.jacobian import JacobianParams
 from lldd_core.steering.methods.llv import LLVParams
-from lldd_core.steering.methods.lqr import LQRParams
+from lldd_core.steering.methods.lqr import SETPOINTS, LQRParams
 from lldd_core.steering.methods.registry import get as get_method
 from lldd_core.steering.methods.registry import names as method_names
 from lldd_core.steering.pieces import default_jacobian_layer
@@ -70,6 +70,13 @@ OWN_TEXT = "(your own text)"
 DEFAULT_STEER_TEXT = "The Golden Gate"
 DEFAULT_MAX_NEW = 40
 DECODINGS = {"greedy": "greedy", "sampling": "sampling (seeded)"}
+
+#: How the calibrated defaults choose where to steer (lldd_core.steering.calibrate.steering_layers).
+LLV_RULE = ("Defaults: the least-energy schedule over the trusted layers up to the exact gain's peak (later layers "
+            "write the concept's output tokens instead of changing the text), its amplitude set by the exact gains so "
+            "the predicted readout shift is Δy. Where the gain peaks at the first trusted layer, that layer alone.")
+LQR_RULE = ("Defaults: feedback at block inputs x_k of the trusted layers up to the exact gain's peak, towards the "
+            "target class's mean (class-mean setpoint, λ = 1), state cost ten times the control cost (q = 10, r = 1).")
 
 READOUT_NOTE = (
     "The concept readout `v_Lᵀ x_L` (the class-mean direction at the last block's output, before the final norm) at "
@@ -150,6 +157,7 @@ def llv_controls(n_layers: int, d: int) -> LLVParams:
     shift = shift_input(c2, "st_llv_shift")
     order = order_input(c3, d, "st_llv_order", help=f"Order of the LLV surrogate: {ranges.ORDER.describe(hi=d)}.",
                         value=LLVParams.order)
+    st.caption(LLV_RULE)
     return LLVParams(dy=None if dy is None else float(dy), order=int(order), shift=shift)
 
 
@@ -174,15 +182,24 @@ def jacobian_controls(n_layers: int, d: int) -> JacobianParams:
 
 def lqr_controls(n_layers: int, d: int) -> LQRParams:
     c1, c2, c3, c4 = st.columns(4)
-    q = c1.number_input("q (state cost)", **ranges.Q.widget(), value=10.0, step=1.0, format="%.4g", key="st_lqr_q",
-                        help=ranges.Q.sentence())
-    r = c2.number_input("r (control cost)", **ranges.R.widget(), value=10.0, step=1.0, format="%.4g", key="st_lqr_r",
-                        help=ranges.R.sentence())
-    qf = c3.number_input("q_f (final cost)", **ranges.QF.widget(), value=1.0, step=1.0, format="%.4g",
+    q = c1.number_input("q (state cost)", **ranges.Q.widget(), value=LQRParams.q, step=1.0, format="%.4g",
+                        key="st_lqr_q", help=ranges.Q.sentence())
+    r = c2.number_input("r (control cost)", **ranges.R.widget(), value=LQRParams.r, step=1.0, format="%.4g",
+                        key="st_lqr_r", help=ranges.R.sentence())
+    qf = c3.number_input("q_f (final cost)", **ranges.QF.widget(), value=LQRParams.qf, step=1.0, format="%.4g",
                          key="st_lqr_qf", help=ranges.QF.sentence())
-    lam = c4.number_input("λ (setpoint scale)", **ranges.LAM_LQR.widget(), value=1.0, step=0.5, format="%.4g",
-                          key="st_lqr_lam", help=f"Setpoints β_k = λ‖E_k‖ along v_k; {ranges.LAM_LQR.describe()}.")
-    return LQRParams(q=float(q), r=float(r), qf=float(qf), lam=float(lam))
+    lam = c4.number_input("λ (setpoint)", **ranges.LAM_LQR.widget(), value=1.0, step=0.25, format="%.4g",
+                          key="st_lqr_lam", help="class-mean: β_k = v_k·(μ_1+μ_0)/2 + λ‖E_k‖/2 (1: the target class's "
+                          f"mean, 0: the boundary); scaled: β_k = λ‖E_k‖; {ranges.LAM_LQR.describe()}.")
+    c5, c6 = st.columns(2)
+    setpoint = c5.radio("Setpoint", SETPOINTS, horizontal=True, key="st_lqr_setpoint",
+                        help="class-mean: towards the class means (λ = 1: the target class's mean along v_k); "
+                        "scaled: the reference's λ‖E_k‖.")
+    at = c6.radio("Acts on", LQR_AT, index=LQR_AT.index(LQRParams.at), horizontal=True, key="st_lqr_at",
+                  help="input: corrects block k's input x_k at the trusted layers up to the gain's peak (where additive "
+                  "and LLV steer); output: the reference, block k's output at every layer.")
+    st.caption(LQR_RULE)
+    return LQRParams(q=float(q), r=float(r), qf=float(qf), lam=float(lam), setpoint=str(setpoint), at=str(at))
 
 
 #: The built-in methods' hand-laid controls; any other registered method gets :func:`generic_controls`.

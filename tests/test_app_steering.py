@@ -159,3 +159,26 @@ def test_user_errors_show_and_keep_the_last_result(app: AppTest) -> None:
     assert any("at least one method" in i.value for i in app.info)
     assert_clean_but_loops(app)
     assert html_blocks(app) == good
+
+
+def test_llv_and_lqr_controls_offer_the_calibrated_defaults_and_state_their_rule(app: AppTest) -> None:
+    """The page's LLV and LQR controls start at the methods' defaults (the calibrated recipe) and say where they
+    steer; a run's parameters are those the CLI's defaults give."""
+    from lldd_core.steering.methods.lqr import LQRParams
+    from pages.steering import LLV_RULE, LQR_RULE
+
+    app.multiselect(key="st_methods").set_value(["llv", "lqr"]).run()
+    assert app.number_input(key="st_llv_dy").value is None  # calibrated
+    d = LQRParams()
+    assert [app.number_input(key=k).value for k in ("st_lqr_q", "st_lqr_r", "st_lqr_qf", "st_lqr_lam")] == \
+        [d.q, d.r, d.qf, 1.0]
+    assert (app.radio(key="st_lqr_setpoint").value, app.radio(key="st_lqr_at").value) == (d.setpoint, d.at)
+    captions = [c.value for c in app.caption]
+    assert LLV_RULE in captions and LQR_RULE in captions
+    generate(app)
+    assert_clean_but_loops(app)
+    spec = app.session_state["model_spec"]
+    lqr = service_module.get_service().steer(spec, PROMPT, "lqr", LQRParams(lam=1.0), dataset="sentiment",
+                                             settings=SETTINGS, sizes=SIZES)
+    assert lqr.cache_hit  # the page ran the defaults
+    assert (lqr.result.params["setpoint"], lqr.result.params["at"]) == ("class-mean", "input")

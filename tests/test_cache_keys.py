@@ -140,7 +140,8 @@ CASES: dict[str, tuple[Any, str, bool, str]] = {
     "steer-llv": (
         lambda s, m: s.steer(m, PROMPT, "llv", LLVParams(dy=2.0, order=8), dataset=DATA, settings=STEER_SETTINGS),
         "steer", True,
-        '{"dataset":"toy","dy":2.0,"fingerprint":"@FP","lam":null,"layers":"trusted","method":"llv","order":8,'
+        '{"amplitude":"exact-gains","dataset":"toy","dy":2.0,"fingerprint":"@FP","lam":null,"layers":"up-to-peak",'
+        '"method":"llv","order":8,'
         '"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,'
         '"settings":{"do_sample":false,"max_new_tokens":4,"seed":0,"temperature":1.0,"top_p":1.0},'
         '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
@@ -153,6 +154,15 @@ CASES: dict[str, tuple[Any, str, bool, str]] = {
         '"sizes":[400,200,200],"steer_text":"Golden Gate","strength":null,"variant":"blend"}'),
     "steer-lqr": (
         lambda s, m: s.steer(m, PROMPT, "lqr", LQRParams(q=5.0, r=2.0, qf=1.5), dataset=DATA, settings=STEER_SETTINGS),
+        "steer", True,
+        '{"at":"input","dataset":"toy","dy":null,"fingerprint":"@FP","lam":null,"layers":null,"method":"lqr",'
+        '"order":null,"positions":null,"prompt":"@PROMPT","q":5.0,"qf":1.5,"r":2.0,"seed":0,"setpoint":"class-mean",'
+        '"settings":{"do_sample":false,"max_new_tokens":4,"seed":0,"temperature":1.0,"top_p":1.0},'
+        '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
+    # the reference recipe keeps the key of before the calibrated defaults
+    "steer-lqr-reference": (
+        lambda s, m: s.steer(m, PROMPT, "lqr", LQRParams(q=5.0, r=2.0, qf=1.5, setpoint="scaled", at="output"),
+                             dataset=DATA, settings=STEER_SETTINGS),
         "steer", True,
         '{"dataset":"toy","dy":null,"fingerprint":"@FP","lam":null,"layers":null,"method":"lqr","order":null,'
         '"positions":null,"prompt":"@PROMPT","q":5.0,"qf":1.5,"r":2.0,"seed":0,'
@@ -257,8 +267,9 @@ CLI_CASES: dict[str, tuple[list[str], str, str]] = {
         '"variant":null}'),
     "steer-llv": (
         ["steer", "--prompt", PROMPT, "--method", "llv", "--dataset", "sentiment"], "steer",
-        '{"dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,"layers":"trusted","method":"llv",'
-        '"order":32,"positions":null,"prompt":"@PROMPT","q":null,"qf":null,"r":null,"seed":0,' + _GEN40 + ','
+        '{"amplitude":"exact-gains","dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,'
+        '"layers":"up-to-peak","method":"llv","order":32,"positions":null,"prompt":"@PROMPT","q":null,"qf":null,'
+        '"r":null,"seed":0,' + _GEN40 + ','
         '"shift":0.5,"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
     "steer-jacobian": (
         ["steer", "--prompt", PROMPT, "--method", "jacobian", "--steer-text", "Golden Gate"], "steer",
@@ -268,9 +279,9 @@ CLI_CASES: dict[str, tuple[list[str], str, str]] = {
         '"variant":"blend"}'),
     "steer-lqr": (
         ["steer", "--prompt", PROMPT, "--method", "lqr", "--dataset", "sentiment"], "steer",
-        '{"dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,"layers":null,"method":"lqr","order":null,'
-        '"positions":null,"prompt":"@PROMPT","q":10.0,"qf":1.0,"r":10.0,"seed":0,' + _GEN40 + ','
-        '"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
+        '{"at":"input","dataset":"sentiment","dy":null,"fingerprint":"@FP","lam":null,"layers":null,"method":"lqr",'
+        '"order":null,"positions":null,"prompt":"@PROMPT","q":10.0,"qf":1.0,"r":1.0,"seed":0,"setpoint":"class-mean",'
+        + _GEN40 + ',"sizes":[400,200,200],"steer_text":null,"strength":null,"variant":null}'),
 }
 
 

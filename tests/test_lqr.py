@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lldd_core.linalg.lqr import closed_loop, riccati_gains, setpoints
+from lldd_core.linalg.lqr import class_mean_setpoints, closed_loop, riccati_gains, setpoints
 
 
-def _direct_solution(A, q, r, qf, z0):
+def _direct_solution(A, q, r, qf, z0, B=None):
     """Minimize Σ q|z_k|² + r|u_k|² + qf|z_L|² over u_0..u_{L-1} as one weighted least-squares problem.
 
-    z_k = Φ_k z0 + Σ_{j<k} Φ_{k,j+1} u_j is linear in u; the cost is a sum of squares of
+    z_k = Φ_k z0 + Σ_{j<k} Φ_{k,j+1} B_j u_j is linear in u; the cost is a sum of squares of
     sqrt(weight) * (affine in u), so the optimum is a linear least-squares solution.
     """
     L, d = len(A), A[0].shape[0]
@@ -28,7 +28,7 @@ def _direct_solution(A, q, r, qf, z0):
         if k == L:
             break
         M = A[k] @ M
-        M[:, k * d:(k + 1) * d] += torch.eye(d, dtype=torch.float64)
+        M[:, k * d:(k + 1) * d] += torch.eye(d, dtype=torch.float64) if B is None else B[k]
         c = A[k] @ c
     rows.append(r ** 0.5 * torch.eye(n, dtype=torch.float64))
     rhs.append(torch.zeros(n, dtype=torch.float64))
@@ -48,6 +48,23 @@ def test_riccati_gains_equal_the_direct_least_squares_solution(q, r, qf):
         _, u_loop = closed_loop(A, K, z0)
         u_direct = _direct_solution(A, q, r, qf, z0)
         torch.testing.assert_close(u_loop, u_direct, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("q,r,qf", [(0.1, 3.0, 0.1), (10.0, 1.0, 1.0), (0.0, 1.0, 5.0)])
+def test_riccati_gains_with_control_matrices_equal_the_direct_solution(q, r, qf):
+    """``B_k = A_k`` (the control corrects block k's input) at some layers, ``B_k = 0`` (no control) at the others."""
+    gen = torch.Generator().manual_seed(1)
+    L, d = 5, 6
+    A = [torch.randn(d, d, generator=gen, dtype=torch.float64) / d ** 0.5 * 1.3 for _ in range(L)]
+    B = [A[k] if k in (1, 2) else torch.zeros(d, d, dtype=torch.float64) for k in range(L)]
+    K = riccati_gains(A, q, r, qf, B=B)
+    assert float(K[[0, 3, 4]].abs().max()) == 0.0  # no control where B_k = 0
+    for _ in range(3):
+        z0 = torch.randn(d, generator=gen, dtype=torch.float64)
+        _, u_loop = closed_loop(A, K, z0, B)
+        torch.testing.assert_close(u_loop, _direct_solution(A, q, r, qf, z0, B), rtol=1e-8, atol=1e-10)
+    identity = [torch.eye(d, dtype=torch.float64)] * L
+    torch.testing.assert_close(riccati_gains(A, q, r, qf, B=identity), riccati_gains(A, q, r, qf), rtol=1e-12, atol=1e-13)
 
 
 def test_zero_state_weights_give_zero_gains_and_bad_weights_are_refused():
@@ -71,3 +88,16 @@ def test_setpoints_scale_the_class_mean_difference():
     v, beta = setpoints(E, 1.5)
     torch.testing.assert_close(v, torch.tensor([[0.6, 0.8], [0.0, 1.0]], dtype=torch.float64))
     torch.testing.assert_close(beta, torch.tensor([7.5, 3.0], dtype=torch.float64))
+
+
+def test_class_mean_setpoints_run_from_the_boundary_to_the_target_class_mean():
+    mu1 = torch.tensor([[3.0, 5.0], [1.0, 2.0]], dtype=torch.float64)
+    mu0 = torch.tensor([[0.0, 1.0], [1.0, -2.0]], dtype=torch.float64)
+    means = torch.stack([mu1, mu0])
+    v, beta1 = class_mean_setpoints(means, 1.0)
+    torch.testing.assert_close(v, torch.tensor([[0.6, 0.8], [0.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(beta1, (v * mu1).sum(-1), rtol=1e-15, atol=1e-15)  # λ = 1: v·μ_1
+    _, beta0 = class_mean_setpoints(means, 0.0)
+    torch.testing.assert_close(beta0, (v * (mu0 + mu1) / 2).sum(-1), rtol=1e-15, atol=1e-15)  # λ = 0: the boundary
+    _, beta_neg = class_mean_setpoints(means, -1.0)
+    torch.testing.assert_close(beta_neg, (v * mu0).sum(-1), rtol=1e-15, atol=1e-14)  # λ = -1: the other class

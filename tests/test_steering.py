@@ -10,7 +10,8 @@ from lldd_core.analysis.gains import prepare_gains
 from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from lldd_core.forward.hooks import capture, hooks, on_input
-from lldd_core.forward.interventions import AddVectors, JacobianSteering, intervene
+from lldd_core.forward.interventions import AddVectors, JacobianSteering, LQRFeedback, intervene
+from lldd_core.steering.calibrate import mean_exact_gains, steering_layers, trusted_layers
 from lldd_core.steering.compare import compare
 from lldd_core.steering.generate import GenerationSettings, generate, readout_along
 from lldd_core.steering.methods.additive import AdditiveParams
@@ -55,12 +56,15 @@ def test_zero_strength_is_unsteered_and_hooks_are_removed(steer_env):
         plan_steering(handle, "jacobian", JacobianParams("The Golden Gate", lam=1.0, variant="blend")),
         plan_steering(handle, "jacobian", JacobianParams("The Golden Gate", lam=0.0, variant="additive")),
         plan_steering(handle, "lqr", LQRParams(q=0.0, r=1.0, qf=0.0, lam=2.0), with_A),
+        plan_steering(handle, "lqr", LQRParams(q=0.0, r=1.0, qf=0.0, lam=2.0, setpoint="scaled", at="output"), with_A),
     ]
     for plan in zero_plans:
         assert _texts(handle, PROMPTS[:1], plan.interventions) == plain, plan.params
     strong = [plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=50.0), concept),
               plan_steering(handle, "jacobian", {"steer_text": "The Golden Gate", "lam": 0.0}),  # a dict works too
-              plan_steering(handle, "lqr", LQRParams(q=10.0, r=0.1, qf=10.0, lam=10.0), with_A)]
+              plan_steering(handle, "lqr", LQRParams(q=10.0, r=0.1, qf=10.0, lam=10.0), with_A),
+              plan_steering(handle, "lqr", LQRParams(q=10.0, r=0.1, qf=10.0, lam=10.0, setpoint="scaled", at="output"),
+                            with_A)]
     for plan in strong:
         assert _texts(handle, PROMPTS[:1], plan.interventions) != plain, plan.params
         assert _texts(handle, PROMPTS[:1]) == plain  # the model generates exactly as before
@@ -76,7 +80,8 @@ def test_hooks_are_removed_when_generation_fails(steer_env):
     assert _hook_count(handle.model) == before
 
 
-@pytest.mark.parametrize("kind", ["additive-last", "additive-all", "jacobian-blend", "jacobian-additive", "lqr"])
+@pytest.mark.parametrize("kind", ["additive-last", "additive-all", "jacobian-blend", "jacobian-additive", "lqr-input",
+                                  "lqr-output"])
 def test_left_padded_batch_steers_like_single_prompts(steer_env, kind):
     handle, setup, A = steer_env
     if kind.startswith("additive"):
@@ -87,11 +92,58 @@ def test_left_padded_batch_steers_like_single_prompts(steer_env, kind):
         plan = lambda: plan_steering(handle, "jacobian",
                                      JacobianParams("The Golden Gate", lam=0.4, variant=kind.split("-")[1]))
     else:
-        plan = lambda: plan_steering(handle, "lqr", LQRParams(q=1.0, r=1.0, qf=1.0, lam=3.0),
+        plan = lambda: plan_steering(handle, "lqr", LQRParams(q=1.0, r=1.0, qf=1.0, lam=3.0, at=kind.split("-")[1]),
                                      SteeringContext(setup, mean_jacobians=A))
     batched = _texts(handle, PROMPTS, plan().interventions)
     single = [_texts(handle, [p], plan().interventions)[0] for p in PROMPTS]
     assert batched == single
+
+
+def test_lqr_input_feedback_corrects_block_inputs_by_its_error(steer_env):
+    """``at="input"``: block k runs on ``x_k + (β_k - v_kᵀx_k) K_k v_k`` at the last position, nothing else moves."""
+    handle, setup, _ = steer_env
+    blocks = handle.adapter.layers(handle.model)
+    L, d = handle.n_layers, handle.info.d_model
+    gen, dtype = torch.Generator().manual_seed(0), next(handle.model.parameters()).dtype
+    v = torch.nn.functional.normalize(torch.randn(L, d, generator=gen, dtype=dtype), dim=-1)
+    Kv = torch.zeros(L, d, dtype=dtype)
+    Kv[1] = torch.randn(d, generator=gen, dtype=dtype)
+    beta = torch.full((L,), 2.0, dtype=dtype)
+    ids = torch.tensor([handle.info.encode(PROMPTS[1])])
+    seen: dict = {}
+    with torch.no_grad(), hooks(capture(blocks[1], seen, "plain", at="input", select=lambda x: x.clone())):
+        handle.model(input_ids=ids)
+    with torch.no_grad(), intervene(handle.model, handle.adapter, [LQRFeedback(v, beta, Kv, "input")]), \
+            hooks(capture(blocks[1], seen, "steered", at="input", select=lambda x: x.clone())):
+        handle.model(input_ids=ids)
+    x = seen["plain"][0, -1]
+    torch.testing.assert_close(seen["steered"][0, -1], x + (2.0 - x @ v[1]) * Kv[1])
+    torch.testing.assert_close(seen["steered"][0, :-1], seen["plain"][0, :-1], rtol=0, atol=0)
+
+
+def test_llv_and_lqr_steer_at_the_trusted_layers_up_to_the_gain_peak(steer_env):
+    handle, setup, A = steer_env
+    gains = mean_exact_gains(setup)
+    layers = steering_layers(setup, gains)
+    llv = plan_steering(handle, "llv", LLVParams(dy=2.0, order=4), SteeringContext(setup))
+    assert llv.params["layers"] == layers and np.flatnonzero(llv.schedule).tolist() == layers
+    assert float(gains @ llv.schedule) == pytest.approx(2.0, rel=1e-12)  # the exact gains' first-order shift is Δy
+    lqr = plan_steering(handle, "lqr", None, SteeringContext(setup, mean_jacobians=A))
+    fb = lqr.interventions[0]
+    assert fb.at == "input" and lqr.params["layers"] == layers
+    assert [k for k in range(handle.n_layers) if float(fb.gain_dirs[k].abs().max()) > 0] == layers
+    reference = plan_steering(handle, "lqr", LQRParams(setpoint="scaled", at="output"),
+                              SteeringContext(setup, mean_jacobians=A))
+    assert reference.params["layers"] == list(range(handle.n_layers))
+
+
+def test_steering_layers_stop_at_the_largest_trusted_gain():
+    from types import SimpleNamespace
+
+    setup = SimpleNamespace(layers=[0, 1, 2, 3, 4], flagged_layers=[0])
+    assert steering_layers(setup, np.array([9.0, 1.0, 3.0, 2.0, 2.5])) == [1, 2]  # x_0 is flagged: not the peak
+    assert steering_layers(setup, np.array([0.0, 4.0, 3.0, 2.0, 1.0])) == [1]
+    assert trusted_layers(setup) == [1, 2, 3, 4]
 
 
 def test_positions_count_real_tokens_only(steer_env):

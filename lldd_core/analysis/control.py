@@ -161,13 +161,13 @@ class ControlResult(ConceptStamp):
 def population_gains(setup: GainsSetup, order: int, complement: str, seed: int = 0) -> np.ndarray:
     """The surrogate's gains ``h`` ``[L]`` of the operating prompts' mean reduced model (0 where no direction);
     memoized on ``setup`` (a sweep plans many LLV targets on one setup: one surrogate serves them all)."""
-    key = ("population_gains", int(order), complement, int(seed))
-    if key not in setup.memo:
-        pred = setup.predicted(setup.bases(complement, order, seed), "population")[0]
+
+    def compute() -> np.ndarray:
         h = np.zeros(setup.handle.n_layers)
-        h[setup.layers] = pred
-        setup.memo[key] = h
-    return setup.memo[key].copy()
+        h[setup.layers] = setup.predicted(setup.bases(complement, order, seed), "population")[0]
+        return h
+
+    return setup.memoized(("population_gains", int(order), complement, int(seed)), compute)
 
 
 def analyze_control(

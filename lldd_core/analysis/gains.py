@@ -124,8 +124,15 @@ class GainsSetup:
     direction_noise: np.ndarray | None = None  # [L + 1]
     direction_strength: np.ndarray | None = None  # [L + 1]
     flagged_layers: list[int] = field(default_factory=list)
-    #: results computed from this setup alone, kept with it (e.g. the surrogate's population gains)
-    memo: dict = field(default_factory=dict, repr=False)
+    #: derived pieces computed once per setup (steering's gains: a plan per prompt must not redo them)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def memoized(self, key: tuple, compute: Any) -> Any:
+        """``compute()`` the first time ``key`` is asked for, the stored value after (a copy of an array)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        value = self.memo[key]
+        return value.copy() if isinstance(value, np.ndarray) else value
 
     def mean_action(self, layer: int, P: torch.Tensor) -> torch.Tensor:
         """``M_l P``: the operating prompts' mean Jacobian action ``[d, r]``."""

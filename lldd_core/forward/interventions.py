@@ -5,10 +5,10 @@ Conventions (DESIGN.md, "depth is time"): ``x_l`` enters block ``l``; ``x_{l+1}`
 * :class:`AddVectors` adds ``w_l`` to ``x_l`` (block ``l``'s input) at the last position or at
   every real position: additive concept steering ``α v_l`` (ActAdd/CAA style) and LLV schedules
   ``u_l v_l``.
-* :class:`LQRFeedback` adds ``u_k = K_k e_k`` to block ``k``'s output at the last position, with
-  ``e_k = (β_k - v_k^T x_k) v_k`` read from block ``k``'s input: since ``e_k`` is a multiple of
-  ``v_k``, ``u_k = (β_k - v_k^T x_k) (K_k v_k)`` — one dot product and one scaled vector per layer
-  and token, no Jacobian in the loop.
+* :class:`LQRFeedback` adds ``u_k = K_k e_k`` to block ``k``'s output (or, ``at="input"``, to its
+  input before it runs) at the last position, with ``e_k = (β_k - v_k^T x_k) v_k`` read from block
+  ``k``'s input: since ``e_k`` is a multiple of ``v_k``, ``u_k = (β_k - v_k^T x_k) (K_k v_k)`` — one
+  dot product and one scaled vector per layer and token, no Jacobian in the loop.
 * :class:`JacobianSteering` applies a steering phrase's detached Jacobian ``J_i`` (``x_0`` of its
   token ``i`` to its last token's state) to the new text's inputs, ``a_k = Σ_{j≤k} J_{j mod T_s}
   x_{0,j}`` (running sum over the positions ``k`` of the new text), in one of three variants:
@@ -51,6 +51,8 @@ from .hooks import Hook, capture, hooks, on_input, replace_input, replace_output
 #: of every forward; ``prompt`` — the prompt's last token only (the first forward), generated tokens
 #: are left alone.
 POSITIONS = ("last", "all", "prompt")
+#: Where LQR feedback writes: block ``k``'s output (the reference's ``B = I``) or its input (``B_k = A_k``).
+LQR_AT = ("output", "input")
 
 
 @dataclass
@@ -148,7 +150,8 @@ class AddRowVectors(Intervention):
 
 @dataclass
 class LQRFeedback(Intervention):
-    """``x_{k+1} <- f_k(x_k) + (β_k - v_k^T x_k) K_k v_k`` at the last position, every layer ``k``.
+    """``x_{k+1} <- f_k(x_k) + (β_k - v_k^T x_k) K_k v_k`` at the last position, every layer ``k``
+    (``at="output"``), or ``x_k <- x_k + (β_k - v_k^T x_k) K_k v_k`` before block ``k`` runs (``at="input"``).
 
     ``directions``: ``[L, d]`` unit ``v_k``; ``beta``: ``[L]`` setpoints; ``gain_dirs``: ``[L, d]``
     the products ``K_k v_k``. Layers whose ``K_k v_k`` is zero are skipped.
@@ -157,6 +160,19 @@ class LQRFeedback(Intervention):
     directions: torch.Tensor
     beta: torch.Tensor
     gain_dirs: torch.Tensor
+    at: str = "output"
+
+    def __post_init__(self) -> None:
+        if self.at not in LQR_AT:
+            raise ValueError(f"at must be one of {LQR_AT}, got {self.at!r}")
+
+    def _correct(self, k: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``h`` with ``(β_k - v_k^T x) K_k v_k`` added at the last position (``x``: block ``k``'s input there)."""
+        v, Kv = self.directions[k].to(h), self.gain_dirs[k].to(h)
+        u = (self.beta[k].to(h) - x.to(h) @ v)[:, None] * Kv  # [B, d]
+        h = h.clone()
+        h[:, -1] = h[:, -1] + u
+        return h
 
     def hooks(self, blocks: nn.ModuleList, positions: Positions) -> list[Hook]:
         registrations = []
@@ -164,14 +180,12 @@ class LQRFeedback(Intervention):
         for k in range(self.directions.shape[0]):
             if not bool(self.gain_dirs[k].abs().max() > 0):
                 continue
+            if self.at == "input":
+                registrations.append(replace_input(blocks[k], lambda x, k=k: self._correct(k, x, x[:, -1])))
+                continue
 
             def feedback(h: torch.Tensor, k: int = k) -> torch.Tensor:
-                x = state.pop(k)  # block k's input at the last position, stored by the pre-hook
-                v, Kv = self.directions[k].to(h), self.gain_dirs[k].to(h)
-                u = (self.beta[k].to(h) - x.to(h) @ v)[:, None] * Kv  # [B, d]
-                h = h.clone()
-                h[:, -1] = h[:, -1] + u
-                return h
+                return self._correct(k, h, state.pop(k))  # block k's input at the last position, stored by the pre-hook
 
             registrations.append(capture(blocks[k], state, k, at="input", select=lambda x: x[:, -1].detach()))
             registrations.append(replace_output(blocks[k], feedback))

@@ -13,6 +13,14 @@ readout by ``α g_l``; the same ``α`` at several layers by ``α Σ_l g_l``, so 
 
 Layers whose concept direction is too weak to trust (``GainsSetup.flagged_layers``, e.g. GPT-2's ``x_0``
 where only position embeddings differ) never get a calibrated injection: their ``v_l`` is noise.
+
+The default *steering layers* (:func:`steering_layers`) are the trusted layers up to and including the one of
+largest mean exact gain: past the gain's peak the concept direction increasingly carries what the model is
+about to write (on the demo model, the verdict tokens), so a push there writes "Worth every penny." after
+a negative verb instead of changing the verb. Measured on ``demo:gpt2-small`` (26 held-out negative reviews):
+a push at ``x_1`` (its peak) alone flips all of them, at ``x_2`` or ``x_3`` alone at most 19 at any strength
+before the text loops. Additive steering takes the peak layer itself, LLV its least-energy schedule over
+these layers, LQR its feedback at them.
 """
 
 from __future__ import annotations
@@ -57,7 +65,12 @@ def separation(setup: GainsSetup) -> float:
 
 
 def mean_exact_gains(setup: GainsSetup, n_prompts: int = CALIBRATION_PROMPTS) -> np.ndarray:
-    """``[L]`` the exact gains ``∂(v_Lᵀ x_L)/∂x_l · v_l`` averaged over the first ``n_prompts`` operating prompts."""
+    """``[L]`` the exact gains ``∂(v_Lᵀ x_L)/∂x_l · v_l`` averaged over the first ``n_prompts`` operating prompts
+    (computed once per setup)."""
+    return setup.memoized(("exact-gains", n_prompts), lambda: _mean_exact_gains(setup, n_prompts))
+
+
+def _mean_exact_gains(setup: GainsSetup, n_prompts: int) -> np.ndarray:
     h = setup.handle
     L = h.n_layers
     V = setup.directions
@@ -98,6 +111,13 @@ class Calibration:
         where = ", ".join(f"{g:.3g} at x_{layer}" for layer, g in zip(self.layers, self.gains))
         return (f"{symbol} = {self.amount:.3g} chosen so the predicted readout shift at x_{self.n_layers} is "
                 f"{self.target:.3g} = {self.shift:g} × ‖E_{self.n_layers}‖ ({self.separation:.3g}); gain {where}")
+
+
+def steering_layers(setup: GainsSetup, gains: np.ndarray) -> list[int]:
+    """The trusted layers up to and including the one of largest gain (module doc): where the defaults steer."""
+    trusted = trusted_layers(setup)
+    peak = best_layer(gains, trusted)
+    return [layer for layer in trusted if layer <= peak]
 
 
 def best_layer(gains: np.ndarray, layers: Sequence[int]) -> int:
