@@ -334,7 +334,7 @@ def test_a_permalink_reopens_the_same_result_from_the_cache(server: str) -> None
     prompt = "The river flows to the"
     with opened(server, "/jacobian", "Detached Jacobian") as page:
         page.get_by_label("Prompt").fill(prompt)
-        layer = page.locator('[data-testid="stNumberInputField"]').first  # the layer (its label names the convention)
+        layer = page.get_by_label(re.compile(r"^Layer l: output x_l"))  # its label names the convention
         layer.fill("2")
         layer.press("Tab")
         page.get_by_text("Apply final norm").click()
@@ -353,7 +353,7 @@ def test_a_permalink_reopens_the_same_result_from_the_cache(server: str) -> None
         assert shown_link.strip() == link  # the copy-link box holds the address itself
     with opened(server, link[len(server):], "Detached Jacobian") as fresh:
         expect(fresh.get_by_label("Prompt")).to_have_value(prompt)
-        expect(fresh.locator('[data-testid="stNumberInputField"]').first).to_have_value("2")
+        expect(fresh.get_by_label(re.compile(r"^Layer l: output x_l"))).to_have_value("2")
         metrics = fresh.locator('[data-testid="stMetric"]')
         expect(metrics).to_have_count(8)  # without a click
         again = {m.locator('[data-testid="stMetricLabel"]').inner_text(): m.locator(

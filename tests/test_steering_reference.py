@@ -92,7 +92,10 @@ def test_reference_variant_is_the_reference_recipe_on_demo_llama(demo_llama):
 
 
 def test_reference_variant_is_the_reference_recipe_on_demo_gpt2(demo_default):
-    assert _compare(load_model(ModelSpec(str(demo_default), dtype="float64", device="cpu"))) >= 1
+    # λ 3: on the GPT-2 demo the reference's λ ≈ 1.03 (and 1.5) flips no greedy token of these prompts within 12
+    # tokens on some builds (AMD: 0 of 3; the CI machine's: 0 of 3), so the token-for-token comparison would not
+    # see the steering act; at 3 it changes all three on this machine's build (2.0: one)
+    assert _compare(load_model(ModelSpec(str(demo_default), dtype="float64", device="cpu")), lam=3.0) >= 1
 
 
 def test_reference_variant_at_zero_strength_is_unsteered(tiny_dirs):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 #: The entry point every view runs under.
 APP = Path(__file__).resolve().parents[2] / "app.py"
@@ -50,7 +51,10 @@ def run_view(main: Callable[[], None]) -> None:
 
     "Otherwise" is the legacy mode running ``pages/<url>.py`` directly: app.py's ``st.navigation`` then
     resolves ``/<url>`` to this file and runs it under :func:`inside_app`, so ``main`` runs exactly once.
+    Imported outside any script run (a test reading the view's constants), it does nothing.
     """
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return  # a plain import: no session to draw into, and app.py must not run in the importer's thread
     if getattr(_RUN, "inside", False):
         main()
         return
