@@ -7,13 +7,17 @@ test_gains) parametrize over these families too; this file holds what those do n
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, StableLmConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, StableLmConfig
 
 from lldd_core.analysis.gains import prepare_gains
 from lldd_core.analysis.graph import build_graph, raw_logits
+from lldd_core.analysis.graph_decode import decode_graph_neurons, decoded_neurons
+from lldd_core.analysis.graph_prune import prune
 from lldd_core.analysis.graph_result import KIND_LOGIT, KIND_NEURON
 from lldd_core.concepts.catalog import load as load_dataset
 from lldd_core.forward.depth import prompt_context
@@ -71,6 +75,25 @@ def test_the_logit_multiplier_is_what_the_stock_head_applies(tiny_dirs, family):
             unscaled = adapter.unembedding(model)(adapter.final_norm(model)(xk[:, -1]))[0]
     assert relative_error(stock, ours) < 1e-6
     assert relative_error(stock, unscaled) > 1e-2  # the multiplier matters
+
+
+def test_granite_neuron_decodings_carry_the_residual_and_logit_multipliers(tiny_dirs):
+    """A neuron's output decoding scores are its direct logit effect per unit value: ``c · W_U F (r · W_down[:, i])``
+    (``r`` residual multiplier, ``c = 1 / logits_scaling``), spelled out from the named weights."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["granite"], dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["granite"])
+    adapter, cfg = adapter_for("granite"), model.config
+    g = prune(build_graph(model, adapter, torch.tensor(tok(PROMPT)["input_ids"][:6]), max_nodes=None))
+    g = dataclasses.replace(g, **decode_graph_neurons(model, adapter, g, tok, n=4))
+    node = int(decoded_neurons(g)[0])
+    layer, i = int(g.node_layer[node]), int(g.node_index[node])
+    with torch.no_grad():
+        col = model.model.layers[layer].mlp.down_proj.weight[:, i]
+        logit = model.lm_head.weight @ (model.model.norm.weight * col) * cfg.residual_multiplier / cfg.logits_scaling
+    order = torch.argsort(logit, descending=True)[:4]
+    got = g.decoding(node)["out+"]
+    assert [t for t, _ in got] == [tok.decode([int(j)]) for j in order]
+    np.testing.assert_allclose([v for _, v in got], logit[order].numpy(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("family", DENSE)
