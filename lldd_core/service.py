@@ -56,6 +56,7 @@ from .concepts.catalog import load as load_dataset
 from .concepts.data import ConceptData
 from .demo import DEMO_CONFIGS, build_demo, demo_name, is_built, is_demo
 from .errors import InputError, LLDDError, ResourceError
+from .models.arch import text_config
 from .models.loading import ModelHandle, ModelInfo, ModelSpec, is_out_of_memory, load_model, resolve_model
 from .models.memory import MemoryEstimate, estimate_memory, weight_bytes
 from .progress import ProgressFn
@@ -261,7 +262,7 @@ class Service:
         change (:mod:`lldd_core.analysis.graph_intervention`), to set beside the graph's prediction."""
         info, ids = self._prompt(spec, prompt, progress)
         f, t = check_intervention(factors, targets, info.n_layers, len(ids),
-                                  int(getattr(info.config, "vocab_size", 0) or len(info.tokenizer)))
+                                  int(getattr(text_config(info.config), "vocab_size", 0) or len(info.tokenizer)))
         return self._cached(GRAPH_INTERVENTION, spec, info, ids, intervention_params(f, t),
                             lambda h: analyze_intervention(h, ids, f, t), progress)
 

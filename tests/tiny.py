@@ -14,17 +14,25 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Cohere2Config,
     Gemma2Config,
+    Gemma3Config,
     Gemma3TextConfig,
     GPT2Config,
     GPTNeoXConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     Olmo2Config,
+    Olmo3Config,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    SiglipVisionConfig,
+    SmolLM3Config,
+    StableLmConfig,
+    Starcoder2Config,
 )
 
 VOCAB = 320
@@ -57,6 +65,24 @@ CONFIGS = {
                                      layer_types=["sliding_attention", "full_attention", "sliding_attention"]), False),
     "phi3": (Phi3Config(**COMMON, num_key_value_heads=2, partial_rotary_factor=0.5), False),
     "olmo2": (Olmo2Config(**COMMON, num_key_value_heads=2), False),
+    # issue 19: dense families
+    "granite": (GraniteConfig(**COMMON, num_key_value_heads=2, embedding_multiplier=3.0, residual_multiplier=0.4,
+                              attention_multiplier=0.2, logits_scaling=2.5), False),
+    "smollm3": (SmolLM3Config(**{**COMMON, "num_hidden_layers": 3}, num_key_value_heads=2, no_rope_layer_interval=2,
+                              use_sliding_window=True, sliding_window=4), False),  # layer 1 has no rotary
+    "olmo3": (Olmo3Config(**COMMON, num_key_value_heads=2, sliding_window=4,
+                          layer_types=["sliding_attention", "full_attention"]), False),
+    "starcoder2": (Starcoder2Config(**COMMON, num_key_value_heads=2, sliding_window=4, use_bias=True), True),
+    "stablelm": (StableLmConfig(**COMMON, num_key_value_heads=2, partial_rotary_factor=0.5, use_qkv_bias=True,
+                                qk_layernorm=True), True),
+    "cohere2": (Cohere2Config(**COMMON, num_key_value_heads=2, sliding_window=4, logit_scale=0.3,
+                              layer_types=["sliding_attention", "full_attention"]), False),
+    "gemma3": (Gemma3Config(text_config={**COMMON, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 4,
+                                         "query_pre_attn_scalar": 8,
+                                         "layer_types": ["sliding_attention", "full_attention"]},
+                            vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                             num_attention_heads=2, image_size=28, patch_size=14),
+                            mm_tokens_per_image=4, initializer_range=0.2, tie_word_embeddings=False), False),
 }
 FAMILIES = tuple(CONFIGS)
 BIASED = tuple(f for f, (_, b) in CONFIGS.items() if b)

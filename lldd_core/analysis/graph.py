@@ -91,8 +91,11 @@ def mlp_down_modules(model: nn.Module, adapter: FamilyAdapter) -> list[nn.Module
 
 
 def raw_logits(model: nn.Module, adapter: FamilyAdapter, xk: torch.Tensor) -> torch.Tensor:
-    """The last position's logits before any final soft-capping: ``unembed(final_norm(x_L))``."""
-    return adapter.unembedding(model)(adapter.final_norm(model)(xk[:, -1:]))[0, 0]
+    """The last position's logits before any final soft-capping: ``c * unembed(final_norm(x_L))`` with the
+    family's logit multiplier ``c`` (Granite ``1 / logits_scaling``, Cohere ``logit_scale``, else 1)."""
+    logits = adapter.unembedding(model)(adapter.final_norm(model)(xk[:, -1:]))[0, 0]
+    c = adapter.logit_multiplier(model)
+    return logits if c == 1.0 else logits * c
 
 
 def _bias_groups(model: nn.Module, adapter: FamilyAdapter) -> list[tuple[int, list[nn.Module]]]:
@@ -101,7 +104,7 @@ def _bias_groups(model: nn.Module, adapter: FamilyAdapter) -> list[tuple[int, li
     inside = {id(m) for m in layers.modules()}
     groups = [(i, [m for m in block.modules() if m._parameters.get("bias") is not None])
               for i, block in enumerate(layers)]
-    rest = [m for m in model.modules() if id(m) not in inside and m._parameters.get("bias") is not None]
+    rest = [m for m in adapter.text_modules(model) if id(m) not in inside and m._parameters.get("bias") is not None]
     groups.append((len(layers), rest))
     return [(i, ms) for i, ms in groups if ms]
 

@@ -2,9 +2,10 @@
 
 Neuron ``i`` of block ``l`` has the value ``h_i`` that enters the MLP's output projection ``W_down``.
 
-* It **writes** ``w = P W_down[:, i]`` into the residual stream per unit of ``h_i``, with ``P`` the
+* It **writes** ``w = r P W_down[:, i]`` into the residual stream per unit of ``h_i``, with ``P`` the
   linear part of a norm after the MLP where the family has one (Gemma, OLMo 2: ``(o + g) ⊙ ·``; its
-  frozen scale is positive and left out). The *output decoding* is ``W_U F w``, with ``F`` the final
+  frozen scale is positive and left out) and ``r`` the family's residual multiplier (Granite; else 1).
+  The *output decoding* is ``c W_U F w`` (``c``: the logit multiplier, Granite and Cohere), with ``F`` the final
   norm's linear part without its positive scale (``(o + g) ⊙ ·`` for RMSNorm, ``g ⊙ (· − mean ·)`` for
   LayerNorm): the neuron's direct effect on the logits per unit value, up to that scale. The ``+``
   tokens are the ones it raises, the ``−`` tokens the ones it lowers (no bias: a direction has no
@@ -87,7 +88,9 @@ def neuron_vectors(model: nn.Module, adapter: FamilyAdapter, layer: int,
     index = index.to(down.device)
     post = adapter.sublayer(block, "mlp")
     write = norm_forward(post if is_norm(post) else None, adapter, down[:, index].T)
-    pre = block.get_submodule(adapter.mlp_norm) if adapter.mlp_norm else None
+    r = adapter.residual_multiplier(model)  # Granite adds r * term to the stream
+    write = write if r == 1.0 else write * r
+    pre = adapter.mlp_norm_module(block)
     up = matrix(block.get_submodule(adapter.mlp_up))
     m = down.shape[1]
     rows = {"read": up[m + index] if adapter.mlp_gate_up_fused else up[index]}
@@ -127,13 +130,14 @@ def decode_graph_neurons(model: nn.Module, adapter: FamilyAdapter, graph: GraphR
     W_U = tensor_of(adapter.unembedding(model)).detach()
     W_E = tensor_of(adapter.input_embedding(model)).detach()
     final = adapter.final_norm(model)
+    logit_scale = adapter.logit_multiplier(model)  # scores are logits (Granite, Cohere scale them)
     ids, scores = [], []
     try:
         with torch.no_grad():
             for layer in np.unique(pairs[:, 0]) if pairs.size else []:
                 index = torch.from_numpy(pairs[pairs[:, 0] == layer, 1])
                 vec = neuron_vectors(model, adapter, int(layer), index)
-                logit_dir = norm_forward(final, adapter, vec["write"].to(W_U.device))
+                logit_dir = norm_forward(final, adapter, vec["write"].to(W_U.device)) * logit_scale
                 out = [_decode(decode_output, s * logit_dir, W_U, n) for s in (1, -1)]
                 inp = [_decode(decode_input, s * vec[k], W_E, n) for k in ("read", "gate") if k in vec for s in (1, -1)]
                 ids.append(torch.stack([d.ids.cpu() for d in (*out, *inp)], 1))

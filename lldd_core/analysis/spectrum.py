@@ -156,9 +156,10 @@ def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_T
 
 
 def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int,
-                    tokenizer: PreTrainedTokenizerBase) -> dict:
-    """Decoded tokens of ``±u`` (logits) and ``±v`` (cosine), ``[T][k][n]`` lists, and their scores."""
-    U = svd.U.mT  # [T, k, d]
+                    tokenizer: PreTrainedTokenizerBase, logit_scale: float = 1.0) -> dict:
+    """Decoded tokens of ``±u`` (logits ``c W_U u``, ``c`` the family's logit multiplier) and ``±v`` (cosine),
+    ``[T][k][n]`` lists, and their scores."""
+    U = svd.U.mT if logit_scale == 1.0 else svd.U.mT * logit_scale  # [T, k, d]
     V = svd.V.mT
     up, un = decode_output(U, W_U, n), decode_output(-U, W_U, n)
     vp, vn = decode_input(V, W_E, n), decode_input(-V, W_E, n)
@@ -216,7 +217,7 @@ def analyze_spectrum(
     report(0.85, "Decoding singular vectors")
     W_U, W_E = embedding_matrices(handle)
     tok = handle.info.tokenizer
-    dec = decode_triplets(svd, W_U, W_E, n_decode, tok)
+    dec = decode_triplets(svd, W_U, W_E, n_decode, tok, handle.adapter.logit_multiplier(handle.model))
     next_id = int(torch.argmax(W_U.to(op.y.dtype) @ op.y.detach()))
     rows: dict = {"row_tokens": [], "col_tokens": [], "row_norms": np.zeros((0,)), "col_norms": np.zeros((0,)),
                   "top_rows": np.zeros((0,), dtype=np.int64), "top_cols": np.zeros((0,), dtype=np.int64)}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.arch import FamilyAdapter
+from ..models.arch import FamilyAdapter, text_config
 from ..models.placement import input_device, model_dtype, scaled_biases
 from ..progress import ProgressFn
 from .linearize import detached_mode, live_mode
@@ -150,7 +150,7 @@ class JacobianOperator:
 
 
 def _intermediate_size(model: nn.Module) -> int:
-    cfg = model.config
+    cfg = text_config(model.config)
     for attr in ("intermediate_size", "n_inner"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int):
@@ -188,7 +188,7 @@ def jacobian_operator(
         stack.enter_context(torch.enable_grad())
         # every additive constant (linear and norm biases, the final norm's too) becomes s * bias:
         # the detached map is jointly linear in (x_0, s), so dy/ds is the bias channel
-        stack.enter_context(scaled_biases(model.modules(), s))
+        stack.enter_context(scaled_biases(adapter.text_modules(model), s))
         run = run_to_layer(model, adapter, ids.to(device), layer, track_x0=True)
         out = adapter.final_norm(model)(run.xk) if final_norm else run.xk
         y = out[0, position]

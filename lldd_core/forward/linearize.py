@@ -164,6 +164,19 @@ def _float64_rms_norm(offset: float) -> Callable:
     return forward
 
 
+def _float64_layer_norm(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A family's own LayerNorm class (Cohere's, weight only) in float64 throughout; theirs upcasts to float32."""
+    centred = x - x.mean(-1, keepdim=True)
+    return _affine(self, centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + _norm_eps(self)), x.dtype, 0.0)
+
+
+def _float64_norm(offset: float, norm: nn.Module) -> Callable | None:
+    """The float64 forward for ``norm`` in live mode; ``None`` for ``nn.LayerNorm``, exact in float64 already."""
+    if isinstance(norm, nn.LayerNorm):
+        return None
+    return _float64_layer_norm if is_layer_norm(norm) else _float64_rms_norm(offset)
+
+
 def _detached_layer_norm(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     centred = x - x.mean(-1, keepdim=True)
     sq_mean = (centred.float() if x.dtype in _HALF else centred).pow(2).mean(-1, keepdim=True)
@@ -253,13 +266,13 @@ def detached_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Modul
 def live_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
     """The ordinary model with an eager attention path (for the ordinary Jacobian and forward AD).
 
-    A float64 model also gets float64 RMSNorms and softmax (stock transformers rounds both to
-    float32 inside; harmless in a forward pass, but finite differences and derivatives then
-    disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
+    A float64 model also gets float64 RMSNorms, family LayerNorms (Cohere's) and softmax (stock
+    transformers rounds them to float32 inside; harmless in a forward pass, but finite differences
+    and derivatives then disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
     """
     patches: list[tuple[nn.Module, Callable]] = []
     if model_dtype(model) == torch.float64:
-        patches = [(n, _float64_rms_norm(adapter.norm_weight_offset)) for n in _unique(adapter.norms(model))
-                   if not is_layer_norm(n)]
+        fns = [(n, _float64_norm(adapter.norm_weight_offset, n)) for n in _unique(adapter.norms(model))]
+        patches = [(n, fn) for n, fn in fns if fn is not None]
     with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION), _patched_forwards(patches):
         yield model

@@ -8,7 +8,7 @@ token's output ``y``, four *sites* give a linear map ``y = sum_i J_i z_i`` of so
 * ``block`` (block ``k - 1``): ``z = x_{k-1}`` (the block's input), ``y = x_k`` (its output);
 * ``attention`` / ``mlp`` (block ``k - 1``): ``z = x_0``, ``y`` = the attention / MLP term that block
   ``k - 1`` adds to the residual stream to make ``x_k`` (after any post-norm, before the add: the
-  adapter's ``sublayer``).
+  adapter's ``sublayer``, times its residual multiplier, Granite's ``residual_multiplier``).
 
 With ``lens=True`` (the reference's convention, "logit lens") ``y`` passes through the model's
 final norm (its detached scale computed from that very output) so every view lives in the output
@@ -48,10 +48,12 @@ def _recording_hooks(
     capture: Sequence[tuple[str, int]],
     stop_after: int,
     out: dict,
+    term_scale: float = 1.0,
 ) -> contextlib.AbstractContextManager[None]:
     """Replace block ``enter_block``'s input (``x_in``, or a fresh leaf of the model's own when None),
     record block inputs/outputs and sub-layer terms for ``capture`` (``(site, k)``, 1-based ``k``),
-    and stop the forward after 0-based block ``stop_after``. Hooks are removed on exit."""
+    and stop the forward after 0-based block ``stop_after``. Hooks are removed on exit. Sub-layer terms
+    are recorded times ``term_scale`` (the adapter's residual multiplier): what the block adds."""
 
     def enter(current: torch.Tensor) -> torch.Tensor:
         if x_in is None:
@@ -72,7 +74,8 @@ def _recording_hooks(
         if site == "block":
             registrations.append(hk.capture(block, out, ("input", k), at="input"))
         if site in ("attention", "mlp"):
-            registrations.append(hk.capture(adapter.sublayer(block, site), out, (site, k)))
+            scaled = None if term_scale == 1.0 else (lambda h: h * term_scale)
+            registrations.append(hk.capture(adapter.sublayer(block, site), out, (site, k), select=scaled))
     registrations.append(hk.stop_after(layers[stop_after], out, ("block", stop_after + 1)))
     return hk.hooks(*registrations)
 
@@ -132,7 +135,8 @@ def record_views(
         stack.enter_context(detached_mode(model, adapter))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(
-            _recording_hooks(blocks, adapter, enter_block=0, x_in=None, capture=capture, stop_after=max(ks) - 1, out=out)
+            _recording_hooks(blocks, adapter, enter_block=0, x_in=None, capture=capture, stop_after=max(ks) - 1, out=out,
+                             term_scale=adapter.residual_multiplier(model))
         )
         _run(model, input_ids)
         x0 = out["input"]
@@ -169,7 +173,8 @@ def view_jvp(
     def f(z: torch.Tensor) -> torch.Tensor:
         out: dict = {}
         with _recording_hooks(blocks, adapter, enter_block=enter_block, x_in=z.unsqueeze(0),
-                              capture=[(site, k)], stop_after=k - 1, out=out):
+                              capture=[(site, k)], stop_after=k - 1, out=out,
+                              term_scale=adapter.residual_multiplier(model)):
             _run(model, input_ids)
         return _output(out[key], norm, lens, position)
 

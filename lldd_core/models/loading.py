@@ -20,7 +20,7 @@ from torch import nn
 from ..demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_demo
 from ..errors import InputError, LLDDError, ModelLoadError, ResourceError
 from ..progress import ProgressFn
-from .arch import FamilyAdapter, adapter_for
+from .arch import FamilyAdapter, adapter_for, text_config
 from .hub import hub_access, hub_revision
 from .placement import input_device
 
@@ -85,11 +85,11 @@ class ModelInfo:
 
     @property
     def n_layers(self) -> int:
-        return int(self.config.num_hidden_layers)
+        return int(text_config(self.config).num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.config.hidden_size)
+        return int(text_config(self.config).hidden_size)
 
     @property
     def max_positions(self) -> int | None:

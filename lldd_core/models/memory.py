@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .arch import text_config
 from .loading import DTYPES, ModelInfo, resolve_device
 
 #: Bytes per quantized linear weight.
@@ -124,7 +125,7 @@ def estimate_memory(info: ModelInfo, tokens: int = 128, order: int = 32,
                     weights: tuple[int, int] | None = None) -> MemoryEstimate:
     """The estimate for ``info`` (config only: nothing is loaded) with prompts of ``tokens`` tokens;
     ``weights``: :func:`weight_bytes` if already known (it builds the model on the meta device)."""
-    cfg = info.config
+    cfg = text_config(info.config)  # a multimodal config's language model (its KV cache and width)
     n_params, weights = weights if weights is not None else weight_bytes(info)
     item = torch.empty((), dtype=DTYPES[info.spec.dtype]).element_size()
     L, d = info.n_layers, info.d_model

@@ -40,6 +40,14 @@ HUB_MODELS: tuple[str, ...] = (
     "google/gemma-3-1b-it",
     "microsoft/Phi-4-mini-instruct",
     "allenai/OLMo-2-0425-1B",
+    # issue 19: dense families
+    "ibm-granite/granite-3.3-2b-instruct",
+    "HuggingFaceTB/SmolLM3-3B",
+    "allenai/Olmo-3-7B-Instruct",
+    "bigcode/starcoder2-3b",
+    "stabilityai/stablelm-2-1_6b",
+    "CohereLabs/c4ai-command-r7b-12-2024",
+    "google/gemma-3-4b-it",
 )
 #: The picker's last entry; it reveals a free text field. Has spaces, so it is never a model id.
 OTHER = "Other (hub id or local path)"

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from ...errors import UnsupportedFamilyError
-from .base import FamilyAdapter, is_activation, is_layer_norm, is_norm
+from .base import FamilyAdapter, is_activation, is_layer_norm, is_norm, text_config
+from .cohere2 import Cohere2Adapter
 from .gemma import GemmaAdapter
+from .gemma3_multimodal import Gemma3MultimodalAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
+from .granite import GraniteAdapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
 from .olmo2 import Olmo2Adapter
+from .olmo3 import Olmo3Adapter
 from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
 from .qwen3 import Qwen3Adapter
+from .smollm3 import SmolLM3Adapter
+from .stablelm import StableLmAdapter
+from .starcoder2 import Starcoder2Adapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (
     GPT2Adapter(),
@@ -24,6 +31,14 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     GemmaAdapter(),
     Phi3Adapter(),
     Olmo2Adapter(),
+    # issue 19: dense families
+    GraniteAdapter(),
+    SmolLM3Adapter(),
+    Olmo3Adapter(),
+    Starcoder2Adapter(),
+    StableLmAdapter(),
+    Cohere2Adapter(),
+    Gemma3MultimodalAdapter(),
 )
 
 _BY_TYPE = {t: a for a in ADAPTERS for t in a.model_types}
@@ -56,4 +71,5 @@ __all__ = [
     "is_norm",
     "supported_families_text",
     "supported_model_types",
+    "text_config",
 ]

@@ -37,6 +37,12 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or name.endswith("RMSNorm") or name.endswith("LayerNorm")
 
 
+def text_config(config: PreTrainedConfig) -> PreTrainedConfig:
+    """The language model's config: ``config`` itself, or a multimodal config's text part (Gemma 3)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
 class FamilyAdapter:
     """Structural description of one model family.
 
@@ -56,7 +62,13 @@ class FamilyAdapter:
         mlp_up / mlp_gate: the projections the neurons read with: ``up`` (plain MLPs: the input
             projection ``fc_in``, before the activation) and the gate (``None`` for plain MLPs).
             ``mlp_gate_up_fused``: ``mlp_up`` is one fused projection, gate rows first, then up rows (Phi-3).
-        mlp_norm: the norm in front of the MLP (``None`` when the MLP reads the stream directly, OLMo 2).
+        mlp_norm: the norm in front of the MLP (``None`` when the MLP reads the stream directly, OLMo 2);
+            :meth:`mlp_norm_module` resolves it per block (StableLM's depends on its config).
+
+    Scaling multipliers (Granite, Cohere) are hooks, not attributes, since they live in the config:
+    :meth:`residual_multiplier` ``r`` (block: ``x + r * term``) and :meth:`logit_multiplier` ``c``
+    (``logits = c * unembed(final_norm(x_L))``). Multipliers applied *before* block 0 (Granite's
+    ``embedding_multiplier``, Gemma's ``sqrt(d)``) are part of ``x_0`` and need no hook.
     """
 
     name: str = "?"
@@ -92,9 +104,28 @@ class FamilyAdapter:
         return model.get_output_embeddings()
 
     def sublayer(self, block: nn.Module, site: str) -> nn.Module:
-        """The child of ``block`` whose output is the ``site`` (``"attention"`` or ``"mlp"``) term of the residual."""
+        """The child of ``block`` whose output, times :meth:`residual_multiplier`, is the ``site``
+        (``"attention"`` or ``"mlp"``) term of the residual."""
         name = {"attention": self.attention_output, "mlp": self.mlp_output}[site]
         return getattr(block, name)
+
+    def mlp_norm_module(self, block: nn.Module) -> nn.Module | None:
+        """The norm whose output the MLP of ``block`` reads (``None``: it reads the stream itself)."""
+        return block.get_submodule(self.mlp_norm) if self.mlp_norm else None
+
+    def text_modules(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Every module a text-only prompt runs through (a multimodal model leaves out its vision tower);
+        the bias channel scales the biases of these."""
+        yield from model.modules()
+
+    # --- scaling multipliers -------------------------------------------------------------------
+    def residual_multiplier(self, model: nn.Module) -> float:
+        """``r`` in ``x_{l+1} = x_l + r * sublayer(...)`` (1 but for Granite)."""
+        return 1.0
+
+    def logit_multiplier(self, model: nn.Module) -> float:
+        """``c`` in ``logits = c * unembed(final_norm(x_L))``, before any soft-capping (1 but for Granite, Cohere)."""
+        return 1.0
 
     # --- what to linearize ---------------------------------------------------------------------
     def norms(self, model: nn.Module) -> Iterator[nn.Module]:
@@ -108,6 +139,7 @@ class FamilyAdapter:
 
     def max_positions(self, config: PreTrainedConfig) -> int | None:
         """Longest sequence the model was built for (``None`` when unbounded)."""
+        config = text_config(config)
         for attr in ("max_position_embeddings", "n_positions"):
             value = getattr(config, attr, None)
             if isinstance(value, int) and value > 0:
