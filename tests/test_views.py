@@ -9,8 +9,10 @@ from lldd_core.forward.jacobian import jacobian_operator
 from lldd_core.forward.linearize import detached_mode
 from lldd_core.forward.views import SITES, record_views
 from tests.helpers import load, prompt_ids
+from tests.tiny import MOE
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma3_text", "olmo2", "phi3"]
+FAMILIES += MOE  # issue 19
 
 
 def _stream(handle, ids):
@@ -33,7 +35,7 @@ def test_cumulative_view_is_the_foundation_layer_jacobian(tiny_dirs, family, len
         torch.testing.assert_close(view.full().J, ref.full().J, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "olmo2", "phi3"])  # bias-free: y = sum_i J_i z_i
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "olmo2", "phi3", "mixtral", "qwen3_moe", "olmoe"])  # bias-free
 def test_block_and_sublayer_views_reconstruct_their_outputs(tiny_dirs, family):
     handle = load(tiny_dirs[family])
     ids = prompt_ids(handle)

@@ -21,6 +21,7 @@ from ..demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_
 from ..errors import InputError, LLDDError, ModelLoadError, ResourceError
 from ..progress import ProgressFn
 from .arch import FamilyAdapter, adapter_for
+from .arch.base import EXPERTS_IMPLEMENTATION
 from .hub import hub_access, hub_revision
 from .placement import input_device
 
@@ -439,6 +440,8 @@ def load_model(spec: ModelSpec | ModelInfo, revision_memo: MutableMapping | None
     if not (is_local(spec.model) or is_demo(spec.model)):  # the commit the config and tokenizer came from
         load_kwargs.update(hub_access(spec.model, spec.revision), revision=info.revision)
     load_kwargs.update(check_quantization(spec))
+    if info.adapter.experts:  # the experts loop runs in float64 too (transformers 5's grouped_mm does not)
+        load_kwargs["experts_implementation"] = EXPERTS_IMPLEMENTATION
     if spec.device == "map":
         # blocks that do not fit the devices (max_memory) are offloaded and loaded per call by
         # accelerate's hooks, which every analysis works through (lldd_core.models.placement)

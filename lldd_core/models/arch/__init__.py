@@ -7,12 +7,17 @@ from .base import FamilyAdapter, is_activation, is_layer_norm, is_norm
 from .gemma import GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
+from .gpt_oss import GptOssAdapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
+from .mixtral import MixtralAdapter
 from .olmo2 import Olmo2Adapter
+from .olmoe import OlmoeAdapter
 from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
+from .qwen2_moe import Qwen2MoeAdapter
 from .qwen3 import Qwen3Adapter
+from .qwen3_moe import Qwen3MoeAdapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (
     GPT2Adapter(),
@@ -24,6 +29,12 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     GemmaAdapter(),
     Phi3Adapter(),
     Olmo2Adapter(),
+    # issue 19: mixture-of-experts
+    MixtralAdapter(),
+    Qwen3MoeAdapter(),
+    Qwen2MoeAdapter(),
+    OlmoeAdapter(),
+    GptOssAdapter(),
 )
 
 _BY_TYPE = {t: a for a in ADAPTERS for t in a.model_types}
