@@ -9,11 +9,12 @@ from lldd_core.analysis.gains import analyze_gains
 from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from tests.helpers import load as load_model
+from tests.tiny import MOE
 
 SMALL = (6, 4, 3)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", *MOE])
 def test_full_order_prediction_is_exact_and_small_eps_measures_it(tiny_dirs, family):
     handle = load_model(tiny_dirs[family])
     data = load("sentiment")
