@@ -7,15 +7,18 @@ on these families through ``tests.tiny``; this file covers what is particular to
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from lldd_core.analysis.gains import prepare_gains
 from lldd_core.concepts.catalog import load as load_concept
+from lldd_core.errors import InputError
 from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
 from lldd_core.models.arch.base import EXPERTS_IMPLEMENTATION
-from lldd_core.models.loading import ModelSpec, resolve_model
+from lldd_core.models.loading import ModelSpec, experts_kwargs, resolve_model
 from lldd_core.models.memory import estimate_memory
 from lldd_core.models.placement import bias_scale
 from lldd_core.steering.generate import GenerationSettings, generate
@@ -122,3 +125,16 @@ def test_zero_strength_steering_is_unsteered(tiny_dirs, family):
         assert [g.new_ids for g in generate(handle, prompt, plan.interventions, GREEDY)] == plain, plan.params
     strong = plan_steering(handle, "additive", AdditiveParams(layers=[1], strength=50.0), concept)
     assert [g.new_ids for g in generate(handle, prompt, strong.interventions, GREEDY)] != plain
+
+
+def test_mxfp4_experts_are_dequantized_and_dense_families_get_no_experts_arguments(tiny_dirs):
+    """GPT-OSS checkpoints store experts in MXFP4, whose kernels would bypass detached mode: loading dequantizes."""
+    info = resolve_model(ModelSpec(str(tiny_dirs["gpt_oss"]), device="cpu"))
+    assert experts_kwargs(info) == {"experts_implementation": "eager"}
+    info.config.quantization_config = {"quant_method": "mxfp4"}
+    kwargs = experts_kwargs(info)
+    assert kwargs["experts_implementation"] == "eager" and kwargs["quantization_config"].dequantize is True
+    quantized = dataclasses.replace(info, spec=dataclasses.replace(info.spec, quantization="4bit"))
+    with pytest.raises(InputError, match="MXFP4"):
+        experts_kwargs(quantized)
+    assert experts_kwargs(resolve_model(ModelSpec(str(tiny_dirs["llama"]), device="cpu"))) == {}
