@@ -17,6 +17,7 @@ from lldd_core.analysis.gains import prepare_gains
 from lldd_core.concepts.catalog import load as load_concept
 from lldd_core.errors import InputError
 from lldd_core.forward.jacobian import jacobian_operator, reconstruct, relative_error
+from lldd_core.forward.linearize import live_mode
 from lldd_core.models.arch.base import EXPERTS_IMPLEMENTATION
 from lldd_core.models.loading import ModelSpec, experts_kwargs, resolve_model
 from lldd_core.models.memory import estimate_memory
@@ -138,3 +139,19 @@ def test_mxfp4_experts_are_dequantized_and_dense_families_get_no_experts_argumen
     with pytest.raises(InputError, match="MXFP4"):
         experts_kwargs(quantized)
     assert experts_kwargs(resolve_model(ModelSpec(str(tiny_dirs["llama"]), device="cpu"))) == {}
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_float64_live_mode_equals_the_stock_forward(tiny_dirs, family):
+    """Live mode's float64 attention (GPT-OSS's sinks included) and routers compute what the stock model does."""
+    handle = load(tiny_dirs[family])
+    ids = prompt_ids(handle)
+    expected = normal_output(handle, ids)
+    with live_mode(handle.model, handle.adapter), torch.no_grad():
+        got = handle.model.get_decoder()(ids[None]).last_hidden_state[0, -1]
+    assert relative_error(expected, got) < 1e-6
+    if family == "gpt_oss":  # the sinks matter at these weights: leaving them out would be caught above
+        with torch.no_grad():
+            for block in handle.adapter.layers(handle.model):
+                block.self_attn.sinks.zero_()
+        assert relative_error(expected, normal_output(handle, ids)) > 1e-3
