@@ -12,10 +12,11 @@ function that is linear in the residual stream ``x_0`` (and in the bias scale ``
 * plain MLPs: ``act(z) = z * sg(act(z) / z)``;
 * attention: ``Q`` and ``K`` are frozen after their rotary embedding and norms, so the softmax
   weights are constants and the path through ``V`` is linear (GPT-OSS's sink logits included);
-* mixture-of-experts MLPs: the adapter's ``frozen`` modules (routers, shared-expert gates) return
-  detached outputs, so the top-k choice and the routing weights are constants at this input; each
-  expert is a gated MLP with its activated gate detached (or the family's own detached activation,
-  the adapter's ``detached_methods``).
+* mixture-of-experts MLPs: the adapter's routers and ``frozen`` modules (Qwen2-MoE's shared-expert
+  gate) return detached outputs, so the top-k choice and the routing weights are constants at this
+  input (a float64 model's softmax-first routers computed in float64, as in live mode); each expert
+  is a gated MLP with its activated gate detached (or the family's own detached activation, the
+  adapter's ``detached_methods``).
 
 ``sg`` is ``Tensor.detach``. Nothing in the installed packages is edited: norm and activation
 modules get an instance-level ``forward`` and the attention goes through a function registered in
