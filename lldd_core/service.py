@@ -27,7 +27,7 @@ from .analysis.control import ControlResult, analyze_control
 from .analysis.gains import ANALYSIS as GAINS
 from .analysis.gains import GainsResult, GainsSetup, analyze_gains, prepare_gains
 from .analysis.graph import ANALYSIS as GRAPH
-from .analysis.graph import analyze_graph
+from .analysis.graph import analyze_graph, check_graph_family
 from .analysis.graph import target_id as graph_target_id
 from .analysis.graph_intervention import ANALYSIS as GRAPH_INTERVENTION
 from .analysis.graph_intervention import (
@@ -249,6 +249,7 @@ class Service:
               progress: ProgressFn | None = None, **overrides: Any) -> Computed[GraphResult]:
         """Exact attribution graph of the next-token logits (:mod:`lldd_core.analysis.graph`); ``target``: one token."""
         info, ids = self._prompt(spec, prompt, progress)
+        check_graph_family(info.adapter)  # before any weight is loaded
         s = GraphSettings.resolve(settings, overrides)
         tid = None if s.target is None else graph_target_id(info, s.target)
         s = s.check()
@@ -261,6 +262,7 @@ class Service:
         """Scale neurons ``(layer, position, index)`` of ``prompt``'s graph: the target logits' frozen and measured
         change (:mod:`lldd_core.analysis.graph_intervention`), to set beside the graph's prediction."""
         info, ids = self._prompt(spec, prompt, progress)
+        check_graph_family(info.adapter)
         f, t = check_intervention(factors, targets, info.n_layers, len(ids),
                                   int(getattr(text_config(info.config), "vocab_size", 0) or len(info.tokenizer)))
         return self._cached(GRAPH_INTERVENTION, spec, info, ids, intervention_params(f, t),

@@ -7,9 +7,11 @@ import torch
 
 from lldd_core.forward.depth import last_token_actions, last_token_states, pad_batch, prompt_context
 from tests.helpers import load
+from tests.tiny import MOE
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma3_text", "olmo2", "phi3", "mistral",
             "granite", "smollm3", "olmo3", "starcoder2", "stablelm", "cohere2", "gemma3"]  # issue 19
+FAMILIES += MOE  # issue 19
 PROMPTS = ["The cat says meow and the dog", "Paris is the capital", "The Golden Gate Bridge is in San Francisco ."]
 
 
@@ -45,7 +47,7 @@ def test_frozen_context_maps_reproduce_the_forward(tiny_dirs, family):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "gemma3_text", "qwen2", "phi3", "granite"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "gemma3_text", "qwen2", "phi3", "granite", *MOE])
 def test_jvp_actions_equal_central_differences(tiny_dirs, family):
     handle = load(tiny_dirs[family])
     ctx = prompt_context(handle.model, handle.adapter, _ids(handle, PROMPTS[0]))

@@ -9,12 +9,13 @@ from lldd_core.analysis.gains import analyze_gains
 from lldd_core.concepts.catalog import load
 from lldd_core.errors import InputError
 from tests.helpers import load as load_model
+from tests.tiny import MOE
 
 SMALL = (6, 4, 3)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "granite", "smollm3", "olmo3", "starcoder2", "stablelm", "cohere2",
-                                    "gemma3"])  # issue 19: every dense family
+                                    "gemma3", *MOE])  # issue 19: every new family
 def test_full_order_prediction_is_exact_and_small_eps_measures_it(tiny_dirs, family):
     handle = load_model(tiny_dirs[family])
     data = load("sentiment")

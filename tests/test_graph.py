@@ -30,7 +30,11 @@ from lldd_core.models.arch import adapter_for
 from lldd_core.models.loading import ModelSpec
 from lldd_core.models.placement import scaled_biases
 from lldd_core.store.results import from_bytes, to_bytes
-from tests.tiny import BIASED, FAMILIES, PROMPT
+from tests.tiny import BIASED, FAMILIES, MOE, PROMPT
+
+#: A graph node is one neuron of a block's single MLP; MoE blocks route each token to (expert, neuron)
+#: pairs, so their graphs are refused (test_mixture_of_experts_graphs_are_refused) and these tests skip them.
+GRAPH_FAMILIES = tuple(f for f in FAMILIES if f not in MOE)
 
 SHORT = "The Golden Gate Bridge is"  # the service's unpruned graph visits every neuron of these few tokens
 TOKENS = 8  # short prompts keep every family's full graph (all neurons visited) to about a second
@@ -67,7 +71,7 @@ def _stock_hidden_and_logits(model, adapter, ids):
     return torch.stack([h[0] for h in seen]), logits
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GRAPH_FAMILIES)
 def test_graph_is_exact_and_matches_the_stock_model(tiny_dirs, family):
     model, adapter, ids, g = _full(tiny_dirs, family)
     neuron, logit = g.node_kind == KIND_NEURON, g.node_kind == KIND_LOGIT
@@ -277,6 +281,25 @@ def test_cli_graph_json_neuronpedia_cache_and_errors(tiny_dirs, fresh_service, c
         assert len(err) == 1 and err[0].startswith("error: ")
 
 
+@pytest.mark.parametrize("family", MOE)
+def test_mixture_of_experts_graphs_are_refused(tiny_dirs, family):
+    model, adapter, ids = _load(tiny_dirs, family, tokens=4)
+    with pytest.raises(InputError, match="not available for mixture-of-experts models"):
+        build_graph(model, adapter, ids)
+    with pytest.raises(InputError, match="mixture-of-experts"):
+        measure_intervention(model, adapter, ids, {(0, 0, 0): 0.0}, [0])
+
+
+def test_cli_refuses_a_mixture_of_experts_graph_in_one_line(tiny_dirs, fresh_service, capsys, monkeypatch):
+    import lldd_core.service as service_module
+    from lldd_core.cli.main import main
+
+    monkeypatch.setattr(service_module, "load_model", None)  # refused before any weight is loaded
+    assert main(["graph", "--model", str(tiny_dirs["mixtral"]), "--prompt", PROMPT, "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "mixture-of-experts models (Mixtral)" in err[0]
+
+
 def test_top_path_is_the_best_path_by_exhaustive_search(tiny_dirs):
     _, _, _, g = _full(tiny_dirs, "gpt2")
     p = prune(g, 0.5, 0.9)
@@ -307,7 +330,7 @@ def _assert_positively_parallel(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.all(cos >= 1 - 1e-12), cos
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GRAPH_FAMILIES)
 def test_neuron_vectors_are_what_a_neuron_writes_and_reads(tiny_dirs, family):
     """By autograd in the detached model, where the adapters' paths cannot hide a mistake: the MLP term's
     derivative by ``h_i`` is a positive multiple of ``write``; the pre-activation's (``up``, ``gate``)

@@ -9,9 +9,11 @@ from lldd_core.forward.jacobian import jacobian_operator
 from lldd_core.forward.linearize import detached_mode
 from lldd_core.forward.views import SITES, record_views
 from tests.helpers import load, prompt_ids
+from tests.tiny import MOE
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "gemma3_text", "olmo2", "phi3",
             "granite", "smollm3", "olmo3", "starcoder2", "stablelm", "cohere2", "gemma3"]  # issue 19
+FAMILIES += MOE  # issue 19
 
 
 def _stream(handle, ids):
@@ -34,9 +36,9 @@ def test_cumulative_view_is_the_foundation_layer_jacobian(tiny_dirs, family, len
         torch.testing.assert_close(view.full().J, ref.full().J, rtol=1e-10, atol=1e-12)
 
 
-#: bias-free: y = sum_i J_i z_i (issue 19: Granite's residual multiplier, Cohere 2's parallel blocks)
+#: bias-free: y = sum_i J_i z_i (issue 19: Granite's residual multiplier, Cohere 2's parallel blocks, frozen routers)
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "olmo2", "phi3", "granite", "smollm3", "olmo3", "cohere2",
-                                    "gemma3"])
+                                    "gemma3", "mixtral", "qwen3_moe", "olmoe"])
 def test_block_and_sublayer_views_reconstruct_their_outputs(tiny_dirs, family):
     handle = load(tiny_dirs[family])
     ids = prompt_ids(handle)

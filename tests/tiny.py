@@ -20,15 +20,20 @@ from transformers import (
     Gemma3TextConfig,
     GPT2Config,
     GPTNeoXConfig,
+    GptOssConfig,
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Olmo2Config,
     Olmo3Config,
+    OlmoeConfig,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
     SiglipVisionConfig,
     SmolLM3Config,
     StableLmConfig,
@@ -83,9 +88,26 @@ CONFIGS = {
                             vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                              num_attention_heads=2, image_size=28, patch_size=14),
                             mm_tokens_per_image=4, initializer_range=0.2, tie_word_embeddings=False), False),
+    # issue 19: mixture-of-experts (4 experts, top-2; the initializer's routers, std 0.2, pick all four)
+    "mixtral": (MixtralConfig(**COMMON, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                              sliding_window=4), False),
+    "qwen3_moe": (Qwen3MoeConfig(**COMMON, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                 moe_intermediate_size=16, norm_topk_prob=True), False),
+    "qwen2_moe": (Qwen2MoeConfig(**COMMON, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                 moe_intermediate_size=16, shared_expert_intermediate_size=32), True),
+    "olmoe": (OlmoeConfig(**COMMON, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2), False),
+    # swiglu_limit 1: the clamps are active at these weights
+    "gpt_oss": (GptOssConfig(**COMMON, num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                             sliding_window=4, swiglu_limit=1.0,
+                             rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0,
+                                              "original_max_position_embeddings": 16, "beta_fast": 32.0,
+                                              "beta_slow": 1.0},
+                             layer_types=["sliding_attention", "full_attention"]), True),
 }
 FAMILIES = tuple(CONFIGS)
 BIASED = tuple(f for f, (_, b) in CONFIGS.items() if b)
+#: The mixture-of-experts families (issue 19).
+MOE = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "gpt_oss")
 
 #: 13+ tokens for every family: longer than every sliding window.
 PROMPT = "The Golden Gate Bridge is in San Francisco and"

@@ -85,8 +85,18 @@ class _Capture:
             yield self
 
 
+def check_graph_family(adapter: FamilyAdapter) -> None:
+    """:class:`InputError` for a mixture-of-experts family: a graph node is one neuron of a block's single MLP,
+    while an MoE block's neurons are (expert, neuron) pairs that the router picks per token."""
+    if adapter.experts:
+        raise InputError(f"Attribution graphs are not available for mixture-of-experts models ({adapter.name}): "
+                         "their neurons are (expert, neuron) pairs routed per token, not one MLP's; use the "
+                         "Jacobian, spectra, layer views, depth and steering views instead.")
+
+
 def mlp_down_modules(model: nn.Module, adapter: FamilyAdapter) -> list[nn.Module]:
-    """Each block's MLP output projection (its input is the neuron vector)."""
+    """Each block's MLP output projection (its input is the neuron vector); MoE families are refused."""
+    check_graph_family(adapter)
     return [block.get_submodule(adapter.mlp_down) for block in adapter.layers(model)]
 
 

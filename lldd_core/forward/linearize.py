@@ -11,7 +11,12 @@ function that is linear in the residual stream ``x_0`` (and in the bias scale ``
 * gated MLPs: the whole activated gate ``sg(act(gate(x)))`` is frozen, ``up(x)`` stays live;
 * plain MLPs: ``act(z) = z * sg(act(z) / z)``;
 * attention: ``Q`` and ``K`` are frozen after their rotary embedding and norms, so the softmax
-  weights are constants and the path through ``V`` is linear.
+  weights are constants and the path through ``V`` is linear (GPT-OSS's sink logits included);
+* mixture-of-experts MLPs: the adapter's routers and ``frozen`` modules (Qwen2-MoE's shared-expert
+  gate) return detached outputs, so the top-k choice and the routing weights are constants at this
+  input (a float64 model's softmax-first routers computed in float64, as in live mode); each expert
+  is a gated MLP with its activated gate detached (or the family's own detached activation, the
+  adapter's ``detached_methods``).
 
 ``sg`` is ``Tensor.detach``. Nothing in the installed packages is edited: norm and activation
 modules get an instance-level ``forward`` and the attention goes through a function registered in
@@ -35,7 +40,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from ..errors import UnsupportedFamilyError
 from ..models.arch import FamilyAdapter
 from ..models.arch.base import is_layer_norm
-from ..models.placement import model_dtype, replaced_forwards
+from ..models.placement import forward_attribute, model_dtype, replaced_forwards
 
 DETACHED_ATTENTION = "lldd_detached"
 LIVE_ATTENTION = "lldd_eager"
@@ -60,9 +65,10 @@ def _detached_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
 
 def _float64_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        attention_mask: torch.Tensor | None, *, scaling: float | None = None,
-                       softcap: float | None = None, dropout: float = 0.0,
+                       softcap: float | None = None, dropout: float = 0.0, s_aux: torch.Tensor | None = None,
                        **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention computed in float64 throughout (GQA, scaling, soft-capping, additive mask).
+    """Eager attention computed in float64 throughout (GQA, scaling, soft-capping, additive mask, and
+    GPT-OSS's per-head sink logits ``s_aux``: one extra softmax column per head, dropped after).
 
     The families' eager functions compute the softmax in float32 even for a float64 model; that
     rounding is invisible in a forward pass but makes float64 finite differences and derivatives
@@ -76,7 +82,11 @@ def _float64_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask[..., : key.shape[-2]]
-    weights = torch.softmax(scores, dim=-1)
+    if s_aux is not None:
+        sinks = s_aux.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        weights = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
+    else:
+        weights = torch.softmax(scores, dim=-1)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
@@ -175,6 +185,21 @@ def _float64_norm(offset: float, norm: nn.Module) -> Callable | None:
     if isinstance(norm, nn.LayerNorm):
         return None
     return _float64_layer_norm if is_layer_norm(norm) else _float64_rms_norm(offset)
+def _float64_softmax_router(self: nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A softmax-then-top-k MoE router in float64 throughout: ``p = softmax(W x)``, the top-k of ``p``,
+    renormalized to sum 1 when ``norm_topk_prob`` (Mixtral has no flag and always renormalizes). Stock
+    transformers upcasts the softmax to float32 only. Returns ``(logits, weights, indices)`` like theirs."""
+    x = hidden_states.reshape(-1, hidden_states.shape[-1])
+    logits = torch.nn.functional.linear(x, self.weight, getattr(self, "bias", None))
+    top, indices = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)
+    if getattr(self, "norm_topk_prob", True):
+        top = top / top.sum(dim=-1, keepdim=True)
+    return logits, top, indices
+
+
+def _float64_routers(model: nn.Module, adapter: FamilyAdapter) -> bool:
+    """Whether the routers run :func:`_float64_softmax_router` (a float64 model, a softmax-first router)."""
+    return adapter.router_softmax_first and model_dtype(model) == torch.float64
 
 
 def _detached_layer_norm(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -205,12 +230,46 @@ def _detached_plain_activation(original: Callable) -> Callable:
     return forward
 
 
+def _detached_outputs(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached_outputs(v) for v in value)
+    return value
+
+
+def _frozen(original: Callable) -> Callable:
+    """A module whose outputs are constants: a router's top-k choice and weights, a gate's logit."""
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return _detached_outputs(original(*args, **kwargs))
+
+    return forward
+
+
 # --- context managers ------------------------------------------------------------------------
 
 
 def _patched_forwards(patches: list[tuple[nn.Module, Callable]]) -> contextlib.AbstractContextManager:
     """Each module's forward becomes ``fn`` bound to it (inside accelerate's hook, if any) until exit."""
     return replaced_forwards([(module, MethodType(fn, module)) for module, fn in patches])
+
+
+@contextlib.contextmanager
+def _bound_methods(methods: list[tuple[nn.Module, str, Callable]]) -> Iterator[None]:
+    """Each ``(module, name, fn)``: ``module.<name>`` is ``fn`` bound to it until exit, also on error."""
+    saved: list[tuple[nn.Module, str, object]] = []
+    try:
+        for module, name, fn in methods:
+            saved.append((module, name, module.__dict__.get(name)))
+            module.__dict__[name] = MethodType(fn, module)
+        yield
+    finally:
+        for module, name, previous in reversed(saved):
+            if previous is None:
+                module.__dict__.pop(name, None)
+            else:
+                module.__dict__[name] = previous
 
 
 @contextlib.contextmanager
@@ -258,7 +317,14 @@ def detached_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Modul
         original = type(act).forward.__get__(act)
         wrap = _detached_gate if adapter.gated_mlp else _detached_plain_activation
         patches.append((act, wrap(original)))
-    with _eval_mode(model), attention_implementation(model, DETACHED_ATTENTION), _patched_forwards(patches):
+    float64_routers = {id(r) for r in adapter.routers(model)} if _float64_routers(model, adapter) else set()
+    for module in _unique(adapter.frozen_modules(model)):
+        inner = (MethodType(_float64_softmax_router, module) if id(module) in float64_routers
+                 else getattr(module, forward_attribute(module)))
+        patches.append((module, _frozen(inner)))
+    methods = list(adapter.detached_methods(model))
+    with (_eval_mode(model), attention_implementation(model, DETACHED_ATTENTION), _patched_forwards(patches),
+          _bound_methods(methods)):
         yield model
 
 
@@ -266,13 +332,15 @@ def detached_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Modul
 def live_mode(model: nn.Module, adapter: FamilyAdapter) -> Iterator[nn.Module]:
     """The ordinary model with an eager attention path (for the ordinary Jacobian and forward AD).
 
-    A float64 model also gets float64 RMSNorms, family LayerNorms (Cohere's) and softmax (stock
-    transformers rounds them to float32 inside; harmless in a forward pass, but finite differences
-    and derivatives then disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
+    A float64 model also gets float64 RMSNorms, family LayerNorms (Cohere's), softmax and MoE router softmax
+    (stock transformers rounds them to float32 inside; harmless in a forward pass, but finite differences and
+    derivatives then disagree at ~1e-6). Lower precisions run exactly the stock arithmetic.
     """
     patches: list[tuple[nn.Module, Callable]] = []
     if model_dtype(model) == torch.float64:
         fns = [(n, _float64_norm(adapter.norm_weight_offset, n)) for n in _unique(adapter.norms(model))]
         patches = [(n, fn) for n, fn in fns if fn is not None]
+    if _float64_routers(model, adapter):
+        patches += [(r, _float64_softmax_router) for r in _unique(adapter.routers(model))]
     with _eval_mode(model), attention_implementation(model, LIVE_ATTENTION), _patched_forwards(patches):
         yield model

@@ -21,6 +21,7 @@ from ..demo import DEMO_CONFIGS, build_demo, demo_name, demo_path, is_built, is_
 from ..errors import InputError, LLDDError, ModelLoadError, ResourceError
 from ..progress import ProgressFn
 from .arch import FamilyAdapter, adapter_for, text_config
+from .arch.base import EXPERTS_IMPLEMENTATION
 from .hub import hub_access, hub_revision
 from .placement import input_device
 
@@ -256,6 +257,33 @@ def check_quantization(spec: ModelSpec) -> dict:
     return {"quantization_config": config, "device_map": "auto"}
 
 
+def _quant_method(config: object) -> str | None:
+    q = getattr(config, "quantization_config", None)
+    method = q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)
+    return None if method is None else str(getattr(method, "value", method))
+
+
+def experts_kwargs(info: ModelInfo) -> dict:
+    """``from_pretrained`` arguments for a mixture-of-experts family, none for dense ones.
+
+    The experts run as the per-expert loop (:data:`~lldd_core.models.arch.base.EXPERTS_IMPLEMENTATION`:
+    transformers 5's default ``grouped_mm`` refuses float64), and checkpoints whose experts are stored in
+    MXFP4 (GPT-OSS) are dequantized: MXFP4 kernels replace the experts' forward, which detached mode
+    could not freeze (transformers dequantizes to bfloat16 anyway where the kernels are missing).
+    """
+    if not info.adapter.experts:
+        return {}
+    kwargs: dict = {"experts_implementation": EXPERTS_IMPLEMENTATION}
+    if _quant_method(info.config) == "mxfp4":
+        if info.spec.quantization != "none":
+            raise InputError(f"{info.spec.model} stores its experts in MXFP4, which lldd dequantizes; "
+                             "choose quantization 'none'.")
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
+    return kwargs
+
+
 def is_local(model: str) -> bool:
     """A local directory, or something that is clearly meant as a path."""
     expanded = os.path.expanduser(model)
@@ -439,6 +467,7 @@ def load_model(spec: ModelSpec | ModelInfo, revision_memo: MutableMapping | None
     if not (is_local(spec.model) or is_demo(spec.model)):  # the commit the config and tokenizer came from
         load_kwargs.update(hub_access(spec.model, spec.revision), revision=info.revision)
     load_kwargs.update(check_quantization(spec))
+    load_kwargs.update(experts_kwargs(info))
     if spec.device == "map":
         # blocks that do not fit the devices (max_memory) are offloaded and loaded per call by
         # accelerate's hooks, which every analysis works through (lldd_core.models.placement)

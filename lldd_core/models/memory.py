@@ -2,7 +2,10 @@
 
 * weights: the parameter count (the model built on the ``meta`` device: exact, no memory) times
   the bytes per parameter of the dtype; with 8-bit / 4-bit quantization the blocks' linear weights
-  take 1 / 0.5 bytes (embeddings, norms and the head stay in the dtype, as bitsandbytes leaves them);
+  take 1 / 0.5 bytes (embeddings, norms and the head stay in the dtype, as bitsandbytes leaves them).
+  A mixture-of-experts model counts every expert (all are loaded, whatever the router picks); its
+  experts are 3-D parameters, not ``nn.Linear``, so bitsandbytes leaves them in the dtype too, and
+  MXFP4 experts (GPT-OSS) are dequantized at load, so the dtype's size is what they take;
 * KV cache per token: ``2 · L · n_kv_heads · head_dim`` values (generation, prefix caches; an upper
   bound for sliding-window layers, which keep only their window);
 * the full detached Jacobian of a ``T``-token prompt: ``T · d²`` values (the matrix-free path

@@ -16,6 +16,7 @@ For a model without hooks all of this reduces to the plain attributes.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -90,27 +91,48 @@ def replaced_forwards(replacements: Iterable[tuple[nn.Module, Callable]]) -> Ite
                 module.__dict__[attr] = previous
 
 
+#: The bias channel's scale ``s`` while :func:`scaled_biases` is active (``1.0`` otherwise): a detached
+#: forward that adds a constant which is not a ``*bias`` parameter (GPT-OSS's ``+1`` on the expert up
+#: branch) multiplies it by :func:`bias_scale`, so the constant joins the bias channel too.
+_BIAS_SCALE: contextvars.ContextVar[torch.Tensor | float] = contextvars.ContextVar("lldd_bias_scale", default=1.0)
+
+
+def bias_scale() -> torch.Tensor | float:
+    """The current bias-channel scale ``s`` (a tensor inside :func:`scaled_biases`, else ``1.0``)."""
+    return _BIAS_SCALE.get()
+
+
+def _bias_names(module: nn.Module) -> list[str]:
+    """The module's own parameters named ``bias`` or ``*_bias`` (MoE experts keep ``gate_up_proj_bias``)."""
+    return [k for k, p in module._parameters.items() if p is not None and (k == "bias" or k.endswith("_bias"))]
+
+
 @contextlib.contextmanager
 def scaled_biases(modules: Iterable[nn.Module], s: torch.Tensor) -> Iterator[None]:
-    """During each call of a module that owns a ``bias`` parameter, the bias is ``s * bias``.
+    """During each call of a module that owns bias parameters (``bias``, ``*_bias``), each is ``s * bias``.
 
     With ``s = 1`` (requires grad) values are unchanged and ``∂y/∂s`` is the bias channel of the
     detached map (:mod:`lldd_core.forward.jacobian`). The swap happens inside the module's own forward, after
     accelerate loaded an offloaded bias and before it is put back, so it works for dispatched and
-    offloaded models alike; every wrapper is removed on exit.
+    offloaded models alike; every wrapper is removed on exit. :func:`bias_scale` returns ``s`` meanwhile.
     """
 
-    def wrap(module: nn.Module, inner: Callable) -> Callable:
+    def wrap(module: nn.Module, names: list[str], inner: Callable) -> Callable:
         def forward(*args: Any, **kwargs: Any) -> Any:
-            bias = module._parameters["bias"]
-            module._parameters["bias"] = bias * s.to(device=bias.device, dtype=bias.dtype)
+            saved = {k: module._parameters[k] for k in names}
+            for k, bias in saved.items():
+                module._parameters[k] = bias * s.to(device=bias.device, dtype=bias.dtype)
             try:
                 return inner(*args, **kwargs)
             finally:
-                module._parameters["bias"] = bias
+                module._parameters.update(saved)
 
         return forward
 
-    biased = [m for m in dict.fromkeys(modules) if m._parameters.get("bias") is not None]  # unique, in order
-    with replaced_forwards([(m, wrap(m, getattr(m, forward_attribute(m)))) for m in biased]):
-        yield
+    biased = [(m, _bias_names(m)) for m in dict.fromkeys(modules)]  # unique, in order
+    token = _BIAS_SCALE.set(s)
+    try:
+        with replaced_forwards([(m, wrap(m, names, getattr(m, forward_attribute(m)))) for m, names in biased if names]):
+            yield
+    finally:
+        _BIAS_SCALE.reset(token)

@@ -48,6 +48,12 @@ HUB_MODELS: tuple[str, ...] = (
     "stabilityai/stablelm-2-1_6b",
     "CohereLabs/c4ai-command-r7b-12-2024",
     "google/gemma-3-4b-it",
+    # issue 19: mixture-of-experts
+    "mistralai/Mixtral-8x7B-v0.1",
+    "Qwen/Qwen3-30B-A3B",
+    "Qwen/Qwen1.5-MoE-A2.7B",
+    "allenai/OLMoE-1B-7B-0924",
+    "openai/gpt-oss-20b",
 )
 #: The picker's last entry; it reveals a free text field. Has spaces, so it is never a model id.
 OTHER = "Other (hub id or local path)"

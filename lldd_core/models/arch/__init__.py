@@ -9,14 +9,19 @@ from .gemma import GemmaAdapter
 from .gemma3_multimodal import Gemma3MultimodalAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
+from .gpt_oss import GptOssAdapter
 from .granite import GraniteAdapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
+from .mixtral import MixtralAdapter
 from .olmo2 import Olmo2Adapter
 from .olmo3 import Olmo3Adapter
+from .olmoe import OlmoeAdapter
 from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
+from .qwen2_moe import Qwen2MoeAdapter
 from .qwen3 import Qwen3Adapter
+from .qwen3_moe import Qwen3MoeAdapter
 from .smollm3 import SmolLM3Adapter
 from .stablelm import StableLmAdapter
 from .starcoder2 import Starcoder2Adapter
@@ -39,6 +44,12 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     StableLmAdapter(),
     Cohere2Adapter(),
     Gemma3MultimodalAdapter(),
+    # issue 19: mixture-of-experts
+    MixtralAdapter(),
+    Qwen3MoeAdapter(),
+    Qwen2MoeAdapter(),
+    OlmoeAdapter(),
+    GptOssAdapter(),
 )
 
 _BY_TYPE = {t: a for a in ADAPTERS for t in a.model_types}

@@ -8,7 +8,7 @@ class attributes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 #: Modules defined in these Python modules are activation functions.
 _ACTIVATION_MODULES = ("transformers.activations", "torch.nn.modules.activation")
+#: How a mixture-of-experts model runs its experts (``from_pretrained(experts_implementation=...)``): the
+#: per-expert loop. Transformers 5 defaults to ``grouped_mm``, whose kernels refuse float64; ``batched_mm``
+#: gathers one weight copy per (token, expert) pair (gigabytes per token at Mixtral's size). The loop runs
+#: in every dtype lldd offers, with one matmul per expert hit, and gives thread-count independent sums.
+EXPERTS_IMPLEMENTATION = "eager"
 
 
 def is_activation(module: nn.Module) -> bool:
@@ -64,6 +69,18 @@ class FamilyAdapter:
             ``mlp_gate_up_fused``: ``mlp_up`` is one fused projection, gate rows first, then up rows (Phi-3).
         mlp_norm: the norm in front of the MLP (``None`` when the MLP reads the stream directly, OLMo 2);
             :meth:`mlp_norm_module` resolves it per block (StableLM's depends on its config).
+        experts: a mixture-of-experts family: every MLP (or most) is ``sum_e w_e(x) E_e(x)`` over the
+            router's top-k experts ``e``. Loading runs the experts eagerly (:data:`EXPERTS_IMPLEMENTATION`);
+            attribution graphs refuse such models (their nodes are one MLP's neurons).
+        router: dotted path, inside a block, of the MoE router (``None`` for dense families); detached
+            mode freezes its outputs, so the top-k choice and its weights are constants at this input. Blocks
+            without one (dense layers of a partly sparse model) are skipped.
+        router_softmax_first: the router is ``softmax`` over all experts, then top-k (renormalized when
+            ``norm_topk_prob``; Mixtral always), with the softmax upcast to float32 in stock transformers;
+            a float64 live mode recomputes it in float64 (GPT-OSS: top-k logits, then a softmax in the
+            model's dtype, needs nothing).
+        frozen: further dotted paths whose outputs detached mode freezes (Qwen2-MoE's shared-expert gate
+            logit, so its sigmoid factor is constant).
 
     Scaling multipliers (Granite, Cohere) are hooks, not attributes, since they live in the config:
     :meth:`residual_multiplier` ``r`` (block: ``x + r * term``) and :meth:`logit_multiplier` ``c``
@@ -83,6 +100,10 @@ class FamilyAdapter:
     mlp_gate: str | None = "mlp.gate_proj"
     mlp_gate_up_fused: bool = False
     mlp_norm: str | None = "post_attention_layernorm"
+    experts: bool = False
+    router: str | None = None
+    router_softmax_first: bool = False
+    frozen: tuple[str, ...] = ()
 
     # --- where things live -------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:
@@ -136,6 +157,28 @@ class FamilyAdapter:
     def activations(self, model: nn.Module) -> Iterator[nn.Module]:
         """The MLP activation modules of every block."""
         yield from (m for m in self.layers(model).modules() if is_activation(m))
+
+    def _submodules(self, model: nn.Module, paths: tuple[str, ...]) -> Iterator[nn.Module]:
+        for block in self.layers(model):
+            for path in paths:
+                try:
+                    yield block.get_submodule(path)
+                except AttributeError:  # a dense layer of a partly sparse model
+                    continue
+
+    def routers(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The MoE router of every block that has one."""
+        yield from self._submodules(model, (self.router,) if self.router else ())
+
+    def frozen_modules(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The modules whose outputs detached mode freezes: routers, then the ``frozen`` paths."""
+        yield from self.routers(model)
+        yield from self._submodules(model, self.frozen)
+
+    def detached_methods(self, model: nn.Module) -> Iterator[tuple[nn.Module, str, Callable]]:
+        """Extra ``(module, method name, function)`` that detached mode binds to the module for its
+        body (a family's own gated activation that is not an activation module, GPT-OSS); none by default."""
+        return iter(())
 
     def max_positions(self, config: PreTrainedConfig) -> int | None:
         """Longest sequence the model was built for (``None`` when unbounded)."""
