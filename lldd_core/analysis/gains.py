@@ -37,9 +37,10 @@ from ..concepts.data import ConceptData
 from ..concepts.directions import class_directions
 from ..concepts.splits import Splits, split
 from ..errors import NumericalError
+from ..forward.blockwise import PromptBlocks, blocks_of
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.agreement import agreement, direction_reliability, kept_layers
-from ..linalg.llv import krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
+from ..linalg.llv import arnoldi, krylov_bases, next_basis, pca_bases, predicted_gains, random_bases, reduced_model
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
@@ -319,15 +320,62 @@ class PromptGains:
     bases: list[torch.Tensor]  # P_0 .. P_L, [d, r] each
 
 
-def prompt_gains(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32, eps: float = 0.1) -> PromptGains:
+def prompt_gains(source: PromptBlocks | PromptContext, directions: torch.Tensor, *, order: int = 32,
+                 eps: float = 0.1) -> PromptGains:
     """Predicted (order ``r`` Krylov basis of this prompt's own Jacobians), measured and exact gains.
 
-    Everything reuses the prefix cache of ``ctx``: the Jacobian actions ``A_l P_l`` are vmapped JVPs
-    of the last token alone (``r`` per layer, ``r - 1`` more at layer 0 for the Krylov sequence of
-    ``A_0``), and each action that grows ``P_{l+1}`` is also the reduced model's ``A_l P_l``; the
-    measured gains are one batched last-token pass, the exact ones one backward pass. With the
-    prompt's own Jacobians the basis holds every earlier injection as propagated, so the predicted
-    curve equals the exact one once ``r`` exceeds the number of layers (and at ``r = d`` always).
+    Every block is called alone from its known state (:mod:`lldd_core.forward.blockwise`: the prefix's
+    keys and values as they are, no copy of the cache, the live mode entered once), one layer after
+    the other; layer ``l`` costs two block calls whatever ``r`` and ``L``:
+
+    * one vmapped JVP at ``x_l`` of the columns ``[P_l, t_0 .. t_{l-1}, v_l]``: the first ``r`` give
+      ``A_l P_l``, which grows ``P_{l+1}`` (:func:`~lldd_core.linalg.llv.next_basis`) and is the reduced
+      model's action; the others carry each injection's tangent one layer on, ``t_k = A_{l} .. A_k v_k``,
+      so the exact gains ``v_L^T t_k`` come out of the last layer (forward mode instead of a backward);
+    * one batched evaluation of ``[x_l, x^{(0)}_l .. x^{(l-1)}_l, x_l + ε v_l]``: the next state and each
+      injected trajectory (row ``k`` entered ``ε v_k`` at layer ``k``) one layer on; the measured gains
+      are ``(v_L^T x^{(k)}_L - v_L^T x_L) / ε``.
+
+    Layer 0 first runs Arnoldi on ``A_0`` (:func:`~lldd_core.linalg.llv.arnoldi`: ``r - 1`` products of
+    one column, one after the other, for stability), whose products are ``A_0 P_0`` but its last
+    column, which goes with layer 0's JVP. In all ``2L + r - 1`` block calls after the prefix (the
+    reference path, :func:`prompt_gains_reference`, makes ``L(L + 3)/2 + r + L`` and copies the cache
+    for each); the numbers are the reference path's up to rounding. With the prompt's own Jacobians
+    the basis holds every earlier injection as propagated, so the predicted curve equals the exact one
+    once ``r`` exceeds the number of layers (and at ``r = d`` always).
+    """
+    blocks = source if isinstance(source, PromptBlocks) else blocks_of(source.model, source.adapter,
+                                                                        source.input_ids, source.cache)
+    L = blocks.n_layers
+    V = directions.to(blocks.x0)
+    w = V[L]
+    with blocks.live():
+        x = blocks.x0
+        P0, known = arnoldi(V[0], lambda Q: blocks.actions(0, x, Q), order)
+        bases, actions = [P0], []
+        tangents = x.new_zeros(x.shape[0], 0)  # [d, l]: t_k at layer l's input, k < l
+        injected = x.new_zeros(0, x.shape[0])  # [l, d]: x^{(k)}_l, k < l
+        for layer in range(L):
+            m = min(known.shape[1], order) if layer == 0 else 0  # A_0's columns Arnoldi already has
+            tangents = torch.cat([tangents, V[layer][:, None]], dim=1)
+            cols = blocks.actions(layer, x, torch.cat([bases[layer][:, m:], tangents], dim=1))
+            carried = torch.cat([known[:, :m], cols[:, : order - m]], dim=1)
+            tangents = cols[:, order - m:]
+            actions.append(carried)
+            bases.append(next_basis(V[layer + 1], carried, order))
+            out = blocks.map(layer, torch.cat([x[None], injected, (x + eps * V[layer])[None]]))
+            x, injected = out[0], out[1:]
+        measured = (injected @ w - x @ w) / eps
+        exact = tangents.T @ w
+    predicted = predicted_gains(reduced_model(bases, actions))
+    return PromptGains(predicted, measured, exact, bases)
+
+
+def prompt_gains_reference(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32,
+                           eps: float = 0.1) -> PromptGains:
+    """:func:`prompt_gains` the way it was computed before the blockwise path (the bench's baseline and the
+    tests' reference): each Jacobian action re-runs the last token from block 0 on a deep copy of the
+    prefix cache, the measured gains are one batched pass of the last token, the exact ones one backward.
     """
     L = ctx.n_layers
     V = directions.to(ctx.states)

@@ -1,0 +1,183 @@
+"""One prompt's last token, block by block: each frozen-context map ``f_l`` called on its own.
+
+:class:`~lldd_core.forward.depth.PromptContext` evaluates ``f_l`` by running the last token through
+the whole model (blocks ``0..l``, hooks replacing block ``l``'s input) on a deep copy of the
+prefix's KV cache. Here each block is called directly, from a state the caller already knows:
+
+* :func:`prompt_blocks` runs the prefix once (its KV cache kept) and then the last token through
+  the model **once with every block's forward stubbed out** (no block arithmetic): the stubs record
+  the arguments the model hands each block (attention mask, positions, rotary tables, the cache)
+  and ``x_0``, block 0's input. Nothing of the prefix is copied.
+* ``f_l(x)`` is then ``block_l(x, **its recorded arguments)`` with the cache replaced by a
+  :class:`_PrefixView`: block ``l``'s attention gets its own layer's prefix keys and values plus the
+  new token's, through the layer's own ``update`` on a shallow copy of that layer, so the prefix is
+  never changed and no other layer is touched.
+
+``x_{l+1} = f_l(x_l)`` of this chain is the last token's state of the ordinary forward (the same
+block arithmetic on the same arguments; equal up to batching round-off), and
+``A_l = ∂f_l/∂x_l`` at a known ``x_l`` is one vmapped JVP of one block
+(:func:`~lldd_core.forward.jvp.columns`, with its fallbacks). Callers run everything inside
+:meth:`PromptBlocks.live`, which enters :func:`~lldd_core.forward.linearize.live_mode` once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+
+from ..models.arch import FamilyAdapter
+from ..models.placement import forward_attribute, input_device, replaced_forwards
+from . import hooks as hk
+from .jvp import columns
+from .linearize import live_mode
+
+#: marks a forward that only records its arguments (:mod:`lldd_core.forward.counting` skips it)
+STUB_MARK = "_lldd_capture_stub"
+#: cache layers whose ``update`` rebinds its tensors (``torch.cat``) instead of writing into them
+_COPY_ON_WRITE = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+class _PrefixView:
+    """The cache a directly called block sees: ``update(k, v, l)`` returns layer ``l``'s prefix with
+    ``k, v`` appended, exactly as that cache layer's own ``update`` does (sliding windows included),
+    but on a shallow copy of the layer, so the stored prefix stays as it is. Copy-on-write is safe
+    because dynamic cache layers rebind (``torch.cat``), never write into, their tensors. A batch of
+    ``m`` rows gets the prefix expanded to ``m`` (a view) before the append."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._layers = cache.layers
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = copy.copy(self._layers[layer_idx])
+        m = key_states.shape[0]
+        if layer.keys.shape[0] != m:  # a batch of rows: every row sees the same prefix
+            layer.keys = layer.keys.expand(m, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(m, *layer.values.shape[1:])
+        return layer.update(key_states, value_states, *args, **kwargs)
+
+
+@dataclass
+class PromptBlocks:
+    """One prompt's blocks, each callable alone at the last token (module doc)."""
+
+    model: nn.Module
+    adapter: FamilyAdapter
+    input_ids: torch.Tensor  # [T]
+    x0: torch.Tensor  # [d]: the last token's x_0
+    arguments: list[tuple[tuple, dict]]  # per block: (positional args after the hidden state, keyword args)
+    _live: bool = field(default=False, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.arguments)
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[PromptBlocks]:
+        """:func:`~lldd_core.forward.linearize.live_mode` (and ``no_grad``; forward AD ignores it) for the ``with`` body."""
+        with live_mode(self.model, self.adapter), torch.no_grad():
+            self._live = True
+            try:
+                yield self
+            finally:
+                self._live = False
+
+    def _call(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        if not self._live:
+            raise RuntimeError("PromptBlocks calls run inside `with blocks.live():`")
+        args, kwargs = self.arguments[layer]
+        return hk.first(self.adapter.layers(self.model)[layer](h, *args, **kwargs))
+
+    def map(self, layer: int, X: torch.Tensor) -> torch.Tensor:
+        """``f_l(x)`` for each row of ``X`` ``[m, d]`` -> ``[m, d]``: one call of block ``layer``."""
+        return self._call(layer, X.unsqueeze(1))[:, 0]
+
+    def actions(self, layer: int, x: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        """``A_l P`` at ``x`` (block ``layer``'s input) for directions ``P`` ``[d, c]`` -> ``[d, c]``: one
+        vmapped JVP of block ``layer`` alone (or :mod:`lldd_core.forward.jvp`'s fallbacks)."""
+
+        def f(v: torch.Tensor) -> torch.Tensor:
+            return self._call(layer, v.reshape(1, 1, -1))[0, 0]
+
+        return columns(self.model, f, x, P.T.to(x.dtype)).T
+
+    def states(self) -> torch.Tensor:
+        """``x_0 .. x_L`` ``[L + 1, d]`` of the last token: ``L`` block calls."""
+        xs = [self.x0]
+        for layer in range(self.n_layers):
+            xs.append(self.map(layer, xs[-1][None])[0])
+        return torch.stack(xs)
+
+
+def _stubs(blocks: nn.ModuleList, record: list) -> list[tuple[nn.Module, Any]]:
+    """Forwards that record ``(args, kwargs)`` and pass the hidden state on unchanged; the last one stops."""
+    last = len(blocks) - 1
+
+    def stub(j: int) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            record.append((args, kwargs))
+            if j == last:
+                raise hk.StopForward
+            return hk.hidden_input(args, kwargs)
+
+        setattr(forward, STUB_MARK, True)
+        return forward
+
+    return [(block, stub(j)) for j, block in enumerate(blocks)]
+
+
+def _frozen(value: Any, view: _PrefixView | None) -> Any:
+    return view if view is not None and isinstance(value, Cache) else value
+
+
+def blocks_of(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor, cache: Cache | None) -> PromptBlocks:
+    """:class:`PromptBlocks` of a prompt whose prefix (``input_ids[:-1]``) left ``cache`` (``None`` for one token):
+    the last token through the model with every block stubbed (module doc)."""
+    blocks = adapter.layers(model)
+    record: list[tuple[tuple, dict]] = []
+    T = input_ids.shape[0]
+    device = input_device(model)
+    if cache is not None and not all(type(layer) in _COPY_ON_WRITE for layer in cache.layers):
+        raise TypeError(f"blockwise calls need a dynamic KV cache, got {sorted({type(x).__name__ for x in cache.layers})}")
+    with live_mode(model, adapter), torch.no_grad(), replaced_forwards(_stubs(blocks, record)):
+        hk.run_until(model, input_ids=input_ids[-1:].reshape(1, 1).to(device),
+                     attention_mask=torch.ones(1, T, dtype=torch.long, device=device),
+                     position_ids=torch.full((1, 1), T - 1, dtype=torch.long, device=device),
+                     past_key_values=cache, use_cache=cache is not None)
+    if len(record) != len(blocks):
+        raise RuntimeError(f"the model called {len(record)} of its {len(blocks)} blocks for one token")
+    view = _PrefixView(cache) if cache is not None else None
+    arguments = []
+    for args, kwargs in record:
+        rest = args[1:] if args else ()
+        kw = {k: _frozen(v, view) for k, v in kwargs.items() if not (not args and k == "hidden_states")}
+        arguments.append((tuple(_frozen(a, view) for a in rest), kw))
+    x0 = hk.hidden_input(*record[0])[0, 0]
+    return PromptBlocks(model, adapter, input_ids, x0, arguments)
+
+
+def prompt_blocks(model: nn.Module, adapter: FamilyAdapter, input_ids: Sequence[int] | torch.Tensor) -> PromptBlocks:
+    """Run the prefix of one prompt once (KV cache kept) and record how the model calls each block for
+    its last token (module doc): ``L`` block evaluations of ``T - 1`` tokens in all."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
+    if ids.numel() == 0:
+        raise ValueError("empty prompt")
+    cache = None
+    if ids.numel() > 1:
+        device = input_device(model)
+        with live_mode(model, adapter), torch.no_grad():
+            prefix = ids[:-1].unsqueeze(0).to(device)
+            cache = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
+    return blocks_of(model, adapter, ids, cache)
+
+
+def is_stub(module: nn.Module) -> bool:
+    """Whether ``module``'s forward is, for now, a :func:`blocks_of` stub (no block arithmetic)."""
+    return bool(getattr(module.__dict__.get(forward_attribute(module)), STUB_MARK, False))
