@@ -337,10 +337,12 @@ def prompt_gains(source: PromptBlocks | PromptContext, directions: torch.Tensor,
       are ``(v_L^T x^{(k)}_L - v_L^T x_L) / ε``.
 
     Layer 0 first runs Arnoldi on ``A_0`` (:func:`~lldd_core.linalg.llv.arnoldi`: ``r - 1`` products of
-    one column, one after the other, for stability), whose products are ``A_0 P_0`` but its last
-    column, which goes with layer 0's JVP. In all ``2L + r - 1`` block calls after the prefix (the
-    reference path, :func:`prompt_gains_reference`, makes ``L(L + 3)/2 + r + L`` and copies the cache
-    for each); the numbers are the reference path's up to rounding. With the prompt's own Jacobians
+    one column, one after the other, for stability), each a backward through block 0's kept graph
+    (:meth:`~lldd_core.forward.blockwise.PromptBlocks.operator`, no forward per product); they are
+    ``A_0 P_0`` but its last column, which goes with layer 0's JVP. With the prefix that is
+    ``3L + r`` layer evaluations (:mod:`lldd_core.forward.counting`: block calls and kept-graph
+    products; 68 for ``L = 12, r = 32``, where :func:`prompt_gains_reference` makes 157 and deep-copies
+    the cache for each call); the numbers are the reference path's up to rounding. With the prompt's own Jacobians
     the basis holds every earlier injection as propagated, so the predicted curve equals the exact one
     once ``r`` exceeds the number of layers (and at ``r = d`` always).
     """
@@ -351,7 +353,7 @@ def prompt_gains(source: PromptBlocks | PromptContext, directions: torch.Tensor,
     w = V[L]
     with blocks.live():
         x = blocks.x0
-        P0, known = arnoldi(V[0], lambda Q: blocks.actions(0, x, Q), order)
+        P0, known = arnoldi(V[0], blocks.operator(0, x), order)
         bases, actions = [P0], []
         tangents = x.new_zeros(x.shape[0], 0)  # [d, l]: t_k at layer l's input, k < l
         injected = x.new_zeros(0, x.shape[0])  # [l, d]: x^{(k)}_l, k < l

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +33,12 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..models.arch import FamilyAdapter
-from ..models.placement import forward_attribute, input_device, replaced_forwards
+from ..models.placement import input_device, replaced_forwards
 from . import hooks as hk
-from .jvp import columns
+from .counting import STUB_MARK, note_products
+from .jvp import columns, kept_operator, model_mode
 from .linearize import live_mode
 
-#: marks a forward that only records its arguments (:mod:`lldd_core.forward.counting` skips it)
-STUB_MARK = "_lldd_capture_stub"
 #: cache layers whose ``update`` rebinds its tensors (``torch.cat``) instead of writing into them
 _COPY_ON_WRITE = (DynamicLayer, DynamicSlidingWindowLayer)
 
@@ -107,6 +106,37 @@ class PromptBlocks:
             return self._call(layer, v.reshape(1, 1, -1))[0, 0]
 
         return columns(self.model, f, x, P.T.to(x.dtype)).T
+
+    def operator(self, layer: int, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``P -> A_l P`` at ``x`` for directions ``P`` ``[d, c]`` asked one after another (Arnoldi's
+        products): one call of block ``layer`` with its graph kept, then a backward per product
+        (:func:`~lldd_core.forward.jvp.kept_operator`); where that graph fails its check, or the model
+        runs on finite differences, each product is :meth:`actions`."""
+        fallback = lambda P: self.actions(layer, x, P)  # noqa: E731
+        if model_mode(self.model) == "fd":
+            return fallback
+
+        def f(v: torch.Tensor) -> torch.Tensor:
+            return self._call(layer, v.reshape(1, 1, -1))[0, 0]
+
+        try:
+            kept = kept_operator(f, x)
+        except (RuntimeError, NotImplementedError):
+            return fallback
+        usable = True
+
+        def apply(P: torch.Tensor) -> torch.Tensor:
+            nonlocal usable
+            if usable:
+                try:
+                    out = kept(P.T.to(x.dtype)).T
+                    note_products(self.model, layer)
+                    return out
+                except (RuntimeError, NotImplementedError):
+                    usable = False  # the adjoint check failed on the first product: forward mode from now on
+            return fallback(P)
+
+        return apply
 
     def states(self) -> torch.Tensor:
         """``x_0 .. x_L`` ``[L + 1, d]`` of the last token: ``L`` block calls."""
@@ -177,7 +207,3 @@ def prompt_blocks(model: nn.Module, adapter: FamilyAdapter, input_ids: Sequence[
             cache = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
     return blocks_of(model, adapter, ids, cache)
 
-
-def is_stub(module: nn.Module) -> bool:
-    """Whether ``module``'s forward is, for now, a :func:`blocks_of` stub (no block arithmetic)."""
-    return bool(getattr(module.__dict__.get(forward_attribute(module)), STUB_MARK, False))

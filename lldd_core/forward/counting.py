@@ -2,7 +2,9 @@
 
 A *layer evaluation* is one call of one transformer block that runs its arithmetic, whatever its
 batch, its number of tokens or its vmapped tangent columns (a vmapped JVP of ``r`` columns is one
-call: the block runs once on batched tensors). ``evaluations / n_layers`` is a count of
+call: the block runs once on batched tensors), and so is each product through a kept linearization of one
+block (:func:`~lldd_core.forward.jvp.kept_operator`: a backward through the block's kept graph, which
+a forward hook cannot see; :func:`note_products` reports them). ``evaluations / n_layers`` is a count of
 forward-pass equivalents: a full forward of the prompt evaluates every block once. At the
 benches' sizes (prompt length ``T`` about the order ``r``) one call costs about one block of a full
 forward either way — a JVP of ``r`` columns pushes ``r + 1`` rows, a forward ``T`` tokens — and a
@@ -22,8 +24,23 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..models.arch import FamilyAdapter
+from ..models.placement import forward_attribute
 from . import hooks as hk
-from .blockwise import is_stub
+
+#: marks a forward that only records its arguments (:mod:`lldd_core.forward.blockwise`'s stubs)
+STUB_MARK = "_lldd_capture_stub"
+_ACTIVE: dict[int, list[BlockCount]] = {}  # id(model) -> the counters open on it
+
+
+def is_stub(module: nn.Module) -> bool:
+    """Whether ``module``'s forward is, for now, an argument-recording stub (no block arithmetic)."""
+    return bool(getattr(module.__dict__.get(forward_attribute(module)), STUB_MARK, False))
+
+
+def note_products(model: nn.Module, layer: int, n: int = 1) -> None:
+    """Record ``n`` kept-graph products of block ``layer`` with every counter open on ``model`` (none: nothing)."""
+    for count in _ACTIVE.get(id(model), []):
+        count.products[layer] += n
 
 
 @dataclass
@@ -31,12 +48,13 @@ class BlockCount:
     """Block calls seen so far, per block index."""
 
     n_layers: int
-    calls: Counter = field(default_factory=Counter)  # block index -> evaluations
+    calls: Counter = field(default_factory=Counter)  # block index -> forward calls that ran the block
+    products: Counter = field(default_factory=Counter)  # block index -> kept-graph products (note_products)
     stubbed: int = 0  # calls that ran a recording stub instead of the block
 
     @property
     def evaluations(self) -> int:
-        return sum(self.calls.values())
+        return sum(self.calls.values()) + sum(self.products.values())
 
     @property
     def forward_equivalents(self) -> float:
@@ -59,5 +77,11 @@ def counted_blocks(model: nn.Module, adapter: FamilyAdapter) -> Iterator[BlockCo
 
         return hk.Hook(blocks[j], "pre", pre, with_kwargs=True)
 
-    with hk.hooks(*(counter(j) for j in range(len(blocks)))):
-        yield count
+    _ACTIVE.setdefault(id(model), []).append(count)
+    try:
+        with hk.hooks(*(counter(j) for j in range(len(blocks)))):
+            yield count
+    finally:
+        _ACTIVE[id(model)].remove(count)
+        if not _ACTIVE[id(model)]:
+            del _ACTIVE[id(model)]
