@@ -7,9 +7,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lldd_core.analysis.gains import prompt_gains, prompt_gains_reference
-from lldd_core.forward.blockwise import prompt_blocks
+from lldd_core.forward.blockwise import batch_blocks, prompt_blocks
 from lldd_core.forward.counting import counted_blocks
-from lldd_core.forward.depth import prompt_context
+from lldd_core.forward.depth import last_token_actions, last_token_states, prompt_context
 from lldd_core.forward.jvp import columns, kept_operator
 from lldd_core.models.arch import adapter_for
 from tests.helpers import load
@@ -93,3 +93,21 @@ def test_bench_shaped_analysis_stays_under_six_forward_equivalents():
     assert new_count.stubbed == L and sum(new_count.products.values()) == r - 1
     for key in ("predicted", "measured", "exact"):
         torch.testing.assert_close(getattr(new, key), getattr(old, key), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mistral", "gemma3_text"])
+def test_batched_blocks_equal_the_full_sequence_states_and_actions(tiny_dirs, family):
+    """Left-padded prompts of different lengths (one of a single token) in one batch of blockwise calls."""
+    handle = load(tiny_dirs[family])
+    seqs = [handle.info.encode(t) for t in (PROMPT, "Paris is the capital", "The cat")] + [handle.info.encode("Hi")[:1]]
+    d = handle.info.d_model
+    P = torch.linalg.qr(torch.randn(d, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64))[0]
+    blocks = batch_blocks(handle.model, handle.adapter, seqs)
+    with blocks.live():
+        X = blocks.states()
+        actions = [blocks.actions(layer, X[:, layer], P) for layer in range(handle.n_layers)]
+    states = torch.tensor(last_token_states(handle.model, handle.adapter, seqs, batch_size=1))
+    torch.testing.assert_close(X, states, rtol=0, atol=1e-10)
+    for layer, got in enumerate(actions):
+        torch.testing.assert_close(got, last_token_actions(handle.model, handle.adapter, seqs, layer, P),
+                                   rtol=0, atol=1e-10)

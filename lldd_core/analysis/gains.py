@@ -37,7 +37,7 @@ from ..concepts.data import ConceptData
 from ..concepts.directions import class_directions
 from ..concepts.splits import Splits, split
 from ..errors import NumericalError
-from ..forward.blockwise import PromptBlocks, blocks_of
+from ..forward.blockwise import PromptBlocks, batch_blocks, blocks_of
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.agreement import agreement, direction_reliability, kept_layers
 from ..linalg.llv import arnoldi, krylov_bases, next_basis, pca_bases, predicted_gains, random_bases, reduced_model
@@ -163,13 +163,25 @@ class GainsSetup:
             return np.repeat(self.population_curve(bases)[None], len(evaluation), axis=0)
         return self.prompt_predictions(bases, evaluation)
 
-    def prompt_predictions(self, bases: list[torch.Tensor], evaluation: list[list[int]]) -> np.ndarray:
-        """Each prompt's own reduced model on the shared ``bases``: predicted gains ``[P, K]``."""
+    def prompt_predictions(self, bases: list[torch.Tensor], evaluation: list[list[int]],
+                           batch_size: int = 32) -> np.ndarray:
+        """Each prompt's own reduced model on the shared ``bases``: predicted gains ``[P, K]``.
+
+        Blockwise (:func:`~lldd_core.forward.blockwise.batch_blocks`), ``batch_size`` prompts at a time:
+        their prefixes in one pass, their last tokens' states by ``L`` block calls, then ``A_l(p) P_l`` of
+        every prompt and every column by one vmapped JVP of block ``l`` alone, ``3L`` layer evaluations
+        per batch (re-running the prompts from block 0 for each layer, as before, took ``L(L + 1)/2``
+        full-sequence ones with the tangents carried through every position).
+        """
         h = self.handle
-        actions = [last_token_actions(h.model, h.adapter, evaluation, l, bases[l], pad_id=self.pad)
-                   for l in range(h.n_layers)]  # [P, d, r] per layer
-        out = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
-               for i in range(len(evaluation))]
+        out = []
+        for start in range(0, len(evaluation), batch_size):
+            blocks = batch_blocks(h.model, h.adapter, evaluation[start : start + batch_size], pad_id=self.pad)
+            with blocks.live():
+                X = blocks.states()  # [N, L + 1, d]
+                actions = [blocks.actions(l, X[:, l], bases[l]) for l in range(h.n_layers)]  # [N, d, r] each
+            out += [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
+                    for i in range(X.shape[0])]
         return torch.stack(out).detach().double().cpu().numpy()
 
     def context(self, i: int) -> PromptContext:

@@ -13,6 +13,13 @@ prefix's KV cache. Here each block is called directly, from a state the caller a
   new token's, through the layer's own ``update`` on a shallow copy of that layer, so the prefix is
   never changed and no other layer is touched.
 
+* :func:`batch_blocks` does the same for many prompts at once, left-padded to one length (the
+  attention mask hides the padding, positions count real tokens): :class:`BatchBlocks` calls take
+  one row per prompt, and a vmapped JVP there gives ``A_l(p) P`` of every prompt and every column of
+  ``P`` in one call of one block (the full-sequence alternative,
+  :func:`~lldd_core.forward.depth.last_token_actions`, re-runs blocks ``0..l`` and carries the
+  tangents through every position).
+
 ``x_{l+1} = f_l(x_l)`` of this chain is the last token's state of the ordinary forward (the same
 block arithmetic on the same arguments; equal up to batching round-off), and
 ``A_l = ∂f_l/∂x_l`` at a known ``x_l`` is one vmapped JVP of one block
@@ -25,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +43,7 @@ from ..models.arch import FamilyAdapter
 from ..models.placement import input_device, replaced_forwards
 from . import hooks as hk
 from .counting import STUB_MARK, note_products
+from .depth import pad_batch
 from .jvp import columns, kept_operator, model_mode
 from .linearize import live_mode
 
@@ -64,22 +72,22 @@ class _PrefixView:
 
 
 @dataclass
-class PromptBlocks:
-    """One prompt's blocks, each callable alone at the last token (module doc)."""
+class _Blocks:
+    """What both kinds share: the model, each block's recorded arguments, the live-mode guard."""
 
     model: nn.Module
     adapter: FamilyAdapter
-    input_ids: torch.Tensor  # [T]
-    x0: torch.Tensor  # [d]: the last token's x_0
     arguments: list[tuple[tuple, dict]]  # per block: (positional args after the hidden state, keyword args)
-    _live: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._live = False
 
     @property
     def n_layers(self) -> int:
         return len(self.arguments)
 
     @contextlib.contextmanager
-    def live(self) -> Iterator[PromptBlocks]:
+    def live(self) -> Iterator[_Blocks]:
         """:func:`~lldd_core.forward.linearize.live_mode` (and ``no_grad``; forward AD ignores it) for the ``with`` body."""
         with live_mode(self.model, self.adapter), torch.no_grad():
             self._live = True
@@ -90,9 +98,19 @@ class PromptBlocks:
 
     def _call(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         if not self._live:
-            raise RuntimeError("PromptBlocks calls run inside `with blocks.live():`")
+            raise RuntimeError("blockwise calls run inside `with blocks.live():`")
         args, kwargs = self.arguments[layer]
         return hk.first(self.adapter.layers(self.model)[layer](h, *args, **kwargs))
+
+
+class PromptBlocks(_Blocks):
+    """One prompt's blocks, each callable alone at the last token (module doc)."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor, x0: torch.Tensor,
+                 arguments: list[tuple[tuple, dict]]) -> None:
+        super().__init__(model, adapter, arguments)
+        self.input_ids = input_ids  # [T]
+        self.x0 = x0  # [d]: the last token's x_0
 
     def map(self, layer: int, X: torch.Tensor) -> torch.Tensor:
         """``f_l(x)`` for each row of ``X`` ``[m, d]`` -> ``[m, d]``: one call of block ``layer``."""
@@ -146,6 +164,37 @@ class PromptBlocks:
         return torch.stack(xs)
 
 
+class BatchBlocks(_Blocks):
+    """Many prompts' blocks, each callable alone at their last tokens: row ``i`` of every input is prompt
+    ``i`` (left-padded prefixes in one cache; :func:`batch_blocks`)."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, x0: torch.Tensor,
+                 arguments: list[tuple[tuple, dict]]) -> None:
+        super().__init__(model, adapter, arguments)
+        self.x0 = x0  # [N, d]
+
+    def map(self, layer: int, X: torch.Tensor) -> torch.Tensor:
+        """``f_l(p)(x_p)`` for each prompt's row of ``X`` ``[N, d]`` -> ``[N, d]``: one call of block ``layer``."""
+        return self._call(layer, X.unsqueeze(1))[:, 0]
+
+    def actions(self, layer: int, X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        """``A_l(p) P`` of every prompt at its ``X[p]`` for directions ``P`` ``[d, c]`` -> ``[N, d, c]``: one
+        vmapped JVP of block ``layer``, all prompts and all columns together."""
+
+        def f(V: torch.Tensor) -> torch.Tensor:
+            return self._call(layer, V.unsqueeze(1))[:, 0]
+
+        tangents = P.T.to(X.dtype)[:, None, :].expand(P.shape[1], *X.shape)
+        return columns(self.model, f, X, tangents).permute(1, 2, 0)
+
+    def states(self) -> torch.Tensor:
+        """``x_0 .. x_L`` ``[N, L + 1, d]`` of every prompt's last token: ``L`` block calls."""
+        xs = [self.x0]
+        for layer in range(self.n_layers):
+            xs.append(self.map(layer, xs[-1]))
+        return torch.stack(xs, dim=1)
+
+
 def _stubs(blocks: nn.ModuleList, record: list) -> list[tuple[nn.Module, Any]]:
     """Forwards that record ``(args, kwargs)`` and pass the hidden state on unchanged; the last one stops."""
     last = len(blocks) - 1
@@ -167,20 +216,17 @@ def _frozen(value: Any, view: _PrefixView | None) -> Any:
     return view if view is not None and isinstance(value, Cache) else value
 
 
-def blocks_of(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor, cache: Cache | None) -> PromptBlocks:
-    """:class:`PromptBlocks` of a prompt whose prefix (``input_ids[:-1]``) left ``cache`` (``None`` for one token):
-    the last token through the model with every block stubbed (module doc)."""
+def _record(model: nn.Module, adapter: FamilyAdapter, last: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+            cache: Cache | None) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
+    """The last tokens ``last`` ``[N, 1]`` through the model with every block stubbed: ``x_0`` ``[N, d]`` and
+    each block's arguments, the cache among them replaced by a :class:`_PrefixView`."""
     blocks = adapter.layers(model)
     record: list[tuple[tuple, dict]] = []
-    T = input_ids.shape[0]
-    device = input_device(model)
     if cache is not None and not all(type(layer) in _COPY_ON_WRITE for layer in cache.layers):
         raise TypeError(f"blockwise calls need a dynamic KV cache, got {sorted({type(x).__name__ for x in cache.layers})}")
     with live_mode(model, adapter), torch.no_grad(), replaced_forwards(_stubs(blocks, record)):
-        hk.run_until(model, input_ids=input_ids[-1:].reshape(1, 1).to(device),
-                     attention_mask=torch.ones(1, T, dtype=torch.long, device=device),
-                     position_ids=torch.full((1, 1), T - 1, dtype=torch.long, device=device),
-                     past_key_values=cache, use_cache=cache is not None)
+        hk.run_until(model, input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                     use_cache=cache is not None)
     if len(record) != len(blocks):
         raise RuntimeError(f"the model called {len(record)} of its {len(blocks)} blocks for one token")
     view = _PrefixView(cache) if cache is not None else None
@@ -189,8 +235,35 @@ def blocks_of(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor,
         rest = args[1:] if args else ()
         kw = {k: _frozen(v, view) for k, v in kwargs.items() if not (not args and k == "hidden_states")}
         arguments.append((tuple(_frozen(a, view) for a in rest), kw))
-    x0 = hk.hidden_input(*record[0])[0, 0]
-    return PromptBlocks(model, adapter, input_ids, x0, arguments)
+    return hk.hidden_input(*record[0])[:, 0], arguments
+
+
+def blocks_of(model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor, cache: Cache | None) -> PromptBlocks:
+    """:class:`PromptBlocks` of a prompt whose prefix (``input_ids[:-1]``) left ``cache`` (``None`` for one token):
+    the last token through the model with every block stubbed (module doc)."""
+    T = input_ids.shape[0]
+    device = input_device(model)
+    x0, arguments = _record(model, adapter, input_ids[-1:].reshape(1, 1).to(device),
+                            torch.ones(1, T, dtype=torch.long, device=device),
+                            torch.full((1, 1), T - 1, dtype=torch.long, device=device), cache)
+    return PromptBlocks(model, adapter, input_ids, x0[0], arguments)
+
+
+def batch_blocks(model: nn.Module, adapter: FamilyAdapter, sequences: Sequence[Sequence[int]], *,
+                 pad_id: int = 0) -> BatchBlocks:
+    """:class:`BatchBlocks` of many prompts, left-padded to one length (the attention mask hides the padding,
+    positions count real tokens): their prefixes in one batched pass, then the recording pass."""
+    ids, mask = pad_batch(sequences, pad_id, "left")
+    device = input_device(model)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = None
+    if ids.shape[1] > 1:
+        with live_mode(model, adapter), torch.no_grad():
+            cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                          use_cache=True).past_key_values
+    x0, arguments = _record(model, adapter, ids[:, -1:], mask, positions[:, -1:], cache)
+    return BatchBlocks(model, adapter, x0, arguments)
 
 
 def prompt_blocks(model: nn.Module, adapter: FamilyAdapter, input_ids: Sequence[int] | torch.Tensor) -> PromptBlocks:
