@@ -111,3 +111,22 @@ def test_batched_blocks_equal_the_full_sequence_states_and_actions(tiny_dirs, fa
     for layer, got in enumerate(actions):
         torch.testing.assert_close(got, last_token_actions(handle.model, handle.adapter, seqs, layer, P),
                                    rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_blockwise_mean_actions_give_the_full_sequence_krylov_bases(tiny_dirs, family):
+    from lldd_core.forward.blockwise import mean_actions
+    from lldd_core.linalg.llv import krylov_bases
+
+    handle = load(tiny_dirs[family])
+    seqs = [handle.info.encode(t) for t in (PROMPT, "Paris is the capital", "The cat")] + [handle.info.encode("Hi")[:1]]
+    V = _directions(handle.n_layers, handle.info.d_model)
+    old = krylov_bases(V, lambda layer, P: last_token_actions(handle.model, handle.adapter, seqs, layer, P).mean(0), 5)
+    with counted_blocks(handle.model, handle.adapter) as count, \
+            mean_actions(handle.model, handle.adapter, seqs, batch_size=3) as mean:  # two chunks
+        new = krylov_bases(V, mean, 5)
+    for a, b in zip(new, old):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert sum(count.products.values()) == 2 * 4  # Arnoldi's 4 products, per chunk (they also serve M_0 P_0)
+    with mean_actions(handle.model, handle.adapter, seqs, max_cache_bytes=1) as over_budget:
+        assert over_budget is None  # the caller falls back to the full-sequence path

@@ -24,8 +24,9 @@ correlation of the mean curves.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from ..concepts.data import ConceptData
 from ..concepts.directions import class_directions
 from ..concepts.splits import Splits, split
 from ..errors import NumericalError
-from ..forward.blockwise import PromptBlocks, batch_blocks, blocks_of
+from ..forward.blockwise import PromptBlocks, batch_blocks, blocks_of, mean_actions
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.agreement import agreement, direction_reliability, kept_layers
 from ..linalg.llv import arnoldi, krylov_bases, next_basis, pca_bases, predicted_gains, random_bases, reduced_model
@@ -48,6 +49,8 @@ from ..store.results import ConceptStamp, result_type
 from .settings import ConceptSettings, GainsSettings
 
 ANALYSIS = "gains"
+#: the operating prompts' prefix caches a blockwise Krylov basis may keep (GainsSetup.mean_actions)
+BLOCKWISE_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -140,10 +143,22 @@ class GainsSetup:
         h = self.handle
         return last_token_actions(h.model, h.adapter, self.operating, layer, P, pad_id=self.pad).mean(0)
 
+    @contextlib.contextmanager
+    def mean_actions(self) -> Iterator[Callable[[int, torch.Tensor], torch.Tensor]]:
+        """``M_l P`` for the ``with`` body: blockwise (:func:`~lldd_core.forward.blockwise.mean_actions`: every
+        operating prompt's prefix once, then one call of one block per action, all prompts and columns
+        together; Arnoldi's products through kept graphs) while the prefix caches fit in
+        ``BLOCKWISE_CACHE_BYTES``, else :meth:`mean_action` (full-sequence passes, nothing kept)."""
+        h = self.handle
+        with mean_actions(h.model, h.adapter, self.operating, pad_id=self.pad,
+                          max_cache_bytes=BLOCKWISE_CACHE_BYTES) as blockwise:
+            yield blockwise if blockwise is not None else self.mean_action
+
     def bases(self, complement: str, order: int, seed: int = 0) -> list[torch.Tensor]:
         """``P_0 .. P_L`` of the given complement and order (:mod:`lldd_core.linalg.llv`)."""
         if complement == "krylov":
-            return krylov_bases(self.directions, self.mean_action, order)
+            with self.mean_actions() as mean_action:
+                return krylov_bases(self.directions, mean_action, order)
         if complement == "random":
             return random_bases(self.directions, order, seed)
         h = self.handle
@@ -153,7 +168,8 @@ class GainsSetup:
     def population_curve(self, bases: list[torch.Tensor]) -> np.ndarray:
         """The operating prompts' mean reduced model's predicted gains ``[K]`` (population mode)."""
         L = self.handle.n_layers
-        Abar = [bases[l + 1].T @ self.mean_action(l, bases[l]) for l in range(L)]
+        with self.mean_actions() as mean_action:
+            Abar = [bases[l + 1].T @ mean_action(l, bases[l]) for l in range(L)]
         return predicted_gains(Abar)[self.layers].detach().double().cpu().numpy()
 
     def predicted(self, bases: list[torch.Tensor], mode: str, rows: slice = slice(None)) -> np.ndarray:

@@ -102,9 +102,53 @@ class _Blocks:
         args, kwargs = self.arguments[layer]
         return hk.first(self.adapter.layers(self.model)[layer](h, *args, **kwargs))
 
+    # how a kind of blocks feeds a function of its inputs to the JVP helpers (``X`` the input rows)
+    def _f(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def _tangents(self, X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _arrange(self, cols: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def actions(self, layer: int, X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        """``A_l P`` at block ``layer``'s input ``X`` for directions ``P`` ``[d, c]``: one vmapped JVP of
+        block ``layer`` alone (or :mod:`lldd_core.forward.jvp`'s fallbacks)."""
+        return self._arrange(columns(self.model, self._f(layer), X, self._tangents(X, P)))
+
+    def operator(self, layer: int, X: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``P -> A_l P`` at ``X`` for directions ``P`` ``[d, c]`` asked one after another (Arnoldi's
+        products): one call of block ``layer`` with its graph kept, then a backward per product
+        (:func:`~lldd_core.forward.jvp.kept_operator`); where that graph fails its check, or the model
+        runs on finite differences, each product is :meth:`actions`."""
+        fallback = lambda P: self.actions(layer, X, P)  # noqa: E731
+        if model_mode(self.model) == "fd":
+            return fallback
+        try:
+            kept = kept_operator(self._f(layer), X)
+        except (RuntimeError, NotImplementedError):
+            return fallback
+        usable = True
+
+        def apply(P: torch.Tensor) -> torch.Tensor:
+            nonlocal usable
+            if usable:
+                try:
+                    out = self._arrange(kept(self._tangents(X, P)))
+                    note_products(self.model, layer)
+                    return out
+                except (RuntimeError, NotImplementedError):
+                    usable = False  # the adjoint check failed on the first product: forward mode from now on
+            return fallback(P)
+
+        return apply
+
 
 class PromptBlocks(_Blocks):
-    """One prompt's blocks, each callable alone at the last token (module doc)."""
+    """One prompt's blocks, each callable alone at the last token (module doc). Inputs ``x`` are ``[d]``
+    (:meth:`actions` and :meth:`operator` give ``[d, c]``); :meth:`map` takes a batch of rows ``[m, d]``,
+    every row on the same prefix."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, input_ids: torch.Tensor, x0: torch.Tensor,
                  arguments: list[tuple[tuple, dict]]) -> None:
@@ -116,45 +160,14 @@ class PromptBlocks(_Blocks):
         """``f_l(x)`` for each row of ``X`` ``[m, d]`` -> ``[m, d]``: one call of block ``layer``."""
         return self._call(layer, X.unsqueeze(1))[:, 0]
 
-    def actions(self, layer: int, x: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-        """``A_l P`` at ``x`` (block ``layer``'s input) for directions ``P`` ``[d, c]`` -> ``[d, c]``: one
-        vmapped JVP of block ``layer`` alone (or :mod:`lldd_core.forward.jvp`'s fallbacks)."""
+    def _f(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda v: self._call(layer, v.reshape(1, 1, -1))[0, 0]
 
-        def f(v: torch.Tensor) -> torch.Tensor:
-            return self._call(layer, v.reshape(1, 1, -1))[0, 0]
+    def _tangents(self, x: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        return P.T.to(x.dtype)  # [c, d]
 
-        return columns(self.model, f, x, P.T.to(x.dtype)).T
-
-    def operator(self, layer: int, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``P -> A_l P`` at ``x`` for directions ``P`` ``[d, c]`` asked one after another (Arnoldi's
-        products): one call of block ``layer`` with its graph kept, then a backward per product
-        (:func:`~lldd_core.forward.jvp.kept_operator`); where that graph fails its check, or the model
-        runs on finite differences, each product is :meth:`actions`."""
-        fallback = lambda P: self.actions(layer, x, P)  # noqa: E731
-        if model_mode(self.model) == "fd":
-            return fallback
-
-        def f(v: torch.Tensor) -> torch.Tensor:
-            return self._call(layer, v.reshape(1, 1, -1))[0, 0]
-
-        try:
-            kept = kept_operator(f, x)
-        except (RuntimeError, NotImplementedError):
-            return fallback
-        usable = True
-
-        def apply(P: torch.Tensor) -> torch.Tensor:
-            nonlocal usable
-            if usable:
-                try:
-                    out = kept(P.T.to(x.dtype)).T
-                    note_products(self.model, layer)
-                    return out
-                except (RuntimeError, NotImplementedError):
-                    usable = False  # the adjoint check failed on the first product: forward mode from now on
-            return fallback(P)
-
-        return apply
+    def _arrange(self, cols: torch.Tensor) -> torch.Tensor:
+        return cols.T
 
     def states(self) -> torch.Tensor:
         """``x_0 .. x_L`` ``[L + 1, d]`` of the last token: ``L`` block calls."""
@@ -166,7 +179,9 @@ class PromptBlocks(_Blocks):
 
 class BatchBlocks(_Blocks):
     """Many prompts' blocks, each callable alone at their last tokens: row ``i`` of every input is prompt
-    ``i`` (left-padded prefixes in one cache; :func:`batch_blocks`)."""
+    ``i`` (left-padded prefixes in one cache; :func:`batch_blocks`). Inputs ``X`` are ``[N, d]``;
+    :meth:`actions` and :meth:`operator` give every prompt's ``A_l(p) P`` ``[N, d, c]``, all prompts and
+    all columns in one call of one block."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, x0: torch.Tensor,
                  arguments: list[tuple[tuple, dict]]) -> None:
@@ -177,15 +192,14 @@ class BatchBlocks(_Blocks):
         """``f_l(p)(x_p)`` for each prompt's row of ``X`` ``[N, d]`` -> ``[N, d]``: one call of block ``layer``."""
         return self._call(layer, X.unsqueeze(1))[:, 0]
 
-    def actions(self, layer: int, X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-        """``A_l(p) P`` of every prompt at its ``X[p]`` for directions ``P`` ``[d, c]`` -> ``[N, d, c]``: one
-        vmapped JVP of block ``layer``, all prompts and all columns together."""
+    def _f(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda V: self._call(layer, V.unsqueeze(1))[:, 0]
 
-        def f(V: torch.Tensor) -> torch.Tensor:
-            return self._call(layer, V.unsqueeze(1))[:, 0]
+    def _tangents(self, X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        return P.T.to(X.dtype)[:, None, :].expand(P.shape[1], *X.shape)  # [c, N, d]
 
-        tangents = P.T.to(X.dtype)[:, None, :].expand(P.shape[1], *X.shape)
-        return columns(self.model, f, X, tangents).permute(1, 2, 0)
+    def _arrange(self, cols: torch.Tensor) -> torch.Tensor:
+        return cols.permute(1, 2, 0)
 
     def states(self) -> torch.Tensor:
         """``x_0 .. x_L`` ``[N, L + 1, d]`` of every prompt's last token: ``L`` block calls."""
@@ -193,6 +207,62 @@ class BatchBlocks(_Blocks):
         for layer in range(self.n_layers):
             xs.append(self.map(layer, xs[-1]))
         return torch.stack(xs, dim=1)
+
+
+def _cache_bytes(blocks: _Blocks) -> int:
+    args, kwargs = blocks.arguments[0]
+    view = next((v for v in [*args, *kwargs.values()] if isinstance(v, _PrefixView)), None)
+    if view is None:
+        return 0
+    return sum(t.numel() * t.element_size() for layer in view._layers for t in (layer.keys, layer.values))
+
+
+class MeanActions:
+    """``M_l P = mean_p A_l(p) P`` over many prompts (``(layer, P [d, c]) -> [d, c]``, the Krylov basis's
+    mean action), blockwise: chunks of :class:`BatchBlocks` with their states, all prompts and all
+    columns of a chunk in one call of one block. Block 0's products (Arnoldi's, one after another) go
+    through each chunk's kept graph (:func:`~lldd_core.forward.jvp.kept_operator`); the others are
+    vmapped JVPs. Built by :func:`mean_actions`, used inside its ``with`` body."""
+
+    def __init__(self, chunks: list[tuple[BatchBlocks, torch.Tensor]]) -> None:
+        self.chunks = chunks  # (blocks, states [N, L + 1, d])
+        self.n = sum(X.shape[0] for _, X in chunks)
+        self._kept: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
+
+    def __call__(self, layer: int, P: torch.Tensor) -> torch.Tensor:
+        if layer == 0:
+            if self._kept is None:
+                self._kept = [blocks.operator(0, X[:, 0]) for blocks, X in self.chunks]
+            parts = [op(P) for op in self._kept]  # [N, d, c] each
+        else:
+            parts = [blocks.actions(layer, X[:, layer], P) for blocks, X in self.chunks]
+        return sum(part.sum(0) for part in parts) / self.n
+
+
+@contextlib.contextmanager
+def mean_actions(model: nn.Module, adapter: FamilyAdapter, sequences: Sequence[Sequence[int]], *, pad_id: int = 0,
+                 batch_size: int = 32, max_cache_bytes: int = 1 << 30) -> Iterator[MeanActions | None]:
+    """:class:`MeanActions` of ``sequences`` for the ``with`` body (the live mode entered once), or ``None``
+    when their prefix caches would take more than ``max_cache_bytes`` (estimated from the first chunk):
+    the caller then uses the full-sequence path, which keeps nothing."""
+    chunks: list[tuple[BatchBlocks, torch.Tensor]] = []
+    kept_bytes, seen = 0, 0
+    with live_mode(model, adapter), torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            blocks = batch_blocks(model, adapter, chunk, pad_id=pad_id)
+            kept_bytes, seen = kept_bytes + _cache_bytes(blocks), seen + len(chunk)
+            if kept_bytes * len(sequences) / seen > max_cache_bytes:
+                chunks.clear()
+                yield None
+                return
+            blocks._live = True
+            chunks.append((blocks, blocks.states()))
+        try:
+            yield MeanActions(chunks)
+        finally:
+            for blocks, _ in chunks:
+                blocks._live = False
 
 
 def _stubs(blocks: nn.ModuleList, record: list) -> list[tuple[nn.Module, Any]]:
