@@ -130,3 +130,20 @@ def test_blockwise_mean_actions_give_the_full_sequence_krylov_bases(tiny_dirs, f
     assert sum(count.products.values()) == 2 * 4  # Arnoldi's 4 products, per chunk (they also serve M_0 P_0)
     with mean_actions(handle.model, handle.adapter, seqs, max_cache_bytes=1) as over_budget:
         assert over_budget is None  # the caller falls back to the full-sequence path
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma3_text"])
+def test_blockwise_curves_equal_the_prompt_context_ones_for_every_eps(tiny_dirs, family):
+    from lldd_core.analysis.gains import prompt_curves
+
+    handle = load(tiny_dirs[family])
+    L = handle.n_layers
+    V = _directions(L, handle.info.d_model)
+    eps = [0.1, 1e-3, 2.0]
+    for ids in (handle.info.encode(PROMPT), handle.info.encode(PROMPT)[:1]):
+        ctx = prompt_context(handle.model, handle.adapter, ids)
+        measured, exact = prompt_curves(prompt_blocks(handle.model, handle.adapter, ids), V, eps)
+        # a readout difference over ε = 1e-3 amplifies the batching round-off (~1e-15) a thousandfold
+        torch.testing.assert_close(measured, torch.stack([ctx.measured_gains(V, V[L], e) for e in eps]),
+                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(exact, ctx.exact_gains(V, V[L]), rtol=0, atol=1e-12)

@@ -38,7 +38,7 @@ from ..concepts.data import ConceptData
 from ..concepts.directions import class_directions
 from ..concepts.splits import Splits, split
 from ..errors import NumericalError
-from ..forward.blockwise import PromptBlocks, batch_blocks, blocks_of, mean_actions
+from ..forward.blockwise import PromptBlocks, batch_blocks, blocks_of, mean_actions, prompt_blocks
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.agreement import agreement, direction_reliability, kept_layers
 from ..linalg.llv import arnoldi, krylov_bases, next_basis, pca_bases, predicted_gains, random_bases, reduced_model
@@ -207,16 +207,16 @@ class GainsSetup:
     def curves(self, eps_values: Sequence[float], progress: ProgressFn | None = None,
                rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """Measured gains ``[E, P, K]`` for each ``ε`` and exact gains ``[P, K]`` of the evaluation prompts
-        ``rows``, one prefix run per prompt."""
-        V, L = self.directions, self.handle.n_layers
+        ``rows``: per prompt its prefix once, then :func:`prompt_curves` (two block calls per layer)."""
+        h = self.handle
         meas, exact = [], []
         which = range(len(self.evaluation))[rows]
         for n, i in enumerate(which):
             if progress is not None:
                 progress(n / len(which), f"Measured and exact gains, prompt {n + 1}/{len(which)}")
-            ctx = self.context(i)
-            meas.append(torch.stack([ctx.measured_gains(V, V[L], e, self.layers) for e in eps_values]))
-            exact.append(ctx.exact_gains(V, V[L])[self.layers])
+            M, E = prompt_curves(prompt_blocks(h.model, h.adapter, self.evaluation[i]), self.directions, eps_values)
+            meas.append(M[:, self.layers])
+            exact.append(E[self.layers])
         M = torch.stack(meas, dim=1).detach().double().cpu().numpy()
         E = torch.stack(exact).detach().double().cpu().numpy()
         return M, E
@@ -399,6 +399,33 @@ def prompt_gains(source: PromptBlocks | PromptContext, directions: torch.Tensor,
         exact = tangents.T @ w
     predicted = predicted_gains(reduced_model(bases, actions))
     return PromptGains(predicted, measured, exact, bases)
+
+
+def prompt_curves(blocks: PromptBlocks, directions: torch.Tensor, eps_values: Sequence[float],
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Measured gains ``[E, L]`` for each ``ε`` and exact gains ``[L]`` of every injection layer, blockwise.
+
+    The chain of :func:`prompt_gains` without the basis: per layer ``l`` one vmapped JVP of block ``l``
+    carries every injection's tangent ``t_k`` (``k <= l``) one layer on (exact gains ``v_L^T t_k``,
+    forward mode), and one batched evaluation carries the state and every injected trajectory
+    (``ε v_k`` entered at layer ``k``, each ``ε``) one layer on: ``2L`` block calls after the prefix,
+    however many ``ε``.
+    """
+    L = blocks.n_layers
+    V = directions.to(blocks.x0)
+    w = V[L]
+    eps = torch.as_tensor([float(e) for e in eps_values], dtype=V.dtype, device=V.device)  # [E]
+    with blocks.live():
+        x = blocks.x0
+        tangents = x.new_zeros(x.shape[0], 0)  # [d, l]
+        injected = x.new_zeros(0, x.shape[0])  # [l * E, d], injection layer major
+        for layer in range(L):
+            tangents = blocks.actions(layer, x, torch.cat([tangents, V[layer][:, None]], dim=1))
+            out = blocks.map(layer, torch.cat([x[None], injected, x + eps[:, None] * V[layer]]))
+            x, injected = out[0], out[1:]
+        measured = (injected.reshape(L, len(eps), -1) @ w - x @ w) / eps  # [L, E]
+        exact = tangents.T @ w
+    return measured.T, exact
 
 
 def prompt_gains_reference(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32,
