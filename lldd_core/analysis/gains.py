@@ -9,9 +9,16 @@ token, readout ``v_L^T x_L`` before the final norm):
 * ``predicted[p, k]`` = ``e_1^T Ā_{L-1}(p) ... Ā_{k+1}(p) B̄_k(p)`` with the prompt's own Jacobians
   on the shared basis (``mode="prompt"``), or the operating prompts' mean reduced model
   (``mode="population"``, the same curve for every prompt);
-* ``measured[p, k]`` = the readout change over ``ε`` in the full model (one batched pass);
-* ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k`` (one backward pass): the limit of ``measured`` as
-  ``ε -> 0`` and of ``predicted`` as the order reaches ``d``.
+* ``measured[p, k]`` = the readout change over ``ε`` in the full model;
+* ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k``: the limit of ``measured`` as ``ε -> 0`` and of
+  ``predicted`` as the order reaches ``d``.
+
+Every model evaluation is blockwise (:mod:`lldd_core.forward.blockwise`): each prompt's prefix runs
+once, then blocks are called alone from known states — the operating prompts' mean actions and the
+evaluation prompts' actions with all prompts and columns of a batch in one call of one block,
+Arnoldi's sequential products through kept graphs, and each prompt's measured and exact curves
+by carrying every injected trajectory and every injection's tangent one layer on per call
+(:func:`prompt_curves`; the exact gains in forward mode).
 
 Agreement per prompt (:mod:`lldd_core.linalg.agreement`): Spearman and Pearson correlation of
 ``predicted`` and ``measured`` over layers; aggregated as their means over prompts and as the
