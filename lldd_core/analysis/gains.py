@@ -9,9 +9,16 @@ token, readout ``v_L^T x_L`` before the final norm):
 * ``predicted[p, k]`` = ``e_1^T Ā_{L-1}(p) ... Ā_{k+1}(p) B̄_k(p)`` with the prompt's own Jacobians
   on the shared basis (``mode="prompt"``), or the operating prompts' mean reduced model
   (``mode="population"``, the same curve for every prompt);
-* ``measured[p, k]`` = the readout change over ``ε`` in the full model (one batched pass);
-* ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k`` (one backward pass): the limit of ``measured`` as
-  ``ε -> 0`` and of ``predicted`` as the order reaches ``d``.
+* ``measured[p, k]`` = the readout change over ``ε`` in the full model;
+* ``exact[p, k]`` = ``∂(v_L^T x_L)/∂x_k · v_k``: the limit of ``measured`` as ``ε -> 0`` and of
+  ``predicted`` as the order reaches ``d``.
+
+Every model evaluation is blockwise (:mod:`lldd_core.forward.blockwise`): each prompt's prefix runs
+once, then blocks are called alone from known states — the operating prompts' mean actions and the
+evaluation prompts' actions with all prompts and columns of a batch in one call of one block,
+Arnoldi's sequential products through kept graphs, and each prompt's measured and exact curves
+by carrying every injected trajectory and every injection's tangent one layer on per call
+(:func:`prompt_curves`; the exact gains in forward mode).
 
 Agreement per prompt (:mod:`lldd_core.linalg.agreement`): Spearman and Pearson correlation of
 ``predicted`` and ``measured`` over layers; aggregated as their means over prompts and as the
@@ -24,8 +31,9 @@ correlation of the mean curves.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +45,10 @@ from ..concepts.data import ConceptData
 from ..concepts.directions import class_directions
 from ..concepts.splits import Splits, split
 from ..errors import NumericalError
+from ..forward.blockwise import PromptBlocks, batch_blocks, blocks_of, mean_actions, prompt_blocks
 from ..forward.depth import PromptContext, last_token_actions, last_token_states, prompt_context
 from ..linalg.agreement import agreement, direction_reliability, kept_layers
-from ..linalg.llv import krylov_bases, pca_bases, predicted_gains, random_bases, reduced_model
+from ..linalg.llv import arnoldi, krylov_bases, next_basis, pca_bases, predicted_gains, random_bases, reduced_model
 from ..models.loading import ModelHandle
 from ..models.placement import model_dtype
 from ..progress import ProgressFn
@@ -47,6 +56,8 @@ from ..store.results import ConceptStamp, result_type
 from .settings import ConceptSettings, GainsSettings
 
 ANALYSIS = "gains"
+#: the operating prompts' prefix caches a blockwise Krylov basis may keep (GainsSetup.mean_actions)
+BLOCKWISE_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -139,10 +150,22 @@ class GainsSetup:
         h = self.handle
         return last_token_actions(h.model, h.adapter, self.operating, layer, P, pad_id=self.pad).mean(0)
 
+    @contextlib.contextmanager
+    def mean_actions(self) -> Iterator[Callable[[int, torch.Tensor], torch.Tensor]]:
+        """``M_l P`` for the ``with`` body: blockwise (:func:`~lldd_core.forward.blockwise.mean_actions`: every
+        operating prompt's prefix once, then one call of one block per action, all prompts and columns
+        together; Arnoldi's products through kept graphs) while the prefix caches fit in
+        ``BLOCKWISE_CACHE_BYTES``, else :meth:`mean_action` (full-sequence passes, nothing kept)."""
+        h = self.handle
+        with mean_actions(h.model, h.adapter, self.operating, pad_id=self.pad,
+                          max_cache_bytes=BLOCKWISE_CACHE_BYTES) as blockwise:
+            yield blockwise if blockwise is not None else self.mean_action
+
     def bases(self, complement: str, order: int, seed: int = 0) -> list[torch.Tensor]:
         """``P_0 .. P_L`` of the given complement and order (:mod:`lldd_core.linalg.llv`)."""
         if complement == "krylov":
-            return krylov_bases(self.directions, self.mean_action, order)
+            with self.mean_actions() as mean_action:
+                return krylov_bases(self.directions, mean_action, order)
         if complement == "random":
             return random_bases(self.directions, order, seed)
         h = self.handle
@@ -152,7 +175,8 @@ class GainsSetup:
     def population_curve(self, bases: list[torch.Tensor]) -> np.ndarray:
         """The operating prompts' mean reduced model's predicted gains ``[K]`` (population mode)."""
         L = self.handle.n_layers
-        Abar = [bases[l + 1].T @ self.mean_action(l, bases[l]) for l in range(L)]
+        with self.mean_actions() as mean_action:
+            Abar = [bases[l + 1].T @ mean_action(l, bases[l]) for l in range(L)]
         return predicted_gains(Abar)[self.layers].detach().double().cpu().numpy()
 
     def predicted(self, bases: list[torch.Tensor], mode: str, rows: slice = slice(None)) -> np.ndarray:
@@ -162,13 +186,25 @@ class GainsSetup:
             return np.repeat(self.population_curve(bases)[None], len(evaluation), axis=0)
         return self.prompt_predictions(bases, evaluation)
 
-    def prompt_predictions(self, bases: list[torch.Tensor], evaluation: list[list[int]]) -> np.ndarray:
-        """Each prompt's own reduced model on the shared ``bases``: predicted gains ``[P, K]``."""
+    def prompt_predictions(self, bases: list[torch.Tensor], evaluation: list[list[int]],
+                           batch_size: int = 32) -> np.ndarray:
+        """Each prompt's own reduced model on the shared ``bases``: predicted gains ``[P, K]``.
+
+        Blockwise (:func:`~lldd_core.forward.blockwise.batch_blocks`), ``batch_size`` prompts at a time:
+        their prefixes in one pass, their last tokens' states by ``L`` block calls, then ``A_l(p) P_l`` of
+        every prompt and every column by one vmapped JVP of block ``l`` alone, ``3L`` layer evaluations
+        per batch (re-running the prompts from block 0 for each layer, as before, took ``L(L + 1)/2``
+        full-sequence ones with the tangents carried through every position).
+        """
         h = self.handle
-        actions = [last_token_actions(h.model, h.adapter, evaluation, l, bases[l], pad_id=self.pad)
-                   for l in range(h.n_layers)]  # [P, d, r] per layer
-        out = [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
-               for i in range(len(evaluation))]
+        out = []
+        for start in range(0, len(evaluation), batch_size):
+            blocks = batch_blocks(h.model, h.adapter, evaluation[start : start + batch_size], pad_id=self.pad)
+            with blocks.live():
+                X = blocks.states()  # [N, L + 1, d]
+                actions = [blocks.actions(l, X[:, l], bases[l]) for l in range(h.n_layers)]  # [N, d, r] each
+            out += [predicted_gains(reduced_model(bases, [a[i] for a in actions]))[self.layers]
+                    for i in range(X.shape[0])]
         return torch.stack(out).detach().double().cpu().numpy()
 
     def context(self, i: int) -> PromptContext:
@@ -178,16 +214,16 @@ class GainsSetup:
     def curves(self, eps_values: Sequence[float], progress: ProgressFn | None = None,
                rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """Measured gains ``[E, P, K]`` for each ``ε`` and exact gains ``[P, K]`` of the evaluation prompts
-        ``rows``, one prefix run per prompt."""
-        V, L = self.directions, self.handle.n_layers
+        ``rows``: per prompt its prefix once, then :func:`prompt_curves` (two block calls per layer)."""
+        h = self.handle
         meas, exact = [], []
         which = range(len(self.evaluation))[rows]
         for n, i in enumerate(which):
             if progress is not None:
                 progress(n / len(which), f"Measured and exact gains, prompt {n + 1}/{len(which)}")
-            ctx = self.context(i)
-            meas.append(torch.stack([ctx.measured_gains(V, V[L], e, self.layers) for e in eps_values]))
-            exact.append(ctx.exact_gains(V, V[L])[self.layers])
+            M, E = prompt_curves(prompt_blocks(h.model, h.adapter, self.evaluation[i]), self.directions, eps_values)
+            meas.append(M[:, self.layers])
+            exact.append(E[self.layers])
         M = torch.stack(meas, dim=1).detach().double().cpu().numpy()
         E = torch.stack(exact).detach().double().cpu().numpy()
         return M, E
@@ -319,15 +355,91 @@ class PromptGains:
     bases: list[torch.Tensor]  # P_0 .. P_L, [d, r] each
 
 
-def prompt_gains(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32, eps: float = 0.1) -> PromptGains:
+def prompt_gains(source: PromptBlocks | PromptContext, directions: torch.Tensor, *, order: int = 32,
+                 eps: float = 0.1) -> PromptGains:
     """Predicted (order ``r`` Krylov basis of this prompt's own Jacobians), measured and exact gains.
 
-    Everything reuses the prefix cache of ``ctx``: the Jacobian actions ``A_l P_l`` are vmapped JVPs
-    of the last token alone (``r`` per layer, ``r - 1`` more at layer 0 for the Krylov sequence of
-    ``A_0``), and each action that grows ``P_{l+1}`` is also the reduced model's ``A_l P_l``; the
-    measured gains are one batched last-token pass, the exact ones one backward pass. With the
-    prompt's own Jacobians the basis holds every earlier injection as propagated, so the predicted
-    curve equals the exact one once ``r`` exceeds the number of layers (and at ``r = d`` always).
+    Every block is called alone from its known state (:mod:`lldd_core.forward.blockwise`: the prefix's
+    keys and values as they are, no copy of the cache, the live mode entered once), one layer after
+    the other; layer ``l`` costs two block calls whatever ``r`` and ``L``:
+
+    * one vmapped JVP at ``x_l`` of the columns ``[P_l, t_0 .. t_{l-1}, v_l]``: the first ``r`` give
+      ``A_l P_l``, which grows ``P_{l+1}`` (:func:`~lldd_core.linalg.llv.next_basis`) and is the reduced
+      model's action; the others carry each injection's tangent one layer on, ``t_k = A_{l} .. A_k v_k``,
+      so the exact gains ``v_L^T t_k`` come out of the last layer (forward mode instead of a backward);
+    * one batched evaluation of ``[x_l, x^{(0)}_l .. x^{(l-1)}_l, x_l + ε v_l]``: the next state and each
+      injected trajectory (row ``k`` entered ``ε v_k`` at layer ``k``) one layer on; the measured gains
+      are ``(v_L^T x^{(k)}_L - v_L^T x_L) / ε``.
+
+    Layer 0 first runs Arnoldi on ``A_0`` (:func:`~lldd_core.linalg.llv.arnoldi`: ``r - 1`` products of
+    one column, one after the other, for stability), each a backward through block 0's kept graph
+    (:meth:`~lldd_core.forward.blockwise.PromptBlocks.operator`, no forward per product); they are
+    ``A_0 P_0`` but its last column, which goes with layer 0's JVP. With the prefix that is
+    ``3L + r`` layer evaluations (:mod:`lldd_core.forward.counting`: block calls and kept-graph
+    products; 68 for ``L = 12, r = 32``, where :func:`prompt_gains_reference` makes 157 and deep-copies
+    the cache for each call); the numbers are the reference path's up to rounding. With the prompt's own Jacobians
+    the basis holds every earlier injection as propagated, so the predicted curve equals the exact one
+    once ``r`` exceeds the number of layers (and at ``r = d`` always).
+    """
+    blocks = source if isinstance(source, PromptBlocks) else blocks_of(source.model, source.adapter,
+                                                                        source.input_ids, source.cache)
+    L = blocks.n_layers
+    V = directions.to(blocks.x0)
+    w = V[L]
+    with blocks.live():
+        x = blocks.x0
+        P0, known = arnoldi(V[0], blocks.operator(0, x), order)
+        bases, actions = [P0], []
+        tangents = x.new_zeros(x.shape[0], 0)  # [d, l]: t_k at layer l's input, k < l
+        injected = x.new_zeros(0, x.shape[0])  # [l, d]: x^{(k)}_l, k < l
+        for layer in range(L):
+            m = min(known.shape[1], order) if layer == 0 else 0  # A_0's columns Arnoldi already has
+            tangents = torch.cat([tangents, V[layer][:, None]], dim=1)
+            cols = blocks.actions(layer, x, torch.cat([bases[layer][:, m:], tangents], dim=1))
+            carried = torch.cat([known[:, :m], cols[:, : order - m]], dim=1)
+            tangents = cols[:, order - m:]
+            actions.append(carried)
+            bases.append(next_basis(V[layer + 1], carried, order))
+            out = blocks.map(layer, torch.cat([x[None], injected, (x + eps * V[layer])[None]]))
+            x, injected = out[0], out[1:]
+        measured = (injected @ w - x @ w) / eps
+        exact = tangents.T @ w
+    predicted = predicted_gains(reduced_model(bases, actions))
+    return PromptGains(predicted, measured, exact, bases)
+
+
+def prompt_curves(blocks: PromptBlocks, directions: torch.Tensor, eps_values: Sequence[float],
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Measured gains ``[E, L]`` for each ``ε`` and exact gains ``[L]`` of every injection layer, blockwise.
+
+    The chain of :func:`prompt_gains` without the basis: per layer ``l`` one vmapped JVP of block ``l``
+    carries every injection's tangent ``t_k`` (``k <= l``) one layer on (exact gains ``v_L^T t_k``,
+    forward mode), and one batched evaluation carries the state and every injected trajectory
+    (``ε v_k`` entered at layer ``k``, each ``ε``) one layer on: ``2L`` block calls after the prefix,
+    however many ``ε``.
+    """
+    L = blocks.n_layers
+    V = directions.to(blocks.x0)
+    w = V[L]
+    eps = torch.as_tensor([float(e) for e in eps_values], dtype=V.dtype, device=V.device)  # [E]
+    with blocks.live():
+        x = blocks.x0
+        tangents = x.new_zeros(x.shape[0], 0)  # [d, l]
+        injected = x.new_zeros(0, x.shape[0])  # [l * E, d], injection layer major
+        for layer in range(L):
+            tangents = blocks.actions(layer, x, torch.cat([tangents, V[layer][:, None]], dim=1))
+            out = blocks.map(layer, torch.cat([x[None], injected, x + eps[:, None] * V[layer]]))
+            x, injected = out[0], out[1:]
+        measured = (injected.reshape(L, len(eps), -1) @ w - x @ w) / eps  # [L, E]
+        exact = tangents.T @ w
+    return measured.T, exact
+
+
+def prompt_gains_reference(ctx: PromptContext, directions: torch.Tensor, *, order: int = 32,
+                           eps: float = 0.1) -> PromptGains:
+    """:func:`prompt_gains` the way it was computed before the blockwise path (the bench's baseline and the
+    tests' reference): each Jacobian action re-runs the last token from block 0 on a deep copy of the
+    prefix cache, the measured gains are one batched pass of the last token, the exact ones one backward.
     """
     L = ctx.n_layers
     V = directions.to(ctx.states)

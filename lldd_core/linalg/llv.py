@@ -128,8 +128,14 @@ def krylov_bases(directions: torch.Tensor, mean_action: MeanAction, r: int,
             carried = mean_action(layer, P)  # M_l P_l, the previous basis one layer on
         if actions is not None:
             actions.append(carried)
-        bases.append(_orthonormal_with_first(directions[layer + 1], carried[:, : max(r - 1, 1)], r))
+        bases.append(next_basis(directions[layer + 1], carried, r))
     return bases
+
+
+def next_basis(direction: torch.Tensor, carried: torch.Tensor, r: int) -> torch.Tensor:
+    """``P_{l+1}`` ``[d, r]``: ``v_{l+1}`` first, then the directions of the carried basis ``M_l P_l`` (its
+    first ``r - 1`` columns, in order) orthogonal to what came before (the depth-Krylov rule)."""
+    return _orthonormal_with_first(direction, carried[:, : max(r - 1, 1)], r)
 
 
 def random_bases(directions: torch.Tensor, r: int, seed: int = 0) -> list[torch.Tensor]:
