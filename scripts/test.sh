@@ -13,4 +13,10 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium not found; the browser test will be skipped (install Debian's 'chromium' to run it)" >&2
   fi
 fi
-exec "$PY" -m pytest "$@"
+# Two workers, one per core (LLDD_TEST_WORKERS=0 runs in this process); each module's tests stay on one worker so
+# its module-scoped fixtures are built once. Workers compute on one thread each (tests/conftest.py).
+WORKERS="${LLDD_TEST_WORKERS:-2}"
+if [ "$WORKERS" = 0 ]; then
+  exec "$PY" -m pytest "$@"
+fi
+exec "$PY" -m pytest -n "$WORKERS" --dist loadfile "$@"

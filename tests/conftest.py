@@ -8,6 +8,12 @@ import pytest
 
 # Tests never reach the network: hub lookups fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (scripts/test.sh runs two workers on two cores) each worker computes on one thread, unless the
+# caller chose a count: two workers of two threads each would slow each other several times over. Set before torch
+# loads, so the servers and builds the tests start inherit it too.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from tests.hostile import _survivor_template, survivor  # noqa: F401  (the hostile-input suites' shared fixtures)
@@ -22,28 +28,32 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _demo(tmp_path_factory, name: str) -> Path:
-    """Demo model ``name`` built once per session at its full training budget (~1.5 min on 2 cores).
+    """Demo model ``name`` built once per test run at its full training budget (~1.5 min on 2 cores).
 
-    ``LLDD_TEST_DEMO_DIR`` (a local development aid; CI never sets it) keeps the builds between
-    sessions: a build found there with the current build version is copied instead of rebuilt. Builds
-    are deterministic (seeded, thread-count independent), so the copy is the model a build would give.
+    The build is kept in one folder that every pytest-xdist worker of the run shares (their base temporary
+    folders have one parent), under a file lock: the first worker to ask builds it, the others wait and copy.
+    ``LLDD_TEST_DEMO_DIR`` (a local development aid; CI never sets it) keeps the builds between runs instead:
+    a build found there with the current build version is copied instead of rebuilt. Builds are deterministic
+    (seeded, thread-count independent), so the copy is the model a build would give.
     """
     import shutil
+
+    from filelock import FileLock
 
     from lldd_core.demo.build import BUILD_VERSION, META_FILE, build_demo
 
     target = tmp_path_factory.mktemp("demo") / name
-    keep = os.environ.get("LLDD_TEST_DEMO_DIR")
-    if not keep:
-        build_demo(name, target=target)
-        return target
-    kept = Path(keep) / name
-    try:
-        built = json.loads((kept / META_FILE).read_text()).get("version") == BUILD_VERSION
-    except (OSError, ValueError):
-        built = False
-    if not built:
-        build_demo(name, target=kept)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    kept = Path(os.environ.get("LLDD_TEST_DEMO_DIR") or shared / "demo-builds") / name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(kept) + ".lock"):
+        try:
+            built = json.loads((kept / META_FILE).read_text()).get("version") == BUILD_VERSION
+        except (OSError, ValueError):
+            built = False
+        if not built:
+            build_demo(name, target=kept)
     shutil.copytree(kept, target)
     return target
 
