@@ -301,25 +301,30 @@ def test_cli_refuses_a_mixture_of_experts_graph_in_one_line(tiny_dirs, fresh_ser
 
 
 def test_top_path_is_the_best_path_by_exhaustive_search(tiny_dirs):
+    """Every source-to-logit path of a small pruned graph, enumerated: the top path carries the largest signed
+    share ``prod_e w_e / v_target(e)`` of the logit (a path opposing the logit has a negative share)."""
+    import functools
+
     _, _, _, g = _full(tiny_dirs, "gpt2")
     p = prune(g, 0.5, 0.9)
     into: dict[int, list[tuple[int, float]]] = {}
     for s, t, w in zip(p.edge_source, p.edge_target, p.edge_weight, strict=True):
-        into.setdefault(int(t), []).append((int(s), abs(float(w))))
+        into.setdefault(int(t), []).append((int(s), float(w)))
 
-    def best(n: int) -> tuple[float, list[int]]:  # every path, recursively (the pruned graph is small)
-        edges = into.get(n, [])
-        if not edges:
-            return (1.0 if p.node_kind[n] in (0, 1) else 0.0), [n]
-        total = sum(w for _, w in edges)
-        options = [(score * w / total, path + [n]) for s, w in edges for score, path in [best(s)]]
-        return max(options, key=lambda o: o[0])
+    @functools.cache
+    def paths(n: int) -> tuple[tuple[float, tuple[int, ...]], ...]:
+        if p.node_kind[n] in (0, 1):  # embeddings and biases start paths
+            return ((1.0, (n,)),)
+        return tuple((score * w / p.node_activation[n], path + (n,)) for s, w in into.get(n, [])
+                     for score, path in paths(s))
 
     for logit in np.nonzero(p.node_kind == KIND_LOGIT)[0]:
         path, score = p.top_path(int(logit))
-        want_score, want_path = best(int(logit))
+        every = paths(int(logit))
+        want_score, want_path = max(every, key=lambda o: o[0])
+        assert any(sc < 0 for sc, _ in every)  # some paths oppose the logit: the sign matters
         assert score == pytest.approx(want_score, rel=1e-12) and score > 0
-        assert path == want_path and p.node_kind[path[0]] in (0, 1) and path[-1] == logit
+        assert tuple(path) == want_path and p.node_kind[path[0]] in (0, 1) and path[-1] == logit
 
 
 # --- decodings -----------------------------------------------------------------------------------

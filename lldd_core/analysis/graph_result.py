@@ -150,7 +150,8 @@ class GraphResult(Result):
                 "replacement_score": self.replacement_score}
 
     def top_paths(self) -> list[dict[str, Any]]:
-        """Each target logit's :meth:`top_path`: the target token, the node ids source first, the path's share."""
+        """Each target logit's :meth:`top_path`: the target token, the node ids source first, the share of the
+        logit the path carries."""
         out = []
         for j, node in enumerate(np.nonzero(self.node_kind == KIND_LOGIT)[0]):
             path, share = self.top_path(int(node))
@@ -164,30 +165,45 @@ class GraphResult(Result):
         return {**self.summary(), "top_path": self.top_paths(), "nodes": self.nodes(), "edges": self.edges()}
 
     def top_path(self, target: int) -> tuple[list[int], float]:
-        """The strongest path into node ``target`` (node numbers, source first) and its score.
+        """The path carrying the largest share of node ``target``'s value (node numbers, source first) and that share.
 
-        An edge's share is ``|w| / sum |w|`` over its target's incoming edges; a path's score is the
-        product of its edges' shares (the fraction of the target's attribution that flows along it
-        under proportional splitting), maximized exactly by dynamic programming in layer order.
+        The detached map is linear, so node ``t``'s value is the sum of its incoming edges, and an edge
+        ``s -> t`` carries the fraction ``f_e = w_e / v_t`` of it. A path's contribution to its end is
+        ``v_end * prod_e f_e``, and over all source-to-target paths of the complete graph these contributions
+        sum to the target's value exactly; the share is ``prod_e f_e`` (signed: a path that opposes the
+        target has a negative share). Maximized exactly by dynamic programming in layer order, keeping each
+        node's largest and smallest share (a negative edge turns one into the other).
         """
-        share = np.abs(self.edge_weight) / np.maximum(
-            np.bincount(self.edge_target, np.abs(self.edge_weight), len(self.node_kind))[self.edge_target],
-            np.finfo(float).tiny)
-        best = np.where(np.isin(self.node_kind, (KIND_EMBEDDING, KIND_BIAS)), 1.0, 0.0)
-        came = np.full(len(self.node_kind), -1)
-        rank = np.where(self.node_kind == KIND_LOGIT, self.n_layers + 1, self.node_layer)
-        for layer in sorted(set(rank[(self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT)].tolist())):
-            sel = np.nonzero(((self.node_kind == KIND_NEURON) | (self.node_kind == KIND_LOGIT))[self.edge_target]
-                             & (rank[self.edge_target] == layer))[0]
-            cand, t = best[self.edge_source[sel]] * share[sel], self.edge_target[sel]
-            order = np.lexsort((cand, t))  # by target, then score: each target's best edge comes last
-            win = order[np.r_[t[order][1:] != t[order][:-1], True]] if order.size else order
-            up = cand[win] > best[t[win]]
-            best[t[win[up]]], came[t[win[up]]] = cand[win[up]], self.edge_source[sel[win[up]]]
-        path = [int(target)]
-        while came[path[-1]] >= 0:
-            path.append(int(came[path[-1]]))
-        return path[::-1], float(best[target])
+        kind, value = self.node_kind, self.node_activation
+        t_all = self.edge_target
+        frac = np.where(value[t_all] != 0, self.edge_weight / np.where(value[t_all] != 0, value[t_all], 1.0), 0.0)
+        source = np.isin(kind, (KIND_EMBEDDING, KIND_BIAS))
+        hi, lo = np.where(source, 1.0, -np.inf), np.where(source, 1.0, np.inf)
+        came_hi, came_lo = np.full(len(kind), -1), np.full(len(kind), -1)
+        hi_from_hi, lo_from_hi = np.zeros(len(kind), bool), np.zeros(len(kind), bool)
+        inner = (kind == KIND_NEURON) | (kind == KIND_LOGIT)
+        rank = np.where(kind == KIND_LOGIT, self.n_layers + 1, self.node_layer)
+        for layer in sorted(set(rank[inner].tolist())):
+            sel = np.nonzero(inner[t_all] & (rank[t_all] == layer) & np.isfinite(hi[self.edge_source]))[0]
+            if not sel.size:
+                continue
+            s, t, f = self.edge_source[sel], t_all[sel], frac[sel]
+            a, b = hi[s] * f, lo[s] * f  # the source's largest and smallest share, carried on
+            for cand, from_hi, best, came, flag, sign in ((np.maximum(a, b), a >= b, hi, came_hi, hi_from_hi, 1.0),
+                                                          (np.minimum(a, b), a <= b, lo, came_lo, lo_from_hi, -1.0)):
+                order = np.lexsort((sign * cand, t))  # by target, then score: each target's best edge comes last
+                win = order[np.r_[t[order][1:] != t[order][:-1], True]]
+                better = sign * cand[win] > sign * best[t[win]]
+                won = win[better]
+                best[t[won]], came[t[won]], flag[t[won]] = cand[won], s[won], from_hi[won]
+        if not np.isfinite(hi[target]):
+            return [int(target)], 0.0
+        path, use_hi = [int(target)], True
+        while (came_hi if use_hi else came_lo)[path[-1]] >= 0:
+            node = path[-1]
+            path.append(int((came_hi if use_hi else came_lo)[node]))
+            use_hi = bool((hi_from_hi if use_hi else lo_from_hi)[node])
+        return path[::-1], float(hi[target])
 
     # --- interventions -----------------------------------------------------------------------
     def predict_intervention(self, factors: dict[int, float]) -> np.ndarray:
