@@ -231,6 +231,11 @@ def test_exports_and_cache_round_trip(tiny_dirs):
     assert set(decoded[0]["decodings"]) == {"out+", "out-", "in+", "in-", "gate+", "gate-"}
     assert all(len(v) == 3 and isinstance(v[0][0], str) for v in decoded[0]["decodings"].values())
     assert [t["path"][-1] for t in data["top_path"]] == [f"L_{t}" for t in p.target_ids]
+    by_id = {n["id"]: n for n in data["nodes"]}
+    for top in data["top_path"]:  # labels name what each node stands for: token, raised token, target token
+        assert top["labels"][-1] == f"{top['path'][-1]} {top['target']!r}"
+        for node_id, label in zip(top["path"][1:-1], top["labels"][1:-1], strict=True):
+            assert label == f"{node_id} +{by_id[node_id]['decodings']['out+'][0][0]!r}"
     assert {n["kind"] for n in data["nodes"]} == {"embedding", "neuron", "logit"}
     node_ids = {n["id"] for n in data["nodes"]}
     assert len(node_ids) == len(data["nodes"]) and all(e["source"] in node_ids and e["target"] in node_ids

@@ -84,10 +84,16 @@ class GraphResult(Result):
                 KIND_LOGIT: f"L_{idx}"}[kind]
 
     def node_label(self, i: int) -> str:
-        """The node's id, with its token for an embedding (``E_5 ' Marin'``)."""
-        pos = int(self.node_position[i])
-        if int(self.node_kind[i]) == KIND_EMBEDDING and self.tokens and 0 <= pos < len(self.tokens):
+        """The node's id with what it stands for: an embedding's token (``E_5 ' Marin'``), a decoded neuron's
+        strongest raised token (``N_2_7_83 +' Golden'``), a logit's token (``L_1197 ' Golden'``)."""
+        pos, kind = int(self.node_position[i]), int(self.node_kind[i])
+        if kind == KIND_EMBEDDING and self.tokens and 0 <= pos < len(self.tokens):
             return f"{self.node_id(i)} {self.tokens[pos]!r}"
+        if kind == KIND_LOGIT and self.target_tokens and int(self.node_index[i]) in self.target_ids:
+            return f"{self.node_id(i)} {self.target_tokens[self.target_ids.index(int(self.node_index[i]))]!r}"
+        dec = self.decoding(i) if kind == KIND_NEURON else None
+        if dec and dec.get("out+"):
+            return f"{self.node_id(i)} +{dec['out+'][0][0]!r}"
         return self.node_id(i)
 
     def find(self, kind: int, layer: int, position: int, index: int) -> int:
