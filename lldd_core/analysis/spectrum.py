@@ -53,6 +53,19 @@ DEFAULT_OVERSAMPLE = 4
 DEFAULT_MAX_ITERS = 30
 #: Rows and columns of largest norm decoded per token.
 N_ROWS = 8
+#: Largest full Jacobian (``T * d^2`` entries, bytes) that ``method="auto"`` forms; past it (long prompts) auto
+#: goes matrix-free, whose memory grows like ``T * d * k``. ``method="full"`` may go up to ``LLDD_MAX_JACOBIAN_GB``.
+AUTO_FULL_BYTES = 1 << 30
+
+
+def auto_method(d: int, n_tokens: int, k: int, dtype: torch.dtype, oversample: int = DEFAULT_OVERSAMPLE) -> str:
+    """What ``method="auto"`` runs: :func:`~lldd_core.linalg.spectral.choose_method` by cost, ``full`` only
+    where its Jacobian fits :data:`AUTO_FULL_BYTES` and ``LLDD_MAX_JACOBIAN_GB``."""
+    from .jacobian import max_jacobian_bytes
+
+    size = torch.empty((), dtype=dtype).element_size()
+    return choose_method(d, n_tokens, k, oversample=oversample, full_bytes=min(AUTO_FULL_BYTES, max_jacobian_bytes()),
+                         element_size=size)
 
 
 @result_type
@@ -142,7 +155,7 @@ def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_T
             oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"`` picks by cost), signs fixed by ``y``."""
     if method == "auto":
-        method = choose_method(op.d_out, op.n_tokens, k, oversample=oversample)
+        method = auto_method(op.d_out, op.n_tokens, k, op.y.dtype, oversample)
     if method == "full":
         J = op.full().J if full_J is None else full_J
         svd = svd_full(J, k, tol=tol)
@@ -196,7 +209,7 @@ def analyze_spectrum(
     k, n_decode = ranges.TOP_K.check(k, hi=d), ranges.DECODE.check(n_decode)
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method
+    chosen = auto_method(d, len(input_ids), k, handle.dtype) if method == "auto" else method
     if chosen == "full":
         check_size(len(input_ids), d, handle.dtype)
     t0 = time.perf_counter()
