@@ -247,30 +247,39 @@ def part_topk(model, adapter, ids, args) -> None:
     decay16 = statistics.median((exact[:, min(2 * k, d) - 1] / exact[:, 0]).tolist())
     print(f"    spectrum decay (median over tokens): s{k}/s1 = {decay8:.3f}, s{2 * k}/s1 = {decay16:.3f}")
 
-    def ours(products: str, tol: float = args.tol, oversample: int = 8):
+    def ours(products: str, tol: float = args.tol, oversample: int = 8, scheme: str = "mixed"):
         op = jacobian_operator(model, adapter, ids)
-        return topk_svd(op, k, tol=tol, products=products, iters=30, oversample=oversample)
+        return topk_svd(op, k, tol=tol, products=products, iters=30, oversample=oversample, scheme=scheme)
 
     def ours_full():
         op = jacobian_operator(model, adapter, ids)
         return svd_full(op.full().J, k)
 
     rows = [("reference: autograd jacobian + randomized SVD", t_ref, rel_errors(S_ref, exact), d, "")]
+    kept: dict = {}
     fast = f"tol {args.fast_tol:g}, oversample {args.fast_oversample}: the analyses' default"
     for label, fn in [(f"ours matrix-free (tol {args.tol:g}, oversample 8)", lambda: ours("reverse")),
                       (f"ours matrix-free ({fast})", lambda: ours("reverse", args.fast_tol, args.fast_oversample)),
+                      ("  same, before issue 21 (scheme krylov: per-token Krylov)",
+                       lambda: ours("reverse", args.fast_tol, args.fast_oversample, "krylov")),
                       ("  same with forward-mode JVP products", lambda: ours("forward", args.fast_tol,
                                                                           args.fast_oversample)),
                       ("ours full (batched VJPs + top-k of formed J)", ours_full)]:
         t, svd = timed(fn, args.repeats, args.warmup)
         note = "" if svd.method == "full" else f"max residual {float(svd.residual.max()):.1e}"
         rows.append((label, t, rel_errors(svd.S, exact), svd.n_products or d, note))
+        kept[label] = svd
     print(f"    auto would choose: {choose_method(d, T, k)}")
     print(f"    {'method':<52} {'time s':>8} {'ratio':>7} {'max rel err':>12} {'products':>9}")
     for label, t, err, n, note in rows:
         print(f"    {label:<52} {t:8.2f} {t_ref / t:6.2f}x {err:12.1e} {n:9d}  {note}")
-    short = [f"matrix-free, the analyses' default (tol {args.fast_tol:g})", "matrix-free, forward-mode JVP products",
-             "full Jacobian + exact top-k"]
+    new, old = kept[rows[2][0]], kept[rows[3][0]]
+    print(f"    default scheme against the one before issue 21: {new.n_products} / {old.n_products} products "
+          f"({new.n_products / old.n_products:.2f}), time ratio {rows[3][1] / rows[2][1]:.2f}x, max |Δσ| / σ1 "
+          f"{float(((new.S - old.S).abs() / old.S[:, :1]).max()):.1e} (max residuals {float(new.residual.max()):.1e}, "
+          f"{float(old.residual.max()):.1e})")
+    short = [f"matrix-free, the analyses' default (tol {args.fast_tol:g})", "matrix-free before issue 21 (krylov)",
+             "matrix-free, forward-mode JVP products", "full Jacobian + exact top-k"]
     for label, (_, t, err, n, _) in zip(short, rows[2:]):
         add_row(args.summary, "spectral", f"top-{k} spectra of {T} tokens: {label}", args.model_label,
                 args.device, f"{seconds(t)}, {n} products", f"{seconds(t_ref)}, {d} products (autograd + randomized SVD)",

@@ -272,10 +272,10 @@ class Service:
                  progress: ProgressFn | None = None, **overrides: Any) -> Computed[SpectrumResult]:
         """Top-``k`` spectra of every ``J_i`` with decoded tokens (:mod:`lldd_core.analysis.spectrum`)."""
         info, ids = self._prompt(spec, prompt, progress)
-        s = SpectrumSettings.resolve(settings, overrides).check(info.n_layers, info.d_model)
+        s = SpectrumSettings.resolve(settings, overrides).check(info.n_layers, info.d_model).for_prompt(len(ids))
         return self._cached(SPECTRUM, spec, info, ids, s.cache_params(), lambda h: analyze_spectrum(
             h, ids, layer=s.layer, final_norm=s.final_norm, k=s.k, n_decode=s.n_decode, method=s.method,
-            progress=progress), progress)
+            positions=s.positions, progress=progress), progress)
 
     def layers(self, spec: ModelSpec, prompt: str, settings: LayersSettings | None = None, *,
                progress: ProgressFn | None = None, **overrides: Any) -> Computed[LayersResult]:

@@ -125,6 +125,10 @@ def test_spectrum_json_per_token(capsys, tiny_dirs):
     assert entry["stable_rank"] >= 1.0
     code, out, _ = _run(capsys, *args[:-3], "--method", "matrix_free", "--quiet")
     assert code == 0 and "matrix_free" in out and "stable rank" in out and "U:" in out
+    code, out, _ = _run(capsys, *args, "--positions", "0,-1")
+    some = json.loads(out)["per_token"]
+    assert code == 0 and [e["position"] for e in some] == [0, len(data["tokens"]) - 1]
+    assert some[-1]["singular_values"] == entry["singular_values"]
 
 
 def test_layers_json_and_text(capsys, tiny_dirs):

@@ -66,7 +66,7 @@ def test_residual_is_honest_when_not_converged(tiny_dirs):
     assert not rough.converged
     assert float(rough.residual.max()) > 1e-3
     torch.testing.assert_close(rough.residual, _true_residual(J, rough.U, rough.S, rough.V), rtol=1e-8, atol=1e-14)
-    one = topk_svd(op, K, oversample=1, iters=1, tol=1e-10, shared=False)
+    one = topk_svd(op, K, oversample=1, iters=1, tol=1e-10, shared=False, scheme="krylov")
     assert not one.converged and float(one.residual.max()) > 1e-10
     assert rough.n_products < one.n_products
 
@@ -183,10 +183,10 @@ def test_wide_full_path_uses_krylov_on_the_formed_matrix(tiny_dirs, monkeypatch)
 def test_both_phases_are_honest_on_a_flat_spectrum(shared):
     values = [[1.0 - 0.01 * j for j in range(20)], [2.0 - 0.02 * j for j in range(20)]]
     op, A = _constructed(values)
-    cut = topk_svd(op, 2, oversample=0, iters=1, tol=1e-10, shared=shared, probes=0)
+    cut = topk_svd(op, 2, oversample=0, iters=1, tol=1e-10, shared=shared, probes=0, scheme="krylov")
     assert not cut.converged
     torch.testing.assert_close(cut.residual, _true_residual(A, cut.U, cut.S, cut.V), rtol=1e-6, atol=1e-14)
-    done = topk_svd(op, 2, tol=1e-10, shared=shared)
+    done = topk_svd(op, 2, tol=1e-10, shared=shared, scheme="krylov")
     assert done.converged
     torch.testing.assert_close(done.S, torch.linalg.svdvals(A)[:, :2], rtol=1e-9, atol=0)
 
@@ -194,7 +194,7 @@ def test_both_phases_are_honest_on_a_flat_spectrum(shared):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 def test_shared_phase_matches_the_exact_svd(tiny_dirs, family):
     op, J = _op_and_J(tiny_dirs, family)
-    mf = topk_svd(op, K, tol=1e-10, shared=True)
+    mf = topk_svd(op, K, tol=1e-10, shared=True, scheme="krylov")
     assert mf.converged
     torch.testing.assert_close(mf.S, torch.linalg.svdvals(J)[:, :K], rtol=1e-8, atol=0)
     torch.testing.assert_close(mf.residual, _true_residual(J, mf.U, mf.S, mf.V), rtol=1e-3, atol=1e-14)
@@ -207,7 +207,7 @@ def test_rank_deficient_blocks_give_k_true_triplets(shared, k):
     vectors in the null spaces (a top-k equal to the width once came back one column short, and was cached)."""
     values = [[4.0, 2.0, 1.0, 0.5, 0.25], [3.0, 3.0, 1.0], [2.0, 1.0, 0.5, 0.1]]
     op, A = _constructed(values)
-    mf = topk_svd(op, k, tol=1e-10, shared=shared)
+    mf = topk_svd(op, k, tol=1e-10, shared=shared, scheme="krylov")
     assert mf.S.shape == (3, k) and mf.U.shape == (3, 24, k) and mf.V.shape == (3, 24, k)
     torch.testing.assert_close(mf.S, torch.linalg.svdvals(A)[:, :k], rtol=1e-8, atol=1e-12)
     eye = torch.eye(k, dtype=torch.float64).expand(3, k, k)
@@ -225,3 +225,53 @@ def test_matrix_free_top_k_equal_to_the_width(tiny_dirs, family):
     mf = topk_svd(op, d, tol=1e-8)
     assert mf.S.shape == (op.n_tokens, d) and mf.converged
     torch.testing.assert_close(mf.S, torch.linalg.svdvals(J), rtol=1e-6, atol=1e-10)
+
+
+def _gained(T: int = 8, d: int = 128, decay: float = 1.0, seed: int = 0):
+    """``T`` blocks ``D U_i diag((j+1)^-decay) V_i^T`` with one heavy-tailed output gain ``D`` (a final norm's)."""
+    from lldd_core.forward.jacobian import JacobianOperator
+
+    gen = torch.Generator().manual_seed(seed)
+    gain = 1 + torch.randn(d, generator=gen, dtype=torch.float64).abs() ** 3
+    s = (torch.arange(d, dtype=torch.float64) + 1) ** -decay
+    blocks = []
+    for _ in range(T):
+        U = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+        V = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+        blocks.append(gain[:, None] * (U * s) @ V.T)
+    A = torch.stack(blocks)
+    x0 = torch.randn(1, T, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.einsum("tod,td->o", A, x0[0])
+    return JacobianOperator(x0=x0, s=torch.ones((), dtype=torch.float64, requires_grad=True), y=y, intermediate=d), A
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.5])
+def test_mixed_scheme_agrees_with_krylov_within_residuals_and_needs_fewer_products(decay):
+    op, A = _gained(decay=decay)
+    old = topk_svd(op, 8, scheme="krylov", tol=1e-2, oversample=4, iters=30)
+    new = topk_svd(op, 8, tol=1e-2, oversample=4, iters=30)
+    assert old.converged and new.converged
+    s1 = old.S[:, :1]
+    # each Ritz value lies within (its residual x s_1) of a true singular value: the two agree within both
+    assert bool(((new.S - old.S).abs() <= (new.residual + old.residual) * s1 + 1e-12).all())
+    torch.testing.assert_close(new.residual, _true_residual(A, new.U, new.S, new.V), rtol=1e-3, atol=1e-14)
+    assert new.n_products < old.n_products
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_mixed_scheme_matches_the_exact_svd_on_models(tiny_dirs, family):
+    op, J = _op_and_J(tiny_dirs, family)
+    mf = topk_svd(op, K, tol=1e-10, scheme="mixed")
+    assert mf.converged
+    torch.testing.assert_close(mf.S, torch.linalg.svdvals(J)[:, :K], rtol=1e-8, atol=0)
+    torch.testing.assert_close(mf.residual, _true_residual(J, mf.U, mf.S, mf.V), rtol=1e-3, atol=1e-14)
+
+
+def test_auto_never_forms_a_jacobian_that_does_not_fit():
+    from lldd_core.analysis.spectrum import AUTO_FULL_BYTES, auto_method
+
+    assert choose_method(1024, 512, 8) == "full"  # by products alone: d = 1024 beats ~12k matrix-free products
+    assert choose_method(1024, 512, 8, full_bytes=512 * 1024 * 1024 * 4 - 1) == "matrix_free"
+    assert 512 * 1024 * 1024 * 4 > AUTO_FULL_BYTES
+    assert auto_method(1024, 512, 8, torch.float32) == "matrix_free"  # T = 512, d = 1024: 2 GiB is never formed
+    assert auto_method(32, 14, 4, torch.float64) == "full"

@@ -106,3 +106,17 @@ def test_layers_matrix_free_matches_full_and_sites_are_validated(service, tiny_d
     assert service.layers(spec, PROMPT, k=3, method="full", sites=("mlp", "block")).cache_hit
     with pytest.raises(InputError, match="site"):
         service.layers(spec, PROMPT, sites=("nowhere",))
+
+
+@pytest.mark.parametrize("method", ["full", "matrix_free"])
+def test_spectrum_of_chosen_positions_equals_those_rows_of_all(service, tiny_dirs, method):
+    spec = _spec(tiny_dirs, "llama")
+    every = service.spectrum(spec, PROMPT, k=4, method=method).result
+    T = len(every.tokens)
+    some = service.spectrum(spec, PROMPT, k=4, method=method, positions=(-1, 0, 2, 2)).result
+    assert some.positions == [0, 2, T - 1] and some.rows == [0, 2, T - 1] and every.rows == list(range(T))
+    np.testing.assert_allclose(some.singular_values, every.singular_values[[0, 2, T - 1]], rtol=1e-6)
+    assert [e["position"] for e in some.summary_extra()["per_token"]] == [0, 2, T - 1]
+    assert service.spectrum(spec, PROMPT, k=4, method=method, positions=tuple(range(T))).cache_hit  # all = no subset
+    with pytest.raises(InputError, match="do not index"):
+        service.spectrum(spec, PROMPT, k=4, positions=(T,))

@@ -31,12 +31,11 @@ from ..errors import InputError, NumericalError
 from ..forward.views import SITES, record_views
 from ..layering import BLOCK_SITES
 from ..linalg.decoding import decode_input, decode_output
-from ..linalg.spectral import choose_method
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn
 from ..store.results import PromptStamp, result_type
 from .jacobian import check_size
-from .spectrum import DEFAULT_OVERSAMPLE, DEFAULT_TOL, METHODS, _np, embedding_matrices, run_svd
+from .spectrum import DEFAULT_TOL, METHODS, _np, auto_method, embedding_matrices, run_svd
 
 ANALYSIS = "layers"
 #: Singular vectors per cell whose decodings are kept (the emergence table shows the first).
@@ -116,7 +115,7 @@ def analyze_layers(
     d = handle.info.d_model
     if not 1 <= k <= d:
         raise InputError(f"k must be between 1 and the hidden size {d}; got {k}.")
-    chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method
+    chosen = auto_method(d, len(input_ids), k, handle.dtype) if method == "auto" else method
     if chosen == "full":
         check_size(len(input_ids), d, handle.dtype)
     t0 = time.perf_counter()

@@ -123,6 +123,7 @@ class SpectrumSettings(Settings):
     k: int = 8
     n_decode: int = 8
     method: str = "auto"
+    positions: tuple[int, ...] | None = None  # input token indices i of x_{0,i} (negative: from the end); None: all
 
     def check(self, n_layers: int, d_model: int) -> SpectrumSettings:
         layer = n_layers if self.layer is None else ranges.LAYER.check(self.layer, hi=n_layers)
@@ -130,9 +131,32 @@ class SpectrumSettings(Settings):
         return replace(self, layer=layer, final_norm=bool(self.final_norm), k=k, n_decode=n_decode,
                        method=_choice(self.method, SPECTRUM_METHODS, "method"))
 
+    def for_prompt(self, n_tokens: int) -> SpectrumSettings:
+        """``positions`` as sorted, distinct indices ``0..T-1`` of a ``n_tokens``-token prompt (``None`` if all)."""
+        from ..errors import InputError
+
+        if self.positions is None:
+            return self
+        raw = self.positions
+        if isinstance(raw, str):
+            raw = tuple(part.strip() for part in raw.split(",") if part.strip())
+        try:
+            values = [int(p) for p in raw]
+        except (TypeError, ValueError):
+            raise InputError(f"Positions must be token indices, e.g. 0,3,-1; got {self.positions!r}.") from None
+        bad = [p for p in values if not -n_tokens <= p < n_tokens]
+        if bad or not values:
+            raise InputError(f"Positions {bad or 'none'} do not index the prompt's {n_tokens} tokens "
+                             f"(0..{n_tokens - 1}, or negative from the end).")
+        chosen = tuple(sorted({p % n_tokens for p in values}))
+        return replace(self, positions=None if len(chosen) == n_tokens else chosen)
+
     def cache_params(self) -> dict[str, Any]:
-        return {"layer": self.layer, "final_norm": bool(self.final_norm), "k": self.k, "n_decode": self.n_decode,
-                "method": self.method}
+        out = {"layer": self.layer, "final_norm": bool(self.final_norm), "k": self.k, "n_decode": self.n_decode,
+               "method": self.method}
+        if self.positions is not None:  # all positions keep the key they had before positions existed
+            out["positions"] = list(self.positions)
+        return out
 
 
 @dataclass(frozen=True)

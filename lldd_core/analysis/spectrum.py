@@ -19,6 +19,7 @@ Method: ``"full"`` forms every ``J_i`` (``d_out`` products), ``"matrix_free"`` r
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,19 @@ DEFAULT_OVERSAMPLE = 4
 DEFAULT_MAX_ITERS = 30
 #: Rows and columns of largest norm decoded per token.
 N_ROWS = 8
+#: Largest full Jacobian (``T * d^2`` entries, bytes) that ``method="auto"`` forms; past it (long prompts) auto
+#: goes matrix-free, whose memory grows like ``T * d * k``. ``method="full"`` may go up to ``LLDD_MAX_JACOBIAN_GB``.
+AUTO_FULL_BYTES = 1 << 30
+
+
+def auto_method(d: int, n_tokens: int, k: int, dtype: torch.dtype, oversample: int = DEFAULT_OVERSAMPLE) -> str:
+    """What ``method="auto"`` runs: :func:`~lldd_core.linalg.spectral.choose_method` by cost, ``full`` only
+    where its Jacobian fits :data:`AUTO_FULL_BYTES` and ``LLDD_MAX_JACOBIAN_GB``."""
+    from .jacobian import max_jacobian_bytes
+
+    size = torch.empty((), dtype=dtype).element_size()
+    return choose_method(d, n_tokens, k, oversample=oversample, full_bytes=min(AUTO_FULL_BYTES, max_jacobian_bytes()),
+                         element_size=size)
 
 
 @result_type
@@ -95,6 +109,14 @@ class SpectrumResult(PromptStamp):
     col_norms: np.ndarray  # [T, d_in]
     top_rows: np.ndarray  # [T, r] row indices, largest norm first
     top_cols: np.ndarray  # [T, r]
+    #: The input positions (token indices) the rows above belong to; empty: every token, in order
+    #: (``T`` above is then ``len(positions)``).
+    positions: list = dataclasses.field(default_factory=list)
+
+    @property
+    def rows(self) -> list[int]:
+        """Token index of each row of the arrays."""
+        return list(self.positions) if self.positions else list(range(len(self.tokens)))
 
     @property
     def has_rows(self) -> bool:
@@ -102,7 +124,7 @@ class SpectrumResult(PromptStamp):
 
     def validate(self) -> None:
         """``k`` triplets per token, finite singular values (the cache checks before storing)."""
-        T, k = len(self.tokens), self.k
+        T, k = len(self.rows), self.k
         if self.singular_values.shape != (T, k) or self.residual.shape != (T, k):
             raise ValueError(f"singular_values has shape {self.singular_values.shape}, expected ({T}, {k})")
         for name in ("U", "V"):
@@ -115,10 +137,10 @@ class SpectrumResult(PromptStamp):
     def summary_extra(self) -> dict:
         """``per_token`` for the CLI: singular values, decoded tokens of U and V, stable rank."""
         per_token = []
-        for i, tok in enumerate(self.tokens):
+        for i, pos in enumerate(self.rows):
             entry = {
-                "position": i,
-                "token": tok,
+                "position": pos,
+                "token": self.tokens[pos],
                 "singular_values": self.singular_values[i].tolist(),
                 "stable_rank": float(self.stable_rank[i]),
                 "u_tokens": self.u_tokens[i],
@@ -142,7 +164,7 @@ def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_T
             oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"`` picks by cost), signs fixed by ``y``."""
     if method == "auto":
-        method = choose_method(op.d_out, op.n_tokens, k, oversample=oversample)
+        method = auto_method(op.d_out, op.n_tokens, k, op.y.dtype, oversample)
     if method == "full":
         J = op.full().J if full_J is None else full_J
         svd = svd_full(J, k, tol=tol)
@@ -188,22 +210,28 @@ def analyze_spectrum(
     n_decode: int = 8,
     method: str = "auto",
     tol: float = DEFAULT_TOL,
+    positions: tuple[int, ...] | None = None,
     progress: ProgressFn | None = None,
 ) -> SpectrumResult:
-    """Top-``k`` spectra and token decodings of every ``J_i`` for ``input_ids`` (see the module doc)."""
+    """Top-``k`` spectra and token decodings of every ``J_i`` for ``input_ids`` (see the module doc).
+
+    ``positions``: only these input positions' ``J_i`` (sorted token indices ``0..T-1``; ``None``: all).
+    """
     report = progress or (lambda frac, msg: None)
     layer = handle.n_layers if layer is None else ranges.LAYER.check(layer, hi=handle.n_layers)
     d = handle.info.d_model
     k, n_decode = ranges.TOP_K.check(k, hi=d), ranges.DECODE.check(n_decode)
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    chosen = choose_method(d, len(input_ids), k, oversample=DEFAULT_OVERSAMPLE) if method == "auto" else method
+    n_rows = len(input_ids) if positions is None else len(positions)
+    chosen = auto_method(d, n_rows, k, handle.dtype) if method == "auto" else method
     if chosen == "full":
-        check_size(len(input_ids), d, handle.dtype)
+        check_size(n_rows, d, handle.dtype)
     t0 = time.perf_counter()
     report(0.0, "Detached forward pass")
     ids = torch.tensor(input_ids, dtype=torch.long)
-    op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
+    op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm).at(
+        None if positions is None else list(positions))
     J = None
     if chosen == "full":
         J = op.full(progress=lambda f, m: report(0.05 + 0.6 * f, m)).J
@@ -258,6 +286,7 @@ def analyze_spectrum(
         V=_np(svd.V),
         **dec,
         **rows,
+        positions=[] if positions is None else [int(p) for p in positions],
     )
     report(1.0, "Done")
     return result

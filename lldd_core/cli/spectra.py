@@ -129,7 +129,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_spectrum(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     settings = SpectrumSettings(layer=args.layer, final_norm=not args.no_final_norm, k=args.top_k, n_decode=args.decode,
-                                method=args.method)
+                                method=args.method, positions=args.positions)
     computed = run_analysis(args, lambda svc, spec, progress: svc.spectrum(spec, args.prompt, settings,
                                                                            progress=progress))
 
@@ -139,9 +139,9 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
                   f"next token {r.next_token!r}\n")
         out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
                   f"{'' if r.converged else ' (NOT converged)'}\n")
-        for i, tok in enumerate(r.tokens):
+        for i, pos in enumerate(r.rows):
             se = f" ± {r.stable_rank_se[i]:.2f}" if r.method == "matrix_free" else ""
-            out.write(f"[{i}] {tok!r}  stable rank {r.stable_rank[i]:.2f}{se}\n")
+            out.write(f"[{pos}] {r.tokens[pos]!r}  stable rank {r.stable_rank[i]:.2f}{se}\n")
             for j in range(r.k):
                 out.write(f"    s{j + 1} {r.singular_values[i, j]:9.3e}  U: {cell_text(r.u_tokens[i][j])}\n"
                           f"    {'':13} V: {cell_text(r.v_tokens[i][j])}\n")
@@ -203,6 +203,9 @@ def register(sub: Any) -> None:
     number_option(p, R.DECODE, SpectrumSettings.default("n_decode"), "decoded tokens per singular vector")
     p.add_argument("--method", choices=list(SPECTRUM_METHODS), default=SpectrumSettings.default("method"),
                    help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+    p.add_argument("--positions", default=None, metavar="I,J,...",
+                   help="only these input tokens' J_i: 0-based token indices of x_0, negative from the end "
+                        "(default: every token)")
     p.set_defaults(func=cmd_spectrum)
 
     p = sub.add_parser("layers", help="every layer's cumulative, single-block, attention and MLP spectra")

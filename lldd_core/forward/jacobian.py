@@ -126,6 +126,10 @@ class JacobianOperator:
         )
         return jv
 
+    def at(self, positions: list[int] | None) -> JacobianOperator | PositionView:
+        """This operator for the input positions ``positions`` only (``None``: all of them)."""
+        return self if positions is None else PositionView(self, positions)
+
     def chunk_size(self, budget_bytes: int | None = None) -> int:
         """How many cotangents one batched VJP may carry within ``budget_bytes`` of activations."""
         if budget_bytes is None:
@@ -135,6 +139,50 @@ class JacobianOperator:
 
     def full(self, chunk: int | None = None, progress: ProgressFn | None = None) -> FullJacobian:
         """All ``J_i`` and ``b`` by batched VJPs with the identity's rows as cotangents, chunked."""
+        chunk = chunk or self.chunk_size()
+        eye = torch.eye(self.d_out, dtype=self.y.dtype, device=self.y.device)
+        J = torch.empty(self.n_tokens, self.d_out, self.d_in, dtype=self.y.dtype, device=self.y.device)
+        b = torch.empty(self.d_out, dtype=self.y.dtype, device=self.y.device)
+        for start in range(0, self.d_out, chunk):
+            stop = min(start + chunk, self.d_out)
+            gx, gs = self.rmatvec(eye[start:stop])
+            J[:, start:stop, :] = gx.transpose(0, 1)
+            b[start:stop] = gs
+            if progress is not None:
+                progress(stop / self.d_out, f"Jacobian rows {stop}/{self.d_out}")
+        return FullJacobian(J=J, b=b)
+
+
+class PositionView:
+    """``op`` restricted to the input positions ``positions`` (token indices ``i`` of ``x_{0,i}``): the same
+    products, ``J_i`` only for those ``i`` (a VJP still serves them all; a direction sits in its own slot)."""
+
+    def __init__(self, op: JacobianOperator, positions: list[int]) -> None:
+        self._op = op
+        self.positions = list(positions)
+        self._idx = torch.tensor(self.positions, dtype=torch.long, device=op.x0.device)
+        self.x0 = op.x0[self._idx]
+        self.y = op.y
+
+    n_tokens = property(lambda self: len(self.positions))
+    d_in = property(lambda self: self._op.d_in)
+    d_out = property(lambda self: self._op.d_out)
+    has_forward_mode = property(lambda self: self._op.has_forward_mode)
+
+    def rmatvec(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gx, gs = self._op.rmatvec(u)
+        return gx[:, self._idx], gs
+
+    def matvec(self, v: torch.Tensor, mode: str = "reverse") -> torch.Tensor:
+        full = torch.zeros(v.shape[0], self._op.n_tokens, self.d_in, dtype=v.dtype, device=v.device)
+        full[:, self._idx] = v
+        return self._op.matvec(full, mode=mode)
+
+    def chunk_size(self, budget_bytes: int | None = None) -> int:
+        return self._op.chunk_size(budget_bytes)
+
+    def full(self, chunk: int | None = None, progress: ProgressFn | None = None) -> FullJacobian:
+        """These positions' ``J_i`` (``[len(positions), d_out, d_in]``) and ``b``, by chunked batched VJPs."""
         chunk = chunk or self.chunk_size()
         eye = torch.eye(self.d_out, dtype=self.y.dtype, device=self.y.device)
         J = torch.empty(self.n_tokens, self.d_out, self.d_in, dtype=self.y.dtype, device=self.y.device)

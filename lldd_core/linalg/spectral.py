@@ -8,6 +8,7 @@ matrix-free from operator products (:func:`topk_svd`), :func:`top_singular` pick
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ def stable_rank(sv: torch.Tensor) -> torch.Tensor:
 DEFAULT_ITERS = 60
 #: Most vectors one batched product carries (bounds the ``[m, T, d_in]`` direction tensors).
 PRODUCT_CHUNK = 512
+#: Activation budget of one batched product (long prompts carry fewer vectors than :data:`PRODUCT_CHUNK`).
+PRODUCT_BYTES = 1 << 30
 #: The shared first sketch ``J_i^T Q_0`` has this many times ``l`` columns (prompts of 4+ tokens).
 SKETCH_FACTOR = 4
 #: Most blocks of ``l`` vectors the Krylov basis of :func:`topk_svd` holds before a thick restart
@@ -93,9 +96,19 @@ def _rel_residual(fwd: torch.Tensor, bwd: torch.Tensor, S: torch.Tensor) -> torc
     return res / torch.where(top > 0, top, torch.ones_like(top))
 
 
+def product_chunk(op: JacobianOperator | DenseOperator) -> int:
+    """Vectors one batched product of ``op`` carries: :data:`PRODUCT_CHUNK`, fewer where their activations
+    (about ``T * max(d, d_ff) * 8`` elements per vector, :meth:`JacobianOperator.chunk_size`) would pass
+    :data:`PRODUCT_BYTES` — long prompts."""
+    if not hasattr(op, "chunk_size"):
+        return PRODUCT_CHUNK
+    return max(1, min(PRODUCT_CHUNK, op.chunk_size(PRODUCT_BYTES)))
+
+
 def _shared_rmatvec(op: JacobianOperator, cot: torch.Tensor) -> torch.Tensor:
     """``J_i^T c`` for cotangents ``cot`` ``[m, d_out]`` shared by all tokens -> ``[m, T, d_in]``."""
-    parts = [op.rmatvec(cot[i : i + PRODUCT_CHUNK])[0] for i in range(0, cot.shape[0], PRODUCT_CHUNK)]
+    step = product_chunk(op)
+    parts = [op.rmatvec(cot[i : i + step])[0] for i in range(0, cot.shape[0], step)]
     return torch.cat(parts).to(cot.dtype)
 
 
@@ -110,8 +123,9 @@ def _per_token_rmatvec(op: JacobianOperator, Q: torch.Tensor) -> torch.Tensor:
     T, _, m = Q.shape
     cot = Q.transpose(1, 2).reshape(T * m, -1)  # row i*m + c is Q_i[:, c]
     out = torch.empty(T, op.d_in, m, dtype=Q.dtype, device=Q.device)
-    for start in range(0, T * m, PRODUCT_CHUNK):
-        stop = min(start + PRODUCT_CHUNK, T * m)
+    step = product_chunk(op)
+    for start in range(0, T * m, step):
+        stop = min(start + step, T * m)
         rows = torch.arange(start, stop, device=Q.device)
         gx, _ = op.rmatvec(cot[start:stop])  # [n, T, d_in]
         tok, col = rows // m, rows % m
@@ -119,22 +133,26 @@ def _per_token_rmatvec(op: JacobianOperator, Q: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "reverse") -> torch.Tensor:
+def _per_token_matvec(op: JacobianOperator, P: torch.Tensor, mode: str = "reverse",
+                      tokens: torch.Tensor | None = None) -> torch.Tensor:
     """``J_i P_i`` for per-token blocks ``P`` ``[T, d_in, m]`` -> ``[T, d_out, m]``.
 
     ``matvec`` sums over positions, so each direction sits in its own token's slot with zeros elsewhere.
+    ``tokens``: ``P`` holds only these tokens' blocks (``[len(tokens), d_in, m]``; the rest need no products).
     """
     if hasattr(op, "per_token_matvec"):
-        return op.per_token_matvec(P)
-    T, d_in, m = P.shape
-    dirs = P.transpose(1, 2).reshape(T * m, d_in)
-    out = torch.empty(T, op.d_out, m, dtype=P.dtype, device=P.device)
-    for start in range(0, T * m, PRODUCT_CHUNK):
-        stop = min(start + PRODUCT_CHUNK, T * m)
+        return op.per_token_matvec(P) if tokens is None else op.J[tokens] @ P
+    n, d_in, m = P.shape
+    where = torch.arange(n, device=P.device) if tokens is None else tokens.to(P.device)
+    dirs = P.transpose(1, 2).reshape(n * m, d_in)
+    out = torch.empty(n, op.d_out, m, dtype=P.dtype, device=P.device)
+    step = product_chunk(op)
+    for start in range(0, n * m, step):
+        stop = min(start + step, n * m)
         rows = torch.arange(start, stop, device=P.device)
         tok, col = rows // m, rows % m
-        v = torch.zeros(stop - start, T, d_in, dtype=P.dtype, device=P.device)
-        v[torch.arange(stop - start, device=P.device), tok] = dirs[start:stop]
+        v = torch.zeros(stop - start, op.n_tokens, d_in, dtype=P.dtype, device=P.device)
+        v[torch.arange(stop - start, device=P.device), where[tok]] = dirs[start:stop]
         out[tok, :, col] = op.matvec(v, mode=mode).to(P.dtype)
     return out
 
@@ -173,7 +191,31 @@ def _new_directions(W: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     return Ux * (Sx > 0.5).to(W.dtype)[:, None, :]
 
 
-def topk_svd(
+def topk_svd(op: JacobianOperator | DenseOperator, k: int, *, scheme: str = "mixed", **kw: Any) -> TopKSVD:
+    """Top-``k`` SVD of every ``J_i`` from operator products by ``scheme`` (a key of :data:`SCHEMES`).
+
+    ``"mixed"`` (default, :func:`~lldd_core.linalg.mixed.topk_svd_mixed`): one output basis shared
+    by all tokens, grown by shared products, per-token products only for residual checks;
+    ``"krylov"`` (:func:`topk_svd_krylov`): the shared sketch, shared-basis steps, then per-token
+    block Krylov (what the analyses used before issue 21; ``shared=`` belongs to it). ``kw`` goes to the scheme.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    if scheme == "mixed" and not _mixed_fits(op):
+        scheme = "krylov"  # the shared basis may grow to d_out: T * d^2 images; the per-token scheme keeps T * d * 4l
+    return SCHEMES[scheme](op, k, **kw)
+
+
+#: Largest ``Q^T J_i`` images (``T * d_out * d_in`` entries at worst, bytes) the mixed scheme may hold;
+#: longer prompts run :func:`topk_svd_krylov`, whose memory grows like ``T * d * k``.
+MIXED_BYTES = 1 << 30
+
+
+def _mixed_fits(op: JacobianOperator | DenseOperator) -> bool:
+    return isinstance(op, DenseOperator) or op.n_tokens * op.d_out * op.d_in * op.y.element_size() <= MIXED_BYTES
+
+
+def topk_svd_krylov(
     op: JacobianOperator | DenseOperator,
     k: int,
     *,
@@ -381,7 +423,7 @@ def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
     frob = work.pow(2).sum((1, 2))
     if min(work.shape[1], work.shape[2]) > EXACT_SVD_MAX_D:
         # below ~64 eps the residual is rounding (float32 floor measured ~1.2e-6 relative to s_1)
-        out = topk_svd(DenseOperator(work), k, tol=max(tol, 64 * torch.finfo(work.dtype).eps), probes=0)
+        out = topk_svd_krylov(DenseOperator(work), k, tol=max(tol, 64 * torch.finfo(work.dtype).eps), probes=0)
         return replace(out, n_products=0, method="full", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
     U, S, Vh = torch.linalg.svd(work, full_matrices=False)
     U, S, V = U[..., :k], S[:, :k], Vh[:, :k].mT
@@ -390,19 +432,23 @@ def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
                    n_products=0, method="full", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
 
 
-def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: int | None = None) -> str:
-    """``"full"`` or ``"matrix_free"``, whichever needs fewer operator products.
+def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: int | None = None,
+                  full_bytes: int | None = None, element_size: int = 4) -> str:
+    """``"full"`` or ``"matrix_free"``, whichever needs fewer operator products — never ``"full"`` when its
+    ``T * d^2`` Jacobian (``element_size`` bytes each) would pass ``full_bytes`` (``None``: no limit).
 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
-    products; the block Krylov scheme needs about ``s + 16 + 2*n*l*(q + 1) + n*k`` (sketch ``s``,
+    products; the matrix-free schemes need about ``s + 16 + 2*n*l*(q + 1) + n*k`` (sketch ``s``,
     16 probes, ``l = k + oversample``, ``q`` further steps; default :data:`TYPICAL_ITERS`, pass
-    ``iters`` for a worse case). Per-product costs measured alike (bench/spectral.py).
+    ``iters`` for a worse case) — the default mixed scheme usually fewer (bench/spectral.py). Per-product
+    costs measured alike (bench/spectral.py).
     """
     q = TYPICAL_ITERS if iters is None else iters
     l = min(k + oversample, d)
     sketch = min(d, SKETCH_FACTOR * l) if n_tokens >= 4 else l
     matrix_free = sketch + 16 + 2 * n_tokens * l * (q + 1) + n_tokens * k
-    return "full" if d <= matrix_free else "matrix_free"
+    fits = full_bytes is None or n_tokens * d * d * element_size <= full_bytes
+    return "full" if d <= matrix_free and fits else "matrix_free"
 
 
 def top_singular(op: JacobianOperator, k: int, method: str = "auto", **kw: Any) -> TopKSVD:
@@ -430,3 +476,13 @@ def fix_signs(svd: TopKSVD, J_x: torch.Tensor) -> TopKSVD:
     dots = torch.einsum("tok,to->tk", svd.U, J_x.to(svd.U.dtype))
     sign = torch.where(dots < 0, -1.0, 1.0).to(svd.U.dtype)[:, None, :]
     return replace(svd, U=svd.U * sign, V=svd.V * sign)
+
+
+def _mixed(op: JacobianOperator | DenseOperator, k: int, **kw: Any) -> TopKSVD:
+    from .mixed import topk_svd_mixed  # mixed.py builds on this module's products
+
+    return topk_svd_mixed(op, k, **kw)
+
+
+#: The matrix-free schemes of :func:`topk_svd`, by name.
+SCHEMES: dict[str, Callable[..., TopKSVD]] = {"mixed": _mixed, "krylov": topk_svd_krylov}
