@@ -191,13 +191,16 @@ def _new_directions(W: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     return Ux * (Sx > 0.5).to(W.dtype)[:, None, :]
 
 
-def topk_svd(op: JacobianOperator | DenseOperator, k: int, *, scheme: str = "mixed", **kw: Any) -> TopKSVD:
+def topk_svd(op: JacobianOperator | DenseOperator, k: int, *, scheme: str = "krylov", **kw: Any) -> TopKSVD:
     """Top-``k`` SVD of every ``J_i`` from operator products by ``scheme`` (a key of :data:`SCHEMES`).
 
-    ``"mixed"`` (default, :func:`~lldd_core.linalg.mixed.topk_svd_mixed`): one output basis shared
-    by all tokens, grown by shared products, per-token products only for residual checks;
-    ``"krylov"`` (:func:`topk_svd_krylov`): the shared sketch, shared-basis steps, then per-token
-    block Krylov (what the analyses used before issue 21; ``shared=`` belongs to it). ``kw`` goes to the scheme.
+    ``"krylov"`` (default, :func:`topk_svd_krylov`): the shared sketch, shared-basis steps, then per-token
+    block Krylov (``shared=`` belongs to it); ``"mixed"`` (opt-in, :func:`~lldd_core.linalg.mixed.topk_svd_mixed`):
+    one output basis shared by all tokens, grown by shared products, per-token products only for residual
+    checks. ``mixed`` needs 0.53-0.73x the products (bench/spectral.py) but at the analyses' tolerance its
+    converged triplets can miss a top-k singular value (max error 7e-2 of σ1 against 2e-4 with ``krylov`` at
+    ``--decay 1.0``: each triplet passes its residual check, yet it is not the right one), so it is not the
+    default. ``kw`` goes to the scheme.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
@@ -440,7 +443,7 @@ def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
     products; the matrix-free schemes need about ``s + 16 + 2*n*l*(q + 1) + n*k`` (sketch ``s``,
     16 probes, ``l = k + oversample``, ``q`` further steps; default :data:`TYPICAL_ITERS`, pass
-    ``iters`` for a worse case) — the default mixed scheme usually fewer (bench/spectral.py). Per-product
+    ``iters`` for a worse case) — the opt-in mixed scheme usually fewer (bench/spectral.py). Per-product
     costs measured alike (bench/spectral.py).
     """
     q = TYPICAL_ITERS if iters is None else iters
