@@ -233,7 +233,7 @@ def test_exports_and_cache_round_trip(tiny_dirs):
     assert [t["path"][-1] for t in data["top_path"]] == [f"L_{t}" for t in p.target_ids]
     by_id = {n["id"]: n for n in data["nodes"]}
     for top in data["top_path"]:  # labels name what each node stands for: token, raised token, target token
-        assert top["labels"][-1] == f"{top['path'][-1]} {top['target']!r}"
+        assert top["labels"][-1] == (f"{top['path'][-1]} {top['target']!r}" if p.target_tokens else top["path"][-1])
         for node_id, label in zip(top["path"][1:-1], top["labels"][1:-1], strict=True):
             assert label == f"{node_id} +{by_id[node_id]['decodings']['out+'][0][0]!r}"
     assert {n["kind"] for n in data["nodes"]} == {"embedding", "neuron", "logit"}
