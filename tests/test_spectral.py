@@ -259,8 +259,8 @@ def test_mixed_scheme_agrees_with_krylov_within_residuals_and_needs_fewer_produc
 
 
 def test_krylov_is_the_default_scheme():
-    """The opt-in ``mixed`` scheme can miss a top-k triplet at the analyses' tolerance (bench/README.md), so
-    ``topk_svd`` without a scheme is ``krylov``, product for product."""
+    """The opt-in ``mixed`` scheme is less accurate on the smaller σ at the analyses' tolerance (bench/README.md),
+    so ``topk_svd`` without a scheme is ``krylov``, product for product."""
     op, _ = _gained(decay=1.0)
     default, krylov = topk_svd(op, 8, tol=1e-2, oversample=4), topk_svd(op, 8, tol=1e-2, oversample=4, scheme="krylov")
     assert default.n_products == krylov.n_products

@@ -197,10 +197,10 @@ def topk_svd(op: JacobianOperator | DenseOperator, k: int, *, scheme: str = "kry
     ``"krylov"`` (default, :func:`topk_svd_krylov`): the shared sketch, shared-basis steps, then per-token
     block Krylov (``shared=`` belongs to it); ``"mixed"`` (opt-in, :func:`~lldd_core.linalg.mixed.topk_svd_mixed`):
     one output basis shared by all tokens, grown by shared products, per-token products only for residual
-    checks. ``mixed`` needs 0.53-0.73x the products (bench/spectral.py) but at the analyses' tolerance its
-    converged triplets can miss a top-k singular value (max error 7e-2 of σ1 against 2e-4 with ``krylov`` at
-    ``--decay 1.0``: each triplet passes its residual check, yet it is not the right one), so it is not the
-    default. ``kw`` goes to the scheme.
+    checks. ``mixed`` needs 0.53-0.73x the products (bench/spectral.py), but at the analyses' tolerance it is
+    less accurate on the smaller singular values (at ``--decay 1.0`` a σ_8 off by 7e-2 of itself — 1.5e-3 of
+    σ1, inside its residual bound — against 2e-4 with ``krylov``); at equal accuracy it saves only 10-22%, so it
+    is opt-in. ``kw`` goes to the scheme.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
