@@ -139,18 +139,7 @@ class JacobianOperator:
 
     def full(self, chunk: int | None = None, progress: ProgressFn | None = None) -> FullJacobian:
         """All ``J_i`` and ``b`` by batched VJPs with the identity's rows as cotangents, chunked."""
-        chunk = chunk or self.chunk_size()
-        eye = torch.eye(self.d_out, dtype=self.y.dtype, device=self.y.device)
-        J = torch.empty(self.n_tokens, self.d_out, self.d_in, dtype=self.y.dtype, device=self.y.device)
-        b = torch.empty(self.d_out, dtype=self.y.dtype, device=self.y.device)
-        for start in range(0, self.d_out, chunk):
-            stop = min(start + chunk, self.d_out)
-            gx, gs = self.rmatvec(eye[start:stop])
-            J[:, start:stop, :] = gx.transpose(0, 1)
-            b[start:stop] = gs
-            if progress is not None:
-                progress(stop / self.d_out, f"Jacobian rows {stop}/{self.d_out}")
-        return FullJacobian(J=J, b=b)
+        return _full_by_vjps(self, chunk or self.chunk_size(), progress)
 
 
 class PositionView:
@@ -183,18 +172,23 @@ class PositionView:
 
     def full(self, chunk: int | None = None, progress: ProgressFn | None = None) -> FullJacobian:
         """These positions' ``J_i`` (``[len(positions), d_out, d_in]``) and ``b``, by chunked batched VJPs."""
-        chunk = chunk or self.chunk_size()
-        eye = torch.eye(self.d_out, dtype=self.y.dtype, device=self.y.device)
-        J = torch.empty(self.n_tokens, self.d_out, self.d_in, dtype=self.y.dtype, device=self.y.device)
-        b = torch.empty(self.d_out, dtype=self.y.dtype, device=self.y.device)
-        for start in range(0, self.d_out, chunk):
-            stop = min(start + chunk, self.d_out)
-            gx, gs = self.rmatvec(eye[start:stop])
-            J[:, start:stop, :] = gx.transpose(0, 1)
-            b[start:stop] = gs
-            if progress is not None:
-                progress(stop / self.d_out, f"Jacobian rows {stop}/{self.d_out}")
-        return FullJacobian(J=J, b=b)
+        return _full_by_vjps(self, chunk or self.chunk_size(), progress)
+
+
+def _full_by_vjps(op: JacobianOperator | PositionView, chunk: int, progress: ProgressFn | None) -> FullJacobian:
+    """``op``'s ``J_i`` (one per position it serves) and ``b`` by batched VJPs, the identity's rows as cotangents,
+    ``chunk`` rows at a time."""
+    eye = torch.eye(op.d_out, dtype=op.y.dtype, device=op.y.device)
+    J = torch.empty(op.n_tokens, op.d_out, op.d_in, dtype=op.y.dtype, device=op.y.device)
+    b = torch.empty(op.d_out, dtype=op.y.dtype, device=op.y.device)
+    for start in range(0, op.d_out, chunk):
+        stop = min(start + chunk, op.d_out)
+        gx, gs = op.rmatvec(eye[start:stop])
+        J[:, start:stop, :] = gx.transpose(0, 1)
+        b[start:stop] = gs
+        if progress is not None:
+            progress(stop / op.d_out, f"Jacobian rows {stop}/{op.d_out}")
+    return FullJacobian(J=J, b=b)
 
 
 def _intermediate_size(model: nn.Module) -> int:
