@@ -69,16 +69,7 @@ def jvp_columns(f: Fn, x: torch.Tensor, P: torch.Tensor, mode: str, h: float = 1
     if mode == "forward":
         return torch.vmap(lambda p: torch.func.jvp(f, (x,), (p,))[1])(P)
     if mode == "reverse":
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            y = f(xr)
-            w = torch.zeros_like(y, requires_grad=True)
-            (g,) = torch.autograd.grad(y, xr, grad_outputs=w, create_graph=True)
-            if not g.requires_grad:
-                raise RuntimeError("reverse over reverse: the backward pass is not differentiable")
-            (cols,) = torch.autograd.grad(g, w, grad_outputs=P.to(g.dtype), is_grads_batched=True, retain_graph=True)
-            _adjoint_check(y, xr, cols[0], P[0])
-        return cols.detach()
+        return kept_operator(f, x)(P)  # one product of the kept reverse-over-reverse graph, adjoint-checked
     if mode == "fd":
         with torch.no_grad():
             return torch.stack([(f(x + h * p) - f(x - h * p)) / (2 * h) for p in P])
