@@ -40,7 +40,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from ..errors import UnsupportedFamilyError
 from ..models.arch import FamilyAdapter
 from ..models.arch.base import is_layer_norm
-from ..models.placement import forward_attribute, model_dtype, replaced_forwards
+from ..models.placement import forward_attribute, model_dtype, replaced_attributes, replaced_forwards
 
 DETACHED_ATTENTION = "lldd_detached"
 LIVE_ATTENTION = "lldd_eager"
@@ -255,21 +255,9 @@ def _patched_forwards(patches: list[tuple[nn.Module, Callable]]) -> contextlib.A
     return replaced_forwards([(module, MethodType(fn, module)) for module, fn in patches])
 
 
-@contextlib.contextmanager
-def _bound_methods(methods: list[tuple[nn.Module, str, Callable]]) -> Iterator[None]:
+def _bound_methods(methods: list[tuple[nn.Module, str, Callable]]) -> contextlib.AbstractContextManager[None]:
     """Each ``(module, name, fn)``: ``module.<name>`` is ``fn`` bound to it until exit, also on error."""
-    saved: list[tuple[nn.Module, str, object]] = []
-    try:
-        for module, name, fn in methods:
-            saved.append((module, name, module.__dict__.get(name)))
-            module.__dict__[name] = MethodType(fn, module)
-        yield
-    finally:
-        for module, name, previous in reversed(saved):
-            if previous is None:
-                module.__dict__.pop(name, None)
-            else:
-                module.__dict__[name] = previous
+    return replaced_attributes((module, name, MethodType(fn, module)) for module, name, fn in methods)
 
 
 @contextlib.contextmanager

@@ -76,12 +76,19 @@ def tensor_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
 def replaced_forwards(replacements: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
     """Give each module a new instance-level forward (``_old_forward`` under an accelerate hook, see
     :func:`forward_attribute`) for the ``with`` body; the previous state comes back on exit, also on error."""
+    with replaced_attributes((module, forward_attribute(module), fn) for module, fn in replacements):
+        yield
+
+
+@contextlib.contextmanager
+def replaced_attributes(replacements: Iterable[tuple[nn.Module, str, object]]) -> Iterator[None]:
+    """Each ``(module, name, value)``: the instance attribute ``module.<name>`` is ``value`` for the ``with``
+    body; the previous state (an instance attribute or none) comes back on exit, also on error."""
     saved: list[tuple[nn.Module, str, object]] = []
     try:
-        for module, fn in replacements:
-            attr = forward_attribute(module)
+        for module, attr, value in replacements:
             saved.append((module, attr, module.__dict__.get(attr)))
-            module.__dict__[attr] = fn
+            module.__dict__[attr] = value
         yield
     finally:
         for module, attr, previous in reversed(saved):
