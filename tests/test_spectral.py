@@ -280,7 +280,10 @@ def test_auto_never_forms_a_jacobian_that_does_not_fit():
     from lldd_core.analysis.spectrum import AUTO_FULL_BYTES, auto_method
 
     assert choose_method(1024, 512, 8) == "full"  # by products alone: d = 1024 beats ~12k matrix-free products
-    assert choose_method(1024, 512, 8, full_bytes=512 * 1024 * 1024 * 4 - 1) == "matrix_free"
+    # past the budget a long prompt streams (2 passes of d products against ~12k per-token products) ...
+    assert choose_method(1024, 512, 8, full_bytes=512 * 1024 * 1024 * 4 - 1) == "streamed"
     assert 512 * 1024 * 1024 * 4 > AUTO_FULL_BYTES
-    assert auto_method(1024, 512, 8, torch.float32) == "matrix_free"  # T = 512, d = 1024: 2 GiB is never formed
+    assert auto_method(1024, 512, 8, torch.float32) == "streamed"  # T = 512, d = 1024: 2 GiB is never formed
+    # ... and a short prompt of a wide model whose J does not fit still goes matrix-free
+    assert choose_method(8192, 16, 8, full_bytes=1 << 30) == "matrix_free"
     assert auto_method(32, 14, 4, torch.float64) == "full"

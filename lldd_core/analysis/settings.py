@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound="Settings")
 
-#: The spectrum methods: ``auto`` picks ``full`` (formed Jacobians) or ``matrix_free`` by cost.
-SPECTRUM_METHODS = ("auto", "full", "matrix_free")
+#: The spectrum methods: ``auto`` picks ``full`` (formed Jacobians), ``matrix_free`` or ``streamed`` (long
+#: prompts: memory independent of ``T * d^2``) by cost (:func:`lldd_core.linalg.spectral.choose_method`).
+SPECTRUM_METHODS = ("auto", "full", "matrix_free", "streamed")
 #: The layer views (:mod:`lldd_core.forward.views`), in their canonical order.
 SITES = ("cumulative", "block", "attention", "mlp")
 #: How the LLV basis is completed beyond ``v_l`` (:mod:`lldd_core.linalg.llv`).

@@ -13,8 +13,11 @@ Jacobian of the output ``y`` (layer ``K``, final norm applied by default), with
 * on the full path, the rows (input space, decoded by cosine) and columns (output space, decoded
   by logits) of largest norm, and every row's and column's norm.
 
-Method: ``"full"`` forms every ``J_i`` (``d_out`` products), ``"matrix_free"`` runs
-:func:`~lldd_core.linalg.spectral.topk_svd`; ``"auto"`` picks by :func:`~lldd_core.linalg.spectral.choose_method`.
+Method: ``"full"`` forms every ``J_i`` (``d_out`` products, ``T * d^2`` memory), ``"matrix_free"`` runs
+:func:`~lldd_core.linalg.spectral.topk_svd` (about ``3 T l`` products: short prompts of big models),
+``"streamed"`` runs :func:`~lldd_core.linalg.streamed.topk_svd_streamed` (a few times ``d_out`` products, memory
+``O(T d l)``: long prompts; exact rows, columns and stable ranks like the full path); ``"auto"`` picks by
+:func:`~lldd_core.linalg.spectral.choose_method`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..errors import InputError, NumericalError
 from ..forward.jacobian import JacobianOperator, jacobian_operator
 from ..linalg.decoding import decode_input, decode_output
 from ..linalg.spectral import TopKSVD, choose_method, fix_signs, svd_full, topk_svd
+from ..linalg.streamed import Extremes, StreamedSVD, topk_svd_streamed
 from ..models.loading import ModelHandle
 from ..models.placement import tensor_of
 from ..progress import ProgressFn
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 ANALYSIS = "spectrum"
-METHODS = ("auto", "full", "matrix_free")
+METHODS = ("auto", "full", "matrix_free", "streamed")
 #: Residual tolerance (relative to each token's s_1) of the analyses. Singular values are then
 #: accurate to about tol^2 / gap (Rayleigh-Ritz; bench/spectral.py measured 1e-5..2e-5 relative at
 #: d = 2048), vectors to about tol / gap, below what a plot or a top-token list resolves. The
@@ -55,13 +59,15 @@ DEFAULT_MAX_ITERS = 30
 #: Rows and columns of largest norm decoded per token.
 N_ROWS = 8
 #: Largest full Jacobian (``T * d^2`` entries, bytes) that ``method="auto"`` forms; past it (long prompts) auto
-#: goes matrix-free, whose memory grows like ``T * d * k``. ``method="full"`` may go up to ``LLDD_MAX_JACOBIAN_GB``.
+#: streams (or goes matrix-free, whichever needs fewer products), whose memory grows like ``T * d * k``.
+#: ``method="full"`` may go up to ``LLDD_MAX_JACOBIAN_GB``.
 AUTO_FULL_BYTES = 1 << 30
 
 
 def auto_method(d: int, n_tokens: int, k: int, dtype: torch.dtype, oversample: int = DEFAULT_OVERSAMPLE) -> str:
     """What ``method="auto"`` runs: :func:`~lldd_core.linalg.spectral.choose_method` by cost, ``full`` only
-    where its Jacobian fits :data:`AUTO_FULL_BYTES` and ``LLDD_MAX_JACOBIAN_GB``."""
+    where its Jacobian fits :data:`AUTO_FULL_BYTES` and ``LLDD_MAX_JACOBIAN_GB`` (else ``streamed`` or
+    ``matrix_free``)."""
     from .jacobian import max_jacobian_bytes
 
     size = torch.empty((), dtype=dtype).element_size()
@@ -85,7 +91,7 @@ class SpectrumResult(PromptStamp):
     final_norm: bool
     k: int
     n_decode: int
-    method: str  # "full" or "matrix_free"
+    method: str  # "full", "matrix_free" or "streamed"
     converged: bool
     max_residual: float
     n_products: int
@@ -112,6 +118,8 @@ class SpectrumResult(PromptStamp):
     #: The input positions (token indices) the rows above belong to; empty: every token, in order
     #: (``T`` above is then ``len(positions)``).
     positions: list = dataclasses.field(default_factory=list)
+    #: Passes over every ``J_i``'s rows (``method == "streamed"``; 0 otherwise).
+    passes: int = 0
 
     @property
     def rows(self) -> list[int]:
@@ -161,10 +169,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_TOL, iters: int = DEFAULT_MAX_ITERS,
-            oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None) -> TopKSVD:
+            oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None,
+            progress: ProgressFn | None = None) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"`` picks by cost), signs fixed by ``y``."""
+    if method == "streamed":
+        return streamed_svd(op, k, tol=tol, oversample=oversample, progress=progress).svd
     if method == "auto":
         method = auto_method(op.d_out, op.n_tokens, k, op.y.dtype, oversample)
+        if method == "streamed":
+            return run_svd(op, k, method, tol=tol, oversample=oversample, progress=progress)
     if method == "full":
         J = op.full().J if full_J is None else full_J
         svd = svd_full(J, k, tol=tol)
@@ -173,8 +186,18 @@ def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_T
         svd = topk_svd(op, k, tol=tol, iters=iters, oversample=oversample)
     else:
         raise InputError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    y = op.y.detach()
-    return fix_signs(svd, y.expand(op.n_tokens, -1))
+    return _signed(svd, op)
+
+
+def _signed(svd: TopKSVD, op: JacobianOperator) -> TopKSVD:
+    return fix_signs(svd, op.y.detach().expand(op.n_tokens, -1))
+
+
+def streamed_svd(op: JacobianOperator, k: int, *, tol: float = DEFAULT_TOL, oversample: int = DEFAULT_OVERSAMPLE,
+                 progress: ProgressFn | None = None) -> StreamedSVD:
+    """:func:`~lldd_core.linalg.streamed.topk_svd_streamed` with the signs fixed by ``y``."""
+    out = topk_svd_streamed(op, k, tol=tol, oversample=oversample, progress=progress)
+    return dataclasses.replace(out, svd=_signed(out.svd, op))
 
 
 def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int,
@@ -189,6 +212,16 @@ def decode_triplets(svd: TopKSVD, W_U: torch.Tensor, W_E: torch.Tensor, n: int,
         "u_tokens": up.strings(tokenizer), "u_tokens_neg": un.strings(tokenizer),
         "v_tokens": vp.strings(tokenizer), "v_tokens_neg": vn.strings(tokenizer),
         "u_scores": _np(up.scores), "v_scores": _np(vp.scores),
+    }
+
+
+def extremes(e: Extremes, W_U: torch.Tensor, W_E: torch.Tensor, n: int, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """The result fields of ``e``: rows decoded by cosine to the input embeddings, columns by logits."""
+    return {
+        "row_tokens": decode_input(e.row_vectors, W_E, n).strings(tokenizer),
+        "col_tokens": decode_output(e.col_vectors, W_U, n).strings(tokenizer) if e.col_vectors.shape[1] else [],
+        "row_norms": _np(e.row_norms), "col_norms": _np(e.col_norms),
+        "top_rows": e.top_rows.cpu().numpy(), "top_cols": e.top_cols.cpu().numpy(),
     }
 
 
@@ -232,11 +265,15 @@ def analyze_spectrum(
     ids = torch.tensor(input_ids, dtype=torch.long)
     op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm).at(
         None if positions is None else list(positions))
-    J = None
+    J = stream = None
     if chosen == "full":
         J = op.full(progress=lambda f, m: report(0.05 + 0.6 * f, m)).J
-    report(0.65, "Top singular vectors" if chosen == "full" else "Matrix-free top-k SVD")
-    svd = run_svd(op, k, chosen, tol=tol, full_J=J)
+    if chosen == "streamed":
+        stream = streamed_svd(op, k, tol=tol, progress=lambda f, m: report(0.05 + 0.8 * f, f"Streamed SVD, {m}"))
+        svd = stream.svd
+    else:
+        report(0.65, "Top singular vectors" if chosen == "full" else "Matrix-free top-k SVD")
+        svd = run_svd(op, k, chosen, tol=tol, full_J=J)
     if not (bool(torch.isfinite(svd.S).all()) and bool(torch.isfinite(op.y).all())):
         raise NumericalError(
             f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
@@ -250,21 +287,9 @@ def analyze_spectrum(
     rows: dict = {"row_tokens": [], "col_tokens": [], "row_norms": np.zeros((0,)), "col_norms": np.zeros((0,)),
                   "top_rows": np.zeros((0,), dtype=np.int64), "top_cols": np.zeros((0,), dtype=np.int64)}
     if J is not None:
-        work = J.detach()
-        row_norms = torch.linalg.vector_norm(work, dim=2)  # [T, d_out]: rows J_i[r, :] live in input space
-        col_norms = torch.linalg.vector_norm(work, dim=1)  # [T, d_in]: columns J_i[:, c] live in output space
-        r = min(N_ROWS, work.shape[1], work.shape[2])
-        top_rows = torch.topk(row_norms, r, dim=1).indices
-        top_cols = torch.topk(col_norms, r, dim=1).indices
-        T = work.shape[0]
-        row_vecs = work[torch.arange(T)[:, None], top_rows]  # [T, r, d_in]
-        col_vecs = work.transpose(1, 2)[torch.arange(T)[:, None], top_cols]  # [T, r, d_out]
-        rows = {
-            "row_tokens": decode_input(row_vecs, W_E, n_decode).strings(tok),
-            "col_tokens": decode_output(col_vecs, W_U, n_decode).strings(tok),
-            "row_norms": _np(row_norms), "col_norms": _np(col_norms),
-            "top_rows": top_rows.cpu().numpy(), "top_cols": top_cols.cpu().numpy(),
-        }
+        rows = extremes(Extremes.of(J.detach(), N_ROWS), W_U, W_E, n_decode, tok)
+    elif stream is not None:
+        rows = extremes(stream.extremes, W_U, W_E, n_decode, tok)
     result = SpectrumResult(
         **handle.result_fields(input_ids),
         layer=int(layer),
@@ -287,6 +312,7 @@ def analyze_spectrum(
         **dec,
         **rows,
         positions=[] if positions is None else [int(p) for p in positions],
+        passes=0 if stream is None else int(stream.passes),
     )
     report(1.0, "Done")
     return result

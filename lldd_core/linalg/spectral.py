@@ -437,33 +437,47 @@ def svd_full(J: torch.Tensor, k: int, *, tol: float = 1e-6) -> TopKSVD:
 
 def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: int | None = None,
                   full_bytes: int | None = None, element_size: int = 4) -> str:
-    """``"full"`` or ``"matrix_free"``, whichever needs fewer operator products — never ``"full"`` when its
-    ``T * d^2`` Jacobian (``element_size`` bytes each) would pass ``full_bytes`` (``None``: no limit).
+    """``"full"``, ``"streamed"`` or ``"matrix_free"``, whichever needs the fewest operator products — never
+    ``"full"`` when its ``T * d^2`` Jacobian (``element_size`` bytes each) would pass ``full_bytes`` (``None``:
+    no limit).
 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
-    products; the matrix-free schemes need about ``s + 16 + 2*n*l*(q + 1) + n*k`` (sketch ``s``,
-    16 probes, ``l = k + oversample``, ``q`` further steps; default :data:`TYPICAL_ITERS`, pass
-    ``iters`` for a worse case) — the opt-in mixed scheme usually fewer (bench/spectral.py). Per-product
-    costs measured alike (bench/spectral.py).
+    products; streaming them (:mod:`lldd_core.linalg.streamed`) takes
+    :data:`~lldd_core.linalg.streamed.TYPICAL_PASSES` times that at ``O(T d l)`` memory, so it only wins
+    where ``full`` does not fit; the matrix-free schemes need about ``s + 16 + 2*n*l*(q + 1) + n*k``
+    (sketch ``s``, 16 probes, ``l = k + oversample``, ``q`` further steps; default :data:`TYPICAL_ITERS`,
+    pass ``iters`` for a worse case) — the opt-in mixed scheme usually fewer (bench/spectral.py). Every
+    product costs about one backward pass over the prompt (bench/spectral.py), so ``full`` and
+    ``streamed`` grow like ``T`` and ``matrix_free`` like ``T^2``.
     """
+    from .streamed import passes_estimate
+
     q = TYPICAL_ITERS if iters is None else iters
     l = min(k + oversample, d)
     sketch = min(d, SKETCH_FACTOR * l) if n_tokens >= 4 else l
     matrix_free = sketch + 16 + 2 * n_tokens * l * (q + 1) + n_tokens * k
     fits = full_bytes is None or n_tokens * d * d * element_size <= full_bytes
-    return "full" if d <= matrix_free and fits else "matrix_free"
+    if fits:
+        return "full" if d <= matrix_free else "matrix_free"
+    return "streamed" if passes_estimate(d) < matrix_free else "matrix_free"
 
 
 def top_singular(op: JacobianOperator, k: int, method: str = "auto", **kw: Any) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"``: :func:`choose_method`).
 
-    ``kw`` goes to :func:`topk_svd` (``tol`` also to :func:`svd_full`). The full path reports the
+    ``kw`` goes to :func:`topk_svd` (``tol``, ``oversample`` and ``seed`` to the streamed scheme, ``tol`` to
+    :func:`svd_full`). The full path reports the
     ``d_out`` products it spent forming ``J``.
     """
     if method == "auto":
         method = choose_method(op.d_out, op.n_tokens, k, oversample=kw.get("oversample", 8))
     if method == "matrix_free":
         return topk_svd(op, k, **kw)
+    if method == "streamed":
+        from .streamed import topk_svd_streamed
+
+        keep = {key: kw[key] for key in ("tol", "oversample", "seed") if key in kw}
+        return topk_svd_streamed(op, k, **keep).svd
     if method != "full":
         raise ValueError(f"unknown method {method!r}")
     out = svd_full(op.full().J, k, **({"tol": kw["tol"]} if "tol" in kw else {}))
