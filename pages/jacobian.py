@@ -75,7 +75,10 @@ For every input token `i`, the top-k singular triplets `J_i ≈ Σ_j σ_j u_j v_
 fixed so that `u_j · y ≥ 0`; *show opposite sign* decodes `−u_j` and `−v_j` instead. The stable rank
 `‖J_i‖²_F / σ_1²` counts the effective number of directions (estimated, with a standard error, on the
 matrix-free path). **full** forms every `J_i` (also giving its rows and columns of largest norm);
-**matrix_free** finds the top-k directly (for big models); **auto** picks the cheaper one.
+**matrix_free** finds the top-k directly (short prompts of big models); **streamed** visits every `J_i`
+row block by row block without ever holding them (long prompts: memory independent of `T·d²`, rows,
+columns and stable ranks exact); **auto** picks the cheapest that fits. **Positions** restricts the
+analysis to some input tokens (e.g. `0, 5, -1`; empty: all).
 """
 
 
@@ -177,6 +180,10 @@ def show_result(shown: Shown) -> None:
         f"final norm {'on' if r.final_norm else 'off'} · {len(r.tokens)} tokens · prompt: {shown.prompt!r}"
     )
     show_metrics(shown)
+    if r.streamed:
+        st.info(f"This prompt's Jacobian ({len(r.tokens)} × {r.y.shape[0]}² entries) is past LLDD_MAX_JACOBIAN_GB, so "
+                f"it was streamed row block by row block: reconstruction, bias and token shares are exact, the "
+                f"spectrum shows each token's top {r.singular_values.shape[1]} singular values.")
     theme = current_theme()
     chart(reconstruction_scatter(r, theme=theme), "dj_reconstruction", figure_name(r, "reconstruction"))
     left, right = st.columns(2)
@@ -218,28 +225,36 @@ def same_request(spectrum: Shown, shown: Shown) -> bool:
     return (spectrum.spec, spectrum.prompt, s.layer, s.final_norm) == (shown.spec, shown.prompt, r.layer, r.final_norm)
 
 
-def spectra_form(d: int) -> tuple[bool, int, int, str]:
-    """The spectra settings (``d``: the hidden size); returns (submitted, k, decoded tokens per vector, method)."""
+def spectra_form(d: int) -> tuple[bool, int, int, str, str]:
+    """The spectra settings (``d``: the hidden size); returns (submitted, k, decoded tokens per vector, method,
+    positions text)."""
     with st.form("dj_spectra_form", border=True):
-        c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
+        c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
         k = top_k_input(c1, d, "dj_spec_k", help=f"Singular triplets per token: {TOP_K.describe(hi=d)}.")
         n_decode = decode_input(c2, "dj_spec_n", 8)
         method = c3.selectbox(
             "Method", METHODS, key="dj_spec_method",
-            help="auto: the cheaper of the two. full: every J_i (exact; also rows and columns). "
-            "matrix_free: top-k by products only (big models).",
+            help="auto: the cheapest that fits. full: every J_i (exact; also rows and columns). "
+            "matrix_free: top-k by products only (short prompts of big models). streamed: every J_i row block by "
+            "row block, never held (long prompts; rows and columns too).",
+        )
+        positions = c4.text_input(
+            "Positions", key="dj_spec_positions", placeholder="all",
+            help="Input token positions i to analyse, comma-separated (negative counts from the end, e.g. 0, 5, -1); "
+            "empty: every token.",
         )
         submitted = st.form_submit_button("Compute spectra", key="dj_spec_compute")
-    fields("dj_spec_method")
-    return submitted, int(k), int(n_decode), str(method)
+    fields("dj_spec_method", "dj_spec_positions")
+    return submitted, int(k), int(n_decode), str(method), str(positions)
 
 
-def compute_spectra(shown: Shown, k: int, n_decode: int, method: str) -> Shown | None:
+def compute_spectra(shown: Shown, k: int, n_decode: int, method: str, positions: str = "") -> Shown | None:
     """The spectra of ``shown``'s request with a live status box; ``None`` (after an ``st.error``) on a user error."""
     r = shown.result
+    chosen = positions.strip() or None  # the settings parse and check "0, 5, -1" against the prompt
     computed = run_with_status("spectra", lambda progress: get_service().spectrum(
         shown.spec, shown.prompt, layer=r.layer, final_norm=r.final_norm, k=k, n_decode=n_decode, method=method,
-        progress=progress))
+        positions=chosen, progress=progress))
     if computed is None:
         return None
     return Shown(computed.result, computed.cache_hit, shown.spec, shown.prompt)
@@ -262,7 +277,8 @@ def show_spectrum(spectrum: Shown) -> None:
     )
     cols = st.columns(5)
     cols[0].metric("Next token", display_token(s.next_token), help="The model's greedy next token: argmax of W_U y.")
-    cols[1].metric("Spectrum method", s.method, help="full or matrix_free (auto picks one by cost).")
+    cols[1].metric("Spectrum method", s.method + (f" ({s.passes} pass{'' if s.passes == 1 else 'es'})" if s.passes else ""),
+                   help="full, matrix_free or streamed (auto picks one by cost and memory).")
     cols[2].metric("Products", f"{s.n_products:,}", help="Jacobian-vector products the SVD used.")
     cols[3].metric(
         "Max residual", format_sci(s.max_residual), help="Largest ‖J_i v_j − σ_j u_j‖ / σ_1 over tokens and pairs."
@@ -272,11 +288,11 @@ def show_spectrum(spectrum: Shown) -> None:
         not_converged(s.max_residual, what="singular values and their decodings")
     with st.expander("How to read these tables"):
         st.markdown(SPECTRA_EXPLANATION)
-    T = len(s.tokens)
+    rows = s.rows
     c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
     token = c1.selectbox(
-        "Input token i", range(T), index=T - 1, format_func=lambda i: column_label(i, s.tokens[i]),
-        key=f"dj_spec_token_of_{T}",  # a prompt of another length gets a fresh widget
+        "Input token i", rows, index=len(rows) - 1, format_func=lambda i: column_label(i, s.tokens[i]),
+        key=f"dj_spec_token_of_{len(s.tokens)}_{len(rows)}",  # another prompt or set of positions: a fresh widget
     )
     negative = c2.toggle("Show opposite sign", value=False, key="dj_spec_negative",
                          help="Decode −u_j and −v_j: the tokens each direction pushes down.")
@@ -291,7 +307,7 @@ def show_spectrum(spectrum: Shown) -> None:
     table(highlight_table(per_token, {}), key="dj_spec_tokens", name="stable_rank_per_token")
     csv_button("Download stable ranks (CSV)", per_token, f"stable_rank_{slug}.csv", "dj_spec_tokens_csv")
     if not s.has_rows:
-        st.caption("Rows and columns of largest norm need every J_i in full: choose the full method to see them.")
+        st.caption("Rows and columns of largest norm need every entry of J_i: choose the full or streamed method.")
         return
     for which, what in (("rows", "input space, cosine"), ("columns", "output space, logits")):  # full width each:
         st.markdown(f"**{which.capitalize()} of J_{token} of largest norm** ({what})")  # half would cut the tokens
@@ -310,9 +326,9 @@ def spectra_section(shown: Shown) -> None:
         f"The top singular vectors of every J_i for the request above (output x_{r.layer}, final norm "
         f"{'on' if r.final_norm else 'off'}), decoded to tokens."
     )
-    submitted, k, n_decode, method = spectra_form(int(r.singular_values.shape[1]))  # min(d_out, d_in) = d
+    submitted, k, n_decode, method, positions = spectra_form(int(r.y.shape[0]))  # d_out = d_in = d
     if submitted or replaying():
-        spectrum = compute_spectra(shown, k, n_decode, method)
+        spectrum = compute_spectra(shown, k, n_decode, method, positions)
         if spectrum is not None:
             st.session_state[SPECTRUM_KEY] = spectrum
     last = kept(SPECTRUM_KEY, SpectrumResult)

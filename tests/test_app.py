@@ -348,7 +348,7 @@ def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
     ).result
     assert shown["Next token"] == plots_spectra.display_token(result.next_token)
     T = len(result.tokens)
-    assert app.selectbox(key=f"dj_spec_token_of_{T}").value == T - 1  # the last token by default
+    assert app.selectbox(key=f"dj_spec_token_of_{T}_{T}").value == T - 1  # the last token by default
     frame = table_with(app, "U tokens (output, logits)")
     pd.testing.assert_frame_equal(frame.value, plots_spectra.spectrum_table(result, T - 1), check_dtype=False)
     assert len(plots_spectra.cell_tokens(frame.value.iloc[0, 3])) == 3
@@ -370,7 +370,7 @@ def test_spectra_section_decodes_tokens_and_flips_sign(app: AppTest) -> None:
     pd.testing.assert_frame_equal(flipped, plots_spectra.spectrum_table(result, T - 1, negative=True), check_dtype=False)
     assert list(flipped.iloc[:, 3]) != list(frame.value.iloc[:, 3])
 
-    app.selectbox(key=f"dj_spec_token_of_{T}").set_value(1).run()  # another token
+    app.selectbox(key=f"dj_spec_token_of_{T}_{T}").set_value(1).run()  # another token
     assert_clean(app)
     assert table_with(app, "−U tokens (output, logits)").value.iloc[0, 1] == pytest.approx(result.singular_values[1, 0])
 
@@ -386,7 +386,7 @@ def test_spectra_errors_and_stale_requests(app: AppTest, monkeypatch: pytest.Mon
     app.selectbox(key="dj_spec_method").set_value("full")
     compute_spectra(app)
     assert not app.exception
-    assert len(app.error) == 1 and "LLDD_MAX_JACOBIAN_GB): shorten the prompt" in app.error[0].value
+    assert len(app.error) == 1 and "LLDD_MAX_JACOBIAN_GB): use the streamed method" in app.error[0].value
     assert app.status[-1].label == "Could not compute the spectra"
     assert app.number_input(key="dj_spec_k_of_32").value <= 32
     monkeypatch.delenv("LLDD_MAX_JACOBIAN_GB")
@@ -404,6 +404,39 @@ def test_spectra_errors_and_stale_requests(app: AppTest, monkeypatch: pytest.Mon
     assert_clean(app)
     assert "Spectrum method" not in metrics(app)
     assert app.info[-1].value.startswith("Press **Compute spectra**")
+
+
+def test_a_prompt_past_the_jacobian_limit_streams_and_its_spectra_take_positions(
+        app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLDD_MAX_JACOBIAN_GB", "1e-5")  # 10 kB: no J of this prompt (T * 32 * 32 * 4 bytes) fits
+    app.selectbox(key="sidebar_dtype").set_value("float64").run()
+    compute(app)
+    assert_clean(app)
+    assert any("streamed row block by row block" in i.value for i in app.info)
+    assert float(metrics(app)["Detached reconstruction error"]) < 1e-10  # exact without ever forming J
+    spec, prompt = app.session_state["model_spec"], "The Golden Gate Bridge is in"
+    jac = service_module.get_service().jacobian(spec, prompt).result
+    assert jac.streamed and jac.singular_values.shape[1] == 16
+    app.number_input(key="dj_spec_k_of_32").set_value(3)
+    app.text_input(key="dj_spec_positions").set_value("0, -1")
+    compute_spectra(app)  # auto: the full J does not fit, so it streams
+    assert_clean(app)
+    shown = metrics(app)
+    assert shown["Spectrum method"].startswith("streamed (") and "pass" in shown["Spectrum method"]
+    result = service_module.get_service().spectrum(spec, prompt, k=3, positions="0, -1").result
+    T = len(result.tokens)
+    assert result.rows == [0, T - 1] and result.method == "streamed"
+    token = app.selectbox(key=f"dj_spec_token_of_{T}_2")
+    assert list(token.options) == [plots_spectra.column_label(i, result.tokens[i]) for i in (0, T - 1)]
+    assert list(table_with(app, "σ_1").value["position"]) == [0, T - 1]
+    assert list(table_with(app, "row").value["row"]) == list(result.top_rows[-1])  # rows need no formed J now
+    token.set_value(0).run()
+    assert_clean(app)
+    pd.testing.assert_frame_equal(table_with(app, "U tokens (output, logits)").value,
+                                  plots_spectra.spectrum_table(result, 0), check_dtype=False)
+    app.text_input(key="dj_spec_positions").set_value("0, 99")  # outside the prompt: a message, not a traceback
+    compute_spectra(app)
+    assert not app.exception and len(app.error) == 1 and "99" in app.error[0].value
 
 
 # --- the Layers page ----------------------------------------------------------------------------------

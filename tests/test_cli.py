@@ -129,6 +129,8 @@ def test_spectrum_json_per_token(capsys, tiny_dirs):
     some = json.loads(out)["per_token"]
     assert code == 0 and [e["position"] for e in some] == [0, len(data["tokens"]) - 1]
     assert some[-1]["singular_values"] == entry["singular_values"]
+    code, out, _ = _run(capsys, *args[:-3], "--method", "streamed", "--positions", "0,-1", "--quiet")
+    assert code == 0 and "streamed (" in out and "passes over the rows" in out and "[0] " in out
 
 
 def test_layers_json_and_text(capsys, tiny_dirs):

@@ -126,7 +126,7 @@ def test_norm_tables_decode_the_largest_rows_and_columns(full: SpectrumResult, m
     assert (np.diff(rows["norm"]) <= 0).all() and rows["norm"].iloc[0] == full.row_norms[1].max()
     assert list(rows["tokens (input, cosine)"]) == [ps.token_cell(c) for c in full.row_tokens[1]]
     assert list(cols["tokens (output, logits)"]) == [ps.token_cell(c) for c in full.col_tokens[1]]
-    with pytest.raises(ValueError, match="full path"):
+    with pytest.raises(ValueError, match="full and streamed paths"):
         ps.norm_table(matrix_free, 1)
     with pytest.raises(ValueError, match="which"):
         ps.norm_table(full, 1, "diagonal")
@@ -141,7 +141,7 @@ def test_norm_distribution_histograms(full: SpectrumResult, matrix_free: Spectru
     np.testing.assert_array_equal(cols.x, full.col_norms[-1])
     assert data["data"][1]["xaxis"] == "x2"  # side by side
     assert token_labels(full.tokens)[-1] in fig.layout.title.text
-    with pytest.raises(ValueError, match="full path"):
+    with pytest.raises(ValueError, match="full and streamed paths"):
         ps.norm_distribution_figure(matrix_free, 0)
 
 

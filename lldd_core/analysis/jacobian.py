@@ -9,23 +9,32 @@ Given ``x_0`` (``[T, d]``) and the output ``y`` (see :mod:`lldd_core.forward.jac
   the output; float32 norm rounding of stock transformers leaves ~1e-7),
 * the bias channel ``b = dy/ds`` and each token's share ``||J_i x_{0,i}||``,
 * every token's singular values of ``J_i``, descending.
+
+A prompt whose ``T d^2`` Jacobian does not fit ``LLDD_MAX_JACOBIAN_GB`` is *streamed*
+(:mod:`lldd_core.linalg.streamed`): the same row blocks of every ``J_i`` give the reconstruction, the
+bias channel and the token shares exactly, without ever holding ``J``; the singular values are then the top
+:data:`STREAMED_SINGULAR` per token (residual-checked), and the stable rank is exact (``||J_i||_F^2`` from
+the same rows).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ..errors import NumericalError, ResourceError
-from ..forward.jacobian import jacobian_operator, reconstruct, relative_error
+from ..forward.jacobian import JacobianOperator, jacobian_operator, reconstruct, relative_error
 from ..linalg.spectral import singular_values, stable_rank
 from ..models.loading import ModelHandle
 from ..progress import ProgressFn
 from ..store.results import PromptStamp, result_type
 
 ANALYSIS = "jacobian"
+#: Singular values per token on the streamed path (a prompt whose Jacobian does not fit).
+STREAMED_SINGULAR = 16
 
 
 @result_type
@@ -50,8 +59,10 @@ class JacobianResult(PromptStamp):
     plain_reconstruction: np.ndarray  # [d] the same with the ordinary Jacobian
     bias: np.ndarray  # [d] b = dy/ds
     token_contributions: np.ndarray  # [T] ||J_i x_{0,i}||
-    singular_values: np.ndarray  # [T, min(d_out, d_in)] descending
+    singular_values: np.ndarray  # [T, min(d_out, d_in)] descending (streamed: the top STREAMED_SINGULAR)
     stable_rank: np.ndarray  # [T]
+    #: True where ``J`` did not fit and was streamed: ``singular_values`` holds only each token's top values.
+    streamed: bool = False
 
     def top_singular_values(self, k: int) -> list[list[float]]:
         return [row[:k].tolist() for row in self.singular_values]
@@ -75,13 +86,19 @@ def max_jacobian_bytes() -> int:
     return int(env_number("LLDD_MAX_JACOBIAN_GB", MAX_JACOBIAN_GB, 8) * (1 << 30))
 
 
+def fits(n_tokens: int, d: int, dtype: torch.dtype) -> bool:
+    """Whether a full Jacobian (``T d^2`` entries) fits ``LLDD_MAX_JACOBIAN_GB``."""
+    return n_tokens * d * d * torch.empty((), dtype=dtype).element_size() <= max_jacobian_bytes()
+
+
 def check_size(n_tokens: int, d: int, dtype: torch.dtype) -> None:
     """Refuse a full Jacobian that would not fit (``T d^2`` entries), with what to do instead."""
     need = n_tokens * d * d * torch.empty((), dtype=dtype).element_size()
     if need > max_jacobian_bytes():
         raise ResourceError(
             f"The full Jacobian for {n_tokens} tokens at width {d} needs {need / 2**30:.1f} GiB "
-            f"(limit {max_jacobian_bytes() / 2**30:.1f} GiB, LLDD_MAX_JACOBIAN_GB): shorten the prompt."
+            f"(limit {max_jacobian_bytes() / 2**30:.1f} GiB, LLDD_MAX_JACOBIAN_GB): use the streamed method, "
+            "or shorten the prompt."
         )
 
 
@@ -102,7 +119,8 @@ def analyze_jacobian(
     layer = handle.n_layers if layer is None else layer
     t0 = time.perf_counter()
     ids = torch.tensor(input_ids, dtype=torch.long)
-    check_size(len(input_ids), handle.info.d_model, handle.dtype)
+    if not fits(len(input_ids), handle.info.d_model, handle.dtype):
+        return _analyze_streamed(handle, input_ids, layer, final_norm, report, t0)
 
     report(0.0, "Detached forward pass")
     op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
@@ -144,6 +162,67 @@ def analyze_jacobian(
     )
     report(1.0, "Done")
     return result
+
+
+def _analyze_streamed(handle: ModelHandle, input_ids: list[int], layer: int, final_norm: bool, report: ProgressFn,
+                      t0: float) -> JacobianResult:
+    """:func:`analyze_jacobian` for a prompt whose Jacobian does not fit: row blocks, never ``J`` (module doc)."""
+    from ..linalg.streamed import stream_rows, topk_svd_streamed
+    from .spectrum import DEFAULT_OVERSAMPLE, DEFAULT_TOL
+
+    ids = torch.tensor(input_ids, dtype=torch.long)
+    d = handle.info.d_model
+
+    def reconstruction(op: JacobianOperator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Callable]:
+        recon = torch.zeros(op.d_out, dtype=torch.float64)
+        bias = torch.zeros(op.d_out, dtype=torch.float64)
+        shares = torch.zeros(op.n_tokens, dtype=torch.float64)
+        x0 = op.x0.to(torch.float64).cpu()
+
+        def on_block(r0: int, r1: int, R: torch.Tensor, b: torch.Tensor) -> None:
+            JX = torch.einsum("tcd,td->tc", R.to(torch.float64).cpu(), x0)  # rows r0:r1 of every J_i x_i
+            recon[r0:r1] = JX.sum(0) + b.to(torch.float64).cpu()
+            bias[r0:r1] = b.to(torch.float64).cpu()
+            shares.add_(JX.pow(2).sum(1))
+
+        return recon, bias, shares, on_block
+
+    report(0.0, "Detached forward pass (streamed: the Jacobian does not fit)")
+    op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
+    recon, bias, shares, on_block = reconstruction(op)
+    k = min(STREAMED_SINGULAR, d)
+    svd = topk_svd_streamed(op, k, tol=DEFAULT_TOL, oversample=DEFAULT_OVERSAMPLE, n_extremes=0, on_block=on_block,
+                            progress=lambda f, m: report(0.02 + 0.6 * f, f"Detached rows, {m}")).svd
+    report(0.62, "Ordinary forward pass")
+    plain = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm, detached=False)
+    plain_recon, plain_bias, _, plain_block = reconstruction(plain)
+    stream_rows(plain, plain_block, progress=lambda f, m: report(0.65 + 0.33 * f, f"Ordinary {m}"))
+    if not (_finite(op.y, svd.S, plain.y) and bool(torch.isfinite(recon).all())):
+        raise NumericalError(
+            f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
+            "(float16 overflows easily), or a shorter prompt."
+        )
+    return JacobianResult(
+        **handle.result_fields(input_ids),
+        layer=int(layer),
+        n_layers=handle.n_layers,
+        final_norm=bool(final_norm),
+        reconstruction_error=relative_error(op.y, recon),
+        plain_reconstruction_error=relative_error(plain.y, plain_recon),
+        detached_vs_normal=relative_error(plain.y, op.y),
+        output_norm=float(op.y.detach().double().norm()),
+        bias_norm=float(bias.norm()),
+        plain_bias_norm=float(plain_bias.norm()),
+        elapsed_s=time.perf_counter() - t0,
+        y=_np(op.y),
+        reconstruction=recon.numpy(),
+        plain_reconstruction=plain_recon.numpy(),
+        bias=bias.numpy(),
+        token_contributions=shares.sqrt().numpy(),
+        singular_values=_np(svd.S),
+        stable_rank=_np(svd.stable_rank),
+        streamed=True,
+    )
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

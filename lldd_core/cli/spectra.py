@@ -137,7 +137,8 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
         out.write(f"output     x_{r.layer} (layer {r.layer} of 0..{r.n_layers})"
                   f"{' + final norm' if r.final_norm else ''}, last token; "
                   f"next token {r.next_token!r}\n")
-        out.write(f"method     {r.method}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
+        passes = f" ({r.passes} passes over the rows)" if r.passes else ""
+        out.write(f"method     {r.method}{passes}, {r.n_products} operator products, max residual {r.max_residual:.1e}"
                   f"{'' if r.converged else ' (NOT converged)'}\n")
         for i, pos in enumerate(r.rows):
             se = f" ± {r.stable_rank_se[i]:.2f}" if r.method == "matrix_free" else ""
@@ -202,7 +203,8 @@ def register(sub: Any) -> None:
     number_option(p, R.TOP_K, SpectrumSettings.default("k"), "singular triplets per token")
     number_option(p, R.DECODE, SpectrumSettings.default("n_decode"), "decoded tokens per singular vector")
     p.add_argument("--method", choices=list(SPECTRUM_METHODS), default=SpectrumSettings.default("method"),
-                   help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+                   help="full Jacobian, matrix-free top-k SVD (short prompts of wide models) or streamed row blocks "
+                        "(long prompts: memory independent of T*d*d) (default: auto, by cost and memory)")
     p.add_argument("--positions", default=None, metavar="I,J,...",
                    help="only these input tokens' J_i: 0-based token indices of x_0, negative from the end "
                         "(default: every token)")
@@ -217,5 +219,5 @@ def register(sub: Any) -> None:
                    help="analyse the raw stream (default: through the final norm, logit-lens style)")
     p.add_argument("--sites", default=None, help=f"comma-separated subset of {','.join(SITES)}")
     p.add_argument("--method", choices=list(SPECTRUM_METHODS), default=LayersSettings.default("method"),
-                   help="full Jacobian or matrix-free top-k SVD (default: auto, by cost)")
+                   help="full Jacobian, matrix-free top-k SVD or streamed row blocks (default: auto, by cost and memory)")
     p.set_defaults(func=cmd_layers)

@@ -27,7 +27,7 @@ for ``K``, ``Y``, ``X`` — never ``T * d_out * d_in``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,8 @@ BLOCK_BYTES = 1 << 27
 #: Activation budget of one batched VJP of a pass (more cotangents per call than the CPU's cache-sized
 #: default: at long prompts one cotangent's activations pass the cache anyway).
 VJP_BYTES = 1 << 28
+#: On an accelerator both budgets are this many times larger (wider batches keep it busy; its memory is larger).
+ACCELERATOR_FACTOR = 8
 #: Passes at most (each ``d_out`` products); the first has no Ritz quality to speak of, the second
 #: usually converges to the analyses' tolerance on decaying spectra.
 DEFAULT_PASSES = 6
@@ -55,13 +57,14 @@ DEFAULT_PASSES = 6
 TYPICAL_PASSES = 2
 #: Rows (and columns) of largest norm kept per token.
 N_EXTREMES = 8
-#: Width of the first pass's random sketch ``Ω``, in blocks of ``l`` (matrix products cost little next to
-#: the VJPs, so the basis is wide: on power-law test matrices, 4/3/3 needed 2-3 passes where 2/1/1 needed
-#: 3-4, tests/test_streamed.py).
-SKETCH_BLOCKS = 4
+#: Width of the first pass's random sketch ``Ω``, in blocks of ``l``. Matrix products cost little next to the
+#: VJPs, so the basis is wide: on power-law test matrices (d = 300, top 8, l = 12, tol 1e-2) 8/4/4 reached
+#: 5-10x smaller errors of σ than 4/3/3 in the same passes (2 at decay 1.0, 3 at 0.5), for 8l instead of 6l
+#: columns of memory.
+SKETCH_BLOCKS = 8
 #: Ritz vectors carried into the next pass, and new Krylov directions ``J_i^T J_i v`` added, in blocks of ``l``.
-RITZ_BLOCKS = 3
-GROW_BLOCKS = 3
+RITZ_BLOCKS = 4
+GROW_BLOCKS = 4
 
 
 @dataclass
@@ -96,12 +99,14 @@ class StreamedSVD:
     bias: torch.Tensor  # [d_out]: b = dy/ds, from the same VJPs
 
 
-def block_rows(op: Operator, budget: int = BLOCK_BYTES) -> int:
-    """Rows per block: a ``[c, T, d_in]`` block within ``budget`` bytes and the VJP within :data:`VJP_BYTES`."""
+def block_rows(op: Operator, budget: int | None = None) -> int:
+    """Rows per block: a ``[c, T, d_in]`` block within ``budget`` bytes (default :data:`BLOCK_BYTES`) and the VJP
+    within :data:`VJP_BYTES` (both :data:`ACCELERATOR_FACTOR` times larger off the CPU)."""
+    scale = 1 if op.y.device.type == "cpu" else ACCELERATOR_FACTOR
     per_row = op.n_tokens * op.d_in * op.y.element_size()
-    c = max(1, min(op.d_out, budget // max(per_row, 1)))
+    c = max(1, min(op.d_out, (budget or BLOCK_BYTES * scale) // max(per_row, 1)))
     if hasattr(op, "chunk_size"):
-        c = min(c, op.chunk_size(VJP_BYTES))
+        c = min(c, op.chunk_size(VJP_BYTES * scale))
     return int(c)
 
 
@@ -117,6 +122,21 @@ def row_blocks(op: Operator, rows: int) -> Iterator[tuple[int, int, torch.Tensor
         eye[torch.arange(r1 - r0), torch.arange(r0, r1)] = 1
         gx, gs = op.rmatvec(eye)
         yield r0, r1, gx.detach(), gs.detach()
+
+
+#: ``(r0, r1, R, b)``: rows ``r0:r1`` of every ``J_i`` (``R``: ``[T, c, d_in]``) and of the bias ``b``.
+BlockFn = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def stream_rows(op: Operator, on_block: BlockFn, rows: int | None = None, progress: ProgressFn | None = None) -> int:
+    """One pass over every ``J_i``'s rows, ``on_block`` for each block (``R`` ``[T, c, d_in]``); returns the products."""
+    rows = rows or block_rows(op)
+    dtype = _work_dtype(op.y.dtype)
+    for r0, r1, R, b in row_blocks(op, rows):
+        on_block(r0, r1, R.transpose(0, 1).to(dtype).contiguous(), b.to(dtype))
+        if progress is not None:
+            progress(r1 / op.d_out, f"rows {r1}/{op.d_out}")
+    return op.d_out
 
 
 def passes_estimate(d_out: int, passes: int = TYPICAL_PASSES) -> int:
@@ -138,6 +158,7 @@ def topk_svd_streamed(
     seed: int = 0,
     rows: int | None = None,
     n_extremes: int = N_EXTREMES,
+    on_block: BlockFn | None = None,
     progress: ProgressFn | None = None,
 ) -> StreamedSVD:
     """Top-``k`` triplets of every ``J_i`` by streamed passes over its rows (see the module doc).
@@ -147,6 +168,8 @@ def topk_svd_streamed(
     :data:`GROW_BLOCKS` ``* l`` new directions of their images under ``J_i^T J_i``. Stops when every top-``k`` residual ``max(||J_i v - s u||, ||J_i^T u - s v||) / s_1``
     is at most ``tol`` (not before pass 2 unless ``n_extremes`` is 0: the columns of largest norm are
     gathered in pass 2), or after ``max_passes``. ``rows``: rows per block (default :func:`block_rows`).
+    ``on_block(r0, r1, R, b)`` sees every block of the first pass (``R``: ``[T, c, d_in]``, ``b``: the bias rows),
+    for anything else one pass over the rows can compute (e.g. the reconstruction ``sum_i J_i x_i + b``).
     """
     T, d_out, d_in = op.n_tokens, op.d_out, op.d_in
     if not 1 <= k <= min(d_out, d_in):
@@ -192,6 +215,8 @@ def topk_svd_streamed(
                 row_norms[:, r0:r1] = norms
                 col_sq += torch.einsum("tcd,tcd->td", Rt, Rt)
                 bias[r0:r1] = b.to(dtype)
+                if on_block is not None:
+                    on_block(r0, r1, Rt, b.to(dtype))
                 cand = torch.cat([best, norms], dim=1)
                 top = torch.topk(cand, r, dim=1).indices
                 from_block = top >= r

@@ -126,6 +126,16 @@ def _position(tokens: Sequence[str], token: int) -> int:
         raise ValueError(f"token position {token} outside 0..{len(tokens) - 1}") from None
 
 
+def _row(result: SpectrumResult, token: int) -> int:
+    """The array row of input position ``token`` (negative counts from the end) in ``result``, which may hold
+    only some positions (``result.rows``); ValueError if it was not computed."""
+    position = _position(result.tokens, token)
+    rows = result.rows
+    if position not in rows:
+        raise ValueError(f"token position {position} was not computed (positions {', '.join(map(str, rows))})")
+    return rows.index(position)
+
+
 def spectrum_table(result: SpectrumResult, token: int, negative: bool = False) -> pd.DataFrame:
     """Top-``k`` singular pairs of ``J_i`` for input token ``token``, decoded.
 
@@ -133,7 +143,7 @@ def spectrum_table(result: SpectrumResult, token: int, negative: bool = False) -
     of ``u_j`` (output space, by logits) and of ``v_j`` (input space, by cosine). ``negative``
     decodes ``-u_j`` and ``-v_j`` instead (the pair's opposite sign).
     """
-    i = _position(result.tokens, token)
+    i = _row(result, token)
     u = result.u_tokens_neg if negative else result.u_tokens
     v = result.v_tokens_neg if negative else result.v_tokens
     sign = "−" if negative else ""
@@ -153,8 +163,8 @@ def token_spectrum_table(result: SpectrumResult) -> pd.DataFrame:
     path, where it is estimated), largest residual of its pairs."""
     table = pd.DataFrame(
         {
-            "position": np.arange(len(result.tokens)),
-            "token": [display_token(t) for t in result.tokens],
+            "position": np.asarray(result.rows, dtype=int),
+            "token": [display_token(result.tokens[p]) for p in result.rows],
             "σ_1": np.asarray(result.singular_values[:, 0], dtype=float),
             "stable rank": np.asarray(result.stable_rank, dtype=float),
         }
@@ -167,12 +177,12 @@ def token_spectrum_table(result: SpectrumResult) -> pd.DataFrame:
 
 def norm_table(result: SpectrumResult, token: int, which: str = "rows") -> pd.DataFrame:
     """The rows (input space, decoded by cosine) or columns (output space, by logits) of ``J_i`` of
-    largest norm, largest first. Only on the full path (``result.has_rows``)."""
+    largest norm, largest first. Only on the full and streamed paths (``result.has_rows``)."""
     if not result.has_rows:
-        raise ValueError("rows and columns are only computed on the full path")
+        raise ValueError("rows and columns are only computed on the full and streamed paths")
     if which not in ("rows", "columns"):
         raise ValueError(f"which must be 'rows' or 'columns'; got {which!r}")
-    i = _position(result.tokens, token)
+    i = _row(result, token)
     rows = which == "rows"
     index = np.asarray((result.top_rows if rows else result.top_cols)[i], dtype=int)
     norms = np.asarray((result.row_norms if rows else result.col_norms)[i], dtype=float)
@@ -189,10 +199,10 @@ def norm_table(result: SpectrumResult, token: int, which: str = "rows") -> pd.Da
 
 def norm_distribution_figure(result: SpectrumResult, token: int, theme: Theme = DASHBOARD) -> go.Figure:
     """Histograms of the row norms ``‖J_i[r, :]‖`` and column norms ``‖J_i[:, c]‖`` of one token's
-    ``J_i`` (full path only). Both sum in square to ``‖J_i‖_F^2``."""
+    ``J_i`` (full and streamed paths). Both sum in square to ``‖J_i‖_F^2``."""
     if not result.has_rows:
-        raise ValueError("row and column norms are only computed on the full path")
-    i = _position(result.tokens, token)
+        raise ValueError("row and column norms are only computed on the full and streamed paths")
+    i = _row(result, token)
     rows = np.asarray(result.row_norms[i], dtype=float)
     cols = np.asarray(result.col_norms[i], dtype=float)
     fig = make_subplots(
