@@ -16,6 +16,10 @@
 #   jacobian.py  Llama-3.2-3B shape (d 3072, 28 layers, MLP 8192, 24/8 heads, vocab 128256), 8 tokens: two full
 #                Jacobians per run (ours and the reference), each 3072 batched VJPs; at 8B this one bench would
 #                need a third of the budget.
+#   long_prompt.py  Llama-3.2-1B shape, a 2,048-token prompt: every token's top-8 spectrum streamed (issue 21's GPU
+#                target: within 80 GB and 2 minutes), the per-token matrix-free path on 2 positions extrapolated; the
+#                formed 32 GiB Jacobian is left out (--no-full) to stay in the budget; float32 weights with TF32
+#                products (--matmul-precision high): in full float32 the ~2 x 2048 backward passes need ~5 minutes.
 #   spectral.py  part 2 (every layer's cumulative spectra) on a Llama with GPT-2-large's sizes (d 1280, 36 layers,
 #                MLP 5120, 20 heads): the reference recomputes each of 36 layers from scratch, which at 8B would be
 #                ~16 full Jacobians twice over. Last, so it only gets what the budget has left.
@@ -112,6 +116,8 @@ if [ "$MODE" = gpu ]; then
       --kv-heads 8 --vocab 128256 --tokens 8 --repeats 2
   run graph-1b 120 bench/graph.py "${DEV[@]}" --hidden 2048 --intermediate 8192 --layers 16 --heads 32 \
       --kv-heads 8 --vocab 128256 --tokens 64 --max-nodes 512 --batch-size 128 --edges-per-row 4096
+  run long-prompt-1b 150 bench/long_prompt.py "${DEV[@]}" --hidden 2048 --intermediate 8192 --layers 16 --heads 32 \
+      --kv-heads 8 --vocab 128256 --tokens 2048 --k 8 --no-full --baseline-positions 2 --matmul-precision high
   run spectral-layers-1280 150 bench/spectral.py "${DEV[@]}" --hidden 1280 --intermediate 5120 --layers 36 \
       --heads 20 --kv-heads 20 --vocab 50257 --tokens 8 --k 8 --shaping qr --parts 2 --repeats 1 --warmup 1
 else
@@ -128,6 +134,8 @@ else
       --kv-heads 2 --vocab 512 --tokens 4 --repeats 1
   run graph 120 bench/graph.py "${DEV[@]}" --hidden 64 --intermediate 128 --layers 2 --heads 4 \
       --kv-heads 2 --vocab 512 --tokens 4 --max-nodes 16 --batch-size 8 --edges-per-row 64
+  run long-prompt 120 bench/long_prompt.py "${DEV[@]}" --hidden 64 --intermediate 128 --layers 2 --heads 4 \
+      --kv-heads 2 --vocab 512 --tokens 32 --k 4 --no-full --baseline-positions 2 --matmul-precision high
 fi
 
 [ "$DRY" = 1 ] && exit 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu.sh"
-BENCHES = ("jacobian", "spectral", "gains", "steering", "graph")
+BENCHES = ("jacobian", "spectral", "gains", "steering", "graph", "long_prompt")
 COLUMNS = ["bench", "what", "model", "device", "ours", "baseline", "ratio", "same numbers"]
 
 
@@ -65,6 +65,7 @@ def test_cpu_smoke_prints_a_row_with_a_ratio_for_every_bench(tmp_path):
     assert "largest difference blockwise - today" in logs["gains"] and "layer evals" in logs["gains"]
     assert "LQR overhead per token" in logs["steering"]
     assert "speed ratio (baseline / ours)" in logs["graph"] and "\nOK\n" in logs["graph"]
+    assert "per-token matrix-free extrapolated to all 32 positions" in logs["long-prompt"]
     assert (tmp_path / "summary.md").read_text().strip() in done.stdout
 
 
