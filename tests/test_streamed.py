@@ -245,3 +245,20 @@ def test_streaming_memory_is_independent_of_t_d_d():
     jacobian_mib = T * d * d * 4 / 2**20  # 576 MiB
     peak = _peak(LOW_RANK_SCRIPT, T, d)  # measured 168 MiB: one 24 MiB row block and the passes' T x d x 24 arrays
     assert peak < 250 < jacobian_mib / 2, (peak, jacobian_mib)
+
+
+def test_the_jacobian_analysis_streams_a_prompt_past_the_limit(tmp_path, tiny_dirs, monkeypatch):
+    service = Service(ResultCache(tmp_path / "cache"))
+    spec = ModelSpec(str(tiny_dirs["llama"]), dtype="float64", device="cpu")
+    full = service.jacobian(spec, PROMPT).result
+    monkeypatch.setenv("LLDD_MAX_JACOBIAN_GB", "1e-5")  # 10 kB: this prompt's J does not fit
+    assert service.jacobian(spec, PROMPT).cache_hit  # a full result already computed serves any limit
+    streamed = Service(ResultCache(tmp_path / "other")).jacobian(spec, PROMPT).result
+    assert streamed.streamed and not full.streamed and streamed.singular_values.shape == (len(full.tokens), 16)
+    assert streamed.reconstruction_error < 1e-12  # exact without ever holding J
+    for name in ("reconstruction", "plain_reconstruction", "bias", "token_contributions", "y"):
+        np.testing.assert_allclose(getattr(streamed, name), getattr(full, name), rtol=1e-10, atol=1e-12)
+    assert streamed.plain_reconstruction_error == pytest.approx(full.plain_reconstruction_error, rel=1e-8)
+    np.testing.assert_allclose(streamed.singular_values, full.singular_values[:, :16], rtol=1e-4)
+    frobenius = streamed.stable_rank * streamed.singular_values[:, 0] ** 2  # exact; s_1 the Ritz value
+    np.testing.assert_allclose(frobenius, full.stable_rank * full.singular_values[:, 0] ** 2, rtol=1e-10)
