@@ -14,7 +14,7 @@ Jacobian of the output ``y`` (layer ``K``, final norm applied by default), with
   by logits) of largest norm, and every row's and column's norm.
 
 Method: ``"full"`` forms every ``J_i`` (``d_out`` products, ``T * d^2`` memory), ``"matrix_free"`` runs
-:func:`~lldd_core.linalg.spectral.topk_svd` (about ``3 T l`` products: short prompts of big models),
+:func:`~lldd_core.linalg.spectral.topk_svd` (about ``4 T l`` products: short prompts of big models),
 ``"streamed"`` runs :func:`~lldd_core.linalg.streamed.topk_svd_streamed` (a few times ``d_out`` products, memory
 ``O(T d l)``: long prompts; exact rows, columns and stable ranks like the full path); ``"auto"`` picks by
 :func:`~lldd_core.linalg.spectral.choose_method`.

@@ -251,11 +251,12 @@ def topk_svd_krylov(
     converges after one block; otherwise the per-token loop continues from its Ritz vectors.
     Power/Krylov steps of both phases count against ``iters``.
 
-    The reported ``residual`` combines that backward residual with a forward residual
-    ``||J_i v - s u||`` measured with ``k`` fresh products per token. ``||J_i||_F^2 =
+    The reported ``residual`` combines that backward residual with the forward residual
+    ``||J_i v - s u||``, read off the products already made (``J_i v = Z_i Ṽ``: zero up to their rounding;
+    a fresh product per triplet measured the same and cost ``T*k`` more). ``||J_i||_F^2 =
     ||U~^T J_i||_F^2 + ||(I - U~ U~^T) J_i||_F^2``: the first term is ``||W_i||_F^2``, the second the
     mean of ``||J_i^T (I - U~ U~^T) g||^2`` over the probes, from products already made.
-    Products: ``l + probes + 2*T*l*(q + 1) + T*k`` for ``q`` Krylov steps; ``products`` picks how
+    Products: ``s + probes + 2*T*l*(q + 1)`` for ``q`` Krylov steps (sketch ``s``); ``products`` picks how
     ``J_i v`` is formed (``"reverse"`` over reverse, or ``"forward"`` mode; see :meth:`JacobianOperator.matvec`).
     """
     T, d_out, d_in = op.n_tokens, op.d_out, op.d_in
@@ -295,6 +296,8 @@ def topk_svd_krylov(
     for step in range(iters + 1):
         Ut, St, Vth = torch.linalg.svd(Z, full_matrices=False)
         U, S, V = Ut[..., :l], St[:, :l], P @ Vth.mT[..., :l]  # top-l Ritz triplets of span(P)
+        # J_i v = J_i P_i Ṽ = Z_i Ṽ: the forward residual from the products already made (zero up to rounding)
+        fwd = Z @ Vth.mT[..., :k] - U[..., :k] * S[:, None, :k]
         W = _per_token_rmatvec(op, U)  # J_i^T U_i: this step's residual and the next Krylov block
         n_products += T * l
         back = W[..., :k] - V[..., :k] * S[:, None, :k]
@@ -309,8 +312,6 @@ def topk_svd_krylov(
         P = torch.cat([P, X], dim=-1)
         Z = torch.cat([Z, _per_token_matvec(op, X, products)], dim=-1)
         n_products += T * new
-    fwd = _per_token_matvec(op, V[..., :k], products) - U[..., :k] * S[:, None, :k]
-    n_products += T * k
     residual = _rel_residual(fwd, back, S[:, :k])
     return _finish(U, S, V, residual, U, W, H, G, tol, n_products, probes, k)
 
@@ -444,7 +445,7 @@ def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: 
     Cost model: forming every ``J_i`` is one batched VJP of ``d`` (= ``d_out``) cotangents, ``d``
     products; streaming them (:mod:`lldd_core.linalg.streamed`) takes
     :data:`~lldd_core.linalg.streamed.TYPICAL_PASSES` times that at ``O(T d l)`` memory, so it only wins
-    where ``full`` does not fit; the matrix-free schemes need about ``s + 16 + 2*n*l*(q + 1) + n*k``
+    where ``full`` does not fit; the matrix-free schemes need about ``s + 16 + 2*n*l*(q + 1)``
     (sketch ``s``, 16 probes, ``l = k + oversample``, ``q`` further steps; default :data:`TYPICAL_ITERS`,
     pass ``iters`` for a worse case) — the opt-in mixed scheme usually fewer (bench/spectral.py). Every
     product costs about one backward pass over the prompt (bench/spectral.py), so ``full`` and
@@ -455,7 +456,7 @@ def choose_method(d: int, n_tokens: int, k: int, *, oversample: int = 8, iters: 
     q = TYPICAL_ITERS if iters is None else iters
     l = min(k + oversample, d)
     sketch = min(d, SKETCH_FACTOR * l) if n_tokens >= 4 else l
-    matrix_free = sketch + 16 + 2 * n_tokens * l * (q + 1) + n_tokens * k
+    matrix_free = sketch + 16 + 2 * n_tokens * l * (q + 1)
     fits = full_bytes is None or n_tokens * d * d * element_size <= full_bytes
     if fits:
         return "full" if d <= matrix_free else "matrix_free"

@@ -20,7 +20,7 @@ the full path reads off the formed matrices: ``||J_i||_F^2``, every row's and co
 largest norm (a running top-``r`` over blocks) and, from the second pass, the columns of largest norm.
 
 Cost: ``passes * d_out`` products, each one backward pass over the ``T``-token graph: linear in ``T``
-(the per-token matrix-free Krylov of :func:`~lldd_core.linalg.spectral.topk_svd` needs ``~3 T l``
+(the per-token matrix-free Krylov of :func:`~lldd_core.linalg.spectral.topk_svd` needs ``~4 T l``
 products of the same cost, quadratic in ``T``). Memory: the graph, one row block, and ``O(T * d * m)``
 for ``K``, ``Y``, ``X`` — never ``T * d_out * d_in``.
 """
