@@ -111,12 +111,16 @@ def test_out_of_memory_is_a_clear_error_and_cache_survives(service, tiny_dirs, m
     assert service.jacobian(spec, PROMPT).cache_hit
 
 
-def test_oversized_jacobian_is_refused(service, tiny_dirs, monkeypatch):
+def test_an_oversized_jacobian_is_streamed_and_only_the_full_method_refused(service, tiny_dirs, monkeypatch):
     from lldd_core.errors import ResourceError
 
     monkeypatch.setenv("LLDD_MAX_JACOBIAN_GB", "0.000001")
-    with pytest.raises(ResourceError, match="shorten the prompt"):
-        service.jacobian(ModelSpec(str(tiny_dirs["gpt2"]), device="cpu"), PROMPT)
+    spec = ModelSpec(str(tiny_dirs["gpt2"]), device="cpu")
+    r = service.jacobian(spec, PROMPT).result  # past the limit: row blocks, never the whole J
+    assert r.streamed and r.reconstruction_error < 1e-5
+    with pytest.raises(ResourceError, match="use the streamed method, or shorten the prompt"):
+        service.spectrum(spec, PROMPT, method="full")
+    assert service.spectrum(spec, PROMPT, k=2).result.method == "streamed"  # auto
 
 
 def test_half_precision_overflow_is_a_numerical_error(service, tmp_path):
