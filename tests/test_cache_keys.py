@@ -302,3 +302,44 @@ def test_every_cli_command_with_its_defaults_keys_as_pinned(recorded, fresh_serv
         assert len(fingerprint) == 64
         text = text.replace(fingerprint, "@FP")
     assert text == params.replace("@PROMPT", PROMPT)
+
+
+#: A concept big enough to split for a Steering lab sweep (4 texts a class).
+LAB_DATA = ConceptData(name="toy8", source="builtin:toy8",
+                       texts=("good day", "fine film", "nice song", "warm sun", "bad day", "dull film", "sad song",
+                              "cold rain"),
+                       labels=np.array([1, 1, 1, 1, 0, 0, 0, 0]), classes=("negative", "positive"))
+LAB_FINGERPRINT = "674d9856966f8051e70fd0e7c606d778c7965550635ab37d5e99328b9556edd8"
+_LAB_COMMON = ('"classifier":null,"classifier_label":null,"dataset":"toy8","fingerprint":"@FP8","fluency_model":null,'
+               '@CELL"max_new_tokens":4,"method":@METHOD,"n_prompts":8,"neutral":["The bridge out of Marin is the",'
+               '"The capital of France is","The Eiffel Tower is in","The cow says","The capital of Japan is",'
+               '"The Colosseum is in"],"prompts":["The bridge is"],"seed":0,"sizes":[2,1,1],"steer_text":"good day",'
+               '"strength":@STRENGTH')
+
+
+def _lab_key(layer: str, method: str, params: str, strength: str) -> str:
+    body = _LAB_COMMON.replace("@FP8", LAB_FINGERPRINT).replace("@CELL", f'"layer":{layer},')
+    body = body.replace('"method":@METHOD,', f'"method":"{method}","method_params":{params},')
+    return "{" + body.replace("@STRENGTH", strength) + "}"
+
+
+def test_the_steering_lab_cell_keys_are_pinned(tiny_gpt2):
+    """Every lab cell is cached on its own key (``steer-sweep-cell``): a widened or resumed sweep must keep
+    hitting the cells computed before, so their params are pinned like the analyses'."""
+    from lldd_core.steering.lab.settings import SweepSettings
+    from lldd_core.steering.lab.sweep import ANALYSIS, sweep_request
+
+    assert ANALYSIS == "steer-sweep-cell" and LAB_DATA.fingerprint() == LAB_FINGERPRINT
+    service = Service()
+    spec = ModelSpec(str(tiny_gpt2), dtype="float64")
+    request = sweep_request(service.info(spec), spec, LAB_DATA, SweepSettings(
+        methods=("additive", "lqr"), layers=(1,), prompts=("The bridge is",), max_new_tokens=4, sizes=(2, 1, 1)))
+    cells = {(c.method, c.strength): c for c in request.cells}
+    assert _canonical(request.key_params(request.baseline)) == _lab_key("null", "unsteered", "{}", "0.0")
+    assert _canonical(request.key_params(cells[("additive", 4.0)])) == _lab_key(
+        "1", "additive", '{"layers":[1],"positions":"last","strength":4.0}', "4.0")
+    assert _canonical(request.key_params(cells[("lqr", 10.0)])) == _lab_key(
+        "null", "lqr", '{"at":"input","lam":null,"q":10.0,"qf":1.0,"r":1.0,"setpoint":"class-mean"}', "10.0")
+    assert sorted(cells) == [("additive", s) for s in (0.0, 4.0, 8.0, 16.0, 32.0)] + [
+        ("lqr", s) for s in (0.0, 1.0, 10.0, 100.0, 1000.0)]
+    service.cache.close()
