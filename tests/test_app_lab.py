@@ -44,3 +44,23 @@ def test_a_sweep_shows_its_answers_and_hands_over_to_steering(app: AppTest) -> N
     assert app.multiselect(key="st_methods").value == ["additive"]
     assert app.multiselect(key="st_add_layers_of_2").value == [1]
     assert app.number_input(key="st_add_strength").value in (0.0, 100.0)
+
+
+def test_a_link_to_a_sweep_reopens_its_stored_cells_without_computing(app: AppTest, monkeypatch) -> None:
+    import lldd_core.service as service_module
+    from tests.test_app_link import link_params, opened
+
+    app.button(key="lb_run").click().run()
+    assert_clean(app)
+    first = app.dataframe[0].value
+    params = link_params(app)
+    assert params["lb_methods"] == ["additive"] and params["lb_n_prompts"] == ["2"]
+    # a reopened link replays the sweep from its cached cells: no model is loaded, no cell is generated
+    monkeypatch.setattr(service_module.Service, "handle", lambda *a, **k: pytest.fail("a model was loaded"))
+    again = opened(params, "pages/lab.py")
+    assert_clean(again)
+    assert again.multiselect(key="lb_methods").value == ["additive"]
+    assert {m.label: m.value for m in again.metric}["Cells new / cached"] == "0 / 3"
+    shown = again.dataframe[0].value
+    assert list(shown["method"]) == list(first["method"])
+    assert list(shown["success"]) == list(first["success"]) and list(shown["kl"]) == list(first["kl"])
