@@ -261,3 +261,13 @@ def test_the_jacobian_analysis_streams_a_prompt_past_the_limit(tmp_path, tiny_di
     np.testing.assert_allclose(streamed.singular_values, full.singular_values[:, :16], rtol=1e-4)
     frobenius = streamed.stable_rank * streamed.singular_values[:, 0] ** 2  # exact; s_1 the Ritz value
     np.testing.assert_allclose(frobenius, full.stable_rank * full.singular_values[:, 0] ** 2, rtol=1e-10)
+
+
+def test_progress_only_moves_forward_over_the_passes():
+    J = torch.randn(3, 120, 120, generator=torch.Generator().manual_seed(2), dtype=torch.float64)  # flat spectrum
+    seen: list[tuple[float, str]] = []
+    out = topk_svd_streamed(DenseOperator(J), 2, tol=1e-12, oversample=1, max_passes=4, rows=50,
+                            progress=lambda frac, msg: seen.append((frac, msg)))
+    fractions = [f for f, _ in seen]
+    assert out.passes == 4 and fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] < 1
+    assert seen[0][1] == "pass 1: rows 50/120" and seen[-1][1] == "pass 4: rows 120/120"

@@ -227,7 +227,8 @@ def topk_svd_streamed(
             elif passes == 2:  # the columns of largest norm, now that pass 1 gave every column's norm
                 col_vectors[:, :, r0:r1] = torch.gather(Rt, 2, top_cols[:, None, :].expand(-1, r1 - r0, -1)).mT
             n_products += r1 - r0
-            report(min(1.0, (passes - 1 + r1 / d_out) / max(2, passes)), f"pass {passes}: rows {r1}/{d_out}")
+            # monotone without knowing how many passes convergence takes: half of what is left per pass
+            report(1 - 0.5 ** (passes - 1) * (1 - 0.5 * r1 / d_out), f"pass {passes}: rows {r1}/{d_out}")
         # Rayleigh-Ritz on span(K): J_i K = Y = Ũ Σ̃ W̃^T, so J_i (K W̃) = Ũ Σ̃ and J_i^T Ũ = X W̃ Σ̃^{-1};
         # every [T, d, m] array is dropped as soon as it is used (they dominate the memory)
         Ut, St, Wh = torch.linalg.svd(Y, full_matrices=False)
