@@ -86,14 +86,18 @@ def max_jacobian_bytes() -> int:
     return int(env_number("LLDD_MAX_JACOBIAN_GB", MAX_JACOBIAN_GB, 8) * (1 << 30))
 
 
+def _jacobian_bytes(n_tokens: int, d: int, dtype: torch.dtype) -> int:
+    return n_tokens * d * d * torch.empty((), dtype=dtype).element_size()
+
+
 def fits(n_tokens: int, d: int, dtype: torch.dtype) -> bool:
     """Whether a full Jacobian (``T d^2`` entries) fits ``LLDD_MAX_JACOBIAN_GB``."""
-    return n_tokens * d * d * torch.empty((), dtype=dtype).element_size() <= max_jacobian_bytes()
+    return _jacobian_bytes(n_tokens, d, dtype) <= max_jacobian_bytes()
 
 
 def check_size(n_tokens: int, d: int, dtype: torch.dtype) -> None:
     """Refuse a full Jacobian that would not fit (``T d^2`` entries), with what to do instead."""
-    need = n_tokens * d * d * torch.empty((), dtype=dtype).element_size()
+    need = _jacobian_bytes(n_tokens, d, dtype)
     if need > max_jacobian_bytes():
         raise ResourceError(
             f"The full Jacobian for {n_tokens} tokens at width {d} needs {need / 2**30:.1f} GiB "
@@ -120,7 +124,7 @@ def analyze_jacobian(
     t0 = time.perf_counter()
     ids = torch.tensor(input_ids, dtype=torch.long)
     if not fits(len(input_ids), handle.info.d_model, handle.dtype):
-        return _analyze_streamed(handle, input_ids, layer, final_norm, report, t0)
+        return _analyze_streamed(handle, input_ids, ids, layer, final_norm, report, t0)
 
     report(0.0, "Detached forward pass")
     op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
@@ -132,46 +136,57 @@ def analyze_jacobian(
     plain_full = plain.full(progress=lambda f, m: report(0.6 + 0.3 * f, "Ordinary " + m))
     plain_recon = reconstruct(plain_full.J, plain.x0, plain_full.b)
     if not _finite(op.y, full.J, full.b, plain.y):
-        raise NumericalError(
-            f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
-            "(float16 overflows easily), or a shorter prompt."
-        )
+        raise _non_finite(handle)
 
     report(0.9, "Singular values")
     sv = singular_values(full.J)
     contributions = torch.linalg.vector_norm(torch.einsum("tod,td->to", full.J, op.x0.to(full.J.dtype)), dim=-1)
-    result = JacobianResult(
-        **handle.result_fields(input_ids),
-        layer=int(layer),
-        n_layers=handle.n_layers,
-        final_norm=bool(final_norm),
-        reconstruction_error=relative_error(op.y, recon),
-        plain_reconstruction_error=relative_error(plain.y, plain_recon),
-        detached_vs_normal=relative_error(plain.y, op.y),
-        output_norm=float(op.y.detach().double().norm()),
-        bias_norm=float(full.b.detach().double().norm()),
-        plain_bias_norm=float(plain_full.b.detach().double().norm()),
-        elapsed_s=time.perf_counter() - t0,
-        y=_np(op.y),
-        reconstruction=_np(recon),
-        plain_reconstruction=_np(plain_recon),
-        bias=_np(full.b),
-        token_contributions=_np(contributions),
-        singular_values=_np(sv),
-        stable_rank=_np(stable_rank(sv)),
-    )
+    result = _result(handle, input_ids, layer, final_norm, t0, op.y, plain.y, recon, plain_recon, full.b, plain_full.b,
+                     contributions, sv, stable_rank(sv))
     report(1.0, "Done")
     return result
 
 
-def _analyze_streamed(handle: ModelHandle, input_ids: list[int], layer: int, final_norm: bool, report: ProgressFn,
-                      t0: float) -> JacobianResult:
+def _non_finite(handle: ModelHandle) -> NumericalError:
+    return NumericalError(
+        f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
+        "(float16 overflows easily), or a shorter prompt."
+    )
+
+
+def _result(handle: ModelHandle, input_ids: list[int], layer: int, final_norm: bool, t0: float, y: torch.Tensor,
+            plain_y: torch.Tensor, recon: torch.Tensor, plain_recon: torch.Tensor, bias: torch.Tensor,
+            plain_bias: torch.Tensor, contributions: torch.Tensor, sv: torch.Tensor, stable: torch.Tensor,
+            streamed: bool = False) -> JacobianResult:
+    """The result of either path from its outputs, reconstructions, biases, token shares and spectra."""
+    return JacobianResult(
+        **handle.result_fields(input_ids),
+        layer=int(layer),
+        n_layers=handle.n_layers,
+        final_norm=bool(final_norm),
+        reconstruction_error=relative_error(y, recon),
+        plain_reconstruction_error=relative_error(plain_y, plain_recon),
+        detached_vs_normal=relative_error(plain_y, y),
+        output_norm=float(y.detach().double().norm()),
+        bias_norm=float(bias.detach().double().norm()),
+        plain_bias_norm=float(plain_bias.detach().double().norm()),
+        elapsed_s=time.perf_counter() - t0,
+        y=_np(y),
+        reconstruction=_np(recon),
+        plain_reconstruction=_np(plain_recon),
+        bias=_np(bias),
+        token_contributions=_np(contributions),
+        singular_values=_np(sv),
+        stable_rank=_np(stable),
+        streamed=streamed,
+    )
+
+
+def _analyze_streamed(handle: ModelHandle, input_ids: list[int], ids: torch.Tensor, layer: int, final_norm: bool,
+                      report: ProgressFn, t0: float) -> JacobianResult:
     """:func:`analyze_jacobian` for a prompt whose Jacobian does not fit: row blocks, never ``J`` (module doc)."""
     from ..linalg.streamed import stream_rows, topk_svd_streamed
     from .spectrum import DEFAULT_OVERSAMPLE, DEFAULT_TOL
-
-    ids = torch.tensor(input_ids, dtype=torch.long)
-    d = handle.info.d_model
 
     def reconstruction(op: JacobianOperator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Callable]:
         recon = torch.zeros(op.d_out, dtype=torch.float64)
@@ -190,7 +205,7 @@ def _analyze_streamed(handle: ModelHandle, input_ids: list[int], layer: int, fin
     report(0.0, "Detached forward pass (streamed: the Jacobian does not fit)")
     op = jacobian_operator(handle.model, handle.adapter, ids, layer=layer, final_norm=final_norm)
     recon, bias, shares, on_block = reconstruction(op)
-    k = min(STREAMED_SINGULAR, d)
+    k = min(STREAMED_SINGULAR, handle.info.d_model)
     svd = topk_svd_streamed(op, k, tol=DEFAULT_TOL, oversample=DEFAULT_OVERSAMPLE, n_extremes=0, on_block=on_block,
                             progress=lambda f, m: report(0.02 + 0.6 * f, f"Detached rows, {m}")).svd
     report(0.62, "Ordinary forward pass")
@@ -198,31 +213,9 @@ def _analyze_streamed(handle: ModelHandle, input_ids: list[int], layer: int, fin
     plain_recon, plain_bias, _, plain_block = reconstruction(plain)
     stream_rows(plain, plain_block, progress=lambda f, m: report(0.65 + 0.33 * f, f"Ordinary {m}"))
     if not (_finite(op.y, svd.S, plain.y) and bool(torch.isfinite(recon).all())):
-        raise NumericalError(
-            f"The model produced NaN or Inf in {handle.spec.dtype}: use float32 or bfloat16 "
-            "(float16 overflows easily), or a shorter prompt."
-        )
-    return JacobianResult(
-        **handle.result_fields(input_ids),
-        layer=int(layer),
-        n_layers=handle.n_layers,
-        final_norm=bool(final_norm),
-        reconstruction_error=relative_error(op.y, recon),
-        plain_reconstruction_error=relative_error(plain.y, plain_recon),
-        detached_vs_normal=relative_error(plain.y, op.y),
-        output_norm=float(op.y.detach().double().norm()),
-        bias_norm=float(bias.norm()),
-        plain_bias_norm=float(plain_bias.norm()),
-        elapsed_s=time.perf_counter() - t0,
-        y=_np(op.y),
-        reconstruction=recon.numpy(),
-        plain_reconstruction=plain_recon.numpy(),
-        bias=bias.numpy(),
-        token_contributions=shares.sqrt().numpy(),
-        singular_values=_np(svd.S),
-        stable_rank=_np(svd.stable_rank),
-        streamed=True,
-    )
+        raise _non_finite(handle)
+    return _result(handle, input_ids, layer, final_norm, t0, op.y, plain.y, recon, plain_recon, bias, plain_bias,
+                   shares.sqrt(), svd.S, svd.stable_rank, streamed=True)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
