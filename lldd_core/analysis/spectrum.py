@@ -172,12 +172,10 @@ def run_svd(op: JacobianOperator, k: int, method: str, *, tol: float = DEFAULT_T
             oversample: int = DEFAULT_OVERSAMPLE, full_J: torch.Tensor | None = None,
             progress: ProgressFn | None = None) -> TopKSVD:
     """Top-``k`` triplets of every ``J_i`` by ``method`` (``"auto"`` picks by cost), signs fixed by ``y``."""
-    if method == "streamed":
-        return streamed_svd(op, k, tol=tol, oversample=oversample, progress=progress).svd
     if method == "auto":
         method = auto_method(op.d_out, op.n_tokens, k, op.y.dtype, oversample)
-        if method == "streamed":
-            return run_svd(op, k, method, tol=tol, oversample=oversample, progress=progress)
+    if method == "streamed":
+        return streamed_svd(op, k, tol=tol, oversample=oversample, progress=progress).svd
     if method == "full":
         J = op.full().J if full_J is None else full_J
         svd = svd_full(J, k, tol=tol)

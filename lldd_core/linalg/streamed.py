@@ -111,17 +111,18 @@ def block_rows(op: Operator, budget: int | None = None) -> int:
 
 
 def row_blocks(op: Operator, rows: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """``(r0, r1, R, b)`` over the output rows: ``R[c', i] = J_i[r0 + c', :]`` (``[c, T, d_in]``), ``b`` the bias rows."""
-    dtype, device = op.y.dtype, op.y.device
+    """``(r0, r1, R, b)`` over the output rows: ``R[i] = J_i[r0:r1, :]`` (``[T, c, d_in]``, contiguous, in the work
+    dtype: float32 for half-precision models), ``b`` the bias rows."""
+    dtype, device = _work_dtype(op.y.dtype), op.y.device
     for r0 in range(0, op.d_out, rows):
         r1 = min(r0 + rows, op.d_out)
-        if hasattr(op, "J"):  # formed matrices: a view, no products
-            yield r0, r1, op.J[:, r0:r1].transpose(0, 1), torch.zeros(r1 - r0, dtype=dtype, device=device)
+        if hasattr(op, "J"):  # formed matrices: a slice, no products
+            yield r0, r1, op.J[:, r0:r1].to(dtype), torch.zeros(r1 - r0, dtype=dtype, device=device)
             continue
-        eye = torch.zeros(r1 - r0, op.d_out, dtype=dtype, device=device)
+        eye = torch.zeros(r1 - r0, op.d_out, dtype=op.y.dtype, device=device)
         eye[torch.arange(r1 - r0), torch.arange(r0, r1)] = 1
-        gx, gs = op.rmatvec(eye)
-        yield r0, r1, gx.detach(), gs.detach()
+        gx, gs = op.rmatvec(eye)  # [c, T, d_in]
+        yield r0, r1, gx.detach().transpose(0, 1).to(dtype).contiguous(), gs.detach().to(dtype)
 
 
 #: ``(r0, r1, R, b)``: rows ``r0:r1`` of every ``J_i`` (``R``: ``[T, c, d_in]``) and of the bias ``b``.
@@ -130,10 +131,8 @@ BlockFn = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 def stream_rows(op: Operator, on_block: BlockFn, rows: int | None = None, progress: ProgressFn | None = None) -> int:
     """One pass over every ``J_i``'s rows, ``on_block`` for each block (``R`` ``[T, c, d_in]``); returns the products."""
-    rows = rows or block_rows(op)
-    dtype = _work_dtype(op.y.dtype)
-    for r0, r1, R, b in row_blocks(op, rows):
-        on_block(r0, r1, R.transpose(0, 1).to(dtype).contiguous(), b.to(dtype))
+    for r0, r1, R, b in row_blocks(op, rows or block_rows(op)):
+        on_block(r0, r1, R, b)
         if progress is not None:
             progress(r1 / op.d_out, f"rows {r1}/{op.d_out}")
     return op.d_out
@@ -204,9 +203,7 @@ def topk_svd_streamed(
             col_norms = col_sq.sqrt()
             top_cols = torch.topk(col_norms, r, dim=1).indices  # [T, r]
             col_vectors = torch.empty(T, r, d_out, dtype=dtype, device=device)
-        for r0, r1, R, b in row_blocks(op, rows):
-            Rt = R.transpose(0, 1).to(dtype).contiguous()  # [T, c, d_in]
-            del R
+        for r0, r1, Rt, b in row_blocks(op, rows):  # Rt: [T, c, d_in]
             Yc = Rt @ K  # [T, c, m]
             Y[:, r0:r1] = Yc
             X += Rt.mT @ Yc
@@ -214,9 +211,9 @@ def topk_svd_streamed(
                 norms = torch.linalg.vector_norm(Rt, dim=2)  # [T, c]
                 row_norms[:, r0:r1] = norms
                 col_sq += torch.einsum("tcd,tcd->td", Rt, Rt)
-                bias[r0:r1] = b.to(dtype)
+                bias[r0:r1] = b
                 if on_block is not None:
-                    on_block(r0, r1, Rt, b.to(dtype))
+                    on_block(r0, r1, Rt, b)
                 cand = torch.cat([best, norms], dim=1)
                 top = torch.topk(cand, r, dim=1).indices
                 from_block = top >= r
@@ -257,7 +254,8 @@ def topk_svd_streamed(
     frob = row_norms.pow(2).sum(1)
     col_norms = col_sq.sqrt()
     if col_vectors is None:  # a single pass: the columns of largest norm were not gathered
-        top_cols, col_vectors = torch.topk(col_norms, r, dim=1).indices[:, :0], torch.zeros(T, 0, d_out, dtype=dtype)
+        top_cols = torch.zeros(T, 0, dtype=torch.long, device=device)
+        col_vectors = torch.zeros(T, 0, d_out, dtype=dtype, device=device)
     svd = TopKSVD(U=U, S=S[:, :k], V=V[..., :k], residual=residual, converged=bool((residual <= tol).all()),
                   n_products=n_products, method="streamed", frobenius_sq=frob, frobenius_se=torch.zeros_like(frob))
     return StreamedSVD(svd=svd, passes=passes, bias=bias,
